@@ -1,0 +1,46 @@
+# Sourced by demo.sh and test.sh: installs what the testbed needs, once, idempotently.
+#   - Debian packages (only those whose command is missing), with apt-get
+#   - a virtual environment in .venv with the project installed editable
+# Re-running is cheap: the venv is rebuilt only when pyproject.toml changes.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "testbed: needs root for network namespaces; re-running under sudo" >&2
+    exec sudo -E "$0" "$@"
+fi
+
+# command -> Debian package that provides it
+declare -A APT_FOR=(
+    [tcpdump]=tcpdump
+    [tshark]=tshark
+    [nfs-cp]=libnfs-utils
+    [rpcinfo]=rpcbind
+    [ip]=iproute2
+)
+missing=()
+for cmd in "${!APT_FOR[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_FOR[$cmd]}")
+done
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "testbed: installing Debian packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp="$(sha256sum "$REPO/pyproject.toml" "$REPO/scripts/bootstrap.sh" | sha256sum | cut -c1-16)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp" ]; then
+    echo "testbed: preparing the virtual environment in $VENV" >&2
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
+    echo "$stamp" > "$VENV/.stamp"
+fi
+export PATH="$VENV/bin:$PATH"
