@@ -1,9 +1,18 @@
-"""The `testbed` command. argparse lives here; each subcommand is a typed function elsewhere."""
+"""The `testbed` command. argparse lives here; each subcommand is a typed function elsewhere.
+
+Adding a subcommand: write ``testbed/commands/<name>.py`` with ``register(subparsers)`` (which adds
+its parser and sets ``func``), and add ``<name>`` to ``COMMANDS`` below. A command raises
+``UserError`` for a known failure: printed as one line on stderr, exit status 2, no traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+# Order is the order of `testbed --help`.
+COMMANDS = ("doctor", "up", "status", "down", "clean", "capture")
 
 
 class UserError(Exception):
@@ -12,7 +21,9 @@ class UserError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="testbed", description="Network-storage memory-deadlock testbed.")
-    p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"testbed.commands.{name}").register(sub)
     return p
 
 
@@ -33,4 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m testbed.cli`: run the imported module's main, so that `UserError` raised by the
+    # commands (which import testbed.cli) is the same class that main() catches.
+    from testbed.cli import main as _main
+
+    sys.exit(_main())

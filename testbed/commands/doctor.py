@@ -1,0 +1,28 @@
+"""`testbed doctor`: try every kernel feature the testbed needs on throwaway objects; say the fix."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="check this machine can run the testbed (exit 0 only if it can)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from netns_setup.doctor import all_ok, run_checks
+
+    checks = run_checks()
+    ok = all_ok(checks)
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [c.to_json() for c in checks]}, indent=2))
+        return 0 if ok else 1
+    for c in checks:
+        mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+        print(f"[{mark}] {c.name:<12} {c.detail}")
+        if not c.ok and c.fix:
+            print(f"       fix: {c.fix}")
+    print("the testbed can run here" if ok else "the testbed cannot run here: fix the FAIL lines above")
+    return 0 if ok else 1
