@@ -16,7 +16,8 @@ Invariants owned here:
 Choices (documented where a real server could differ):
 - A WRITE that would end past an image's end fails whole with NFS3ERR_NOSPC, as a write past the
   end of a block device does (images are fixed-size, like the devices they stand for).
-- SETATTR may not change an image's size (NFS3ERR_INVAL), except to its current size (a no-op).
+- SETATTR never changes an image's size: a larger size answers NFS3ERR_NOSPC, a smaller one is
+  accepted and ignored (as O_TRUNC is on a block device; libnfs's nfs-cp truncates to 0 after CREATE).
 - CREATE of an existing image with UNCHECKED returns it; GUARDED/EXCLUSIVE answer NFS3ERR_EXIST;
   a new name answers NFS3ERR_NOSPC unless the core was given ``new_image_bytes`` > 0.
 - NFS calls on an export the client's network may not mount answer NFS3ERR_ACCES; MNT answers
@@ -405,8 +406,10 @@ class NasCore:
                 if s.size is not None:
                     raise _Status(nfs3.NFS3ERR_ISDIR, "cannot set the size of a directory")
                 return
-            if s.size is not None and s.size != img.size_bytes:
-                raise _Status(nfs3.NFS3ERR_INVAL, f"images are fixed-size: size {s.size} != {img.size_bytes}")
+            if s.size is not None and s.size > img.size_bytes:
+                raise _Status(nfs3.NFS3ERR_NOSPC, f"images never grow: size {s.size} > {img.size_bytes}")
+            # A smaller size (libnfs's O_TRUNC sends size 0) is ignored, as O_TRUNC is on a block
+            # device: the image keeps its size and contents, and the post-op attributes say so.
             if s.mode is not None:
                 img.mode = s.mode & 0o7777
             if isinstance(s.mtime, tuple):

@@ -1,0 +1,235 @@
+"""The NAS server's socket layer: UDP and TCP (record marking) around ``NasCore``, one selector loop.
+
+Invariant owned here: this is the only part of the server that touches sockets or the clock. Each
+UDP datagram is one call; each TCP record is one call, and replies go back on the same connection
+in order. Per-connection input is bounded by the record limit and output by ``MAX_TCP_OUTBUF_BYTES``
+(a client that stops reading stops being read); the number of connections is bounded by
+``max_connections``. Every connection closed by the server is counted with its reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+import sys
+import time
+from collections import Counter
+
+from .core import TCP_MAX_IO_BYTES, NasCore
+from .protocol import rpc
+
+UDP_RCVBUF_BYTES = 4 << 20  # absorbs a burst of ~128 32 KiB WRITE datagrams while we fsync
+UDP_MAX_DATAGRAM_BYTES = 65535
+UDP_BATCH = 64  # datagrams handled per readiness before the loop looks at other sockets
+MAX_RECORD_BYTES = TCP_MAX_IO_BYTES + 4096  # a WRITE of wtmax plus RPC/NFS headers
+MAX_TCP_OUTBUF_BYTES = 8 << 20  # stop reading a connection whose peer does not read its replies
+DEFAULT_MAX_CONNECTIONS = 256
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>; Python lacks the name
+
+
+class RateLimitedLog:
+    """stderr lines, at most ``per_s`` a second; the number suppressed is reported, not lost."""
+
+    def __init__(self, per_s: int = 50, stream=None):
+        self.per_s = per_s
+        self.stream = stream or sys.stderr
+        self._window = 0
+        self._count = 0
+        self.suppressed = 0
+
+    def __call__(self, text: str) -> None:
+        w = int(time.monotonic())
+        if w != self._window:
+            if self.suppressed and self._count > self.per_s:
+                print(f"nas-server: ({self._count - self.per_s} log lines suppressed)", file=self.stream, flush=True)
+            self._window, self._count = w, 0
+        self._count += 1
+        if self._count <= self.per_s:
+            print(f"nas-server: {text}", file=self.stream, flush=True)
+        else:
+            self.suppressed += 1
+
+
+class _Conn:
+    __slots__ = ("sock", "peer", "rm", "out", "reading")
+
+    def __init__(self, sock: socket.socket, peer: tuple):
+        self.sock = sock
+        self.peer = peer
+        self.rm = rpc.RecordReassembler(MAX_RECORD_BYTES)
+        self.out = bytearray()
+        self.reading = True
+
+
+class NasServer:
+    def __init__(self, core: NasCore, bind: str = "0.0.0.0", port: int = 2049, pmap_port: int | None = 111,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, log=None):
+        self.core = core
+        self.log = log or (lambda s: None)
+        self.sel = selectors.DefaultSelector()
+        self.stats: Counter = Counter()
+        self.max_connections = max_connections
+        self.conns: dict[socket.socket, _Conn] = {}
+        self.udp: list[socket.socket] = []
+        self.listeners: list[socket.socket] = []
+        self._buf = bytearray(UDP_MAX_DATAGRAM_BYTES)
+        self.running = True
+        ports = [port] + ([pmap_port] if pmap_port else [])
+        for p in ports:
+            self._open(bind, p)
+        self.port = self.udp[0].getsockname()[1]
+        self.core.nfs_port = self.core.mount_port = self.port
+
+    def _open(self, bind: str, port: int) -> None:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            u.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UDP_RCVBUF_BYTES)
+        except PermissionError:  # not CAP_NET_ADMIN: take what rmem_max allows
+            u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF_BYTES)
+        u.bind((bind, port))
+        port = u.getsockname()[1]  # port 0: the kernel chose; TCP uses the same number
+        u.setblocking(False)
+        self.udp.append(u)
+        self.sel.register(u, selectors.EVENT_READ, lambda m, s=u: self._on_udp(s))
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        t.bind((bind, port))
+        t.listen(128)
+        t.setblocking(False)
+        self.listeners.append(t)
+        self.sel.register(t, selectors.EVENT_READ, lambda m, s=t: self._on_accept(s))
+
+    # -- UDP ---------------------------------------------------------------------------------
+    def _on_udp(self, s: socket.socket) -> None:
+        buf = self._buf
+        for _ in range(UDP_BATCH):
+            try:
+                n, peer = s.recvfrom_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.stats["udp_recv_errors"] += 1
+                self.log(f"UDP receive error: {e}")
+                return
+            self.stats["udp_datagrams_in"] += 1
+            msg = bytes(buf[:n])
+            t0 = time.perf_counter()
+            replies = self.core.handle(msg, peer, time.monotonic(), "udp")
+            self.core.observe_latency(self.core.last_label, time.perf_counter() - t0)
+            for r in replies:
+                try:
+                    s.sendto(r, peer)
+                    self.stats["udp_datagrams_out"] += 1
+                except OSError as e:
+                    self.stats["udp_send_errors"] += 1
+                    self.log(f"{peer[0]}:{peer[1]} UDP reply of {len(r)} bytes not sent: {e}")
+
+    # -- TCP ---------------------------------------------------------------------------------
+    def _on_accept(self, lsock: socket.socket) -> None:
+        while True:
+            try:
+                sock, peer = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.stats["tcp_accept_errors"] += 1
+                self.log(f"accept failed: {e}")
+                return
+            if len(self.conns) >= self.max_connections:
+                self.stats["tcp_close_too_many_connections"] += 1
+                self.log(f"{peer[0]}:{peer[1]} refused: {len(self.conns)} connections open (max {self.max_connections})")
+                sock.close()
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c = _Conn(sock, peer)
+            self.conns[sock] = c
+            self.stats["tcp_accepted"] += 1
+            self.sel.register(sock, selectors.EVENT_READ, lambda m, c=c: self._on_conn(c, m))
+
+    def _close(self, c: _Conn, reason: str) -> None:
+        self.stats["tcp_close_" + reason] += 1
+        self.conns.pop(c.sock, None)
+        try:
+            self.sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        c.sock.close()
+
+    def _update_events(self, c: _Conn) -> None:
+        ev = (selectors.EVENT_READ if c.reading else 0) | (selectors.EVENT_WRITE if c.out else 0)
+        if ev == 0:
+            ev = selectors.EVENT_WRITE  # cannot happen (not reading implies output queued); stay safe
+        self.sel.modify(c.sock, ev, lambda m, c=c: self._on_conn(c, m))
+
+    def _on_conn(self, c: _Conn, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            try:
+                data = c.sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError as e:
+                self._close(c, "reset" if e.errno == errno.ECONNRESET else "recv_error")
+                return
+            if data is not None:
+                if not data:
+                    self._close(c, "peer_closed")
+                    return
+                try:
+                    records = c.rm.feed(data)
+                except rpc.RecordError as e:
+                    self.log(f"{c.peer[0]}:{c.peer[1]} {e}")
+                    self._close(c, "record_too_big")
+                    return
+                for rec in records:
+                    self.stats["tcp_records_in"] += 1
+                    t0 = time.perf_counter()
+                    replies = self.core.handle(rec, c.peer, time.monotonic(), "tcp")
+                    self.core.observe_latency(self.core.last_label, time.perf_counter() - t0)
+                    for r in replies:
+                        c.out += rpc.frame_record(r)
+                        self.stats["tcp_records_out"] += 1
+        if c.out:
+            try:
+                n = c.sock.send(c.out)
+                del c.out[:n]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as e:
+                self._close(c, "reset" if e.errno in (errno.ECONNRESET, errno.EPIPE) else "send_error")
+                return
+        was = c.reading
+        c.reading = len(c.out) < MAX_TCP_OUTBUF_BYTES
+        if was != c.reading:
+            self.stats["tcp_read_paused" if not c.reading else "tcp_read_resumed"] += 1
+        self._update_events(c)
+
+    # -- loop --------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        snap = self.core.snapshot()
+        snap["server"] = dict(self.stats, tcp_connections=len(self.conns), port=self.port)
+        return snap
+
+    def run(self, should_stop=lambda: False) -> None:
+        while self.running and not should_stop():
+            for key, mask in self.sel.select(timeout=0.5):
+                key.data(mask)
+
+    def close(self) -> None:
+        for c in list(self.conns.values()):
+            self._close(c, "server_shutdown")
+        for s in self.udp + self.listeners:
+            try:
+                self.sel.unregister(s)
+            except (KeyError, ValueError):
+                pass
+            s.close()
+        self.sel.close()
+
+
+def new_verifier() -> bytes:
+    """A write verifier unique to this process start (RFC 1813: changes when the server restarts)."""
+    return os.urandom(8)
