@@ -52,8 +52,9 @@ MIN_MTU = 68
 MAX_MTU = 65535
 DEFAULT_MTU = 1500
 
-# A Linux bridge has at most BR_MAX_PORTS = 1024 ports; keep three for nas, noise and slack.
-MAX_GENERATED_CLIENTS = 1021
+# Generated client names are client1..clientN and must fit MAX_HOST_NAME_CHARS (9): N <= 999.
+# (A Linux bridge holds BR_MAX_PORTS = 1024 ports, so 999 + nas + noise also fits the switch.)
+MAX_GENERATED_CLIENTS = 999
 
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9]*$")
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
@@ -269,7 +270,7 @@ def generate_topology(n_clients: int, *, noise: bool = True, mtu: int = DEFAULT_
     Clients get no kernel address (kernel_addr = false): their userspace agents own them.
     """
     if not 1 <= n_clients <= MAX_GENERATED_CLIENTS:
-        raise TopologyError(f"<generated>: clients: {n_clients} is outside 1..{MAX_GENERATED_CLIENTS}; a Linux bridge has at most 1024 ports")
+        raise TopologyError(f"<generated>: clients: {n_clients} is outside 1..{MAX_GENERATED_CLIENTS}; client names client1..client999 must fit a 15-character interface name")
     n_hosts = n_clients + 1 + (1 if noise else 0)
     host_bits = max(8, math.ceil(math.log2(n_hosts + 2)))  # +2: network and broadcast addresses
     net = ipaddress.IPv4Network(f"198.18.0.0/{32 - host_bits}")
