@@ -268,3 +268,15 @@ def test_64_hosts_up_and_down_within_10_s(runroot):
     print(f"\n64 clients (66 hosts): up {up_s:.2f} s, down {down_s:.2f} s")
     assert ours(name) == []
     assert up_s <= 10 and down_s <= 10
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_up_interrupted_mid_way_removes_what_it_made(runroot, sig):
+    name = uname("i")
+    p = _start_up_paused(name, 6, runroot)
+    assert len(ours(name)) == 4
+    p.send_signal(sig)
+    _out, err = p.communicate(timeout=20)
+    assert p.returncode == 130, err
+    assert b"rolling back after KeyboardInterrupt" in err and b"testbed: interrupted" in err
+    assert ours(name) == [] and list_runs() == []
