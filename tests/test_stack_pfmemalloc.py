@@ -17,6 +17,16 @@ def _setup(kit):
     return w, alloc, sb, seen
 
 
+def _swap_and_other(sb):
+    """An NFS-swap-like socket with SOCK_MEMALLOC on 2049 and an ordinary one on 5353."""
+    swap = sb.udp_socket()
+    swap.bind(("", 2049))
+    swap.sk_set_memalloc()
+    other = sb.udp_socket()
+    other.bind(("", 5353))
+    return swap, other
+
+
 def test_without_memalloc_sockets_exhaustion_is_rx_nobuf(kit):
     w, alloc, sb, seen = _setup(kit)
     assert alloc.wmark_min == 32 and alloc.watermark_floor(GFP_ATOMIC) == 12
@@ -47,11 +57,7 @@ def test_pfmemalloc_arp_request_still_gets_its_reply(kit):
 
 def test_exhausted_pool_feeds_only_the_memalloc_socket(kit):
     w, alloc, sb, seen = _setup(kit)
-    swap = sb.udp_socket()
-    swap.bind(("", 2049))
-    swap.sk_set_memalloc()
-    other = sb.udp_socket()
-    other.bind(("", 5353))
+    swap, other = _swap_and_other(sb)
     sb.neigh.add_permanent(A, MAC_A)
     kit.exhaust(alloc)
     for i in range(5):
@@ -82,11 +88,7 @@ def test_exhausted_pool_feeds_only_the_memalloc_socket(kit):
 
 def test_policy_off_the_reserve_feeds_any_socket(kit):
     w, alloc, sb, seen = _setup(kit)
-    swap = sb.udp_socket()
-    swap.bind(("", 2049))
-    swap.sk_set_memalloc()
-    other = sb.udp_socket()
-    other.bind(("", 5353))
+    swap, other = _swap_and_other(sb)
     sb.policy.pfmemalloc_demux_drop = False
     kit.exhaust(alloc)
     for i in range(10):
@@ -104,11 +106,7 @@ def test_policy_off_the_reserve_feeds_any_socket(kit):
 
 def test_reassembled_datagram_is_pfmemalloc_if_any_fragment_is(kit):
     w, alloc, sb, seen = _setup(kit)
-    swap = sb.udp_socket()
-    swap.bind(("", 2049))
-    swap.sk_set_memalloc()
-    other = sb.udp_socket()
-    other.bind(("", 5353))
+    swap, other = _swap_and_other(sb)
     from client_agent.wire import udp
     seg = udp.emit(A, B, 1, 5353, b"y" * 24)
     first = udp_frame(seg=seg[:16], flags=ipv4.IP_MF, ident=9)
