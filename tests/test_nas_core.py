@@ -201,7 +201,7 @@ def test_dirstore_on_tmpfs(tmp_path_factory):
 
 # -- 100,000 seeded malformed calls ------------------------------------------------------------
 
-def _fuzz_calls(rng: random.Random, root: bytes, fh: bytes, n: int):
+def _fuzz_calls(rng: random.Random, root: bytes, fh: bytes, n: int, img_bytes: int = IMG_BYTES):
     """Yield (category, message). None of them is a valid call that could change an image."""
     stale = make_fh(FH_KIND_FILE, 0xDEADBEEF, 0xA5A5A5A5A5A5A5A5)
     cats = ["trunc", "hugelen", "prog", "vers", "proc", "badfh", "stalefh", "offset", "flip", "garbage",
@@ -210,7 +210,7 @@ def _fuzz_calls(rng: random.Random, root: bytes, fh: bytes, n: int):
         xid = 0x10000 + i
         cat = cats[i % len(cats)]
         if cat == "trunc":
-            full = nfs3.encode_write_call(xid, fh, rng.randrange(0, IMG_BYTES), b"t" * rng.randrange(1, 300), 2, CRED)
+            full = nfs3.encode_write_call(xid, fh, rng.randrange(0, img_bytes), b"t" * rng.randrange(1, 300), 2, CRED)
             hdr_len = 40 + len(CRED[1])  # fixed header + cred + verf
             yield cat, full[: rng.randrange(hdr_len, len(full))]  # cut inside the arguments
         elif cat == "hugelen":
@@ -227,9 +227,9 @@ def _fuzz_calls(rng: random.Random, root: bytes, fh: bytes, n: int):
             h = rng.randbytes(rng.choice([0, 1, 19, 21, 32, 64]))
             yield cat, nfs3.encode_write_call(xid, h, 0, b"b" * 16, 2, CRED)
         elif cat == "stalefh":
-            yield cat, nfs3.encode_write_call(xid, stale, rng.randrange(0, IMG_BYTES), b"s" * 16, 2, CRED)
+            yield cat, nfs3.encode_write_call(xid, stale, rng.randrange(0, img_bytes), b"s" * 16, 2, CRED)
         elif cat == "offset":
-            off = rng.choice([IMG_BYTES - 1, IMG_BYTES, 1 << 40, (1 << 64) - 1])
+            off = rng.choice([img_bytes - 1, img_bytes, 1 << 40, (1 << 64) - 1])
             yield cat, nfs3.encode_write_call(xid, fh, off, b"o" * 16, 2, CRED)
         elif cat == "flip":
             m = bytearray(nfs3.encode_write_call(xid, stale, 0, b"f" * 32, 2, CRED))
