@@ -186,8 +186,9 @@ class RefClient:
 
     # -- operations ------------------------------------------------------------------------------
     def mount(self, path: str) -> bytes:
-        if self.mount_port != self.port:
-            raise ValueError("MOUNT on a separate port is not supported by this client; use the NFS port")
+        if self.mount_port != self.port:  # e.g. nfs-ganesha's mountd port: a short-lived second client
+            with RefClient(self.host, self.mount_port, self.transport, timeout_s=self.timeout_s) as m:
+                return m.mount(path)
         _, u = self.call(mnt.MOUNT_PROGRAM, mnt.MOUNT_V3, mnt.MOUNTPROC3_MNT, mnt.encode_dirpath(path))
         r = mnt.decode_mnt_res(u)
         if r.status != mnt.MNT3_OK:
@@ -286,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Write and/or verify seeded pages in an NFS image over UDP or TCP.")
     p.add_argument("--server", required=True)
     p.add_argument("--port", type=int, default=2049)
+    p.add_argument("--mount-port", type=int, help="MOUNT port when not the NFS port (nfs-ganesha: 20048)")
     p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
     p.add_argument("--export", required=True, help="export path, e.g. /swap")
     p.add_argument("--file", required=True, help="image name inside the export")
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     out: dict = {}
     try:
-        with RefClient(a.server, a.port, a.transport, timeout_s=a.timeout) as c:
+        with RefClient(a.server, a.port, a.transport, timeout_s=a.timeout, mount_port=a.mount_port) as c:
             root = c.mount(a.export)
             fh, attr = c.lookup(root, a.file)
             if a.bytes > attr.size:
