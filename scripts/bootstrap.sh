@@ -12,17 +12,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exec sudo -E "$0" "$@"
 fi
 
-# command -> Debian package that provides it
-declare -A APT_FOR=(
-    [tcpdump]=tcpdump
-    [tshark]=tshark
-    [nfs-cp]=libnfs-utils
-    [rpcinfo]=rpcbind
-    [ip]=iproute2
-)
+# Debian packages the testbed and its tests use (peers, captures, the NFS baseline server).
+APT_PACKAGES=(tcpdump tshark libnfs-utils rpcbind iproute2 nfs-ganesha nfs-ganesha-vfs)
 missing=()
-for cmd in "${!APT_FOR[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT_FOR[$cmd]}")
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 PY="${PYTHON:-python3}"
 if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
