@@ -34,7 +34,11 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$sta
     echo "testbed: preparing the virtual environment in $VENV" >&2
     "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
+    if ! "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]" >"$VENV/pip.log" 2>&1; then
+        tail -20 "$VENV/pip.log" >&2
+        echo "testbed: pip install failed (full log: $VENV/pip.log); check the network to PyPI and retry" >&2
+        exit 1
+    fi
     echo "$stamp" > "$VENV/.stamp"
 fi
 export PATH="$VENV/bin:$PATH"
