@@ -1,0 +1,28 @@
+"""`testbed bench`: measured figures with baselines, ratios and targets (see framework.py).
+
+Sections register themselves on ``REGISTRY`` when their module is imported; ``load_sections()``
+imports them all, in the order they print. A new section: a module here with a function decorated
+``@REGISTRY.register("name", "what it measures")`` returning a ``SectionResult``, and its module
+name added to ``SECTION_MODULES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .framework import (BenchContext, BenchError, Figure, Registry, SectionResult, Target, format_table,
+                        has_errors, machine_info, run_sections)
+
+REGISTRY = Registry()
+# Order is the order sections run and print in.
+SECTION_MODULES = ("rx", "nas")
+
+
+def load_sections() -> Registry:
+    for mod in SECTION_MODULES:
+        importlib.import_module(f"testbed.bench.{mod}")
+    return REGISTRY
+
+
+__all__ = ["REGISTRY", "load_sections", "BenchContext", "BenchError", "Figure", "Registry", "SectionResult",
+           "Target", "format_table", "has_errors", "machine_info", "run_sections"]

@@ -1,0 +1,280 @@
+"""`testbed bench` framework: figures, targets, sections, the JSON document and the table.
+
+Invariants owned here:
+- A figure is a measurement, never a pass/fail test: ``met`` says whether it reached its target,
+  and a missed target never makes ``testbed bench`` fail (exit 0). Only an error -- a section that
+  could not measure -- gives a non-zero exit, and the section's entry then carries ``"error"``.
+- Every figure serialises to exactly ``{"name", "value", "unit", "baseline", "ratio", "target",
+  "met"}`` plus an optional ``"notes"``; ``ratio = value / baseline`` whenever both are numbers and
+  the baseline is not zero, else null. A figure with ``invalid=True`` (the kernel dropped frames,
+  the receiver overflowed...) has ``met = false`` and says why in ``notes``, whatever its value.
+- ``target`` is a string a reader and a program can both check: ``"<on> <op> <bound>"`` with
+  ``<on>`` in ``value | ratio`` and ``<op>`` in ``<= | >= | ==`` (e.g. ``"ratio <= 1.4"``).
+
+The document (schema_version 1)::
+
+    {"schema_version": 1, "machine": {...}, "quick": bool,
+     "sections": {NAME: {"figures": [...], "params": {...}, "duration_s": float, ["error": str]}}}
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+SCHEMA_VERSION = 1
+FIGURE_KEYS = ("name", "value", "unit", "baseline", "ratio", "target", "met")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "==": lambda a, b: a == b,
+}
+
+
+class BenchError(Exception):
+    """A section could not measure (not a missed target). One line: what, with which values, fix."""
+
+
+@dataclass(frozen=True)
+class Target:
+    on: str      # "value" or "ratio"
+    op: str      # "<=", ">=", "=="
+    bound: float
+
+    def __post_init__(self) -> None:
+        if self.on not in ("value", "ratio") or self.op not in _OPS:
+            raise ValueError(f"target {self.on!r} {self.op!r}: use on=value|ratio and op in {sorted(_OPS)}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Target":
+        try:
+            on, op, bound = text.split()
+            return cls(on, op, float(bound))
+        except ValueError:
+            raise ValueError(f"target {text!r} is not '<value|ratio> <op> <number>', e.g. 'ratio <= 1.4'") from None
+
+    def check(self, value: float | None, ratio: float | None) -> bool | None:
+        x = value if self.on == "value" else ratio
+        if not _is_number(x):
+            return None
+        return _OPS[self.op](float(x), self.bound)
+
+    def __str__(self) -> str:
+        return f"{self.on} {self.op} {_fmt_num(self.bound)}"
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float | int | None
+    unit: str
+    baseline: float | int | None = None
+    target: Target | str | None = None
+    notes: str | None = None
+    invalid: bool = False   # the measurement itself is not trustworthy: met is forced false
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, str):
+            self.target = Target.parse(self.target)
+
+    @property
+    def ratio(self) -> float | None:
+        if _is_number(self.value) and _is_number(self.baseline) and self.baseline != 0:
+            return float(self.value) / float(self.baseline)
+        return None
+
+    @property
+    def met(self) -> bool | None:
+        if self.invalid:
+            return False
+        if self.target is None:
+            return None
+        return self.target.check(self.value, self.ratio)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "value": _clean(self.value), "unit": self.unit,
+                             "baseline": _clean(self.baseline), "ratio": _clean(self.ratio),
+                             "target": None if self.target is None else str(self.target), "met": self.met}
+        if self.notes:
+            d["notes"] = self.notes
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Figure":
+        """A figure from a plain dict (sections written elsewhere, e.g. nas_server.bench)."""
+        missing = [k for k in ("name", "value", "unit") if k not in d]
+        if missing:
+            raise BenchError(f"figure {d!r} lacks {missing}; a figure needs at least name, value, unit")
+        fig = cls(d["name"], d["value"], d["unit"], d.get("baseline"), d.get("target"), d.get("notes"))
+        if "met" in d and d["met"] is False and fig.met is not False:
+            fig.invalid = True  # the producer judged it; keep its verdict
+        return fig
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+@dataclass
+class SectionResult:
+    figures: list[Figure] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, *args: Any, **kwargs: Any) -> Figure:
+        fig = args[0] if args and isinstance(args[0], Figure) else Figure(*args, **kwargs)
+        self.figures.append(fig)
+        return fig
+
+
+@dataclass
+class BenchContext:
+    quick: bool
+    seed: int = 1
+    progress: Callable[[str], None] = lambda _m: None
+
+
+SectionFn = Callable[[BenchContext], SectionResult]
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    fn: SectionFn
+    help: str
+    needs_root: bool = False
+
+
+class Registry:
+    """Sections by name, in registration order (the order they run and print in)."""
+
+    def __init__(self) -> None:
+        self._sections: dict[str, Section] = {}
+
+    def register(self, name: str, help: str, *, needs_root: bool = False) -> Callable[[SectionFn], SectionFn]:
+        def deco(fn: SectionFn) -> SectionFn:
+            if name in self._sections:
+                raise ValueError(f"bench section {name!r} registered twice")
+            self._sections[name] = Section(name, fn, help, needs_root)
+            return fn
+        return deco
+
+    def names(self) -> list[str]:
+        return list(self._sections)
+
+    def get(self, name: str) -> Section:
+        try:
+            return self._sections[name]
+        except KeyError:
+            raise BenchError(f"no bench section {name!r}; sections: {', '.join(self._sections) or 'none'}") from None
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for mod in ("pyroute2", "scapy", "psutil"):
+        try:
+            from importlib.metadata import version
+            versions[mod] = version(mod)
+        except Exception:
+            versions[mod] = None
+    return {"cpu_model": cpu, "nproc": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "pyroute2": versions["pyroute2"], "scapy": versions["scapy"],
+            "psutil": versions["psutil"],
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def run_sections(registry: Registry, names: list[str] | None, *, quick: bool, seed: int = 1,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the named sections (default: all) and return the whole document. Errors are recorded."""
+    say = progress or (lambda _m: None)
+    chosen = [registry.get(n) for n in (names or registry.names())]
+    doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "machine": machine_info(), "quick": quick, "sections": {}}
+    for sec in chosen:
+        say(f"section {sec.name}: {sec.help}")
+        t0 = time.monotonic()
+        entry: dict[str, Any]
+        try:
+            res = sec.fn(BenchContext(quick=quick, seed=seed, progress=say))
+            entry = {"figures": [f.to_json() for f in res.figures], "params": res.params}
+        except BenchError as e:
+            entry = {"figures": [], "params": {}, "error": str(e)}
+        except Exception as e:  # a bug: keep the traceback in the log, the document says which section
+            traceback.print_exc(file=sys.stderr)
+            entry = {"figures": [], "params": {}, "error": f"{type(e).__name__}: {e}"}
+        entry["duration_s"] = round(time.monotonic() - t0, 3)
+        doc["sections"][sec.name] = entry
+    return doc
+
+
+def has_errors(doc: dict[str, Any]) -> bool:
+    return any("error" in s for s in doc["sections"].values())
+
+
+# -- the table -------------------------------------------------------------------------------------
+def _fmt_num(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if x == 0:
+            return "0"
+        a = abs(x)
+        if a >= 1000:
+            return f"{x:.0f}"
+        if a >= 100:
+            return f"{x:.1f}"
+        if a >= 1:
+            return f"{x:.2f}"
+        return f"{x:.3g}"
+    return str(x)
+
+
+def format_table(doc: dict[str, Any]) -> str:
+    """One row per figure: section/name, value, unit, baseline, ratio, target, met (✓/✗/–)."""
+    header = ("figure", "value", "unit", "baseline", "ratio", "target", "met")
+    rows: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    for sname, sec in doc["sections"].items():
+        if "error" in sec:
+            rows.append((f"{sname}: ERROR", "", "", "", "", "", "✗"))
+            notes.append(f"{sname}: {sec['error']}")
+        for f in sec["figures"]:
+            met = {True: "✓", False: "✗", None: "–"}[f["met"]]
+            ratio = "–" if f["ratio"] is None else f"{f['ratio']:.2f}×"
+            rows.append((f"{sname}.{f['name']}", _fmt_num(f["value"]), f["unit"], _fmt_num(f["baseline"]),
+                         ratio, f["target"] or "–", met))
+            if f.get("notes"):
+                notes.append(f"{sname}.{f['name']}: {f['notes']}")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {1, 3, 4}
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    out = [line(header), line(tuple("-" * w for w in widths)), *map(line, rows)]
+    if notes:
+        out.append("")
+        out.extend(f"note: {n}" for n in notes)
+    return "\n".join(out)

@@ -1,0 +1,50 @@
+"""`testbed bench`: run the benchmark sections, print a table of figures, optionally write JSON.
+
+Exit 0 whenever every section measured, even if targets were missed (figures are measurements);
+exit 1 if a section could not measure (its entry in the JSON carries "error"); 2 for a bad option.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure figures against baselines (receive-path CPU, NAS throughput, ...)")
+    p.add_argument("--quick", action="store_true", help="fewer rates, shorter windows (about a minute)")
+    p.add_argument("--json", metavar="FILE", help="write the whole result as JSON to FILE ('-' for stdout)")
+    p.add_argument("--section", action="append", metavar="NAME",
+                   help="run only this section (repeatable); default: all. `--section list` lists them")
+    p.add_argument("--seed", type=int, default=1, help="seed for the traffic (default 1)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from testbed.bench import format_table, has_errors, load_sections, run_sections
+    from testbed.cli import UserError
+
+    from . import sigterm_as_interrupt
+
+    registry = load_sections()
+    names = args.section or None
+    if names == ["list"]:
+        for n in registry.names():
+            print(f"{n:8} {registry.get(n).help}")
+        return 0
+    unknown = [n for n in names or [] if n not in registry.names()]
+    if unknown:
+        raise UserError(f"unknown bench section(s) {', '.join(unknown)}; sections: {', '.join(registry.names())}")
+    with sigterm_as_interrupt():
+        doc = run_sections(registry, names, quick=args.quick, seed=args.seed,
+                           progress=lambda m: print(m, file=sys.stderr, flush=True))
+    text = json.dumps(doc, indent=1, ensure_ascii=False)
+    if args.json == "-":
+        print(text)
+    else:
+        print(format_table(doc))
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+            print(f"\nwrote {args.json}")
+    return 1 if has_errors(doc) else 0
