@@ -1,0 +1,309 @@
+"""Scenarios as data: a TOML ``[scenario]`` table -> a validated ``Scenario`` -> preflight checks.
+
+Invariants owned here:
+- A scenario file holds exactly the keys of docs/swap-contract.md ("Scenario parameters") plus the
+  runner's own (``agent_capacity_pps``, ``budget``); an unknown key or a bad value is refused with
+  one line ``FILE: KEY: problem; fix`` before anything is created.
+- The preflight decides, from the scenario's figures alone, whether its ``expect`` is physically
+  possible, and records each check as ``{name, formula, values, pass}`` for the report. Watermarks
+  and floors come from the agent's own allocator code (client_agent.mm), never re-derived here, so
+  the preflight and the run can never disagree about what ``min`` is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+
+SCENARIO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scenarios")
+EXPECTS = ("deadlock", "recovered", "completed")
+STABLE = ("FILE_SYNC", "UNSTABLE")
+READERS = ("none", "fast", "ordinary")
+PAGE_SIZE = 4096
+# An NFSv3 WRITE reply on the wire: RPC accepted-reply header 24 + nfsstat 4 + wcc_data
+# (pre_op_attr 4+24, post_op_attr 4+84) + count 4 + committed 4 + writeverf 8 = 160 bytes of RPC,
+# + UDP 8 + IPv4 20 + Ethernet 14 = 202 bytes: one receive page, never fragmented at MTU 1500.
+WRITE_REPLY_FRAME_BYTES = 202
+MTU = 1500
+ETH_HLEN = 14
+UDP_IP_HLEN = 28
+DEFAULT_AGENT_CAPACITY_PPS = 40000
+
+
+class ScenarioError(ValueError):
+    """A scenario file or override that cannot be used; the message is one line with the fix."""
+
+
+@dataclass
+class Scenario:
+    name: str = ""
+    description: str = ""
+    expect: str = "completed"
+    seed: int = 1
+    pool_pages: int = 8192
+    min_free_kbytes: int = 2048
+    watermark_scale_factor: int = 10
+    memalloc: bool = True
+    pfmemalloc_demux_drop: bool = True
+    slots: int = 16
+    wsize: int = 4096
+    stable: str = "FILE_SYNC"
+    timeo_s: float = 0.5
+    timeo_max_s: float = 2.0
+    retrans: int = 3
+    noise_sockets: int = 4
+    noise_rcvbuf_bytes: int = 851968
+    noise_reader: str = "ordinary"
+    flood_pps: int = 4000
+    flood_size: int = 64
+    workload_pages: int = 10240
+    workload_rate_pps: int = 0
+    stall_threshold_s: float = 6.0
+    max_duration_s: float = 60.0
+    # Runner's own: the agent's receive capacity (frames/s), see `testbed bench`; NAPI budget.
+    agent_capacity_pps: int = DEFAULT_AGENT_CAPACITY_PPS
+    budget: int = 64
+    source: str = field(default="<defaults>", compare=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("source")
+        return d
+
+
+_FIELDS = {f.name: f for f in fields(Scenario) if f.name != "source"}
+_INT_RANGES = {
+    "seed": (0, 2**63 - 1), "pool_pages": (64, 1 << 22), "min_free_kbytes": (16, 262144),
+    "watermark_scale_factor": (1, 3000), "slots": (1, 1024), "wsize": (512, 1048576),
+    "retrans": (0, 100), "noise_sockets": (0, 64), "noise_rcvbuf_bytes": (1024, 1 << 30),
+    "flood_pps": (0, 10_000_000), "flood_size": (12, 1472), "workload_pages": (1, 1 << 24),
+    "workload_rate_pps": (0, 10_000_000), "agent_capacity_pps": (1, 100_000_000), "budget": (1, 4096),
+}
+_FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0),
+                 "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
+_CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS}
+
+
+def _check_value(src: str, key: str, value):
+    """The value converted to the field's type, or ScenarioError naming file, key and fix."""
+    if key not in _FIELDS:
+        raise ScenarioError(f"{src}: {key}: unknown key; known keys: {', '.join(_FIELDS)}")
+    typ = _FIELDS[key].type
+    if typ == "bool":
+        if not isinstance(value, bool):
+            raise ScenarioError(f"{src}: {key}: expected true or false, got {value!r}; write {key} = true|false")
+        return value
+    if typ == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ScenarioError(f"{src}: {key}: expected an integer, got {value!r}; write e.g. {key} = {_FIELDS[key].default}")
+        lo, hi = _INT_RANGES[key]
+        if not lo <= value <= hi:
+            raise ScenarioError(f"{src}: {key}: {value} is outside {lo}..{hi}; pick a value in that range")
+        return value
+    if typ == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ScenarioError(f"{src}: {key}: expected a number of seconds, got {value!r}; write e.g. {key} = {_FIELDS[key].default}")
+        lo, hi = _FLOAT_RANGES[key]
+        if not lo <= value <= hi:
+            raise ScenarioError(f"{src}: {key}: {value} is outside {lo}..{hi}; pick a value in that range")
+        return float(value)
+    if not isinstance(value, str):
+        raise ScenarioError(f"{src}: {key}: expected a string, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ScenarioError(f"{src}: {key}: {value!r} is not one of {', '.join(_CHOICES[key])}; pick one of them")
+    return value
+
+
+def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -> Scenario:
+    vals = {}
+    for k, v in table.items():
+        vals[k] = _check_value(src, k, v)
+    for k, v in (overrides or {}).items():
+        vals[k] = _check_value(f"{src} (--set)", k, v)
+    sc = Scenario(**vals, source=src)
+    if not sc.name:
+        raise ScenarioError(f"{src}: name: missing; add name = \"...\" to [scenario]")
+    if sc.stall_threshold_s < 3 * sc.timeo_max_s:
+        raise ScenarioError(f"{src}: stall_threshold_s: {sc.stall_threshold_s} < 3 x timeo_max_s = {3 * sc.timeo_max_s}; "
+                            f"raise it to at least {3 * sc.timeo_max_s} (a hard mount may be silent that long)")
+    if sc.timeo_max_s < sc.timeo_s:
+        raise ScenarioError(f"{src}: timeo_max_s: {sc.timeo_max_s} < timeo_s {sc.timeo_s}; make timeo_max_s >= timeo_s")
+    if sc.max_duration_s <= sc.stall_threshold_s:
+        raise ScenarioError(f"{src}: max_duration_s: {sc.max_duration_s} <= stall_threshold_s {sc.stall_threshold_s}; "
+                            f"a deadlock could never be declared: raise max_duration_s")
+    if sc.wsize % PAGE_SIZE:
+        raise ScenarioError(f"{src}: wsize: {sc.wsize} is not a multiple of {PAGE_SIZE}; swap writes whole pages")
+    return sc
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` from ``--set``; VALUE read as TOML (so 30, 2.5, true, "UNSTABLE" work)."""
+    if "=" not in text:
+        raise ScenarioError(f"--set {text!r}: expected KEY=VALUE, e.g. --set max_duration_s=30")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: a string (e.g. stable=UNSTABLE)
+    return key, value
+
+
+def resolve_path(name_or_file: str) -> str:
+    if os.path.exists(name_or_file):
+        return name_or_file
+    p = os.path.join(SCENARIO_DIR, f"{name_or_file}.toml")
+    if os.path.exists(p):
+        return p
+    known = sorted(f[:-5] for f in os.listdir(SCENARIO_DIR) if f.endswith(".toml")) if os.path.isdir(SCENARIO_DIR) else []
+    raise ScenarioError(f"{name_or_file}: no such scenario file or built-in scenario; built-ins: {', '.join(known)}")
+
+
+def load(name_or_file: str, overrides: dict | None = None) -> Scenario:
+    path = resolve_path(name_or_file)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{path}: not valid TOML: {e}; fix the syntax") from None
+    extra = [k for k in doc if k != "scenario"]
+    if extra:
+        raise ScenarioError(f"{path}: {extra[0]}: unknown top-level key; put every parameter in the [scenario] table")
+    if "scenario" not in doc or not isinstance(doc["scenario"], dict):
+        raise ScenarioError(f"{path}: scenario: missing [scenario] table; start the file with [scenario]")
+    return from_dict(doc["scenario"], path, overrides)
+
+
+def capacity_from_bench(path: str) -> int:
+    """The agent's receive capacity from a `testbed bench` JSON: a figure named like
+    ``agent_capacity_pps`` / ``agent_rx_pps`` (``{"value": N, "unit": "pps"}``)."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ScenarioError(f"{path}: cannot read bench JSON: {e}; pass a file written by `testbed bench --json`") from None
+
+    def walk(o):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k in ("agent_capacity_pps", "agent_rx_pps", "rx_capacity_pps") or (isinstance(v, dict) and v.get("name") in ("agent_capacity_pps", "agent_rx_pps")):
+                    val = v.get("value") if isinstance(v, dict) else v
+                    if isinstance(val, (int, float)) and val > 0:
+                        return int(val)
+                r = walk(v)
+                if r:
+                    return r
+        elif isinstance(o, list):
+            for v in o:
+                if isinstance(v, dict) and v.get("name") in ("agent_capacity_pps", "agent_rx_pps") and isinstance(v.get("value"), (int, float)):
+                    return int(v["value"])
+                r = walk(v)
+                if r:
+                    return r
+        return None
+    got = walk(doc)
+    if not got:
+        raise ScenarioError(f"{path}: no agent_capacity_pps / agent_rx_pps figure in the bench JSON; "
+                            f"pass --set agent_capacity_pps=N instead")
+    return got
+
+
+# ------------------------------------------------------------------------------ preflight
+@dataclass
+class Check:
+    name: str
+    formula: str
+    values: dict
+    passed: bool
+    applies: str = "all"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "formula": self.formula, "values": self.values, "pass": self.passed,
+                "applies": self.applies}
+
+    def line(self, sc: Scenario) -> str:
+        vals = ", ".join(f"{k}={v}" for k, v in self.values.items())
+        return f"{sc.source}: preflight {self.name} fails for expect={sc.expect}: {self.formula} with {vals}"
+
+
+def figures(sc: Scenario) -> dict:
+    """Watermarks and sizes, from the agent's own allocator and stack rules."""
+    from client_agent.mm.gfp import GFP_ATOMIC
+    from client_agent.mm.page_alloc import PageAllocator
+    from client_agent.net.skb import PAGE_SIZE as SKB_PAGE, SKB_TRUESIZE_OVERHEAD
+
+    pa = PageAllocator(sc.pool_pages, sc.min_free_kbytes, sc.watermark_scale_factor)
+    wmin, low, high = pa.wmark_min, pa.wmark_low, pa.wmark_high
+    atomic_floor = pa.watermark_floor(GFP_ATOMIC)
+    frame = ETH_HLEN + UDP_IP_HLEN + sc.flood_size
+    pages_per_frame = max(1, math.ceil(frame / SKB_PAGE))
+    truesize = pages_per_frame * SKB_PAGE + SKB_TRUESIZE_OVERHEAD
+    # client_agent/net/udp.py: a datagram is admitted while rmem_alloc <= rcvbuf before it, so a
+    # socket holds floor(rcvbuf / truesize) + 1 datagrams.
+    per_socket = sc.noise_rcvbuf_bytes // truesize + 1
+    noise_pages = sc.noise_sockets * per_socket * pages_per_frame
+    reply_pages = max(1, math.ceil(WRITE_REPLY_FRAME_BYTES / SKB_PAGE))
+    reply_frags = max(1, math.ceil((WRITE_REPLY_FRAME_BYTES - ETH_HLEN - 20) / (MTU - 20)))
+    reasm_pages = sc.slots * reply_frags if reply_frags > 1 else 0
+    return {"min": wmin, "low": low, "high": high, "atomic_floor": atomic_floor,
+            "flood_truesize": truesize, "flood_pages_per_frame": pages_per_frame,
+            "datagrams_per_noise_socket": per_socket, "noise_pages": noise_pages,
+            "reply_pages": reply_pages, "reassembly_pages": reasm_pages}
+
+
+def preflight(sc: Scenario) -> tuple[list[Check], dict]:
+    """Every check, whether it applies to this ``expect`` or not (``applies`` says which)."""
+    f = figures(sc)
+    checks: list[Check] = []
+    deadlock_expected = sc.expect == "deadlock"
+    pin = f["min"] - f["atomic_floor"]
+    checks.append(Check(
+        "flood_pins_free_at_atomic_floor", "noise_pages >= min - atomic_floor",
+        {"noise_pages": f["noise_pages"], "min": f["min"], "atomic_floor": f["atomic_floor"],
+         "sockets": sc.noise_sockets, "rcvbuf_bytes": sc.noise_rcvbuf_bytes, "truesize": f["flood_truesize"]},
+        f["noise_pages"] >= pin, applies="deadlock"))
+    if not sc.pfmemalloc_demux_drop and sc.memalloc:
+        checks.append(Check(
+            "flood_eats_whole_reserve", "noise_pages >= min + (low - min)",
+            {"noise_pages": f["noise_pages"], "min": f["min"], "headroom": f["low"] - f["min"]},
+            f["noise_pages"] >= f["low"], applies="deadlock"))
+    need = sc.slots * f["reply_pages"] + sc.budget + f["reassembly_pages"]
+    reserve_ok = f["atomic_floor"] >= need
+    if sc.memalloc and sc.pfmemalloc_demux_drop:
+        checks.append(Check(
+            "reserve_covers_slot_table", "atomic_floor >= slots * reply_pages + budget + reassembly_pages",
+            {"atomic_floor": f["atomic_floor"], "slots": sc.slots, "reply_pages": f["reply_pages"],
+             "budget": sc.budget, "reassembly_pages": f["reassembly_pages"], "needed": need},
+            reserve_ok, applies="recovered,completed"))
+        checks.append(Check(
+            "reserve_undersized", "atomic_floor < slots * reply_pages + budget + reassembly_pages",
+            {"atomic_floor": f["atomic_floor"], "needed": need}, not reserve_ok, applies="deadlock"))
+    cap = sc.agent_capacity_pps // 4
+    checks.append(Check("flood_within_agent_capacity", "flood_pps <= agent_capacity_pps / 4",
+                        {"flood_pps": sc.flood_pps, "agent_capacity_pps": sc.agent_capacity_pps, "limit": cap},
+                        sc.flood_pps <= cap))
+    fill_s = f["noise_pages"] / sc.flood_pps if sc.flood_pps else math.inf
+    checks.append(Check("flood_fills_noise_in_time", "noise_pages / flood_pps < max_duration_s - stall_threshold_s",
+                        {"fill_s": round(fill_s, 3), "max_duration_s": sc.max_duration_s,
+                         "stall_threshold_s": sc.stall_threshold_s},
+                        fill_s < sc.max_duration_s - sc.stall_threshold_s, applies="deadlock"))
+    checks.append(Check("workload_needs_reclaim", "workload_pages > pool_pages - low",
+                        {"workload_pages": sc.workload_pages, "pool_pages": sc.pool_pages, "low": f["low"]},
+                        sc.workload_pages > sc.pool_pages - f["low"]))
+    checks.append(Check("stall_threshold_covers_hard_mount", "stall_threshold_s >= 3 * timeo_max_s",
+                        {"stall_threshold_s": sc.stall_threshold_s, "timeo_max_s": sc.timeo_max_s},
+                        sc.stall_threshold_s >= 3 * sc.timeo_max_s))
+    return checks, f
+
+
+def failing(sc: Scenario, checks: list[Check]) -> list[Check]:
+    """The checks that apply to this scenario's ``expect`` and fail."""
+    out = []
+    for c in checks:
+        if c.applies == "all" or sc.expect in c.applies.split(","):
+            if not c.passed:
+                out.append(c)
+    return out
