@@ -179,17 +179,17 @@ class Loop:
 
         # 2. Wait on the selector. A virtual clock only polls: time does not pass by waiting.
         registered = bool(self.selector.get_map())
+        if timeout is None and not registered:
+            return False                                 # nothing scheduled, nothing to read
         if clock.virtual:
             events = self.selector.select(0) if registered else []
             if not events and not self._ready:
                 if wake_at is None:
-                    if not registered:
-                        return False                    # nothing scheduled, nothing to read
                     events = self.selector.select(None)  # only a real file can wake us now
                 elif wake_at > clock.now():
                     clock.set(wake_at)                   # jump straight to the next timer
         else:
-            if registered or timeout is None:
+            if registered:
                 events = self.selector.select(timeout)
             else:
                 events = []

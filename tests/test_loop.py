@@ -72,8 +72,13 @@ def test_real_socketpair_reader_and_lag():
     t0 = time.monotonic()
     assert not loop.run_until(lambda: len(got) > 1, timeout_s=0.05)
     assert 0.04 <= time.monotonic() - t0 < 1.0
+    assert loop.remove_reader(a)
     a.close()
     b.close()
+    # Nothing scheduled and nothing registered on a real clock: return, never block forever.
+    t0 = time.monotonic()
+    assert not loop.run_until(lambda: False, timeout_s=None)
+    assert time.monotonic() - t0 < 0.5
 
 
 def test_selector_data_convention_matches_control_server():
