@@ -1,0 +1,174 @@
+"""The watchdog: the contract's outcome rules applied to snapshots, and the hung-task style report.
+
+Invariants owned here (docs/swap-contract.md, "Outcome rules"):
+- ``deadlock``: reclaim is needed (free < low, or kswapd wanted) and ``pswpout`` has not grown for
+  ``stall_threshold_s``; the clock of the stall starts at the later of the last ``pswpout`` growth
+  and the moment reclaim became needed, and the outcome is declared at the first sample at or past
+  start + threshold -- never earlier.
+- ``recovered``: the workload is done and free > high, after a stall (free went below the GFP_ATOMIC
+  floor at some sample); ``completed``: the same without a stall.
+- ``invalid``: a snapshot says it is not valid (tp_drops, loop lag) or the runner saw softnet drops.
+- The first outcome is final; ``finish()`` at the end of the budget gives ``unfinished`` when none
+  was reached (the run proves nothing either way, so it never equals an ``expect``).
+Pure: fed ``(t, snapshot)``; no clock, no I/O, so it is tested on synthetic timelines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+EPS = 1e-9
+
+
+def zone(snap: dict) -> dict:
+    return snap.get("alloc", {}).get("zoneinfo", {})
+
+
+def pswpout(snap: dict) -> int:
+    return int(snap.get("alloc", {}).get("vmstat", {}).get("pswpout", 0))
+
+
+def atomic_floor(snap: dict) -> int:
+    return int(snap.get("alloc", {}).get("reserve", {}).get("atomic_floor", 0))
+
+
+def reclaim_needed(snap: dict) -> bool:
+    z = zone(snap)
+    return z.get("free", 0) < z.get("low", 0) or bool(snap.get("alloc", {}).get("kswapd", {}).get("wanted"))
+
+
+def workload_done(snap: dict) -> bool:
+    return bool(snap.get("workload", {}).get("done"))
+
+
+@dataclass
+class Watchdog:
+    stall_threshold_s: float
+    outcome: str | None = None
+    decided_at: float | None = None
+    reasons: list = field(default_factory=list)
+    time_to_stall_s: float | None = None
+    time_to_recover_s: float | None = None
+    reserve_low_pages: int | None = None
+    stalled: bool = False
+    _first_below_floor: float | None = None
+    _last_pswpout: int | None = None
+    _last_growth: float | None = None
+    _reclaim_since: float | None = None
+    _last_t: float | None = None
+
+    def stall_start(self) -> float | None:
+        if self._reclaim_since is None:
+            return None
+        return max(self._reclaim_since, self._last_growth if self._last_growth is not None else self._reclaim_since)
+
+    def feed(self, t: float, snap: dict, extra_invalid: list[str] | tuple = ()) -> str | None:
+        """One sample at runner time ``t`` (s since start). Returns the outcome once decided."""
+        if self.outcome is not None:
+            return self.outcome
+        self._last_t = t
+        z = zone(snap)
+        free = z.get("free")
+        lw = snap.get("alloc", {}).get("reserve", {}).get("nr_free_lowwater")
+        for v in (free, lw):
+            if v is not None:
+                self.reserve_low_pages = v if self.reserve_low_pages is None else min(self.reserve_low_pages, v)
+        bad = list(snap.get("invalid_reasons", [])) if snap.get("valid") is False else []
+        bad += list(extra_invalid)
+        if bad:
+            return self._decide("invalid", t, bad)
+        p = pswpout(snap)
+        if self._last_pswpout is None or p > self._last_pswpout:
+            self._last_growth = t
+            self._last_pswpout = p
+        floor = atomic_floor(snap)
+        if free is not None and free < floor:
+            self.stalled = True
+            if self._first_below_floor is None:
+                self._first_below_floor = t
+        if workload_done(snap) and free is not None and free > z.get("high", 0):
+            if self.stalled:
+                self.time_to_stall_s = self._first_below_floor
+                self.time_to_recover_s = t - self._first_below_floor
+                return self._decide("recovered", t, [f"workload done, free {free} > high {z.get('high')} "
+                                                     f"{t - self._first_below_floor:.1f} s after free went below the atomic floor {floor}"])
+            return self._decide("completed", t, [f"workload done, free {free} > high {z.get('high')}, free never below the atomic floor {floor}"])
+        if reclaim_needed(snap):
+            if self._reclaim_since is None:
+                self._reclaim_since = t
+            start = self.stall_start()
+            if t - start + EPS >= self.stall_threshold_s:
+                self.time_to_stall_s = start
+                return self._decide("deadlock", t, [
+                    f"reclaim needed (free {free} < low {z.get('low')} or kswapd wanted) and pswpout stuck at "
+                    f"{p} for {t - start:.1f} s >= stall_threshold_s {self.stall_threshold_s}"])
+        else:
+            self._reclaim_since = None
+        return None
+
+    def _decide(self, outcome: str, t: float, reasons: list[str]) -> str:
+        self.outcome, self.decided_at, self.reasons = outcome, t, reasons
+        return outcome
+
+    def finish(self) -> str:
+        if self.outcome is None:
+            start = self.stall_start()
+            why = (f"pswpout stalled for {self._last_t - start:.1f} s only" if start is not None and self._last_t is not None
+                   else "workload not done")
+            self._decide("unfinished", self._last_t or 0.0, [f"no outcome within the time budget ({why})"])
+        return self.outcome
+
+
+# ------------------------------------------------------------------------------ report text
+def hung_task_report(snap: dict, stall_threshold_s: float, missing_xids: list[int] | None = None,
+                     wire_note: str | None = None) -> str:
+    """What a kernel engineer would want to see: blocked tasks, memory against the watermarks,
+    receive drops by reason, and the NAS replies that reached the wire but not the NFS socket."""
+    out = []
+    for task in snap.get("tasks", []):
+        if task.get("wait") is None and task.get("state") not in ("blocked", "D", "waiting"):
+            continue
+        waited = task.get("waited_s")
+        hung = waited is not None and waited >= stall_threshold_s
+        head = "INFO: task" if hung else "      task"
+        line = (f"{head} {task.get('name')}:{task.get('pid')} {'blocked for more than ' + format(stall_threshold_s, 'g') + ' seconds' if hung else 'waiting'}"
+                f" ({waited:.1f} s)" if waited is not None else f"{head} {task.get('name')}:{task.get('pid')}")
+        out.append(line)
+        detail = f"      state {task.get('state')}{' kthread' if task.get('kthread') else ''}, waits on {task.get('wait')}: {task.get('reason')}"
+        if task.get("pages"):
+            pg = task["pages"]
+            detail += f" [{pg.get('n')} page(s), gfp {pg.get('gfp'):#x}, owner {pg.get('owner')}]"
+        out.append(detail)
+    if not out:
+        out.append("no task is waiting")
+    z = zone(snap)
+    res = snap.get("alloc", {}).get("reserve", {})
+    out.append(f"Mem-Info: free:{z.get('free')} min:{z.get('min')} low:{z.get('low')} high:{z.get('high')} "
+               f"atomic_floor:{res.get('atomic_floor')} managed:{z.get('managed')} "
+               f"min_free_kbytes:{z.get('min_free_kbytes')} reserve_in_use:{res.get('reserve_in_use')} "
+               f"nr_free_lowwater:{res.get('nr_free_lowwater')} memalloc_socks:{res.get('memalloc_socks')}")
+    vm = snap.get("alloc", {}).get("vmstat", {})
+    keys = ("pswpout", "pgscan_kswapd", "pgsteal_kswapd", "nr_writeback", "nr_anon_pages",
+            "pgscan_direct_throttle", "allocstall")
+    out.append("vmstat: " + " ".join(f"{k}:{vm.get(k, 0)}" for k in keys))
+    owners = snap.get("alloc", {}).get("owners", {})
+    if owners:
+        out.append("pages by owner: " + " ".join(f"{k}:{v}" for k, v in sorted(owners.items(), key=lambda kv: -kv[1])))
+    st = snap.get("stack", {})
+    c = st.get("counters", {})
+    drops = st.get("drop_reasons", {})
+    out.append("receive drops by reason: " + (" ".join(f"{k}:{v}" for k, v in sorted(drops.items())) or "none")
+               + f"; rx_nobuf:{c.get('rx_nobuf', 0)} PFMemallocDrop:{c.get('PFMemallocDrop', 0)}")
+    nfs = snap.get("nfs", {})
+    if nfs:
+        keys = ("rpc_calls", "rpc_retrans", "rpc_major_timeouts", "rpc_replies", "rpc_bad_xid", "backlog")
+        out.append("nfs: " + " ".join(f"{k}:{nfs.get(k)}" for k in keys if k in nfs)
+                   + (" -- server not responding, still trying" if nfs.get("not_responding") else ""))
+    if missing_xids is not None:
+        shown = " ".join(f"{x:#010x}" for x in missing_xids[:32])
+        more = f" (+{len(missing_xids) - 32} more)" if len(missing_xids) > 32 else ""
+        out.append(f"NAS replies on the client's wire never received by the NFS socket: {len(missing_xids)}"
+                   + (f": xid {shown}{more}" if missing_xids else ""))
+    if wire_note:
+        out.append(wire_note)
+    return "\n".join(out)

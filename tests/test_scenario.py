@@ -1,0 +1,115 @@
+"""Scenario model, validation errors (one line: file, key, fix) and the preflight, no root."""
+
+import os
+
+import pytest
+
+from testbed import scenario as S
+
+
+def write(tmp_path, body, name="s.toml"):
+    p = tmp_path / name
+    p.write_text(body)
+    return str(p)
+
+
+def test_builtins_load_and_pass_preflight():
+    for n in ("no-reserve", "reserve-no-filter", "memalloc", "memalloc-undersized"):
+        sc = S.load(n)
+        assert sc.name == n
+        checks, _ = S.preflight(sc)
+        assert S.failing(sc, checks) == [], n
+    assert S.load("memalloc").expect == "recovered"
+    assert S.load("no-reserve").memalloc is False
+    assert S.load("reserve-no-filter").pfmemalloc_demux_drop is False
+
+
+def test_worked_example_by_hand():
+    sc = S.from_dict({"name": "w", "expect": "recovered", "pool_pages": 8192, "min_free_kbytes": 2048,
+                      "slots": 16, "noise_sockets": 4, "noise_rcvbuf_bytes": 832 * 1024, "flood_pps": 4000})
+    checks, f = S.preflight(sc)
+    # min = 2048 KiB / 4 KiB = 512; step = max(512/4, 8192*10/10000=8) = 128
+    assert (f["min"], f["low"], f["high"]) == (512, 640, 768)
+    # GFP_ATOMIC: 512 - 512/2 = 256; 256 - 256/4 = 192
+    assert f["atomic_floor"] == 192
+    # 64-byte payload frame = 106 bytes -> one page; truesize 4096 + 576
+    assert f["flood_truesize"] == 4672
+    # 851968 // 4672 = 182, +1 admitted while rmem <= rcvbuf -> 183 per socket, x4 = 732
+    assert f["noise_pages"] == 4 * 183 == 732
+    by = {c.name: c for c in checks}
+    assert by["flood_pins_free_at_atomic_floor"].passed            # 732 >= 512 - 192 = 320
+    assert by["reserve_covers_slot_table"].values["needed"] == 16 * 1 + 64 + 0
+    assert by["reserve_covers_slot_table"].passed                  # 192 >= 80
+    assert by["flood_within_agent_capacity"].values["limit"] == 10000
+    assert by["flood_within_agent_capacity"].passed
+    assert all(set(c.to_json()) >= {"name", "formula", "values", "pass"} for c in checks)
+
+
+def test_impossible_scenario_refused_with_numbers():
+    # memalloc-undersized's reserve but expecting recovery: 48 < 80.
+    sc = S.from_dict({"name": "x", "expect": "recovered", "min_free_kbytes": 512}, "x.toml")
+    bad = S.failing(sc, S.preflight(sc)[0])
+    assert [c.name for c in bad] == ["reserve_covers_slot_table"]
+    line = bad[0].line(sc)
+    assert "x.toml" in line and "atomic_floor=48" in line and "needed=80" in line and "\n" not in line
+    # too few noise pages to pin free at the floor: 1 socket of 4 KiB -> 1 page < 320
+    sc = S.from_dict({"name": "y", "expect": "deadlock", "memalloc": False, "noise_sockets": 1,
+                      "noise_rcvbuf_bytes": 4096}, "y.toml")
+    bad = S.failing(sc, S.preflight(sc)[0])
+    assert "flood_pins_free_at_atomic_floor" in [c.name for c in bad]
+    assert "noise_pages=1" in bad[0].line(sc) and "min=512" in bad[0].line(sc)
+    # flood beyond a quarter of the agent's capacity
+    sc = S.from_dict({"name": "z", "expect": "deadlock", "memalloc": False, "flood_pps": 20000})
+    assert "flood_within_agent_capacity" in [c.name for c in S.failing(sc, S.preflight(sc)[0])]
+
+
+@pytest.mark.parametrize("body,needle", [
+    ('[scenario]\nname="a"\nbogus=1\n', "bogus: unknown key"),
+    ('[scenario]\nname="a"\nexpect="maybe"\n', "expect: 'maybe' is not one of deadlock, recovered, completed"),
+    ('[scenario]\nname="a"\nslots="16"\n', "slots: expected an integer"),
+    ('[scenario]\nname="a"\nslots=0\n', "slots: 0 is outside 1..1024"),
+    ('[scenario]\nname="a"\nmemalloc=1\n', "memalloc: expected true or false"),
+    ('[scenario]\nname="a"\ntimeo_s="x"\n', "timeo_s: expected a number of seconds"),
+    ('[scenario]\nname="a"\nstable="SYNC"\n', "stable: 'SYNC' is not one of"),
+    ('[scenario]\nname="a"\nnoise_reader="slow"\n', "noise_reader: 'slow' is not one of"),
+    ('[scenario]\nname="a"\nstall_threshold_s=3.0\n', "stall_threshold_s: 3.0 < 3 x timeo_max_s = 6.0"),
+    ('[scenario]\nname="a"\ntimeo_s=3.0\ntimeo_max_s=2.0\n', "timeo_max_s: 2.0 < timeo_s 3.0"),
+    ('[scenario]\nname="a"\nmax_duration_s=6.0\n', "max_duration_s: 6.0 <= stall_threshold_s"),
+    ('[scenario]\nname="a"\nwsize=5000\n', "wsize: 5000 is not a multiple of 4096"),
+    ('[scenario]\ndescription="no name"\n', "name: missing"),
+    ('name="a"\n', "name: unknown top-level key"),
+    ('', "scenario: missing [scenario] table"),
+    ('[scenario\n', "not valid TOML"),
+])
+def test_validation_errors_are_one_line_with_file_and_key(tmp_path, body, needle):
+    path = write(tmp_path, body)
+    with pytest.raises(S.ScenarioError) as e:
+        S.load(path)
+    msg = str(e.value)
+    assert needle in msg and path in msg and "\n" not in msg
+
+
+def test_unknown_scenario_name_lists_builtins():
+    with pytest.raises(S.ScenarioError, match="built-ins: memalloc, memalloc-undersized, no-reserve"):
+        S.load("nope-not-here")
+
+
+def test_overrides():
+    k, v = S.parse_override("max_duration_s=30")
+    assert (k, v) == ("max_duration_s", 30)
+    assert S.parse_override("stable=UNSTABLE") == ("stable", "UNSTABLE")
+    assert S.parse_override("memalloc=false") == ("memalloc", False)
+    sc = S.load("memalloc", {"max_duration_s": 30, "stable": "UNSTABLE"})
+    assert sc.max_duration_s == 30.0 and sc.stable == "UNSTABLE"
+    with pytest.raises(S.ScenarioError, match=r"\(--set\): flood_pps: expected an integer"):
+        S.load("memalloc", {"flood_pps": "fast"})
+    with pytest.raises(S.ScenarioError, match="expected KEY=VALUE"):
+        S.parse_override("max_duration_s")
+
+
+def test_capacity_from_bench(tmp_path):
+    p = write(tmp_path, '{"figures": [{"name": "agent_rx_pps", "value": 52000.0, "unit": "pps"}]}', "b.json")
+    assert S.capacity_from_bench(p) == 52000
+    p = write(tmp_path, '{"figures": []}', "c.json")
+    with pytest.raises(S.ScenarioError, match="--set agent_capacity_pps=N"):
+        S.capacity_from_bench(p)
