@@ -280,10 +280,9 @@ class Flood:
             self.enabled = value
             self._update_phase(now)
         elif key == "size":
-            try:
-                self.size = check_size(int(value))
-            except (TypeError, ValueError):
-                raise FloodError(f"size {value!r} is not an integer") from None
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise FloodError(f"size {value!r} is not an integer number of bytes")
+            self.size = check_size(value)
             if self.size > len(self._buf):
                 self._buf = payload_template(self.seed, MAX_SIZE_BYTES)
                 self._view = memoryview(self._buf)

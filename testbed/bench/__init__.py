@@ -13,9 +13,9 @@ import importlib
 from .framework import (BenchContext, BenchError, Figure, Registry, SectionResult, Target, format_table,
                         has_errors, machine_info, run_sections)
 
-REGISTRY = Registry()
 # Order is the order sections run and print in.
 SECTION_MODULES = ("rx", "nas")
+REGISTRY = Registry(order=SECTION_MODULES)
 
 
 def load_sections() -> Registry:

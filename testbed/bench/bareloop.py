@@ -39,6 +39,7 @@ class BareLoop:
         self.ipv4 = 0
         self.other: dict[int, int] = {}
         self.csum_notready = 0
+        self.wakeups = 0   # selector wakeups that found frames: frames/wakeup is the batching
         self._buf = bytearray(MAX_FRAME_BYTES)
 
     def on_readable(self, _mask: int) -> None:
@@ -62,6 +63,7 @@ class BareLoop:
                 et = (buf[12] << 8) | buf[13]
                 self.other[et] = self.other.get(et, 0) + 1
         self.rx_packets += n_frames
+        self.wakeups += 1
 
     def snapshot(self) -> dict:
         st = self.dev.sample_stats()
@@ -70,7 +72,7 @@ class BareLoop:
         return {"device": {"rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes, "tp_packets": st["tp_packets"],
                            "tp_drops": st["tp_drops"], "rx_csum_notready": self.csum_notready,
                            "rcvbuf_bytes": self.dev.rcvbuf_bytes},
-                "ethertypes": ets, "rusage": {"user_s": ru.ru_utime, "system_s": ru.ru_stime}}
+                "ethertypes": ets, "wakeups": self.wakeups, "rusage": {"user_s": ru.ru_utime, "system_s": ru.ru_stime}}
 
 
 def main(argv: list[str] | None = None) -> int:

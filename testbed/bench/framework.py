@@ -65,7 +65,7 @@ class Target:
         return _OPS[self.op](float(x), self.bound)
 
     def __str__(self) -> str:
-        return f"{self.on} {self.op} {_fmt_num(self.bound)}"
+        return f"{self.on} {self.op} {self.bound:g}"
 
 
 def _is_number(x: Any) -> bool:
@@ -156,10 +156,11 @@ class Section:
 
 
 class Registry:
-    """Sections by name, in registration order (the order they run and print in)."""
+    """Sections by name; they run and print in ``order`` (names not in it: registration order, after)."""
 
-    def __init__(self) -> None:
+    def __init__(self, order: tuple[str, ...] = ()) -> None:
         self._sections: dict[str, Section] = {}
+        self.order = order
 
     def register(self, name: str, help: str, *, needs_root: bool = False) -> Callable[[SectionFn], SectionFn]:
         def deco(fn: SectionFn) -> SectionFn:
@@ -170,7 +171,8 @@ class Registry:
         return deco
 
     def names(self) -> list[str]:
-        return list(self._sections)
+        rank = {n: i for i, n in enumerate(self.order)}
+        return sorted(self._sections, key=lambda n: rank.get(n, len(rank)))
 
     def get(self, name: str) -> Section:
         try:

@@ -93,6 +93,7 @@ class Window:
     tp_drops: int = 0
     cpu_s: float = 0.0
     softnet_drops: int = 0
+    wakeups: int | None = None   # bare loop only: selector wakeups (frames per wakeup = batching)
     note: str | None = None
 
     @property
@@ -141,7 +142,8 @@ def _measure(st: Any, flood: Any, kind: str, rate: int, window_s: float, ifname:
                     except ControlError as e:
                         notes.append(f"udp_sink {port} refused ({e}): frames stop at the UDP demux")
                         break
-            s0 = rc.call("snapshot")["device"]
+            snap0 = rc.call("snapshot")
+            s0 = snap0["device"]
             f0 = flood.call("snapshot")
             sn0 = softnet_drops()
             cpu0 = process_cpu_ns(proc.pid)
@@ -163,7 +165,8 @@ def _measure(st: Any, flood: Any, kind: str, rate: int, window_s: float, ifname:
                     break
                 time.sleep(0.03)
             cpu1 = process_cpu_ns(proc.pid)
-            s1 = rc.call("snapshot")["device"]
+            snap1 = rc.call("snapshot")
+            s1 = snap1["device"]
             sn1 = softnet_drops()
         w.sent = sent
         w.on_time_s = f1["on_time_s"] - f0["on_time_s"]
@@ -173,6 +176,10 @@ def _measure(st: Any, flood: Any, kind: str, rate: int, window_s: float, ifname:
         w.tp_drops = s1.get("tp_drops", 0) - s0.get("tp_drops", 0)
         w.cpu_s = (cpu1 - cpu0) / 1e9
         w.softnet_drops = sn1 - sn0
+        if isinstance(snap0.get("wakeups"), int):
+            w.wakeups = snap1["wakeups"] - snap0["wakeups"]
+            if w.wakeups:
+                notes.append(f"{w.received / w.wakeups:.1f} frames per wakeup")
         w.note = "; ".join(notes) or None
     finally:
         proc.stop()
@@ -205,11 +212,12 @@ def _figures(res: SectionResult, rate: int, bare: Window, agent: Window | None, 
                         TARGET_AGENT_OVER_BARE if fig == "cpu_us_per_frame" else None, notes=agent_missing)
             continue
         res.add(f"{tag}.{name}.rx_pps", round(w.rx_pps, 1), "pps", round(w.achieved_pps, 1), "ratio >= 0.99",
-                notes=w.note)
+                notes=w.note if name == "agent" else None)
         res.add(f"{tag}.{name}.tp_drops", w.tp_drops, "frames", None, "value == 0")
         bad = _invalid_reason(w)
         if name == "bare":
-            res.add(f"{tag}.bare.cpu_us_per_frame", _r(w.cpu_us_per_frame), "µs/frame", notes=bad, invalid=bool(bad))
+            note = "; ".join(x for x in (bad, w.note) if x) or None
+            res.add(f"{tag}.bare.cpu_us_per_frame", _r(w.cpu_us_per_frame), "µs/frame", notes=note, invalid=bool(bad))
         else:
             bbad = _invalid_reason(bare)
             note = "; ".join(x for x in (bad, f"baseline: {bbad}" if bbad else None) if x) or None

@@ -1,0 +1,142 @@
+"""`testbed bench` framework without root: figures, targets, the JSON document, the table, exit codes,
+and the nas adapter's translation of nas_server.bench figures."""
+
+import json
+
+import pytest
+
+import testbed.bench as bench
+from testbed.bench import BenchError, Figure, Registry, SectionResult, Target, format_table, run_sections
+from testbed.bench.framework import FIGURE_KEYS, SCHEMA_VERSION
+from testbed.bench.nas import adapt_figure
+from testbed.cli import main
+
+
+def test_figure_ratio_target_and_json_shape():
+    f = Figure("agent.cpu_us_per_frame", 12.0, "µs/frame", 10.0, "ratio <= 1.4")
+    assert f.ratio == pytest.approx(1.2) and f.met is True
+    d = f.to_json()
+    assert tuple(d) == FIGURE_KEYS
+    assert d == {"name": "agent.cpu_us_per_frame", "value": 12.0, "unit": "µs/frame", "baseline": 10.0,
+                 "ratio": pytest.approx(1.2), "target": "ratio <= 1.4", "met": True}
+    assert Figure("x", 15.0, "µs", 10.0, "ratio <= 1.4").met is False
+    assert Figure("x", 0, "frames", None, "value == 0").met is True
+    assert Figure("x", 3, "frames", None, "value == 0").met is False
+    assert Figure("x", 5000.0, "pps", 5000, "value >= 4750").met is True
+
+
+def test_missing_numbers_give_null_ratio_and_unknown_met():
+    assert Figure("x", None, "µs", 10.0, "ratio <= 1.4").to_json()["met"] is None
+    assert Figure("x", 5.0, "µs", 0, "ratio <= 1.4").ratio is None
+    assert Figure("x", 5.0, "µs", None, None).to_json() == {
+        "name": "x", "value": 5.0, "unit": "µs", "baseline": None, "ratio": None, "target": None, "met": None}
+    assert Figure("x", float("nan"), "µs").to_json()["value"] is None
+
+
+def test_invalid_figure_is_not_met_whatever_its_value_and_says_why():
+    f = Figure("x", 1.0, "µs", 10.0, "ratio <= 1.4", notes="kernel dropped 12 frames", invalid=True)
+    d = f.to_json()
+    assert d["met"] is False and d["notes"] == "kernel dropped 12 frames"
+
+
+def test_target_parse_and_errors():
+    t = Target.parse("ratio >= 0.95")
+    assert (t.on, t.op, t.bound) == ("ratio", ">=", 0.95) and str(t) == "ratio >= 0.95"
+    for bad in ("ratio < 1", "speed <= 1", "ratio <= fast", "ratio<=1"):
+        with pytest.raises(ValueError):
+            Target.parse(bad)
+
+
+def make_registry(calls):
+    reg = Registry()
+
+    @reg.register("good", "two figures")
+    def good(ctx):
+        calls.append(ctx.quick)
+        res = SectionResult(params={"rate_pps": 5000})
+        res.add("a", 10.0, "µs", 5.0, "ratio <= 1.4")
+        res.add(Figure("b", 0, "frames", target="value == 0"))
+        return res
+
+    @reg.register("refused", "a known failure")
+    def refused(ctx):
+        raise BenchError("nothing to measure: tool X missing; install X")
+
+    @reg.register("buggy", "a bug")
+    def buggy(ctx):
+        raise ZeroDivisionError("division by zero")
+
+    return reg
+
+
+def test_document_shape_and_error_entries(capsys):
+    calls = []
+    reg = make_registry(calls)
+    doc = run_sections(reg, None, quick=True)
+    assert calls == [True]
+    assert doc["schema_version"] == SCHEMA_VERSION == 1 and doc["quick"] is True
+    assert set(doc["machine"]) >= {"cpu_model", "nproc", "kernel", "python", "pyroute2", "scapy", "date"}
+    assert doc["machine"]["nproc"] >= 1
+    assert list(doc["sections"]) == ["good", "refused", "buggy"]
+    good = doc["sections"]["good"]
+    assert good["params"] == {"rate_pps": 5000} and good["duration_s"] >= 0
+    assert [f["met"] for f in good["figures"]] == [False, True]
+    assert doc["sections"]["refused"]["error"] == "nothing to measure: tool X missing; install X"
+    assert doc["sections"]["buggy"]["error"] == "ZeroDivisionError: division by zero"
+    assert "Traceback" in capsys.readouterr().err  # a bug keeps its traceback
+    assert bench.has_errors(doc)
+    json.dumps(doc)
+    with pytest.raises(BenchError, match="no bench section 'nope'; sections: good, refused, buggy"):
+        run_sections(reg, ["nope"], quick=False)
+
+
+def test_table_rows_and_marks():
+    reg = make_registry([])
+    doc = run_sections(reg, ["good", "refused"], quick=False)
+    doc["sections"]["good"]["figures"][1]["notes"] = "all clear"
+    table = format_table(doc)
+    lines = table.splitlines()
+    assert lines[0].split() == ["figure", "value", "unit", "baseline", "ratio", "target", "met"]
+    row_a = next(l for l in lines if l.startswith("good.a"))
+    assert row_a.split() == ["good.a", "10.00", "µs", "5.00", "2.00×", "ratio", "<=", "1.40", "✗"]
+    assert next(l for l in lines if l.startswith("good.b")).split()[-1] == "✓"
+    assert "refused: ERROR" in table and "note: refused: nothing to measure" in table
+    assert "note: good.b: all clear" in table
+
+
+def test_command_exit_codes_and_json(tmp_path, monkeypatch, capsys):
+    reg = make_registry([])
+    monkeypatch.setattr(bench, "load_sections", lambda: reg)
+    out = tmp_path / "b.json"
+    # a missed target is a measurement: exit 0
+    assert main(["bench", "--quick", "--section", "good", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["quick"] is True and doc["sections"]["good"]["figures"][0]["met"] is False
+    assert "good.a" in capsys.readouterr().out
+    # a section that could not measure: exit 1, the document still written
+    assert main(["bench", "--section", "good", "--section", "refused", "--json", str(out)]) == 1
+    assert "error" in json.loads(out.read_text())["sections"]["refused"]
+    # an unknown section: one line, exit 2
+    assert main(["bench", "--section", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "testbed: unknown bench section(s) nope; sections: good, refused, buggy"
+    assert main(["bench", "--section", "list"]) == 0
+    assert "refused" in capsys.readouterr().out
+
+
+def test_real_registry_has_rx_and_nas():
+    reg = bench.load_sections()
+    assert reg.names()[:2] == ["rx", "nas"]
+
+
+def test_nas_adapter_translates_numeric_targets_and_extras():
+    raw = {"name": "nas_refclient_udp_write_4k", "value": 40.0, "unit": "MiB/s", "baseline": 100.0, "ratio": 0.4,
+           "target": 0.5, "met": False, "baseline_kind": "nfs-ganesha 4 VFS, same client"}
+    f = adapt_figure(raw).to_json()
+    assert f["target"] == "ratio >= 0.5" and f["met"] is False and f["ratio"] == pytest.approx(0.4)
+    assert f["notes"] == "baseline_kind: nfs-ganesha 4 VFS, same client"
+    nobase = adapt_figure({"name": "n", "value": 40.0, "unit": "MiB/s", "baseline": None, "ratio": None,
+                           "target": 0.5, "met": None, "baseline_error": "ganesha.nfsd not installed"}).to_json()
+    assert nobase["met"] is None and nobase["notes"] == "baseline_error: ganesha.nfsd not installed"
+    with pytest.raises(BenchError, match="lacks"):
+        adapt_figure({"name": "n"})
