@@ -98,7 +98,7 @@ def test_table_rows_and_marks():
     lines = table.splitlines()
     assert lines[0].split() == ["figure", "value", "unit", "baseline", "ratio", "target", "met"]
     row_a = next(l for l in lines if l.startswith("good.a"))
-    assert row_a.split() == ["good.a", "10.00", "µs", "5.00", "2.00×", "ratio", "<=", "1.40", "✗"]
+    assert row_a.split() == ["good.a", "10.00", "µs", "5.00", "2.00×", "ratio", "<=", "1.4", "✗"]
     assert next(l for l in lines if l.startswith("good.b")).split()[-1] == "✓"
     assert "refused: ERROR" in table and "note: refused: nothing to measure" in table
     assert "note: good.b: all clear" in table

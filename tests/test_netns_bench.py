@@ -1,0 +1,48 @@
+"""`testbed bench --quick --section rx --json F` end to end, in namespaces it creates and removes.
+
+Asserts the document's shape and that the measured figures are real positive numbers -- never the
+speed targets themselves (those are the bench's output, not a test's verdict).
+"""
+
+import json
+
+from netns_setup import nsutil
+from testbed.bench.framework import FIGURE_KEYS
+from testbed.bench.rx import QUICK_RATES_PPS
+from testbed.cli import main
+
+
+def test_bench_quick_rx_end_to_end(tmp_path, capsys):
+    before = set(nsutil.list_netns())
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--section", "rx", "--json", str(out)]) == 0
+    assert set(nsutil.list_netns()) == before            # the bench's topology is gone
+    table = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["schema_version"] == 1 and doc["quick"] is True
+    assert {"cpu_model", "nproc", "kernel", "python", "pyroute2", "scapy", "date"} <= set(doc["machine"])
+    assert list(doc["sections"]) == ["rx"]
+    rx = doc["sections"]["rx"]
+    assert "error" not in rx and rx["duration_s"] > 0
+    assert rx["params"]["rates_pps"] == list(QUICK_RATES_PPS)
+    figs = {f["name"]: f for f in rx["figures"]}
+    for f in rx["figures"]:
+        assert set(f) - {"notes"} == set(FIGURE_KEYS)
+        assert f["met"] in (True, False, None)
+        assert f"rx.{f['name']}" in table
+    for rate in QUICK_RATES_PPS:
+        tag = f"{rate // 1000}kpps"
+        flood = figs[f"{tag}.flood_pps"]
+        assert flood["baseline"] == rate and flood["value"] > 0
+        bare_rx, bare_cpu = figs[f"{tag}.bare.rx_pps"], figs[f"{tag}.bare.cpu_us_per_frame"]
+        assert bare_rx["value"] > 0 and bare_rx["baseline"] > 0 and bare_rx["ratio"] > 0
+        assert isinstance(bare_cpu["value"], float) and bare_cpu["value"] > 0
+        assert figs[f"{tag}.bare.tp_drops"]["value"] >= 0
+        agent_cpu = figs[f"{tag}.agent.cpu_us_per_frame"]
+        assert agent_cpu["target"] == "ratio <= 1.4"
+        if agent_cpu["value"] is None:                    # client-agent not available: said so
+            assert agent_cpu["met"] is None and "client-agent" in agent_cpu["notes"]
+        else:
+            assert agent_cpu["value"] > 0 and agent_cpu["baseline"] == bare_cpu["value"]
+            assert agent_cpu["ratio"] > 0 and isinstance(agent_cpu["met"], bool)
+            assert figs[f"{tag}.agent.rx_pps"]["value"] > 0
