@@ -44,6 +44,9 @@ RECEIVER_CPU = 0            # 2 cores here: receiver and flood never share one
 FLOOD_CPU = 1
 AGENT_POOL_PAGES = 65536
 TARGET_AGENT_OVER_BARE = "ratio <= 1.4"
+# The agent's sinks read each datagram without allocating ("fast"): the section prices the receive
+# path up to the socket read, not a consumer's own page allocations ("ordinary" sinks).
+AGENT_SINK_READER = "fast"
 # After the flood stops, the receiver has drained once its count stops moving for this long.
 DRAIN_QUIET_S = 0.15
 DRAIN_MAX_S = 5.0
@@ -94,6 +97,7 @@ class Window:
     cpu_s: float = 0.0
     softnet_drops: int = 0
     wakeups: int | None = None   # bare loop only: selector wakeups (frames per wakeup = batching)
+    sink_read: int | None = None  # agent only: datagrams its UDP sinks read (the whole stack climbed)
     note: str | None = None
 
     @property
@@ -138,7 +142,7 @@ def _measure(st: Any, flood: Any, kind: str, rate: int, window_s: float, ifname:
             if kind == "agent":
                 for port in FLOOD_PORTS:
                     try:
-                        rc.call("udp_sink", port=port)
+                        rc.call("udp_sink", port=port, reader=AGENT_SINK_READER)
                     except ControlError as e:
                         notes.append(f"udp_sink {port} refused ({e}): frames stop at the UDP demux")
                         break
@@ -176,6 +180,11 @@ def _measure(st: Any, flood: Any, kind: str, rate: int, window_s: float, ifname:
         w.tp_drops = s1.get("tp_drops", 0) - s0.get("tp_drops", 0)
         w.cpu_s = (cpu1 - cpu0) / 1e9
         w.softnet_drops = sn1 - sn0
+        if kind == "agent" and isinstance(snap1.get("services"), dict):
+            def read(snap: dict) -> int:
+                return sum(v.get("read", 0) for k, v in snap.get("services", {}).items()
+                           if k in {f"udp:{p}" for p in FLOOD_PORTS})
+            w.sink_read = read(snap1) - read(snap0)
         if isinstance(snap0.get("wakeups"), int):
             w.wakeups = snap1["wakeups"] - snap0["wakeups"]
             if w.wakeups:
@@ -214,6 +223,9 @@ def _figures(res: SectionResult, rate: int, bare: Window, agent: Window | None, 
         res.add(f"{tag}.{name}.rx_pps", round(w.rx_pps, 1), "pps", round(w.achieved_pps, 1), "ratio >= 0.99",
                 notes=w.note if name == "agent" else None)
         res.add(f"{tag}.{name}.tp_drops", w.tp_drops, "frames", None, "value == 0")
+        if w.sink_read is not None:
+            # datagrams the agent's UDP sinks read, of the frames its device received
+            res.add(f"{tag}.agent.sink_read", w.sink_read, "datagrams", w.received, "ratio >= 0.99")
         bad = _invalid_reason(w)
         if name == "bare":
             note = "; ".join(x for x in (bad, w.note) if x) or None
@@ -246,6 +258,7 @@ def rx_section(ctx: BenchContext) -> SectionResult:
     res = SectionResult(params={"rates_pps": list(rates), "window_s": window_s, "payload_bytes": PAYLOAD_BYTES,
                                 "ports": list(FLOOD_PORTS), "seed": ctx.seed, "receiver_cpu": RECEIVER_CPU,
                                 "flood_cpu": FLOOD_CPU, "agent_pool_pages": AGENT_POOL_PAGES,
+                                "agent_sink_reader": AGENT_SINK_READER,
                                 "cpu_clock": "clock_getcpuclockid(pid), ns"})
     name = f"bench-rx-{secrets.token_hex(3)}"
     st = up(topo, name)
