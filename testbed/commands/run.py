@@ -1,0 +1,67 @@
+"""`testbed run NAME|FILE`: one scenario on real packets; the report directory; exit 0 iff outcome == expect.
+
+Exit status: 0 outcome == expect; 1 outcome differs, is ``invalid``/``unfinished``, or the run failed;
+2 usage, scenario file or preflight errors (nothing was created).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import known_errors, sigterm_as_interrupt
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run a swap-over-NFS scenario on real packets and write a report directory")
+    p.add_argument("scenario", metavar="NAME|FILE", help="built-in scenario (scenarios/NAME.toml) or a TOML file")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--out", metavar="DIR", help="report directory (default: ./reports/<scenario>-<timestamp>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario parameter, e.g. --set max_duration_s=30 (repeatable)")
+    p.add_argument("--bench", metavar="JSON", help="take agent_capacity_pps from a `testbed bench` JSON")
+    p.add_argument("--preflight-only", action="store_true", help="print the preflight checks and stop")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from testbed import report as rep
+    from testbed import scenario as scn
+    from testbed.cli import UserError
+
+    try:
+        overrides = dict(scn.parse_override(o) for o in args.overrides)
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        if args.bench:
+            overrides["agent_capacity_pps"] = scn.capacity_from_bench(args.bench)
+        sc = scn.load(args.scenario, overrides)
+    except scn.ScenarioError as e:
+        raise UserError(str(e)) from None
+    checks, figs = scn.preflight(sc)
+    bad = scn.failing(sc, checks)
+    if args.preflight_only:
+        for c in checks:
+            vals = ", ".join(f"{k}={v}" for k, v in c.values.items())
+            print(f"[{'ok  ' if c.passed else 'fail'}] {c.name} ({c.applies}): {c.formula}; {vals}", file=sys.stderr)
+    if bad:
+        for c in bad:
+            print(f"testbed: {c.line(sc)}", file=sys.stderr)
+        return 2
+    if args.preflight_only:
+        return 0
+    from testbed.runner import RunError, run_scenario
+    out = rep.prepare(args.out or rep.default_out_dir(sc.name))
+    with known_errors(), sigterm_as_interrupt():
+        try:
+            entry = run_scenario(sc, checks, out)
+        except RunError as e:
+            print(f"testbed: {e}; logs in {out}/logs", file=sys.stderr)
+            return 1
+    timeline = entry.pop("_timeline")
+    path = rep.write_report(out, [entry], timeline=timeline, extra={"figures": figs})
+    ok = entry["outcome"] == sc.expect
+    print(f"{sc.name}: outcome {entry['outcome']} (expect {sc.expect}) -- pages written {entry['pages_written']}, "
+          f"verified {entry['pages_verified']}, lost {entry['pages_lost']}, reserve low {entry['reserve_low_pages']}, "
+          f"rpc_retrans {entry['rpc_retrans']}, PFMemallocDrop {entry['counters']['PFMemallocDrop']}, "
+          f"rx_nobuf {entry['counters']['rx_nobuf']}; report {path}")
+    return 0 if ok else 1

@@ -1,0 +1,67 @@
+"""The report directory of a run: report.json, timeline.json, pcap/, logs/.
+
+Invariant owned here: ``report.json`` follows ``SCHEMA_VERSION``; later features add fields and
+never rename or remove one (architecture.md). Every scenario entry carries at least ``SCENARIO_KEYS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+SCHEMA_VERSION = 1
+SCENARIO_KEYS = ("name", "outcome", "seed", "expect", "time_to_stall_s", "time_to_recover_s",
+                 "pages_written", "pages_verified", "pages_lost", "reserve_low_pages", "rpc_retrans",
+                 "preflight", "counters", "watchdog")
+
+
+def default_out_dir(scenario_name: str) -> str:
+    return os.path.join("reports", f"{scenario_name}-{time.strftime('%Y%m%dT%H%M%S')}")
+
+
+def prepare(out: str) -> str:
+    out = os.path.abspath(out)
+    if os.path.exists(out) and os.listdir(out):
+        from testbed.cli import UserError
+        raise UserError(f"--out {out}: directory exists and is not empty; pick a new directory or remove it")
+    os.makedirs(os.path.join(out, "pcap"), exist_ok=True)
+    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    return out
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_report(out: str, entries: list[dict], *, timeline: list[dict] | None = None, extra: dict | None = None) -> str:
+    for e in entries:
+        missing = [k for k in SCENARIO_KEYS if k not in e]
+        if missing:
+            raise AssertionError(f"report entry {e.get('name')!r} lacks {missing}")
+    doc = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "scenarios": entries}
+    if extra:
+        doc.update(extra)
+    path = os.path.join(out, "report.json")
+    write_json(path, doc)
+    if timeline is not None:
+        write_json(os.path.join(out, "timeline.json"), {"schema_version": SCHEMA_VERSION, "interval_s": 0.2,
+                                                        "samples": timeline})
+    return path
+
+
+def copy_logs(run_dir: str, out: str) -> list[str]:
+    """Copy every log of the run (agent, NAS, flood, tcpdump) into ``out/logs``."""
+    src = os.path.join(run_dir, "logs")
+    copied = []
+    if os.path.isdir(src):
+        for name in sorted(os.listdir(src)):
+            shutil.copy2(os.path.join(src, name), os.path.join(out, "logs", name))
+            copied.append(name)
+    return copied

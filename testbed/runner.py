@@ -1,0 +1,374 @@
+"""The real-packet scenario runner: namespaces, NAS, client agent, flood, swap workload, watchdog.
+
+Invariants owned here:
+- Everything a run creates is recorded by netns_setup (namespaces, processes) under a unique run
+  name and removed in ``finally`` (lifecycle.down), whatever happened; logs and pcaps are copied
+  into the report directory first.
+- The client agent runs alone on CPU 0, every other process of the run on CPU 1 (when the machine
+  has two), so the flood and the NAS compete with each other, not with the host under study.
+- The nas and noise hosts get a permanent neighbour entry for the client: an agent whose memory is
+  exhausted cannot answer ARP, and a kernel peer that lost the client's MAC would stop sending --
+  a second, unrelated way to stall that would hide the one under study.
+- The runner only observes through the agent's control socket (``snapshot`` every SAMPLE_S) and
+  the pcaps; the outcome comes from testbed.watchdog's rules on those samples alone.
+- After the run, every slot the NAS acknowledged durably (``swap_map``) is read back by the kernel-
+  socket reference client and compared with the agent's page content function.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import time
+import uuid
+
+from testbed import report as rep
+from testbed import scenario as scn
+from testbed.watchdog import Watchdog, hung_task_report
+
+SAMPLE_S = 0.2
+NOISE_PORT_BASE = 9001
+NFS_PORT = 2049
+EXPORT = "swap"
+IMAGE = "swap.img"
+# The image: one 4 KiB slot per workload page, + 25% + 4 MiB, so the swap device never fills
+# before the workload does (a full device would stall pswpout for a reason that is not the deadlock).
+IMAGE_MARGIN = 1.25
+IMAGE_EXTRA_MIB = 4
+PROGRESS_EVERY_S = 2.0  # non-TTY progress lines
+
+
+class RunError(Exception):
+    """A run that could not be carried out (a service did not start or refused an op): one line."""
+
+
+# ------------------------------------------------------------------ helpers run inside namespaces
+def _static_neigh(dst: str, mac: str) -> int:
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        idx = [l["index"] for l in ipr.get_links() if l.get_attr("IFLA_IFNAME") != "lo"][0]
+        ipr.neigh("replace", dst=dst, lladdr=mac, ifindex=idx, state=0x80)  # NUD_PERMANENT
+        for n in ipr.get_neighbours():
+            if n.get_attr("NDA_DST") == dst:
+                return n["state"]
+    return 0
+
+
+def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s: float = 1.0) -> dict:
+    """Read back every acked slot over kernel sockets and compare with page_bytes()."""
+    from nas_server.refclient import RefClient
+    try:
+        from client_agent.swap import page_bytes
+    except ImportError:
+        return {"verified": None, "mismatched": [], "read_errors": [],
+                "note": "client_agent.swap.page_bytes does not exist yet: slots read back but not compared"}
+    slots = sorted((int(s), int(v[0]), int(v[1])) for s, v in acked.items())
+    verified, mismatched, errors = 0, [], []
+    with RefClient(nas_ip, NFS_PORT, "udp", timeout_s=timeout_s) as rc:
+        root = rc.mount("/" + EXPORT)
+        fh, _ = rc.lookup(root, IMAGE)
+        i = 0
+        while i < len(slots):
+            # read runs of up to 8 consecutive slots in one READ
+            j = i + 1
+            while j < len(slots) and j - i < 8 and slots[j][0] == slots[j - 1][0] + 1:
+                j += 1
+            first = slots[i][0]
+            try:
+                data = rc.read(fh, first * page_size, (j - i) * page_size)
+            except Exception as e:  # noqa: BLE001 -- recorded per slot, the run goes on
+                errors.append(f"slot {first}: {e}")
+                i = j
+                continue
+            for k in range(i, j):
+                slot, pid, gen = slots[k]
+                off = (slot - first) * page_size
+                if data[off:off + page_size] == page_bytes(seed, pid, gen):
+                    verified += 1
+                elif len(mismatched) < 32:
+                    mismatched.append({"slot": slot, "page_id": pid, "generation": gen})
+            i = j
+    return {"verified": verified, "mismatched": mismatched, "read_errors": errors[:32]}
+
+
+# ------------------------------------------------------------------ pcap: NAS replies by xid
+def nfs_reply_xids(pcap_path: str, nas_ip: str, client_ip: str, port: int = NFS_PORT) -> list[int]:
+    """xids of ONC RPC replies from nas_ip:port to client_ip in a classic pcap (Ethernet).
+    A plain struct parser: scapy costs ~200 us a frame, and the client's pcap holds the flood too."""
+    nas, cli = bytes(map(int, nas_ip.split("."))), bytes(map(int, client_ip.split(".")))
+    out = []
+    try:
+        f = open(pcap_path, "rb")
+    except OSError:
+        return out
+    with f:
+        gh = f.read(24)
+        if len(gh) < 24:
+            return out
+        magic = gh[:4]
+        endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        rec = struct.Struct(endian + "IIII")
+        while True:
+            h = f.read(16)
+            if len(h) < 16:
+                break
+            _, _, incl, _ = rec.unpack(h)
+            fr = f.read(incl)
+            if len(fr) < 14 + 20 + 8 + 8 or fr[12:14] != b"\x08\x00":
+                continue
+            ihl = (fr[14] & 15) * 4
+            ip = fr[14:]
+            if ip[9] != 17 or ip[12:16] != nas or ip[16:20] != cli:
+                continue
+            if struct.unpack_from("!H", ip, 6)[0] & 0x1FFF:  # not the first fragment
+                continue
+            udp = ip[ihl:]
+            if struct.unpack_from("!H", udp, 0)[0] != port or len(udp) < 16:
+                continue
+            xid, mtype = struct.unpack_from("!II", udp, 8)
+            if mtype == 1:
+                out.append(xid)
+    return out
+
+
+def softnet_dropped() -> int:
+    """Σ 'dropped' (2nd column) of /proc/net/softnet_stat: backlog overflows anywhere on the host."""
+    try:
+        with open("/proc/net/softnet_stat") as f:
+            return sum(int(line.split()[1], 16) for line in f if line.strip())
+    except OSError:
+        return 0
+
+
+# ------------------------------------------------------------------ timeline sample
+def compact(t: float, s: dict) -> dict:
+    a = s.get("alloc", {})
+    z, vm, res = a.get("zoneinfo", {}), a.get("vmstat", {}), a.get("reserve", {})
+    st = s.get("stack", {})
+    c = st.get("counters", {})
+    nfs, wl, sw = s.get("nfs", {}), s.get("workload", {}), s.get("swap", {})
+    return {
+        "t": round(t, 3), "agent_time_s": s.get("time_s"),
+        "free": z.get("free"), "min": z.get("min"), "low": z.get("low"), "high": z.get("high"),
+        "atomic_floor": res.get("atomic_floor"), "reserve_in_use": res.get("reserve_in_use"),
+        "nr_free_lowwater": res.get("nr_free_lowwater"), "kswapd_wanted": a.get("kswapd", {}).get("wanted"),
+        **{k: vm.get(k, 0) for k in ("pswpout", "pgscan_kswapd", "pgsteal_kswapd", "nr_writeback",
+                                     "nr_anon_pages", "pgscan_direct_throttle", "allocstall")},
+        "rx_packets": c.get("rx_packets"), "rx_nobuf": c.get("rx_nobuf", 0),
+        "PFMemallocDrop": c.get("PFMemallocDrop", 0), "rx_pfmemalloc": c.get("rx_pfmemalloc", 0),
+        "drop_reasons": st.get("drop_reasons", {}),
+        "rpc_calls": nfs.get("rpc_calls"), "rpc_retrans": nfs.get("rpc_retrans"),
+        "rpc_replies": nfs.get("rpc_replies"), "not_responding": nfs.get("not_responding"),
+        "workload_allocated": wl.get("allocated"), "workload_done": wl.get("done"),
+        "swap_acked": sw.get("acked"), "tp_drops": s.get("device", {}).get("tp_drops", 0),
+        "loop_lag_max_s": s.get("loop", {}).get("lag_max_s"), "valid": s.get("valid"),
+    }
+
+
+class Progress:
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = -PROGRESS_EVERY_S
+
+    def show(self, t: float, c: dict, force: bool = False) -> None:
+        line = (f"t={t:5.1f}s free {c['free']} (min {c['min']} low {c['low']} high {c['high']} floor {c['atomic_floor']}) "
+                f"pswpout {c['pswpout']} rx_nobuf {c['rx_nobuf']} PFMemallocDrop {c['PFMemallocDrop']} "
+                f"retrans {c['rpc_retrans']} workload {c['workload_allocated']}")
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line)
+            self.stream.flush()
+        elif force or t - self.last >= PROGRESS_EVERY_S:
+            self.last = t
+            print(line, file=self.stream, flush=True)
+
+    def end(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ------------------------------------------------------------------ the run
+def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None) -> dict:
+    """Run one scenario on real packets; write the report into ``out``; return its entry."""
+    from netns_setup import lifecycle
+    from netns_setup.capture import start_capture
+    from netns_setup.control import ControlClient, ControlError
+    from netns_setup.process import ProcessStartError, run_in_netns, start_process
+    from netns_setup.state import control_socket_path
+    from netns_setup.topology import default_topology
+
+    say = log or (lambda m: print(f"testbed run: {m}", file=sys.stderr, flush=True))
+    topo = default_topology()
+    hosts = {h.name: h for h in topo.hosts}
+    nas_ip, cli_ip, noise_ip = (str(hosts[n].address.ip) for n in ("nas", "client", "noise"))
+    mac = lambda h: hosts[h].mac if isinstance(hosts[h].mac, str) else ":".join(f"{b:02x}" for b in hosts[h].mac)  # noqa: E731
+    name = "r" + uuid.uuid4().hex[:6]
+    agent_cpu, other_cpu = ([0], [1]) if (os.cpu_count() or 1) > 1 else (None, None)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    ports = list(range(NOISE_PORT_BASE, NOISE_PORT_BASE + sc.noise_sockets))
+    image_mib = int(sc.workload_pages * 4096 * IMAGE_MARGIN) // (1 << 20) + IMAGE_EXTRA_MIB
+
+    procs, caps, clients = {}, {}, {}
+    timeline: list[dict] = []
+    wd = Watchdog(sc.stall_threshold_s)
+    entry_extra: dict = {}
+    last_snap: dict = {}
+    deadlock_snap = None
+    missing_xids = None
+    st = lifecycle.up(topo, name)
+    say(f"topology {name} up (run dir {st.dir}); scenario {sc.name}, expect {sc.expect}, seed {sc.seed}")
+    try:
+        # -- NAS (kernel sockets) with its data on tmpfs under the run directory
+        data_dir = os.path.join(st.dir, "nasdata")
+        ctl = {k: control_socket_path(st.dir, k) for k in ("nas", "agent", "flood")}
+        procs["nas"] = start_process(st, "nas", [sys.executable, "-m", "nas_server.main", "--data-dir", data_dir,
+                                                 "--export", f"{EXPORT}:198.18.0.0/24",
+                                                 "--create-image", f"{EXPORT}/{IMAGE}:{image_mib}M",
+                                                 "--bind", nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
+                                                 "--control", ctl["nas"]],
+                                     role="nas-server", ready=True, cpus=other_cpu, env=env)
+        for h in ("nas", "noise"):
+            run_in_netns(st.host_netns(h), _static_neigh, cli_ip, mac("client"))
+        # -- captures on the client's and the NAS's NIC
+        for h in ("client", "nas"):
+            caps[h] = start_capture(st, h, path=os.path.join(out, "pcap", f"{h}.pcap"))
+        # -- the client agent, alone on CPU 0
+        procs["agent"] = start_process(
+            st, "client", [sys.executable, "-m", "client_agent.agent", "--ifname", st.host_iface("client"),
+                           "--addr", f"{cli_ip}/{hosts['client'].address.network.prefixlen}",
+                           "--neigh", f"{nas_ip}={mac('nas')}", "--neigh", f"{noise_ip}={mac('noise')}",
+                           "--pool-pages", str(sc.pool_pages), "--min-free-kbytes", str(sc.min_free_kbytes),
+                           "--watermark-scale-factor", str(sc.watermark_scale_factor),
+                           "--budget", str(sc.budget), "--seed", str(sc.seed), "--control", ctl["agent"]],
+            role="client-agent", ready=True, cpus=agent_cpu, env=env)
+        agent = clients["agent"] = ControlClient(ctl["agent"], timeout_s=10.0)
+        for p in ports:
+            agent.call("udp_sink", port=p, reader=sc.noise_reader, rcvbuf=sc.noise_rcvbuf_bytes)
+        sw = agent.call("swapon", server=nas_ip, port=NFS_PORT, export=EXPORT, image=IMAGE, slots=sc.slots,
+                        wsize=sc.wsize, timeo_s=sc.timeo_s, timeo_max_s=sc.timeo_max_s, retrans=sc.retrans,
+                        memalloc=sc.memalloc, stable=sc.stable)
+        say(f"swapon: {sw}")
+        agent.call("set", key="pfmemalloc_demux_drop", value=sc.pfmemalloc_demux_drop)
+        # -- the flood from noise, toward the noise ports
+        procs["flood"] = start_process(st, "noise", [sys.executable, "-m", "testbed.flood", "--dst", cli_ip,
+                                                     "--ports", f"{ports[0]}-{ports[-1]}" if ports else "9001",
+                                                     "--rate-pps", str(sc.flood_pps), "--size", str(sc.flood_size),
+                                                     "--seed", str(sc.seed), "--bind", noise_ip,
+                                                     "--control", ctl["flood"]],
+                                       role="flood", ready=True, cpus=other_cpu, env=env)
+        softnet0 = softnet_dropped()
+        agent.call("workload", pages=sc.workload_pages, seed=sc.seed, rate_pps=sc.workload_rate_pps)
+        # -- sample, watch
+        t0 = time.monotonic()
+        prog = Progress()
+        nxt = t0
+        while True:
+            nxt += SAMPLE_S
+            now = time.monotonic()
+            if nxt > now:
+                time.sleep(nxt - now)
+            t = time.monotonic() - t0
+            s = agent.call("snapshot")
+            last_snap = s
+            c = compact(t, s)
+            sn = softnet_dropped() - softnet0
+            c["softnet_dropped"] = sn
+            timeline.append(c)
+            prog.show(t, c)
+            extra = [f"softnet_stat: the kernel dropped {sn} frames at a backlog"] if sn else []
+            if wd.feed(t, s, extra):
+                break
+            if t >= sc.max_duration_s:
+                wd.finish()
+                break
+        prog.show(t, timeline[-1], force=True)
+        prog.end()
+        if wd.outcome == "deadlock":
+            deadlock_snap = s
+        say(f"outcome {wd.outcome} at t={wd.decided_at:.1f}s: {'; '.join(wd.reasons)}")
+        # -- stop the flood, get the swap map, stop the agent
+        try:
+            with ControlClient(ctl["flood"]) as fc:
+                entry_extra["flood"] = fc.call("shutdown")
+        except ControlError as e:
+            entry_extra["flood"] = {"error": str(e)}
+        procs["flood"].stop()
+        final = agent.call("snapshot")
+        swap_map = agent.call("swap_map")
+        try:
+            entry_extra["agent_shutdown"] = agent.call("shutdown")
+        except ControlError as e:
+            entry_extra["agent_shutdown"] = {"error": str(e)}
+        agent.close()
+        procs["agent"].stop()
+        for cap in caps.values():
+            cap.stop()
+        # -- NAS replies the client's wire saw but the NFS socket never received
+        nfs = (deadlock_snap or final).get("nfs", {})
+        if "xids_replied" in nfs:
+            sent, replied = set(nfs.get("xids_sent", [])), set(nfs["xids_replied"])
+            wire = nfs_reply_xids(caps["client"].path, nas_ip, cli_ip)
+            missing_xids = sorted({x for x in wire if x in sent and x not in replied})
+            entry_extra["wire_replies"] = len(wire)
+        # -- read every acked slot back over kernel sockets
+        acked = swap_map.get("acked", {})
+        ver = run_in_netns(st.host_netns("noise"), _verify_slots, nas_ip, acked, swap_map.get("seed", sc.seed),
+                           swap_map.get("page_size", 4096), timeout_s=max(60.0, len(acked) / 200))
+        with ControlClient(ctl["nas"]) as nc:
+            entry_extra["nas"] = nc.call("snapshot")
+            try:
+                nc.call("shutdown")
+            except ControlError:
+                pass
+        procs["nas"].stop()
+        wnote = None if missing_xids is not None else \
+            "NAS replies by xid: snapshot()['nfs'] has no xids_replied (agent predates the contract field)"
+        text = "\n".join([f"outcome: {wd.outcome} ({'; '.join(wd.reasons)})",
+                          hung_task_report(deadlock_snap or final, sc.stall_threshold_s, missing_xids, wnote)])
+        if wd.outcome in ("deadlock", "unfinished"):
+            print(text, file=sys.stderr, flush=True)
+        rep.write_json(os.path.join(out, "final_snapshot.json"), final)
+        written = len(acked)
+        verified = ver.get("verified")
+        c = final.get("stack", {}).get("counters", {})
+        counters = {"PFMemallocDrop": c.get("PFMemallocDrop", 0), "rx_nobuf": c.get("rx_nobuf", 0),
+                    "rx_pfmemalloc": c.get("rx_pfmemalloc", 0), "rx_packets": c.get("rx_packets", 0),
+                    **final.get("alloc", {}).get("vmstat", {}),
+                    "drop_reasons": final.get("stack", {}).get("drop_reasons", {}),
+                    "nfs": {k: v for k, v in final.get("nfs", {}).items() if not k.startswith("xids_")},
+                    "tp_drops": final.get("device", {}).get("tp_drops", 0),
+                    "softnet_dropped": timeline[-1].get("softnet_dropped", 0) if timeline else 0}
+        return {
+            "name": sc.name, "outcome": wd.outcome, "seed": sc.seed, "expect": sc.expect,
+            "time_to_stall_s": wd.time_to_stall_s, "time_to_recover_s": wd.time_to_recover_s,
+            "pages_written": written, "pages_verified": verified,
+            "pages_lost": None if verified is None else written - verified,
+            "reserve_low_pages": wd.reserve_low_pages,
+            "rpc_retrans": final.get("nfs", {}).get("rpc_retrans"),
+            "preflight": [ch.to_json() for ch in checks], "counters": counters, "watchdog": text,
+            "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
+            "parameters": sc.to_dict(), "run_name": name, "swapon": sw, **entry_extra,
+            "_timeline": timeline,
+        }
+    except (ControlError, ProcessStartError, TimeoutError) as e:
+        raise RunError(f"scenario {sc.name}: {e}") from None
+    finally:
+        for c in clients.values():
+            c.close()
+        for cap in caps.values():
+            try:
+                cap.stop()
+            except Exception:  # noqa: BLE001 -- teardown goes on
+                pass
+        for p in procs.values():
+            try:
+                p.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        try:
+            rep.copy_logs(st.dir, out)
+        except OSError as e:
+            say(f"could not copy logs: {e}")
+        lifecycle.down(name)
