@@ -113,3 +113,14 @@ def test_capacity_from_bench(tmp_path):
     p = write(tmp_path, '{"figures": []}', "c.json")
     with pytest.raises(S.ScenarioError, match="--set agent_capacity_pps=N"):
         S.capacity_from_bench(p)
+
+
+def test_cli_refuses_impossible_scenario_with_exit_2(capsys, tmp_path):
+    from testbed.cli import main
+    assert main(["run", "memalloc", "--set", "min_free_kbytes=512", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reserve_covers_slot_table" in err[0] and "atomic_floor=48" in err[0] and "needed=80" in err[0]
+    assert not (tmp_path / "r").exists()          # nothing created
+    assert main(["run", "memalloc", "--set", "bogus=1"]) == 2
+    assert "bogus: unknown key" in capsys.readouterr().err
+    assert main(["run", "no-reserve", "--preflight-only"]) == 0
