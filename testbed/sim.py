@@ -1,0 +1,309 @@
+"""Deterministic in-memory simulation of a swap-over-NFS scenario (no root, no sockets, no clock).
+
+What is composed, on one ``Loop`` with a ``ManualClock``:
+
+    [client_agent.Agent]  wire.a ==== WirePair (latency ``wire_latency_s`` each way) ==== wire.b
+      pool, kswapd, NFS transport,                                   |            |
+      workload, noise sinks                              NAS host: a second Stack   flood source:
+                                                         (big pool) on 198.18.0.1,  frames from
+                                                         NasCore(MemoryStore) on     198.18.0.3
+                                                         UDP 2049                   (own MAC)
+
+The flood is injected on the NAS side of the wire (``wire.b.transmit``) as ready-made Ethernet
+frames from a third address and MAC, as a hub port would deliver them: the agent sees them exactly
+as it would see a noise host's frames, and the NAS stack never touches them. Its timing is seeded
+(``random.Random(seed)``: exponential gaps at ``flood_pps``, a random noise port per frame).
+
+Nothing in here decides an outcome. The allocator's thresholds, the sockets' rcvbuf, the
+pfmemalloc demux and the transport's timers make it; this module only watches, every
+``SAMPLE_S`` of virtual time, with the contract's rules (docs/swap-contract.md):
+``deadlock`` = reclaim needed (free < low or kswapd awake) and ``pswpout`` did not grow for
+``stall_threshold_s``; ``recovered`` = workload done and free > high after free went below the
+atomic floor; ``completed`` = the same without that. ``max_duration_s`` ends a run that is none
+of these (outcome ``timeout``).
+
+Why a reserve can be too small even with the cure (scenario memalloc-undersized): every swap
+RPC in flight pins one RPC buffer page taken with __GFP_MEMALLOC (rpc_malloc for a swapper
+task, client_agent/nfs/transport.py) until its reply is read, and every reply needs one more
+receive page, taken from the reserve while the flood keeps free pages at the GFP_ATOMIC floor
+(3*min/8). When the memory below that floor is smaller than what a full slot table pins
+(``slots`` buffers) plus the transmit fragments and the reply pages, the buffers of the calls
+that wait for replies leave no page for the replies themselves: NOMEM, retransmits fail
+-ENOBUFS, and nothing completes. The check is physical: with ``slots`` 16 the floor must be
+comfortably above ~16 + 3 (a write's fragments) + 1 pages.
+"""
+
+from __future__ import annotations
+
+import random
+import socket as _pysocket
+from collections import deque
+
+from client_agent.agent import Agent
+from client_agent.loop import Loop, ManualClock
+from client_agent.mm.gfp import GFP_ATOMIC
+from client_agent.mm.page_alloc import PageAllocator
+from client_agent.mm.vmscan import Kswapd
+from client_agent.net.stack import Stack
+from client_agent.nfs.transport import NfsTransport
+from client_agent.phy.wire_pair import WirePair
+from client_agent.swap import PAGE_SIZE, SwapDevice, page_bytes
+from client_agent.tasks import Scheduler
+from client_agent.wire.ethernet import ETH_P_IP, emit as eth_emit
+from client_agent.wire.ipv4 import IPPROTO_UDP, emit_header
+from client_agent.wire.udp import emit as udp_emit
+from nas_server.core import NasCore
+from nas_server.store import MemoryStore
+
+SAMPLE_S = 0.1
+AGENT_IP, NAS_IP, NOISE_IP = "198.18.0.2", "198.18.0.1", "198.18.0.3"
+MAC_AGENT = b"\x02\x00\xc6\x12\x00\x02"
+MAC_NAS = b"\x02\x00\xc6\x12\x00\x01"
+MAC_NOISE = b"\x02\x00\xc6\x12\x00\x03"
+NOISE_PORT0 = 9000
+NAS_POOL_PAGES = 1 << 15           # the NAS host's stack: big enough never to be the bottleneck
+
+DEFAULTS = {
+    "name": "sim", "seed": 1, "pool_pages": 8192, "min_free_kbytes": 2048,
+    "watermark_scale_factor": 10, "memalloc": True, "pfmemalloc_demux_drop": True,
+    "slots": 16, "wsize": 4096, "stable": "FILE_SYNC", "timeo_s": 0.5, "timeo_max_s": 2.0,
+    "retrans": 3, "noise_sockets": 4, "noise_rcvbuf_bytes": 851968, "noise_reader": "ordinary",
+    "flood_pps": 4000, "flood_size": 64, "workload_pages": 10240, "workload_rate_pps": 0,
+    "stall_threshold_s": 6.0, "max_duration_s": 60.0,
+    # simulation-only knobs
+    "wire_latency_s": 0.0002,
+    # The NAS as a disk: ``nas_threads`` nfsd threads, each request takes ``nas_service_s``
+    # (FILE_SYNC write + fdatasync on a small NAS): 8 / 2 ms = 4000 requests/s = 16 MB/s of swap.
+    "nas_threads": 8, "nas_service_s": 0.002, "image_pages": None, "max_writeback": 64,
+    "crash_at_s": None,                 # MemoryStore.crash() at this virtual time (UNSTABLE tests)
+    "swapoff_at_s": None,
+}
+
+
+def _flood_frames(n_ports: int, size: int) -> list[bytes]:
+    src = _pysocket.inet_aton(NOISE_IP)
+    dst = _pysocket.inet_aton(AGENT_IP)
+    out = []
+    for i in range(n_ports):
+        seg = udp_emit(src, dst, 40000 + i, NOISE_PORT0 + i, b"\xa5" * size)
+        out.append(eth_emit(MAC_AGENT, MAC_NOISE, ETH_P_IP,
+                            emit_header(src, dst, IPPROTO_UDP, len(seg), ident=i) + seg))
+    return out
+
+
+def run_sim(params: dict, seed: int | None = None) -> dict:
+    p = dict(DEFAULTS)
+    p.update(params)
+    if seed is not None:
+        p["seed"] = seed
+    seed = p["seed"]
+    if p["stall_threshold_s"] < 3 * p["timeo_max_s"]:
+        raise ValueError(f"stall_threshold_s={p['stall_threshold_s']} must be >= 3 x timeo_max_s "
+                         f"({3 * p['timeo_max_s']}): a slow server is not a deadlock")
+    rng = random.Random(f"flood:{seed}")
+    loop = Loop(ManualClock())
+    wire = WirePair(loop, latency_s=p["wire_latency_s"], mac_a=MAC_AGENT, mac_b=MAC_NAS)
+    agent = Agent(loop, wire.a, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
+                  min_free_kbytes=p["min_free_kbytes"],
+                  watermark_scale_factor=p["watermark_scale_factor"], seed=seed)
+    alloc = agent.alloc
+    agent.stack.policy.pfmemalloc_demux_drop = bool(p["pfmemalloc_demux_drop"])
+    agent.stack.neigh.add_permanent(_pysocket.inet_aton(NAS_IP), MAC_NAS, 0.0)
+
+    # -- the NAS host ---------------------------------------------------------------------------
+    image_pages = p["image_pages"] or p["workload_pages"] + 64
+    store = MemoryStore()
+    store.add_export("swap")
+    img = store.create_image("swap", "swap.img", image_pages * PAGE_SIZE)
+    core = NasCore(store)
+    nas_alloc = PageAllocator(NAS_POOL_PAGES, 128)
+    nas_sched = Scheduler(nas_alloc)
+    nas = Stack(nas_alloc, wire.b, MAC_NAS, NAS_IP, 24, nas_sched)
+    nas.neigh.add_permanent(_pysocket.inet_aton(AGENT_IP), MAC_AGENT, 0.0)
+    nsk = nas.udp_socket()
+    nsk.bind(("0.0.0.0", 2049))
+    nsk.rcvbuf = 64 << 20
+    nas_state = {"scheduled": False, "busy": 0}
+    nas_queue: deque = deque()
+    threads, service_s = p["nas_threads"], p["nas_service_s"]
+
+    def nas_done(data, addr):
+        now = loop.time()
+        for reply in core.handle(data, addr, now, "udp"):
+            nsk.sendto(reply, addr, now)
+        nas_state["busy"] -= 1
+        nas_dispatch()
+
+    def nas_dispatch():
+        while nas_queue and nas_state["busy"] < threads:
+            data, addr = nas_queue.popleft()
+            nas_state["busy"] += 1
+            if service_s > 0:
+                loop.call_at(loop.time() + service_s, nas_done, data, addr)
+            else:
+                nas_done(data, addr)
+
+    def nas_poll():
+        nas_state["scheduled"] = False
+        now = loop.time()
+        more = nas.poll(now, 4096)
+        while True:
+            got = nsk.recvfrom()
+            if got is None:
+                break
+            nas_queue.append(got)
+        nas_dispatch()
+        if more is not None and more <= now:
+            schedule_nas()
+
+    def schedule_nas():
+        if not nas_state["scheduled"]:
+            nas_state["scheduled"] = True
+            loop.call_soon(nas_poll)
+
+    wire.b.on_rx = schedule_nas
+
+    # -- the agent's services -------------------------------------------------------------------
+    for i in range(p["noise_sockets"]):
+        agent.udp_sink(NOISE_PORT0 + i, p["noise_reader"], p["noise_rcvbuf_bytes"])
+    logs: list[tuple[float, str]] = []
+    transport = NfsTransport(agent.stack, agent.sched, NAS_IP, 2049, slots=p["slots"],
+                             timeo_s=p["timeo_s"], retrans=p["retrans"],
+                             timeo_max_s=p["timeo_max_s"], wsize=p["wsize"],
+                             log=lambda line: logs.append((round(loop.time(), 6), line)),
+                             on_tx=agent.kick, seed=seed)
+    swap = SwapDevice(alloc, agent.sched, seed=seed)
+    kswapd = Kswapd(alloc, agent.sched, swap, max_writeback=p["max_writeback"])
+    setup = {"nr_slots": None}
+
+    def setup_task():
+        setup["nr_slots"] = yield from swap.swapon(transport, "swap", "swap.img",
+                                                   memalloc=bool(p["memalloc"]), stable=p["stable"])
+        swap.start_workload(p["workload_pages"], p["workload_rate_pps"])
+
+    agent.sched.spawn("swapon", setup_task())
+
+    # -- the flood ------------------------------------------------------------------------------
+    frames = _flood_frames(p["noise_sockets"], p["flood_size"])
+    pps = p["flood_pps"]
+
+    def flood():
+        now = loop.time()
+        wire.b.transmit(frames[rng.randrange(len(frames))], now)
+        loop.call_at(now + rng.expovariate(pps), flood)
+
+    if pps > 0 and frames:
+        loop.call_at(rng.expovariate(pps), flood)
+
+    # -- faults on the NAS ----------------------------------------------------------------------
+    if p["crash_at_s"] is not None:
+        loop.call_at(p["crash_at_s"], lambda: store.crash(b"crashed1"))
+    if p["swapoff_at_s"] is not None:
+        loop.call_at(p["swapoff_at_s"], swap.swapoff)
+
+    # -- the watchdog ---------------------------------------------------------------------------
+    atomic_floor = alloc.watermark_floor(GFP_ATOMIC)
+    st = {"outcome": None, "last_pswpout": 0, "t_progress": 0.0, "t_below_floor": None,
+          "t_stall": None, "t_recover": None, "stop": False, "free_min": alloc.nr_free}
+    timeline: list[dict] = []
+    stack = agent.stack
+    vm = alloc.vmstat
+
+    def sample():
+        now = round(loop.time(), 6)
+        free = alloc.nr_free
+        v = alloc.vmstat
+        low_point = alloc.nr_free_lowwater
+        alloc.reset_lowwater()
+        st["free_min"] = min(st["free_min"], low_point)
+        if low_point < atomic_floor and st["t_below_floor"] is None:
+            st["t_below_floor"] = now
+        timeline.append({
+            "t": now, "free": free, "free_low_point": low_point, "min": alloc.wmark_min,
+            "low": alloc.wmark_low, "high": alloc.wmark_high,
+            "reserve_in_use": max(0, alloc.wmark_min - low_point),
+            "nr_writeback": v["nr_writeback"], "pswpout": v["pswpout"],
+            "acked": len(swap.swap_map), "workload_allocated": swap.workload["allocated"],
+            "drops": {k: n for k, n in stack.drop_reasons.items() if n},
+        })
+        if v["pswpout"] != st["last_pswpout"]:
+            st["last_pswpout"] = v["pswpout"]
+            st["t_progress"] = now
+        reclaim_needed = free < alloc.wmark_low or alloc.kswapd_wanted
+        wl = swap.workload
+        if wl["done"] and free > alloc.wmark_high and not swap.writeback:
+            if st["t_below_floor"] is not None:
+                st["outcome"] = "recovered"
+                st["t_recover"] = now
+            else:
+                st["outcome"] = "completed"
+            st["stop"] = True
+        elif reclaim_needed and now - st["t_progress"] >= p["stall_threshold_s"]:
+            st["outcome"] = "deadlock"
+            st["t_stall"] = st["t_progress"]
+            st["stop"] = True
+        else:
+            loop.call_at(now + SAMPLE_S, sample)
+
+    loop.call_at(SAMPLE_S, sample)
+    loop.run_until(lambda: st["stop"], p["max_duration_s"])
+    duration = round(loop.time(), 6)
+    outcome = st["outcome"] or "timeout"
+
+    # -- verification: read every acked slot back from the NAS's store ---------------------------
+    verified = failures = 0
+    for slot, (page_id, gen) in swap.swap_map.items():
+        if img.read(slot * PAGE_SIZE, PAGE_SIZE) == page_bytes(seed, page_id, gen):
+            verified += 1
+        else:
+            failures += 1
+
+    snap_alloc = alloc.snapshot()
+    tsnap = transport.snapshot()
+    c = stack.counters
+    result = {
+        "name": p["name"], "seed": seed, "outcome": outcome,
+        "duration_s": duration,
+        "t_below_atomic_floor_s": st["t_below_floor"],
+        "t_stall_s": st["t_stall"],
+        "time_to_stall_s": st["t_stall"],
+        "t_recover_s": st["t_recover"],
+        "time_to_recover_s": (round(st["t_recover"] - st["t_below_floor"], 6)
+                              if st["t_recover"] is not None and st["t_below_floor"] is not None
+                              else None),
+        "pswpout": vm["pswpout"], "pgscan_kswapd": vm["pgscan_kswapd"],
+        "pgsteal_kswapd": vm["pgsteal_kswapd"], "allocstall": vm["allocstall"],
+        "pgscan_direct_throttle": vm["pgscan_direct_throttle"],
+        "nr_writeback": vm["nr_writeback"],
+        "acked_pages": len(swap.swap_map), "pages_verified": verified,
+        "verify_failures": failures,
+        "PFMemallocDrop": c["PFMemallocDrop"], "rx_nobuf": c["rx_nobuf"],
+        "tx_nobuf": c["tx_nobuf"], "rx_pfmemalloc": c["rx_pfmemalloc"],
+        "drop_reasons": {k: n for k, n in stack.drop_reasons.items() if n},
+        "reserve_low_point": st["free_min"],
+        "reserve_in_use_max": max(0, alloc.wmark_min - st["free_min"]),
+        "zoneinfo": alloc.zoneinfo(), "atomic_floor": atomic_floor,
+        "rpc": tsnap["counters"], "rpc_retrans": tsnap["counters"]["rpc_retrans"],
+        "swap": swap.snapshot(), "workload": dict(swap.workload),
+        "nr_slots": setup["nr_slots"],
+        "pgalloc_pfmemalloc": snap_alloc["reserve"]["pgalloc_pfmemalloc"],
+        "nas": {"writes": core.proc_calls.get("NFS3_WRITE", 0),
+                "commits": core.proc_calls.get("NFS3_COMMIT", 0),
+                "drc_hits": core.counters.get("drc_hits", 0)},
+        "logs": logs,
+        "timeline": timeline,
+    }
+
+    # -- teardown and leak check -----------------------------------------------------------------
+    swap.swapoff()
+    kswapd.stop()
+    swap.release()
+    transport.close()
+    for task in list(agent.sched.tasks.values()):
+        agent.sched.kill(task)
+    for svc in agent.services.values():
+        svc["sock"].close()
+    result["memalloc_socks_after_swapoff"] = alloc.memalloc_socks
+    result["leaked_pages"] = alloc.nr_pages - alloc.nr_free
+    result["leaked_owners"] = alloc.owner_pages()
+    return result
