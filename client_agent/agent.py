@@ -9,7 +9,8 @@ through tasks, so every page is charged to a named owner.
 
 Control protocol ops (newline-delimited JSON, see netns_setup/control.py): ``snapshot``, ``set``,
 ``shutdown``, plus test services ``udp_echo``, ``udp_sink``, ``hog``, ``hog_free``,
-``memalloc`` and ``ping``.
+``memalloc`` and ``ping``; swap over NFS (docs/swap-contract.md): ``swapon``, ``swapoff``,
+``workload``, ``swap_map``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class Agent:
         self._timer_at = None
         self.polls = 0
         self.started_at = loop.time()
+        self.transport = None
+        self.swap = None
+        self.kswapd = None
+        self.nfs_log: list = []
         self.sched.attach_loop(loop)
         if hasattr(dev, "fileno"):
             loop.add_reader(dev, self._on_readable)
@@ -200,6 +205,55 @@ class Agent:
             sk.sk_clear_memalloc()
         return {"port": port, "memalloc": sk.memalloc, "memalloc_socks": self.alloc.memalloc_socks}
 
+    # -- swap over NFS (docs/swap-contract.md) -----------------------------------------------
+    def swapon(self, server: str, port: int = 2049, export: str = "swap", image: str = "swap.img",
+               slots: int = 16, wsize: int = 4096, timeo_s: float = 0.5, timeo_max_s: float = 2.0,
+               retrans: int = 3, memalloc: bool = True, stable: str = "FILE_SYNC",
+               timeout_s: float = 30.0) -> dict:
+        from .mm.vmscan import Kswapd
+        from .nfs.transport import NfsTransport
+        from .swap import SwapDevice
+        if self.swap is not None and self.swap.active:
+            raise BadRequest("swap is already on; swapoff first")
+        if stable not in ("FILE_SYNC", "UNSTABLE", "DATA_SYNC"):
+            raise BadRequest(f"stable must be FILE_SYNC, UNSTABLE or DATA_SYNC, got {stable!r}")
+        log = lambda line: self.nfs_log.append((self.loop.time(), line))
+        self.transport = NfsTransport(self.stack, self.sched, server, port, slots=slots,
+                                      timeo_s=timeo_s, retrans=retrans, timeo_max_s=timeo_max_s,
+                                      wsize=wsize, log=log, on_tx=self.kick, seed=self.seed)
+        self.swap = SwapDevice(self.alloc, self.sched, seed=self.seed, log=log)
+        if self.kswapd is None:
+            self.kswapd = Kswapd(self.alloc, self.sched, self.swap)
+        else:
+            self.kswapd.swap = self.swap
+        task = self.sched.spawn("swapon", self.swap.swapon(self.transport, export, image,
+                                                           memalloc=bool(memalloc), stable=stable))
+        # The control op answers once mount and lookup are done: run the loop meanwhile.
+        self.loop.run_until(lambda: task.state in ("done", "crashed", "killed"), timeout_s)
+        if task.state != "done":
+            raise BadRequest(f"swapon {server}:/{export}/{image} did not finish: {task.state} "
+                             f"{task.error or ''} (is the NAS up and exporting it?)")
+        return {"nr_slots": task.result, "fh": self.swap.fh.hex()}
+
+    def swapoff(self) -> dict:
+        if self.swap is None:
+            raise BadRequest("swap is not on")
+        return {"memalloc_socks": self.swap.swapoff()}
+
+    def workload(self, pages: int, seed: int | None = None, rate_pps: float = 0) -> dict:
+        if self.swap is None:
+            raise BadRequest("swapon first: the workload's pages need a swap device")
+        if seed is not None:
+            self.swap.seed = seed
+            self.swap.workload["seed"] = seed
+        self.swap.start_workload(int(pages), float(rate_pps or 0))
+        return {"started": True}
+
+    def swap_map(self) -> dict:
+        if self.swap is None:
+            raise BadRequest("swap is not on")
+        return self.swap.map_json()
+
     # -- observation -----------------------------------------------------------------------
     def snapshot(self) -> dict:
         dev = self.dev
@@ -225,6 +279,11 @@ class Agent:
             "rusage": {"utime_s": ru.ru_utime, "stime_s": ru.ru_stime, "maxrss_kb": ru.ru_maxrss},
             "valid": not validity,
             "invalid_reasons": validity,
+            "swap": self.swap.snapshot() if self.swap is not None else None,
+            "nfs": (self.transport.snapshot() | {"log": self.nfs_log[-64:]})
+                   if self.transport is not None else None,
+            "workload": ({k: self.swap.workload[k] for k in ("allocated", "target", "done")}
+                         if self.swap is not None else None),
         }
 
     def set(self, key: str, value) -> dict:
@@ -262,6 +321,10 @@ class Agent:
             "hog": lambda r: self.hog(need(r, "pages"), r.get("gfp", "kernel")),
             "hog_free": lambda r: self.hog_free(),
             "memalloc": lambda r: self.memalloc(need(r, "port"), bool(r.get("on", True))),
+            "swapon": lambda r: self.swapon(**{k: v for k, v in r.items() if k != "op"}),
+            "swapoff": lambda r: self.swapoff(),
+            "workload": lambda r: self.workload(need(r, "pages"), r.get("seed"), r.get("rate_pps", 0)),
+            "swap_map": lambda r: self.swap_map(),
             "shutdown": lambda r: on_shutdown(),
         }
 
