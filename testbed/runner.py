@@ -25,7 +25,7 @@ import uuid
 
 from testbed import report as rep
 from testbed import scenario as scn
-from testbed.watchdog import Watchdog, hung_task_report
+from testbed.watchdog import Watchdog, hung_task_report, nfs_view
 
 SAMPLE_S = 0.2
 NOISE_PORT_BASE = 9001
@@ -147,7 +147,7 @@ def compact(t: float, s: dict) -> dict:
     z, vm, res = a.get("zoneinfo", {}), a.get("vmstat", {}), a.get("reserve", {})
     st = s.get("stack", {})
     c = st.get("counters", {})
-    nfs, wl, sw = s.get("nfs", {}), s.get("workload", {}), s.get("swap", {})
+    nfs, wl, sw = nfs_view(s), s.get("workload", {}), s.get("swap", {})
     return {
         "t": round(t, 3), "agent_time_s": s.get("time_s"),
         "free": z.get("free"), "min": z.get("min"), "low": z.get("low"), "high": z.get("high"),
@@ -337,7 +337,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None) -> dict:
                     "rx_pfmemalloc": c.get("rx_pfmemalloc", 0), "rx_packets": c.get("rx_packets", 0),
                     **final.get("alloc", {}).get("vmstat", {}),
                     "drop_reasons": final.get("stack", {}).get("drop_reasons", {}),
-                    "nfs": {k: v for k, v in final.get("nfs", {}).items() if not k.startswith("xids_")},
+                    "nfs": {k: v for k, v in nfs_view(final).items() if not k.startswith("xids_") and k != "counters"},
                     "tp_drops": final.get("device", {}).get("tp_drops", 0),
                     "softnet_dropped": timeline[-1].get("softnet_dropped", 0) if timeline else 0}
         return {
@@ -346,7 +346,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None) -> dict:
             "pages_written": written, "pages_verified": verified,
             "pages_lost": None if verified is None else written - verified,
             "reserve_low_pages": wd.reserve_low_pages,
-            "rpc_retrans": final.get("nfs", {}).get("rpc_retrans"),
+            "rpc_retrans": nfs_view(final).get("rpc_retrans"),
             "preflight": [ch.to_json() for ch in checks], "counters": counters, "watchdog": text,
             "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
             "parameters": sc.to_dict(), "run_name": name, "swapon": sw, **entry_extra,

@@ -37,6 +37,12 @@ def reclaim_needed(snap: dict) -> bool:
     return z.get("free", 0) < z.get("low", 0) or bool(snap.get("alloc", {}).get("kswapd", {}).get("wanted"))
 
 
+def nfs_view(snap: dict) -> dict:
+    """snapshot["nfs"] with its ``counters`` sub-dict flattened in (rpc_calls, rpc_retrans, ...)."""
+    nfs = snap.get("nfs") or {}
+    return {**nfs, **(nfs.get("counters") or {})}
+
+
 def workload_done(snap: dict) -> bool:
     return bool(snap.get("workload", {}).get("done"))
 
@@ -82,7 +88,9 @@ class Watchdog:
             self._last_growth = t
             self._last_pswpout = p
         floor = atomic_floor(snap)
-        if free is not None and free < floor:
+        # The allocator's low-water mark catches a dip between two samples (0.2 s is long).
+        lowest = min(v for v in (free, lw) if v is not None) if (free is not None or lw is not None) else None
+        if lowest is not None and lowest < floor:
             self.stalled = True
             if self._first_below_floor is None:
                 self._first_below_floor = t
@@ -126,8 +134,8 @@ def hung_task_report(snap: dict, stall_threshold_s: float, missing_xids: list[in
     receive drops by reason, and the NAS replies that reached the wire but not the NFS socket."""
     out = []
     for task in snap.get("tasks", []):
-        if task.get("wait") is None and task.get("state") not in ("blocked", "D", "waiting"):
-            continue
+        if task.get("state") in ("done", "exited") or task.get("wait") is None:
+            continue  # exited tasks keep their last wait in the snapshot; only live waiters hang
         waited = task.get("waited_s")
         hung = waited is not None and waited >= stall_threshold_s
         head = "INFO: task" if hung else "      task"
@@ -159,7 +167,7 @@ def hung_task_report(snap: dict, stall_threshold_s: float, missing_xids: list[in
     drops = st.get("drop_reasons", {})
     out.append("receive drops by reason: " + (" ".join(f"{k}:{v}" for k, v in sorted(drops.items())) or "none")
                + f"; rx_nobuf:{c.get('rx_nobuf', 0)} PFMemallocDrop:{c.get('PFMemallocDrop', 0)}")
-    nfs = snap.get("nfs", {})
+    nfs = nfs_view(snap)
     if nfs:
         keys = ("rpc_calls", "rpc_retrans", "rpc_major_timeouts", "rpc_replies", "rpc_bad_xid", "backlog")
         out.append("nfs: " + " ".join(f"{k}:{nfs.get(k)}" for k in keys if k in nfs)
