@@ -56,12 +56,14 @@ def write_report(out: str, entries: list[dict], *, timeline: list[dict] | None =
     return path
 
 
-def copy_logs(run_dir: str, out: str) -> list[str]:
-    """Copy every log of the run (agent, NAS, flood, tcpdump) into ``out/logs``."""
+def copy_logs(run_dir: str, out: str, dest: str | None = None) -> list[str]:
+    """Copy every log of the run (agent, NAS, flood, tcpdump) into ``dest`` (default ``out/logs``)."""
     src = os.path.join(run_dir, "logs")
+    dest = dest or os.path.join(out, "logs")
+    os.makedirs(dest, exist_ok=True)
     copied = []
     if os.path.isdir(src):
         for name in sorted(os.listdir(src)):
-            shutil.copy2(os.path.join(src, name), os.path.join(out, "logs", name))
+            shutil.copy2(os.path.join(src, name), os.path.join(dest, name))
             copied.append(name)
     return copied

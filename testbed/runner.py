@@ -162,18 +162,22 @@ def compact(t: float, s: dict) -> dict:
         "rpc_replies": nfs.get("rpc_replies"), "not_responding": nfs.get("not_responding"),
         "workload_allocated": wl.get("allocated"), "workload_done": wl.get("done"),
         "swap_acked": sw.get("acked"), "tp_drops": s.get("device", {}).get("tp_drops", 0),
+        "nfs_sock_drops": (s.get("nfs", {}).get("socket") or {}).get("drops", 0),
+        "nfs_memalloc": (s.get("nfs", {}).get("socket") or {}).get("memalloc"),
+        "reserve_in_use_max": res.get("reserve_in_use_max"),
         "loop_lag_max_s": s.get("loop", {}).get("lag_max_s"), "valid": s.get("valid"),
     }
 
 
 class Progress:
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=sys.stderr, prefix: str = ""):
         self.stream = stream
         self.tty = stream.isatty()
         self.last = -PROGRESS_EVERY_S
+        self.prefix = prefix
 
     def show(self, t: float, c: dict, force: bool = False) -> None:
-        line = (f"t={t:5.1f}s free {c['free']} (min {c['min']} low {c['low']} high {c['high']} floor {c['atomic_floor']}) "
+        line = (f"{self.prefix}t={t:5.1f}s free {c['free']} (min {c['min']} low {c['low']} high {c['high']} floor {c['atomic_floor']}) "
                 f"pswpout {c['pswpout']} rx_nobuf {c['rx_nobuf']} PFMemallocDrop {c['PFMemallocDrop']} "
                 f"retrans {c['rpc_retrans']} workload {c['workload_allocated']}")
         if self.tty:
@@ -190,8 +194,13 @@ class Progress:
 
 
 # ------------------------------------------------------------------ the run
-def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None) -> dict:
-    """Run one scenario on real packets; write the report into ``out``; return its entry."""
+def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: str | None = None,
+                 pcap_prefix: str = "", logs_dir: str | None = None, progress_prefix: str = "") -> dict:
+    """Run one scenario on real packets; write the report into ``out``; return its entry.
+
+    ``testbed run`` keeps the defaults (out/pcap/<host>.pcap, out/logs/); ``testbed demo`` runs four
+    scenarios into one report: pcaps as <pcap_dir>/<scenario>-<host>.pcap, logs in a per-scenario dir.
+    """
     from netns_setup import lifecycle
     from netns_setup.capture import start_capture
     from netns_setup.control import ControlClient, ControlError
@@ -231,9 +240,9 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None) -> dict:
                                      role="nas-server", ready=True, cpus=other_cpu, env=env)
         for h in ("nas", "noise"):
             run_in_netns(st.host_netns(h), _static_neigh, cli_ip, mac("client"))
-        # -- captures on the client's and the NAS's NIC
-        for h in ("client", "nas"):
-            caps[h] = start_capture(st, h, path=os.path.join(out, "pcap", f"{h}.pcap"))
+        # -- captures on every host's NIC (client, nas, noise)
+        for h in ("client", "nas", "noise"):
+            caps[h] = start_capture(st, h, path=os.path.join(pcap_dir or os.path.join(out, "pcap"), f"{pcap_prefix}{h}.pcap"))
         # -- the client agent, alone on CPU 0
         procs["agent"] = start_process(
             st, "client", [sys.executable, "-m", "client_agent.agent", "--ifname", st.host_iface("client"),
@@ -262,7 +271,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None) -> dict:
         agent.call("workload", pages=sc.workload_pages, seed=sc.seed, rate_pps=sc.workload_rate_pps)
         # -- sample, watch
         t0 = time.monotonic()
-        prog = Progress()
+        entry_extra["t0_wall"] = time.time()  # runner t=0 on the pcaps' (wall) clock
+        prog = Progress(prefix=progress_prefix)
         nxt = t0
         while True:
             nxt += SAMPLE_S
@@ -296,6 +306,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None) -> dict:
             entry_extra["flood"] = {"error": str(e)}
         procs["flood"].stop()
         final = agent.call("snapshot")
+        entry_extra["final_t"] = round(time.monotonic() - t0, 3)
         swap_map = agent.call("swap_map")
         try:
             entry_extra["agent_shutdown"] = agent.call("shutdown")
@@ -330,6 +341,10 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None) -> dict:
         if wd.outcome in ("deadlock", "unfinished"):
             print(text, file=sys.stderr, flush=True)
         rep.write_json(os.path.join(out, "final_snapshot.json"), final)
+        with open(os.path.join(out, "watchdog.txt"), "w") as f:
+            f.write(text + "\n")
+        if deadlock_snap is not None:
+            rep.write_json(os.path.join(out, "deadlock_snapshot.json"), deadlock_snap)
         written = len(acked)
         verified = ver.get("verified")
         c = final.get("stack", {}).get("counters", {})
@@ -349,7 +364,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None) -> dict:
             "rpc_retrans": nfs_view(final).get("rpc_retrans"),
             "preflight": [ch.to_json() for ch in checks], "counters": counters, "watchdog": text,
             "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
-            "parameters": sc.to_dict(), "run_name": name, "swapon": sw, **entry_extra,
+            "parameters": sc.to_dict(), "run_name": name, "swapon": sw,
+            "pcaps": {h: cap.path for h, cap in caps.items()}, **entry_extra,
             "_timeline": timeline,
         }
     except (ControlError, ProcessStartError, TimeoutError) as e:
@@ -368,7 +384,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None) -> dict:
             except Exception:  # noqa: BLE001
                 pass
         try:
-            rep.copy_logs(st.dir, out)
+            rep.copy_logs(st.dir, out, logs_dir)
         except OSError as e:
             say(f"could not copy logs: {e}")
         lifecycle.down(name)
