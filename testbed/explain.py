@@ -1,0 +1,206 @@
+"""Drop explanations: what became, inside the agent, of every NFS reply the client's NIC received.
+
+Input: the client's pcap (every frame the wire delivered to the agent's interface), the agent's
+final snapshot (``nfs.xids_sent`` / ``nfs.xids_replied``: the last 4096 of each) and the runner's
+timeline (counters every 0.2 s). Output: one row per NAS reply (UDP from port 2049 to the client,
+IP fragments reassembled by id) with its fate:
+
+- ``delivered``: the xid is in ``xids_replied`` (the transport matched it to a call); a second
+  reply for an xid already answered is ``duplicate`` (the reply to a retransmission);
+- ``dropped``: the xid was sent but never answered; the reason and layer are INFERRED from which
+  drop counter moved in the sampling interval around the frame's arrival, in this order of
+  evidence: the NFS socket's own ``drops`` (SOCKET_RCVBUFF at the socket), ``rx_nobuf``
+  (NOMEM at the NIC: no page for the frame), PFMEMALLOC (a reserve buffer dropped at the demux:
+  the socket is not SOCK_MEMALLOC), any other reason; ``unattributed`` when none moved;
+- ``unknown``: the xid is older than the agent's 4096-xid window, or the frame arrived after the
+  final snapshot.
+
+Exact per-frame attribution needs the agent's help (see ``AGENT_FATE_RING`` below); until then the
+``confidence`` column says ``inferred`` for every drop. Pure apart from reading the pcap.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left
+from collections import Counter
+
+NFS_PORT = 2049
+WINDOW = 4096
+
+# What exact attribution would need from the agent (client_agent/agent.py + net/stack.py; not ours):
+AGENT_FATE_RING = (
+    "snapshot()['nfs']['reply_fates']: a bounded ring (last 4096) of [agent_time_s, ip_id, xid, fate] "
+    "for every frame from the NFS server's port, recorded where its skb ends -- kfree_skb(reason) gives "
+    "fate=reason (NOMEM when the NIC had no buffer: ip_id/xid read from the AF_PACKET frame before the "
+    "drop), consume_skb at the transport gives fate='delivered' -- plus snapshot()['time_s'] against the "
+    "pcap clock (agent_time_s = CLOCK_MONOTONIC, the pcap = CLOCK_REALTIME: a pair of both in the snapshot)")
+
+LAYER = {"NOMEM": "NIC (rx_nobuf)", "PFMEMALLOC": "socket demux", "SOCKET_RCVBUFF": "socket (rcvbuf)",
+         "FRAG_REASM_TIMEOUT": "IP reassembly", "FRAG_MEM_LIMIT": "IP reassembly", "NO_SOCKET": "UDP demux"}
+
+
+def _pcap_frames(path: str):
+    with open(path, "rb") as f:
+        gh = f.read(24)
+        if len(gh) < 24:
+            return
+        magic = gh[:4]
+        endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+        rec = struct.Struct(endian + "IIII")
+        while True:
+            h = f.read(16)
+            if len(h) < 16:
+                return
+            sec, frac, incl, _ = rec.unpack(h)
+            fr = f.read(incl)
+            if len(fr) < incl:
+                return
+            yield sec + frac / (1e9 if nano else 1e6), fr
+
+
+def nfs_replies(pcap_path: str, nas_ip: str, client_ip: str, port: int = NFS_PORT) -> list[dict]:
+    """Every ONC RPC reply from nas_ip:port to client_ip: ``{ts, xid, ip_id, frags, size}``, in
+    arrival order of the datagram's last fragment. Fragments are reassembled by (src, dst, id)."""
+    nas, cli = bytes(map(int, nas_ip.split("."))), bytes(map(int, client_ip.split(".")))
+    pending: dict[int, dict] = {}
+    out = []
+    for ts, fr in _pcap_frames(pcap_path):
+        if len(fr) < 34 or fr[12:14] != b"\x08\x00":
+            continue
+        ip = fr[14:]
+        ihl = (ip[0] & 15) * 4
+        if ip[9] != 17 or ip[12:16] != nas or ip[16:20] != cli:
+            continue
+        total = struct.unpack_from("!H", ip, 2)[0]
+        ip_id, fo = struct.unpack_from("!HH", ip, 4)
+        off, mf = (fo & 0x1FFF) * 8, bool(fo & 0x2000)
+        data = ip[ihl:total]
+        if off == 0 and not mf:
+            dgram, nfr = data, 1
+        else:
+            q = pending.setdefault(ip_id, {"parts": {}, "end": None})
+            q["parts"][off] = data
+            if not mf:
+                q["end"] = off + len(data)
+            if q["end"] is None:
+                continue
+            buf, pos = b"", 0
+            for o in sorted(q["parts"]):
+                if o != pos:
+                    break
+                buf += q["parts"][o]
+                pos = o + len(q["parts"][o])
+            if pos != q["end"]:
+                continue
+            dgram, nfr = buf, len(q["parts"])
+            del pending[ip_id]
+        if len(dgram) < 16 or struct.unpack_from("!H", dgram, 0)[0] != port:
+            continue
+        xid, mtype = struct.unpack_from("!II", dgram, 8)
+        if mtype == 1:
+            out.append({"ts": ts, "xid": xid, "ip_id": ip_id, "frags": nfr, "size": len(dgram)})
+    return out
+
+
+_ZERO = {"t": float("-inf"), "rx_nobuf": 0, "nfs_sock_drops": 0, "drop_reasons": {}}
+
+
+def _growth(a: dict, b: dict) -> dict[str, int]:
+    g = {}
+    d = (b.get("nfs_sock_drops") or 0) - (a.get("nfs_sock_drops") or 0)
+    if d > 0:
+        g["nfs_socket"] = d
+    ra, rb = a.get("drop_reasons") or {}, b.get("drop_reasons") or {}
+    for k, v in rb.items():
+        if v - ra.get(k, 0) > 0:
+            g[k] = v - ra.get(k, 0)
+    d = (b.get("rx_nobuf") or 0) - (a.get("rx_nobuf") or 0)
+    if d > 0:
+        g["NOMEM"] = max(g.get("NOMEM", 0), d)
+    return g
+
+
+def infer_drop(t: float, timeline: list[dict], memalloc_sock: bool) -> tuple[str, str, str]:
+    """(reason, layer, evidence) of a drop at runner time ``t``, from the counters around it."""
+    ts = [s["t"] for s in timeline]
+    i = bisect_left(ts, t)  # first sample at or after t: the one that counted the drop
+    for lo, hi, strength in ((i, i, "interval"), (i, i + 1, "next interval too")):
+        a = timeline[lo - 1] if lo - 1 >= 0 else _ZERO
+        b = timeline[min(hi, len(timeline) - 1)] if timeline else _ZERO
+        g = _growth(a, b)
+        span = f"t {max(a['t'], 0):.1f}-{b['t']:.1f} s" if timeline else "no samples"
+        if "nfs_socket" in g:
+            return "SOCKET_RCVBUFF", LAYER["SOCKET_RCVBUFF"], f"NFS socket drops +{g['nfs_socket']} ({span}, {strength})"
+        if "NOMEM" in g:
+            return "NOMEM", LAYER["NOMEM"], f"rx_nobuf +{g['NOMEM']} ({span}, {strength})"
+        if "PFMEMALLOC" in g and not memalloc_sock:
+            return "PFMEMALLOC", LAYER["PFMEMALLOC"], f"PFMemallocDrop +{g['PFMEMALLOC']}, NFS socket not SOCK_MEMALLOC ({span}, {strength})"
+        other = {k: v for k, v in g.items() if k not in ("PFMEMALLOC", "SOCKET_RCVBUFF")}
+        if other:
+            k = max(other, key=other.get)
+            return k, LAYER.get(k, "stack"), f"{k} +{other[k]} ({span}, {strength})"
+    return "unattributed", "?", "no drop counter that could hold an NFS reply moved around its arrival"
+
+
+def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_wall: float,
+            final_t: float | None = None) -> dict:
+    """Rows (one per reply) and a summary. ``t0_wall``: runner t=0 on the pcap clock."""
+    nfs = final_snap.get("nfs") or {}
+    sent, replied = set(nfs.get("xids_sent", [])), set(nfs.get("xids_replied", []))
+    memalloc_sock = bool((nfs.get("socket") or {}).get("memalloc") or nfs.get("memalloc"))
+    answered: set[int] = set()
+    rows = []
+    for r in replies:
+        t = r["ts"] - t0_wall
+        row = {"t_s": round(t, 4), "xid": r["xid"], "ip_id": r["ip_id"], "frags": r["frags"], "size": r["size"]}
+        if final_t is not None and t > final_t:
+            row.update(fate="unknown", reason="after the final snapshot", layer="-", confidence="-")
+        elif r["xid"] in replied:
+            if r["xid"] in answered:
+                row.update(fate="duplicate", reason="reply to a retransmission, xid already answered", layer="transport",
+                           confidence="exact")
+            else:
+                answered.add(r["xid"])
+                row.update(fate="delivered", reason="-", layer="transport", confidence="exact")
+        elif r["xid"] in sent:
+            reason, layer, ev = infer_drop(t, timeline, memalloc_sock)
+            row.update(fate="dropped", reason=reason, layer=layer, confidence="inferred", evidence=ev)
+        else:
+            row.update(fate="unknown", reason=f"xid outside the agent's last-{WINDOW} window", layer="-", confidence="-")
+        rows.append(row)
+    fates = Counter(r["fate"] for r in rows)
+    drops = Counter(f"{r['reason']} @ {r['layer']}" for r in rows if r["fate"] == "dropped")
+    return {"replies_on_wire": len(rows), "fates": dict(fates), "drops_by_reason": dict(drops),
+            "nfs_socket_memalloc": memalloc_sock, "method": "xid sets from the final snapshot; drop reasons "
+            "inferred from the counters in the 0.2 s sampling interval of each frame",
+            "exact_attribution_needs": AGENT_FATE_RING, "rows": rows}
+
+
+def summary_line(ex: dict) -> str:
+    f = ex["fates"]
+    parts = [f"{ex['replies_on_wire']} NFS replies on the client's wire: {f.get('delivered', 0)} delivered"]
+    if f.get("duplicate"):
+        parts.append(f"{f['duplicate']} duplicate")
+    if f.get("dropped"):
+        parts.append(f"{f['dropped']} dropped (" + ", ".join(f"{v} {k}" for k, v in
+                                                              sorted(ex["drops_by_reason"].items(), key=lambda kv: -kv[1])) + ")")
+    if f.get("unknown"):
+        parts.append(f"{f['unknown']} unknown")
+    return ", ".join(parts)
+
+
+def text_table(name: str, ex: dict, max_rows: int = 200) -> str:
+    """The summary, then every reply that was not simply delivered (first ``max_rows``)."""
+    out = [f"== {name}: {summary_line(ex)}",
+           f"{'t (s)':>8}  {'xid':>10}  {'ip id':>5}  {'frags':>5}  {'fate':<9}  {'reason':<16}  {'layer':<16}  {'confidence':<10}  evidence"]
+    shown = [r for r in ex["rows"] if r["fate"] != "delivered"]
+    for r in shown[:max_rows]:
+        out.append(f"{r['t_s']:8.3f}  {r['xid']:#010x}  {r['ip_id']:5d}  {r['frags']:5d}  {r['fate']:<9}  {r['reason'][:16]:<16}  "
+                   f"{r['layer']:<16}  {r['confidence']:<10}  {r.get('evidence', r['reason'] if len(r['reason']) > 16 else '')}")
+    if len(shown) > max_rows:
+        out.append(f"... {len(shown) - max_rows} more in explanations.json")
+    if not shown:
+        out.append("(every reply was delivered)")
+    return "\n".join(out) + "\n"

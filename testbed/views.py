@@ -1,0 +1,121 @@
+"""Linux-style views of an agent snapshot: nstat, /proc/vmstat, /proc/zoneinfo, ss -m -u -a.
+
+Invariant owned here: every view prints the snapshot's own values, named and laid out as the Linux
+tool prints them, so a kernel engineer can read it (and a parser written for the real tool parses
+it). Where the testbed has a figure Linux has no line for (rx_nobuf, the atomic floor,
+SOCK_MEMALLOC on a socket), it is added in the tool's own syntax and marked as the testbed's:
+nstat ``Testbed*`` counters, zoneinfo ``testbed_*`` keys, an ss ``sock_memalloc`` token.
+Pure: snapshot dict in, text out.
+"""
+
+from __future__ import annotations
+
+VIEWS = ("nstat", "vmstat", "zoneinfo", "ss")
+
+# nstat prints "<name padded to 32><value padded to 20><rate %6.1f>" (iproute2 misc/nstat.c).
+_NSTAT_TABLES = ("Ip", "Icmp", "Udp", "TcpExt")
+# The testbed's own NIC counters, as nstat-style names (ethtool would call them rx_nobuf & co).
+_TESTBED_COUNTERS = (("TestbedRxNobuf", "rx_nobuf"), ("TestbedRxPfmemalloc", "rx_pfmemalloc"),
+                     ("TestbedTxNobuf", "tx_nobuf"), ("TestbedRxPackets", "rx_packets"))
+
+
+def nstat_counters(snap: dict) -> dict[str, int]:
+    """Name -> value, in nstat's order (tables as /proc/net/snmp, then netstat, then the testbed's)."""
+    st = snap.get("stack", {})
+    out: dict[str, int] = {}
+    for table in _NSTAT_TABLES:
+        for k, v in (st.get("snmp", {}).get(table) or {}).items():
+            out[f"{table}{k}"] = int(v)
+    c = st.get("counters", {})
+    for name, key in _TESTBED_COUNTERS:
+        out[name] = int(c.get(key, 0))
+    return out
+
+
+def nstat(snap: dict, prev: dict | None = None, dt_s: float | None = None) -> str:
+    """`nstat -az` (absolute values, zeros too); rate per second when a previous snapshot is given."""
+    cur = nstat_counters(snap)
+    old = nstat_counters(prev) if prev is not None else {}
+    lines = ["#kernel"]
+    for name, v in cur.items():
+        rate = (v - old.get(name, v)) / dt_s if prev is not None and dt_s else 0.0
+        lines.append(f"{name:<31} {v:<19} {rate:6.1f}")
+    return "\n".join(lines) + "\n"
+
+
+def vmstat(snap: dict) -> str:
+    """/proc/vmstat: ``name value`` lines, nr_free_pages first as the kernel prints it."""
+    vm = dict(snap.get("alloc", {}).get("vmstat", {}))
+    z = snap.get("alloc", {}).get("zoneinfo", {})
+    if "nr_free_pages" not in vm and "free" in z:
+        vm["nr_free_pages"] = z["free"]
+    keys = (["nr_free_pages"] if "nr_free_pages" in vm else []) + [k for k in vm if k != "nr_free_pages"]
+    return "".join(f"{k} {int(vm[k])}\n" for k in keys)
+
+
+def zoneinfo(snap: dict) -> str:
+    """/proc/zoneinfo's ``Node 0, zone   Normal`` block for the agent's one zone."""
+    a = snap.get("alloc", {})
+    z, vm, res = a.get("zoneinfo", {}), a.get("vmstat", {}), a.get("reserve", {})
+    managed = int(z.get("managed", 0))
+    lines = ["Node 0, zone   Normal",
+             f"  pages free     {int(z.get('free', 0))}",
+             f"        min      {int(z.get('min', 0))}",
+             f"        low      {int(z.get('low', 0))}",
+             f"        high     {int(z.get('high', 0))}",
+             f"        spanned  {managed}",
+             f"        present  {managed}",
+             f"        managed  {managed}",
+             "        protection: (0, 0, 0, 0)"]
+    for k in ("nr_free_pages", "nr_anon_pages", "nr_file_pages", "nr_dirty", "nr_writeback"):
+        if k in vm:
+            lines.append(f"      {k} {int(vm[k])}")
+    # The testbed's reserve (Linux keeps it implicit in min and ALLOC_HARDER/ALLOC_NO_WATERMARKS).
+    for k in ("atomic_floor", "reserve_in_use", "reserve_in_use_max", "nr_free_lowwater", "memalloc_socks"):
+        if k in res:
+            lines.append(f"      testbed_{k} {int(res[k])}")
+    # /proc/sys/vm knobs the watermarks come from (not in /proc/zoneinfo; shown as sysctl -a does).
+    lines.append(f"vm.min_free_kbytes = {int(z.get('min_free_kbytes', 0))}")
+    if "watermark_scale_factor" in z:
+        lines.append(f"vm.watermark_scale_factor = {int(z['watermark_scale_factor'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _addr(local) -> tuple[str, str]:
+    if isinstance(local, (list, tuple)) and len(local) == 2:
+        return str(local[0]), str(local[1])
+    return "0.0.0.0", "*"
+
+
+def ss(snap: dict) -> str:
+    """`ss -m -u -a`: one line per UDP socket and its ``skmem:(...)`` line.
+
+    Recv-Q = rmem_alloc (bytes charged to the socket), rb = rcvbuf, d = drops; the NFS transport's
+    socket has the server as peer (xprt connects it). ``sock_memalloc`` marks SOCK_MEMALLOC sockets.
+    """
+    st = snap.get("stack", {})
+    nfs = snap.get("nfs") or {}
+    nfs_local = (nfs.get("socket") or {}).get("local")
+    server = nfs.get("server", "")
+    rows = [("State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port")]
+    sk = []
+    for s in st.get("sockets", []):
+        ip, port = _addr(s.get("local"))
+        peer = server if nfs_local is not None and list(s.get("local") or []) == list(nfs_local) and server else "0.0.0.0:*"
+        state = "ESTAB" if peer != "0.0.0.0:*" else "UNCONN"
+        rows.append((state, str(int(s.get("rmem_alloc", 0))), "0", f"{ip}:{port}", peer))
+        sk.append(f"\t skmem:(r{int(s.get('rmem_alloc', 0))},rb{int(s.get('rcvbuf', 0))},t0,tb{int(s.get('sndbuf', 212992))},"
+                  f"f0,w0,o0,bl0,d{int(s.get('drops', 0))})" + (" sock_memalloc" if s.get("memalloc") else ""))
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    out = []
+    for i, r in enumerate(rows):
+        out.append(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:<{w[4]}}".rstrip())
+        if i:
+            out.append(sk[i - 1])
+    return "\n".join(out) + "\n"
+
+
+def render(view: str, snap: dict, prev: dict | None = None, dt_s: float | None = None) -> str:
+    if view == "nstat":
+        return nstat(snap, prev, dt_s)
+    return {"vmstat": vmstat, "zoneinfo": zoneinfo, "ss": ss}[view](snap)
