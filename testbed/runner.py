@@ -18,7 +18,6 @@ Invariants owned here:
 from __future__ import annotations
 
 import os
-import struct
 import sys
 import time
 import uuid
@@ -94,42 +93,13 @@ def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s
 
 # ------------------------------------------------------------------ pcap: NAS replies by xid
 def nfs_reply_xids(pcap_path: str, nas_ip: str, client_ip: str, port: int = NFS_PORT) -> list[int]:
-    """xids of ONC RPC replies from nas_ip:port to client_ip in a classic pcap (Ethernet).
-    A plain struct parser: scapy costs ~200 us a frame, and the client's pcap holds the flood too."""
-    nas, cli = bytes(map(int, nas_ip.split("."))), bytes(map(int, client_ip.split(".")))
-    out = []
+    """xids of ONC RPC replies from nas_ip:port to client_ip in a classic pcap (Ethernet), fragments
+    reassembled (testbed.explain's struct reader: scapy costs ~200 us a frame, the pcap holds the flood)."""
+    from testbed.explain import nfs_replies
     try:
-        f = open(pcap_path, "rb")
+        return [r["xid"] for r in nfs_replies(pcap_path, nas_ip, client_ip, port)]
     except OSError:
-        return out
-    with f:
-        gh = f.read(24)
-        if len(gh) < 24:
-            return out
-        magic = gh[:4]
-        endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-        rec = struct.Struct(endian + "IIII")
-        while True:
-            h = f.read(16)
-            if len(h) < 16:
-                break
-            _, _, incl, _ = rec.unpack(h)
-            fr = f.read(incl)
-            if len(fr) < 14 + 20 + 8 + 8 or fr[12:14] != b"\x08\x00":
-                continue
-            ihl = (fr[14] & 15) * 4
-            ip = fr[14:]
-            if ip[9] != 17 or ip[12:16] != nas or ip[16:20] != cli:
-                continue
-            if struct.unpack_from("!H", ip, 6)[0] & 0x1FFF:  # not the first fragment
-                continue
-            udp = ip[ihl:]
-            if struct.unpack_from("!H", udp, 0)[0] != port or len(udp) < 16:
-                continue
-            xid, mtype = struct.unpack_from("!II", udp, 8)
-            if mtype == 1:
-                out.append(xid)
-    return out
+        return []
 
 
 def softnet_dropped() -> int:
