@@ -2,7 +2,7 @@
 
 Invariants owned here:
 - A scenario file holds exactly the keys of docs/swap-contract.md ("Scenario parameters") plus the
-  runner's own (``agent_capacity_pps``, ``budget``); an unknown key or a bad value is refused with
+  runner's own (``agent_capacity_pps``, ``budget``, ``swap_rate_pps``); an unknown key or a bad value is refused with
   one line ``FILE: KEY: problem; fix`` before anything is created.
 - The preflight decides, from the scenario's figures alone, whether its ``expect`` is physically
   possible, and records each check as ``{name, formula, values, pass}`` for the report. Watermarks
@@ -31,6 +31,21 @@ MTU = 1500
 ETH_HLEN = 14
 UDP_IP_HLEN = 28
 DEFAULT_AGENT_CAPACITY_PPS = 40000
+# The fastest kswapd gets pages acknowledged (pages/s): bounded by the NAS (sim: 8 nfsd threads x
+# 10 ms = 800/s) and by the agent (real runs: ~750 pages/s measured, memalloc 3672 pages in ~5 s).
+# 2000 is a generous bound; the noise-capacity checks below use it.
+DEFAULT_SWAP_RATE_PPS = 2000
+# The receive/transmit model that runs (client_agent/net/stack.py, client_agent/nfs/transport.py):
+# - receive allocates per frame, then demuxes it (no NAPI batch is allocated ahead of the demux:
+#   ``budget`` only bounds how many frames one poll handles), so a frame from the reserve is
+#   dropped at the demux (PFMemallocDrop) or queued before the next frame takes a page;
+# - transmit allocates one buffer per IP fragment and frees it as soon as the device took it: one
+#   transmit page at a time;
+# - every RPC in flight holds one RPC buffer page (rpc_malloc, __GFP_MEMALLOC for a swapper
+#   transport) until its reply is read, and a reply waits on the transport socket (one receive
+#   page) until rpciod reads it.
+RPC_BUFFER_PAGES = 1
+TX_FRAME_PAGES = 1
 
 
 class ScenarioError(ValueError):
@@ -66,6 +81,7 @@ class Scenario:
     # Runner's own: the agent's receive capacity (frames/s), see `testbed bench`; NAPI budget.
     agent_capacity_pps: int = DEFAULT_AGENT_CAPACITY_PPS
     budget: int = 64
+    swap_rate_pps: int = DEFAULT_SWAP_RATE_PPS
     source: str = field(default="<defaults>", compare=False)
 
     def to_dict(self) -> dict:
@@ -81,6 +97,7 @@ _INT_RANGES = {
     "retrans": (0, 100), "noise_sockets": (0, 64), "noise_rcvbuf_bytes": (1024, 1 << 30),
     "flood_pps": (0, 10_000_000), "flood_size": (12, 1472), "workload_pages": (1, 1 << 24),
     "workload_rate_pps": (0, 10_000_000), "agent_capacity_pps": (1, 100_000_000), "budget": (1, 4096),
+    "swap_rate_pps": (0, 100_000_000),
 }
 _FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0),
                  "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
@@ -254,42 +271,81 @@ def figures(sc: Scenario) -> dict:
             "reply_pages": reply_pages, "reassembly_pages": reasm_pages}
 
 
+def _fill(noise_target: int, sc: Scenario) -> tuple[float, int]:
+    """Time for the flood to pin ``noise_target`` net pages while kswapd hands pages back at up to
+    ``swap_rate_pps`` (every page it frees below min goes to the next flood frame: readers and
+    workload are blocked there), and the noise pages that takes: (fill_s, flood_pps x fill_s)."""
+    net = sc.flood_pps - sc.swap_rate_pps
+    if net <= 0:
+        return math.inf, 1 << 62
+    fill_s = noise_target / net
+    return fill_s, math.ceil(sc.flood_pps * fill_s)
+
+
 def preflight(sc: Scenario) -> tuple[list[Check], dict]:
-    """Every check, whether it applies to this ``expect`` or not (``applies`` says which)."""
+    """Every check, whether it applies to this ``expect`` or not (``applies`` says which).
+
+    The formulas describe the model that runs (see RPC_BUFFER_PAGES above): per-frame receive
+    allocation, one transmit page at a time, one RPC buffer per call in flight, replies queued on
+    the transport socket until read."""
     f = figures(sc)
     checks: list[Check] = []
-    deadlock_expected = sc.expect == "deadlock"
     pin = f["min"] - f["atomic_floor"]
+    # 'deadlock' and 'recovered' both need free pinned at the atomic floor (the stall condition);
+    # the flood only gets there if the noise queues hold what it must pin, plus every page kswapd
+    # frees meanwhile (it goes to the next flood frame, not back to free).
+    fill_s, need_pin = _fill(pin, sc)
+    f["fill_to_floor_s"] = round(fill_s, 3) if fill_s != math.inf else None
     checks.append(Check(
-        "flood_pins_free_at_atomic_floor", "noise_pages >= min - atomic_floor",
+        "flood_pins_free_at_atomic_floor",
+        "noise_pages >= (min - atomic_floor) + swap_rate_pps * fill_s, "
+        "fill_s = (min - atomic_floor) / (flood_pps - swap_rate_pps)",
         {"noise_pages": f["noise_pages"], "min": f["min"], "atomic_floor": f["atomic_floor"],
-         "sockets": sc.noise_sockets, "rcvbuf_bytes": sc.noise_rcvbuf_bytes, "truesize": f["flood_truesize"]},
-        f["noise_pages"] >= pin, applies="deadlock"))
+         "flood_pps": sc.flood_pps, "swap_rate_pps": sc.swap_rate_pps, "fill_s": f["fill_to_floor_s"],
+         "needed": need_pin, "sockets": sc.noise_sockets, "rcvbuf_bytes": sc.noise_rcvbuf_bytes,
+         "truesize": f["flood_truesize"]},
+        f["noise_pages"] >= need_pin, applies="deadlock,recovered"))
     if not sc.pfmemalloc_demux_drop and sc.memalloc:
+        # Without the demux filter the flood's reserve buffers are queued too: it must pin all of
+        # min (down to 0 free) plus kswapd's pages meanwhile.
+        eat_s, need_eat = _fill(f["min"], sc)
         checks.append(Check(
-            "flood_eats_whole_reserve", "noise_pages >= min + (low - min)",
-            {"noise_pages": f["noise_pages"], "min": f["min"], "headroom": f["low"] - f["min"]},
-            f["noise_pages"] >= f["low"], applies="deadlock"))
-    need = sc.slots * f["reply_pages"] + sc.budget + f["reassembly_pages"]
+            "flood_eats_whole_reserve",
+            "noise_pages >= min + swap_rate_pps * eat_s, eat_s = min / (flood_pps - swap_rate_pps)",
+            {"noise_pages": f["noise_pages"], "min": f["min"], "flood_pps": sc.flood_pps,
+             "swap_rate_pps": sc.swap_rate_pps,
+             "eat_s": round(eat_s, 3) if eat_s != math.inf else None, "needed": need_eat},
+            f["noise_pages"] >= need_eat, applies="deadlock"))
+    # Below the atomic floor only ALLOC_NO_WATERMARKS allocations go: RPC buffers of swapper calls,
+    # the transport's receive buffers (SOCK_MEMALLOC), transmit fragments under PF_MEMALLOC. Worst
+    # case at one instant: every slot holds its buffer and its reply waits on the socket, plus the
+    # one transmit frame being built (and reassembly queues if a reply were fragmented).
+    need = (sc.slots * (RPC_BUFFER_PAGES + f["reply_pages"]) + TX_FRAME_PAGES
+            + f["reassembly_pages"])
     reserve_ok = f["atomic_floor"] >= need
     if sc.memalloc and sc.pfmemalloc_demux_drop:
+        vals = {"atomic_floor": f["atomic_floor"], "slots": sc.slots,
+                "rpc_buffer_pages": RPC_BUFFER_PAGES, "reply_pages": f["reply_pages"],
+                "tx_frame_pages": TX_FRAME_PAGES, "reassembly_pages": f["reassembly_pages"],
+                "needed": need}
         checks.append(Check(
-            "reserve_covers_slot_table", "atomic_floor >= slots * reply_pages + budget + reassembly_pages",
-            {"atomic_floor": f["atomic_floor"], "slots": sc.slots, "reply_pages": f["reply_pages"],
-             "budget": sc.budget, "reassembly_pages": f["reassembly_pages"], "needed": need},
-            reserve_ok, applies="recovered,completed"))
+            "reserve_covers_slot_table",
+            "atomic_floor >= slots * (rpc_buffer_pages + reply_pages) + tx_frame_pages + reassembly_pages",
+            vals, reserve_ok, applies="recovered,completed"))
+        # A necessary condition only: below it a deadlock is possible, not certain (buffers are
+        # recycled page for page as calls complete; the sim recovers at floor 12, deadlocks at 6).
         checks.append(Check(
-            "reserve_undersized", "atomic_floor < slots * reply_pages + budget + reassembly_pages",
-            {"atomic_floor": f["atomic_floor"], "needed": need}, not reserve_ok, applies="deadlock"))
+            "reserve_undersized",
+            "atomic_floor < slots * (rpc_buffer_pages + reply_pages) + tx_frame_pages + reassembly_pages",
+            dict(vals), not reserve_ok, applies="deadlock"))
     cap = sc.agent_capacity_pps // 4
     checks.append(Check("flood_within_agent_capacity", "flood_pps <= agent_capacity_pps / 4",
                         {"flood_pps": sc.flood_pps, "agent_capacity_pps": sc.agent_capacity_pps, "limit": cap},
                         sc.flood_pps <= cap))
-    fill_s = f["noise_pages"] / sc.flood_pps if sc.flood_pps else math.inf
-    checks.append(Check("flood_fills_noise_in_time", "noise_pages / flood_pps < max_duration_s - stall_threshold_s",
-                        {"fill_s": round(fill_s, 3), "max_duration_s": sc.max_duration_s,
+    checks.append(Check("flood_fills_noise_in_time", "fill_s < max_duration_s - stall_threshold_s",
+                        {"fill_s": f["fill_to_floor_s"], "max_duration_s": sc.max_duration_s,
                          "stall_threshold_s": sc.stall_threshold_s},
-                        fill_s < sc.max_duration_s - sc.stall_threshold_s, applies="deadlock"))
+                        fill_s < sc.max_duration_s - sc.stall_threshold_s, applies="deadlock,recovered"))
     checks.append(Check("workload_needs_reclaim", "workload_pages > pool_pages - low",
                         {"workload_pages": sc.workload_pages, "pool_pages": sc.pool_pages, "low": f["low"]},
                         sc.workload_pages > sc.pool_pages - f["low"]))

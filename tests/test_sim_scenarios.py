@@ -3,21 +3,31 @@ allocator, the rcvbufs and the demux; each test asserts the figures that explain
 
 import pytest
 
+from testbed import scenario as S
 from testbed.sim import run_sim
 
-BASE = {"pool_pages": 8192, "min_free_kbytes": 2048, "slots": 16, "noise_sockets": 4,
-        "noise_rcvbuf_bytes": 851968, "flood_pps": 4000, "workload_pages": 10240,
-        "stall_threshold_s": 6.0, "max_duration_s": 30.0}
+NAMES = ("no-reserve", "reserve-no-filter", "memalloc", "memalloc-undersized")
+
+
+def params(name, **over):
+    """The built-in scenario file's parameters, exactly as `testbed run` uses them."""
+    sc = S.load(name)
+    checks, _ = S.preflight(sc)
+    assert S.failing(sc, checks) == [], name
+    return {**sc.to_dict(), "max_duration_s": 30.0, **over}
+
+
+BASE = {k: v for k, v in params("memalloc").items() if k not in ("name", "description", "expect")}
 
 
 @pytest.fixture(scope="module")
 def results():
-    return {
-        "no-reserve": run_sim({**BASE, "memalloc": False}, 1),
-        "reserve-no-filter": run_sim({**BASE, "memalloc": True, "pfmemalloc_demux_drop": False}, 1),
-        "memalloc": run_sim({**BASE, "memalloc": True}, 1),
-        "memalloc-undersized": run_sim({**BASE, "memalloc": True, "min_free_kbytes": 512}, 1),
-    }
+    return {n: run_sim(params(n), 1) for n in NAMES}
+
+
+def test_every_builtin_scenario_ends_as_it_expects(results):
+    for n in NAMES:
+        assert results[n]["outcome"] == S.load(n).expect, (n, results[n]["outcome"])
 
 
 def _common(r):
@@ -63,26 +73,27 @@ def test_memalloc_cure_recovers_and_every_acked_page_verifies(results):
     assert r["pages_verified"] == r["acked_pages"]
 
 
-def test_memalloc_undersized_outcome_as_the_model_gives_it(results):
-    # Honest result of this model: a reserve of 48 pages (min_free_kbytes 512) still covers the
-    # 16 RPC buffers + fragments + replies, so the cure recovers here (see the report / sim.py).
-    r = results["memalloc-undersized"]
-    _common(r)
-    assert r["atomic_floor"] == 48
-    assert r["outcome"] == "recovered"
-    assert r["PFMemallocDrop"] > 0
-
-
-def test_tiny_reserve_below_the_slot_table_deadlocks():
+def test_memalloc_undersized_reserve_below_the_slot_table_deadlocks(results):
     # min_free_kbytes 64 -> min 16, atomic floor 6 pages: fewer than the 16 RPC buffers a full
-    # slot table pins with __GFP_MEMALLOC.
-    r = run_sim({**BASE, "memalloc": True, "min_free_kbytes": 64}, 1)
+    # slot table pins with __GFP_MEMALLOC once the flood holds free at the floor.
+    r = results["memalloc-undersized"]
     _common(r)
     assert r["atomic_floor"] == 6
     assert r["outcome"] == "deadlock"
     assert r["reserve_low_point"] == 0               # the reserve is all pinned
     assert r["rx_nobuf"] > 1000 and r["tx_nobuf"] > 0   # replies NOMEM, retransmits -ENOBUFS
     assert r["pswpout"] < 100
+
+
+def test_reserve_of_48_pages_covers_the_slot_table_and_recovers():
+    # min_free_kbytes 512 -> floor 48 >= 16 x (1 RPC buffer + 1 reply) + 1 transmit page = 33:
+    # the preflight says a deadlock is impossible, and the model agrees.
+    sc = S.from_dict({**params("memalloc-undersized"), "min_free_kbytes": 512, "expect": "deadlock"})
+    assert "reserve_undersized" in [c.name for c in S.failing(sc, S.preflight(sc)[0])]
+    r = run_sim({**BASE, "min_free_kbytes": 512}, 1)
+    _common(r)
+    assert r["atomic_floor"] == 48 and r["outcome"] == "recovered"
+    assert r["PFMemallocDrop"] > 0
 
 
 def test_same_seed_same_result():
