@@ -13,10 +13,11 @@ from testbed.cli import main
 
 
 def test_bench_quick_rx_end_to_end(tmp_path, capsys):
-    before = set(nsutil.list_netns())
+    ours = lambda: {n for n in nsutil.list_netns() if n.startswith("nsdt-bench-rx-")}  # noqa: E731
+    before = ours()                                      # other runs' namespaces are not ours to judge
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--section", "rx", "--json", str(out)]) == 0
-    assert set(nsutil.list_netns()) == before            # the bench's topology is gone
+    assert ours() == before                              # the bench's topology is gone
     table = capsys.readouterr().out
     doc = json.loads(out.read_text())
     assert doc["schema_version"] == 1 and doc["quick"] is True
