@@ -165,7 +165,8 @@ class Progress:
 
 # ------------------------------------------------------------------ the run
 def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: str | None = None,
-                 pcap_prefix: str = "", logs_dir: str | None = None, progress_prefix: str = "") -> dict:
+                 pcap_prefix: str = "", logs_dir: str | None = None, progress_prefix: str = "",
+                 print_watchdog: bool = True) -> dict:
     """Run one scenario on real packets; write the report into ``out``; return its entry.
 
     ``testbed run`` keeps the defaults (out/pcap/<host>.pcap, out/logs/); ``testbed demo`` runs four
@@ -308,7 +309,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "NAS replies by xid: snapshot()['nfs'] has no xids_replied (agent predates the contract field)"
         text = "\n".join([f"outcome: {wd.outcome} ({'; '.join(wd.reasons)})",
                           hung_task_report(deadlock_snap or final, sc.stall_threshold_s, missing_xids, wnote)])
-        if wd.outcome in ("deadlock", "unfinished"):
+        if print_watchdog and wd.outcome in ("deadlock", "unfinished"):
             print(text, file=sys.stderr, flush=True)
         rep.write_json(os.path.join(out, "final_snapshot.json"), final)
         with open(os.path.join(out, "watchdog.txt"), "w") as f:

@@ -1,0 +1,52 @@
+"""`testbed demo [--out DIR] [--seed N] [--quick]`: the four swap scenarios, side by side, one report.
+
+Exit status: 0 every outcome == expect; 1 one differs (or a run failed); 2 usage or preflight
+errors (nothing was created).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import known_errors, sigterm_as_interrupt
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run the four swap-over-NFS scenarios on real packets; table, PNGs, pcaps, one report")
+    p.add_argument("--out", metavar="DIR", help="report directory (default: ./reports/demo-<timestamp>)")
+    p.add_argument("--seed", type=int, help="override every scenario's seed")
+    p.add_argument("--quick", action="store_true", help="shorter time caps (a run that neither deadlocks nor recovers ends sooner)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from testbed import demo
+    from testbed import report as rep
+    from testbed import scenario as scn
+    from testbed.cli import UserError
+
+    try:
+        loaded = demo.load_all(args.seed, args.quick)
+    except scn.ScenarioError as e:
+        raise UserError(str(e)) from None
+    bad = [(sc, c) for sc, checks, _ in loaded for c in scn.failing(sc, checks)]
+    for sc, c in bad:
+        print(f"testbed: {sc.name}: {c.line(sc)}", file=sys.stderr)
+    if bad:
+        return 2
+    out = rep.prepare(args.out or demo.default_out_dir())
+    print(f"testbed demo: report directory {out}", file=sys.stderr, flush=True)
+    with known_errors(), sigterm_as_interrupt():
+        entries, wall = demo.run_demo(out, loaded)
+    ok = all(e["outcome"] == e["expect"] for e in entries)
+    print()
+    print(demo.format_table(entries))
+    print()
+    from testbed.explain import summary_line
+    for e in entries:
+        if e.get("explanations"):
+            print(f"{e['name']}: {summary_line(e['explanations'])}")
+    print(f"\n{sum(e['outcome'] == e['expect'] for e in entries)}/{len(entries)} as expected in {wall:.0f} s; "
+          f"report {out}/report.json, pictures {out}/overview.png and {out}/<scenario>.png, "
+          f"views: testbed stat --report {out} --scenario NAME")
+    return 0 if ok else 1

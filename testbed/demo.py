@@ -1,0 +1,183 @@
+"""`testbed demo`: the four swap-over-NFS scenarios on real packets, side by side, in ONE report.
+
+Invariants owned here:
+- Every scenario passes preflight before anything is created (a failing one stops the demo with
+  exit 2 and its one-line fix); the runs then go one after the other, each in its own topology
+  (testbed.runner removes it whatever happens).
+- The report directory holds: report.json (schema of testbed.report, one entry per scenario),
+  <scenario>.png + overview.png, pcap/<scenario>-<host>.pcap, logs/<scenario>/, and per scenario
+  scenarios/<scenario>/{final_snapshot.json, timeline.json, watchdog.txt, explanations.json,
+  explanations.txt}.
+- Exit 0 only if every outcome equals its scenario's expect.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from testbed import report as rep
+from testbed import scenario as scn
+
+SCENARIOS = ("no-reserve", "reserve-no-filter", "memalloc", "memalloc-undersized")
+# Wall-time caps (the scenarios' own max_duration_s is for a lone `testbed run`): a deadlock run ends
+# when the watchdog decides (stall_threshold_s after the stall), a recovery in seconds; the cap only
+# bounds a run that does neither, so that the four stay within ~2 minutes.
+MAX_DURATION_S = 25.0
+QUICK_MAX_DURATION_S = 15.0
+
+
+def default_out_dir() -> str:
+    return os.path.join("reports", f"demo-{time.strftime('%Y%m%dT%H%M%S')}")
+
+
+def load_all(seed: int | None, quick: bool, names=SCENARIOS) -> list[tuple[scn.Scenario, list, dict]]:
+    """Load + preflight every scenario; raises ScenarioError / returns the failing checks' lines."""
+    out = []
+    for n in names:
+        base = scn.load(n)
+        cap = QUICK_MAX_DURATION_S if quick else MAX_DURATION_S
+        ov: dict = {"max_duration_s": min(base.max_duration_s, cap)}
+        if seed is not None:
+            ov["seed"] = seed
+        sc = scn.load(n, ov)
+        checks, figs = scn.preflight(sc)
+        out.append((sc, checks, figs))
+    return out
+
+
+def _error_entry(sc: scn.Scenario, checks: list, msg: str) -> dict:
+    e = {k: None for k in rep.SCENARIO_KEYS}
+    e.update(name=sc.name, outcome="invalid", seed=sc.seed, expect=sc.expect, preflight=[c.to_json() for c in checks],
+             counters={"PFMemallocDrop": None, "rx_nobuf": None}, watchdog=f"run failed: {msg}", error=msg)
+    return e
+
+
+def _fmt(v, nd=1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+COLUMNS = ("scenario", "expect", "outcome", "stall s", "recover s", "written/verified", "PFMemallocDrop",
+           "rx_nobuf", "reserve low", "RPC retrans", "replies dropped")
+
+
+def table_rows(entries: list[dict]) -> list[tuple[str, ...]]:
+    rows = []
+    for e in entries:
+        ok = e["outcome"] == e["expect"]
+        ex = e.get("explanations") or {}
+        rows.append((e["name"], e["expect"], f"{e['outcome']} {'ok' if ok else 'MISMATCH'}",
+                     _fmt(e["time_to_stall_s"]), _fmt(e["time_to_recover_s"]),
+                     f"{_fmt(e['pages_written'])}/{_fmt(e['pages_verified'])}",
+                     _fmt(e["counters"].get("PFMemallocDrop")), _fmt(e["counters"].get("rx_nobuf")),
+                     _fmt(e["reserve_low_pages"]), _fmt(e["rpc_retrans"]),
+                     f"{ex.get('fates', {}).get('dropped', 0)}/{ex.get('replies_on_wire', 0)}" if ex else "-"))
+    return rows
+
+
+def format_table(entries: list[dict]) -> str:
+    rows = [COLUMNS] + table_rows(entries)
+    w = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w[j]) if j < 3 else c.rjust(w[j]) for j, c in enumerate(r)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * x for x in w))
+    return "\n".join(lines)
+
+
+def postprocess(out: str, entry: dict, timeline: list[dict], say=print) -> dict:
+    """PNG, explanations and file list of one finished scenario (also usable on a re-read report)."""
+    from testbed import explain, plots
+    from netns_setup.topology import default_topology
+
+    name = entry["name"]
+    sdir = os.path.join(out, "scenarios", name)
+    files = entry.setdefault("files", {})
+    try:
+        files["png"] = os.path.relpath(plots.scenario_png(entry, timeline, os.path.join(out, f"{name}.png")), out)
+    except Exception as e:  # noqa: BLE001 -- a plot failure must not lose the run's report
+        say(f"{name}: timeline PNG failed: {type(e).__name__}: {e}")
+    hosts = {h.name: h for h in default_topology().hosts}
+    nas_ip, cli_ip = str(hosts["nas"].address.ip), str(hosts["client"].address.ip)
+    pc = (entry.get("pcaps") or {}).get("client")
+    snap_path = os.path.join(sdir, "final_snapshot.json")
+    if pc and os.path.exists(pc) and os.path.exists(snap_path) and entry.get("t0_wall") is not None:
+        import json
+        with open(snap_path) as f:
+            final = json.load(f)
+        ex = explain.explain(explain.nfs_replies(pc, nas_ip, cli_ip), final, timeline,
+                             t0_wall=entry["t0_wall"], final_t=entry.get("final_t"))
+        rep.write_json(os.path.join(sdir, "explanations.json"), ex)
+        with open(os.path.join(sdir, "explanations.txt"), "w") as f:
+            f.write(explain.text_table(name, ex))
+        entry["explanations"] = {k: v for k, v in ex.items() if k != "rows"}
+        files["explanations"] = os.path.relpath(os.path.join(sdir, "explanations.txt"), out)
+    for key, fn in (("final_snapshot", "final_snapshot.json"), ("timeline", "timeline.json"),
+                    ("watchdog", "watchdog.txt")):
+        if os.path.exists(os.path.join(sdir, fn)):
+            files[key] = os.path.relpath(os.path.join(sdir, fn), out)
+    files["pcap"] = {h: os.path.relpath(p, out) for h, p in (entry.get("pcaps") or {}).items()}
+    files["logs"] = os.path.relpath(os.path.join(out, "logs", name), out)
+    return entry
+
+
+def run_demo(out: str, loaded: list, *, say=None) -> tuple[list[dict], float]:
+    """Run every loaded scenario into ``out``; returns (entries, wall seconds)."""
+    from testbed.runner import RunError, run_scenario
+
+    say = say or (lambda m: print(f"testbed demo: {m}", file=sys.stderr, flush=True))
+    t_start = time.monotonic()
+    entries, items = [], []
+    n = len(loaded)
+    for i, (sc, checks, figs) in enumerate(loaded, 1):
+        sdir = os.path.join(out, "scenarios", sc.name)
+        os.makedirs(sdir, exist_ok=True)
+        say(f"[{i}/{n}] {sc.name}: expect {sc.expect} -- {sc.description}")
+        t1 = time.monotonic()
+        try:
+            entry = run_scenario(sc, checks, sdir, log=lambda m, _n=sc.name: say(f"[{i}/{n}] {_n}: {m}"),
+                                 pcap_dir=os.path.join(out, "pcap"), pcap_prefix=f"{sc.name}-",
+                                 logs_dir=os.path.join(out, "logs", sc.name), progress_prefix=f"[{i}/{n}] {sc.name:<19} ",
+                                 print_watchdog=False)
+        except RunError as e:
+            say(f"[{i}/{n}] {sc.name}: run failed: {e}; logs in {out}/logs/{sc.name}")
+            entry = _error_entry(sc, checks, str(e))
+            entry["_timeline"] = []
+        timeline = entry.pop("_timeline")
+        entry["figures"] = figs
+        entry["wall_s"] = round(time.monotonic() - t1, 1)
+        rep.write_json(os.path.join(sdir, "timeline.json"), {"schema_version": rep.SCHEMA_VERSION, "interval_s": 0.2,
+                                                            "samples": timeline})
+        if "error" not in entry:
+            postprocess(out, entry, timeline, say)
+        ok = entry["outcome"] == entry["expect"]
+        summary = (entry.get("explanations") or {})
+        say(f"[{i}/{n}] {sc.name}: {entry['outcome']} ({'as expected' if ok else 'EXPECTED ' + sc.expect}) in {entry['wall_s']} s"
+            + (f"; {__import__('testbed.explain', fromlist=['x']).summary_line(summary)}" if summary else ""))
+        entries.append(entry)
+        items.append((entry, timeline))
+        # report.json after every scenario: an interrupted demo still leaves what it did
+        rep.write_report(out, entries, extra={"demo": {"scenarios": [s.name for s, _, _ in loaded], "complete": False}})
+    from testbed import plots
+    try:
+        plots.overview_png(items, os.path.join(out, "overview.png"))
+    except Exception as e:  # noqa: BLE001
+        say(f"overview PNG failed: {type(e).__name__}: {e}")
+    wall = time.monotonic() - t_start
+    rep.write_report(out, entries, extra={"demo": {"scenarios": [s.name for s, _, _ in loaded], "complete": True,
+                                                   "wall_s": round(wall, 1), "overview_png": "overview.png"}})
+    with open(os.path.join(out, "table.txt"), "w") as f:
+        f.write(format_table(entries) + "\n")
+    with open(os.path.join(out, "explanations.txt"), "w") as f:
+        for e in entries:
+            p = os.path.join(out, "scenarios", e["name"], "explanations.txt")
+            if os.path.exists(p):
+                with open(p) as g:
+                    f.write(g.read() + "\n")
+    return entries, wall
