@@ -26,11 +26,17 @@ Why a reserve can be too small even with the cure (scenario memalloc-undersized)
 RPC in flight pins one RPC buffer page taken with __GFP_MEMALLOC (rpc_malloc for a swapper
 task, client_agent/nfs/transport.py) until its reply is read, and every reply needs one more
 receive page, taken from the reserve while the flood keeps free pages at the GFP_ATOMIC floor
-(3*min/8). When the memory below that floor is smaller than what a full slot table pins
-(``slots`` buffers) plus the transmit fragments and the reply pages, the buffers of the calls
-that wait for replies leave no page for the replies themselves: NOMEM, retransmits fail
--ENOBUFS, and nothing completes. The check is physical: with ``slots`` 16 the floor must be
-comfortably above ~16 + 3 (a write's fragments) + 1 pages.
+(3*min/8). Receive allocates per frame and demuxes that frame before the next (no NAPI batch is
+held), transmit holds one fragment's page at a time. The worst case below the floor is therefore
+``slots x (1 buffer + 1 reply) + 1`` = 33 pages for 16 slots (testbed/scenario.py's
+reserve_covers_slot_table). With min_free_kbytes 64 (floor 6) kswapd's first 16 calls take the
+whole reserve for buffers: NOMEM replies, -ENOBUFS retransmits, nothing completes. Buffers are
+recycled page for page as calls complete, so the peak actually reached is lower than the bound:
+floor 12 (min_free_kbytes 128) still recovers here, floor 48 (512) always does.
+
+The noise queues must hold what the flood pins to reach the floor -- ``min - floor`` plus every
+page kswapd frees meanwhile (below min readers and workload are blocked, so those pages go to the
+next flood frame) -- hence 4 MiB noise sockets in the built-in scenarios (see their files).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""`testbed run` end to end on real packets (root): the cure recovers, the bare transport deadlocks.
+"""`testbed run` end to end on real packets (root): the four built-in scenarios end as they expect.
 
-Durations are scaled down with --set so the pair stays near 90 s. Each run is checked from its
+Durations are capped with --set (a deadlock is declared after stall_threshold_s = 6 s, the minimum
+3 x timeo_max_s allows; each run takes ~8 s), so the four stay well under 90 s. Each run is checked from its
 report directory: outcome == expect (exit 0), every acked page read back intact over kernel
 sockets, the counters that tell the story (PFMemallocDrop for the cure, rx_nobuf + a hung task
 for the deadlock), pcaps and logs present, and nothing of the run left behind.
@@ -68,20 +69,39 @@ def common(p, rep, out, name):
 
 def test_memalloc_recovers_and_no_reserve_deadlocks(tmp_path):
     out = tmp_path / "memalloc"
-    p, rep = run_cli("memalloc", out, "max_duration_s=40")
+    p, rep = run_cli("memalloc", out, "max_duration_s=30")
     e = common(p, rep, out, "memalloc")
     assert p.returncode == 0 and e["outcome"] == "recovered", (e["outcome"], e["watchdog"], p.stderr[-2000:])
     assert e["pages_written"] > 0
     assert e["counters"]["PFMemallocDrop"] > 0          # the flood's reserve buffers dropped at the demux
-    assert e["reserve_low_pages"] < e["preflight"][0]["values"]["atomic_floor"]
+    assert e["counters"]["rx_nobuf"] == 0               # no reply ever lacked a buffer
+    assert e["reserve_low_pages"] < e["preflight"][0]["values"]["atomic_floor"]   # the reserve was used
     assert e["time_to_recover_s"] is not None
 
     out = tmp_path / "no-reserve"
-    p, rep = run_cli("no-reserve", out, "max_duration_s=30")
+    p, rep = run_cli("no-reserve", out, "max_duration_s=20")
     e = common(p, rep, out, "no-reserve")
     assert p.returncode == 0 and e["outcome"] == "deadlock", (e["outcome"], e["watchdog"], p.stderr[-2000:])
     assert e["counters"]["rx_nobuf"] > 0                 # replies found no receive buffer
     assert e["counters"]["PFMemallocDrop"] == 0          # nothing marked: no reserve in play
+    assert e["reserve_low_pages"] >= e["preflight"][0]["values"]["atomic_floor"] - 1   # never below the floor
     assert "INFO: task" in e["watchdog"] and "Mem-Info: free:" in e["watchdog"]
     assert "never received by the NFS socket" in e["watchdog"]
     assert "INFO: task" in p.stderr
+
+
+def test_reserve_without_filter_and_undersized_reserve_deadlock(tmp_path):
+    out = tmp_path / "reserve-no-filter"
+    p, rep = run_cli("reserve-no-filter", out, "max_duration_s=20")
+    e = common(p, rep, out, "reserve-no-filter")
+    assert p.returncode == 0 and e["outcome"] == "deadlock", (e["outcome"], e["watchdog"], p.stderr[-2000:])
+    assert e["reserve_low_pages"] == 0                   # the flood's queues ate the whole reserve
+    assert e["counters"]["PFMemallocDrop"] == 0 and e["counters"]["rx_nobuf"] > 0
+
+    out = tmp_path / "memalloc-undersized"
+    p, rep = run_cli("memalloc-undersized", out, "max_duration_s=20")
+    e = common(p, rep, out, "memalloc-undersized")
+    assert p.returncode == 0 and e["outcome"] == "deadlock", (e["outcome"], e["watchdog"], p.stderr[-2000:])
+    assert e["reserve_low_pages"] == 0                   # RPC buffers took the whole reserve
+    assert e["counters"]["rx_nobuf"] > 0                 # so the replies found none
+    assert e["counters"]["nfs"]["rpc_enobufs"] > 0       # and retransmits none either
