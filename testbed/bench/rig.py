@@ -120,7 +120,7 @@ class SwapRig:
 
     def start_agent(self, host: str, *, pool_pages: int, min_free_kbytes: int | None = None,
                     budget: int | None = None, profile: str | None = None, seed: int = 1,
-                    extra: list[str] | None = None) -> Any:
+                    extra: list[str] | None = None, python_argv: list[str] | None = None) -> Any:
         """Start client-agent on ``host`` and return its ControlClient (named ``agent:<host>``)."""
         from netns_setup.control import ControlClient
         from netns_setup.process import ProcessStartError, start_process
@@ -131,7 +131,7 @@ class SwapRig:
         if "noise" in self.hosts:
             neigh.append(f"{self.hosts['noise'].address.ip}={_mac(self.hosts['noise'])}")
         ctl = control_socket_path(self.st.dir, f"agent-{host}")
-        argv = [sys.executable, "-m", "client_agent.agent", "--ifname", self.st.host_iface(host),
+        argv = [*(python_argv or [sys.executable, "-m", "client_agent.agent"]), "--ifname", self.st.host_iface(host),
                 "--addr", h.address_str if hasattr(h, "address_str") else str(h.address),
                 "--pool-pages", str(pool_pages), "--seed", str(seed), "--control", ctl]
         for n in neigh:
