@@ -4,7 +4,7 @@ One figure per scenario, four panels on one time axis: free pages against the wa
 GFP_ATOMIC floor; the emergency reserve in use; writeback progress (pswpout, pages the NAS
 acknowledged, pages in flight); receive drops by reason. Events (stall, watchdog decision,
 recovery) are vertical lines across every panel. Plus one overview: the four free-pages panels
-side by side on one y scale. Pure apart from writing the PNG files it is asked to write.
+side by side on each on its own y scale. Pure apart from writing the PNG files it is asked to write.
 """
 
 from __future__ import annotations
@@ -39,26 +39,34 @@ def events(entry: dict) -> list[tuple[float, str, str]]:
 def _mark(ax, ev, label: bool) -> None:
     for t, text, color in ev:
         ax.axvline(t, color=color, ls="--", lw=1.2)
-        if label:
-            ax.annotate(text, (t, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                        textcoords="offset points", color=color, fontsize=8, fontweight="bold")
+        if label:  # along the line, on the side with room, so it never runs past the axes
+            lo, hi = ax.get_xlim()
+            right = (t - lo) / ((hi - lo) or 1) < 0.15
+            ax.annotate(f"{text} {t:.1f} s", (t, 0.97), xycoords=("data", "axes fraction"), xytext=(3 if right else -3, 0),
+                        textcoords="offset points", color=color, fontsize=8, fontweight="bold",
+                        rotation=90, ha="left" if right else "right", va="top")
 
 
 def _free_panel(ax, tl: list[dict], ev, title: str | None = None, legend: bool = True) -> None:
     t = _series(tl, "t")
     ax.plot(t, _series(tl, "free"), color="black", lw=2, marker=".", label="free")
     ax.plot(t, _series(tl, "nr_free_lowwater"), color="gray", lw=1, ls=":", label="free low point (between samples)")
+    top = max([v for v in _series(tl, "free") if v == v] + [1])
     for key, color in (("high", "#27ae60"), ("low", "#f39c12"), ("min", "#c0392b"), ("atomic_floor", "#8e44ad")):
         v = next((s.get(key) for s in tl if s.get(key) is not None), None)
         if v is not None:
-            ax.axhline(v, color=color, lw=1, ls="-" if key != "atomic_floor" else "-.",
-                       label=f"{'atomic floor' if key == 'atomic_floor' else key} {v}")
+            top = max(top, v)
+            name = "atomic floor" if key == "atomic_floor" else key
+            ax.axhline(v, color=color, lw=1, ls="-" if key != "atomic_floor" else "-.", label=f"{name} {v}")
+            if not legend:  # no legend: name each line where it starts
+                ax.annotate(f"{name} {v}", (0.01, v), xycoords=("axes fraction", "data"), xytext=(0, 1),
+                            textcoords="offset points", color=color, fontsize=7, va="bottom")
     ax.set_ylabel("pages")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, top * 1.45)
     if title:
         ax.set_title(title, fontsize=10)
     if legend:
-        ax.legend(loc="upper right", fontsize=7, ncol=3)
+        ax.legend(loc="upper center", fontsize=7, ncol=3)
     _mark(ax, ev, True)
 
 
@@ -109,18 +117,19 @@ def scenario_png(entry: dict, timeline: list[dict], path: str) -> str:
 
 
 def overview_png(items: list[tuple[dict, list[dict]]], path: str) -> str:
-    """The free-pages panels of every scenario side by side, one y scale; returns ``path``."""
+    """The free-pages panels of every scenario side by side; returns ``path``. Each panel has its own
+    y scale: memalloc-undersized's watermarks are 30x smaller, on a shared scale they would vanish."""
     n = max(1, len(items))
-    fig, axs = plt.subplots(1, n, figsize=(4.2 * n, 4.2), sharey=True, squeeze=False)
+    fig, axs = plt.subplots(1, n, figsize=(4.0 * n, 4.6), squeeze=False)
     for i, (entry, tl) in enumerate(items):
         ax = axs[0][i]
-        _free_panel(ax, tl, events(entry), legend=(i == 0))
+        _free_panel(ax, tl, events(entry), legend=False)
         ok = entry.get("outcome") == entry.get("expect")
         ax.set_title(f"{entry.get('name')}\n{entry.get('outcome')} (expect {entry.get('expect')}) {'OK' if ok else 'MISMATCH'}",
                      fontsize=10, color=OUTCOME_COLOR.get(entry.get("outcome"), "black"), fontweight="bold")
         ax.set_xlabel("s")
         ax.grid(alpha=0.3)
-    fig.suptitle("free pages, four swap-over-NFS scenarios", fontsize=12)
+    fig.suptitle("free pages against the watermarks and the GFP_ATOMIC floor (each panel its own scale)", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
