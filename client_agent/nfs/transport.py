@@ -34,6 +34,7 @@ from nas_server.protocol import mount as mnt
 from nas_server.protocol import nfs3, rpc
 from nas_server.protocol.xdr import Unpacker
 
+from ..bugs import BUGS as _BUGS
 from ..mm.gfp import GFP_NOFS, Gfp
 from ..net.skb import PAGE_SIZE, SKB_TRUESIZE_OVERHEAD
 from ..tasks import TIMEOUT, Sleep, WaitEvent
@@ -96,7 +97,7 @@ class NfsTransport:
         sk = self.stack.udp_socket()
         sk.connect((self.server_ip, self.port))
         sk.rcvbuf = (self.slots + 1) * REPLY_TRUESIZE
-        if self.memalloc:
+        if self.memalloc and not _BUGS.nfs_reconnect_unmarked:   # bugs.py: the pre-2022 loss
             sk.sk_set_memalloc()
         self.sk = sk
 
