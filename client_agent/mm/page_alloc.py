@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from ..bugs import BUGS as _BUGS
 from .gfp import (
     ALLOC_KSWAPD,
     GFP_ATOMIC,
@@ -245,7 +246,9 @@ class PageAllocator:
         if n == 1:
             page = fl.pop()
             page.owner = owner
-            page.pfmemalloc = pfmemalloc  # every fresh allocation sets or clears the tag
+            # every fresh allocation sets or clears the tag (bugs.stale_pfmemalloc_tag: keeps it;
+            # BUGS is read only for a page that still carries a tag)
+            page.pfmemalloc = pfmemalloc or (page.pfmemalloc and _BUGS.stale_pfmemalloc_tag)
             pages = [page]
         else:
             pages = fl[-n:]
@@ -253,7 +256,7 @@ class PageAllocator:
             pages.reverse()
             for page in pages:
                 page.owner = owner
-                page.pfmemalloc = pfmemalloc
+                page.pfmemalloc = pfmemalloc or (page.pfmemalloc and _BUGS.stale_pfmemalloc_tag)
         if pfmemalloc:
             self._pgalloc_pfmemalloc += n
         on = self._owner_nr
@@ -343,7 +346,7 @@ class PageAllocator:
         if not reserve:
             return True
         zrp = self.zone_reclaimable_pages
-        if zrp is not None and not zrp():
+        if zrp is not None and not zrp() and not _BUGS.throttle_unreclaimable:
             return True  # an unreclaimable zone does not count (the 2024 endless-throttle fix)
         ok = self.nr_free > reserve // 2
         if not ok:

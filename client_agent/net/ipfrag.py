@@ -24,11 +24,18 @@ morphs the completing skb into the head). That lets reserve pages carried by a n
 reach a socket without SOCK_MEMALLOC. The testbed is explicit and conservative instead: the
 datagram is pfmemalloc if ANY fragment is (SkBuff.chain), so reserve memory never reaches a
 socket that is not entitled to it, whatever the arrival order.
+
+``linearize`` (testbed option, off by default): a completed datagram is copied into one fresh
+buffer (skb_copy, as a path needing linear data does) allocated at the receive context, and the
+fragments are freed at once. The copy's pfmemalloc tag is its own allocation's (SkBuff.copy) --
+the path on which bugs.copy_inherits_pfmemalloc shows.
 """
 
 from __future__ import annotations
 
 from bisect import insort
+
+from ..mm.gfp import GFP_ATOMIC, Gfp
 
 IPFRAG_HIGH_THRESH = 4 * 1024 * 1024   # net.ipv4.ipfrag_high_thresh
 IPFRAG_TIME_S = 30.0                   # net.ipv4.ipfrag_time
@@ -59,6 +66,7 @@ class Reassembler:
         self.time_s = time_s
         self.max_dist = max_dist
         self.queues: dict = {}
+        self.linearize = False
         self.mem = 0
         self.peer_rid: dict[bytes, int] = {}
         self._seq = 0
@@ -131,10 +139,29 @@ class Reassembler:
         head = frags[0][3]
         others = [f[3] for f in frags[1:]]
         data = b"".join(bytes(f[4]) for f in frags)
+        if self.linearize:
+            return self._linearize(head, others, data)
         head.chain(others)
         st.count_rx_fate("ip_frag_merged", len(others))
         ipc["ReasmOKs"] += 1
         return head, data
+
+    def _linearize(self, head, others: list, data: bytes):
+        """One fresh buffer for the whole datagram; it carries the head's rx fate."""
+        st = self.stack
+        gfp = GFP_ATOMIC | Gfp.MEMALLOC if st.alloc.memalloc_socks else GFP_ATOMIC
+        copy = head.copy(data, gfp, "rx")
+        if copy is None:                        # ip_frag_reasm: out_nomem
+            self.ip["ReasmFails"] += 1
+            for f in [head] + others:
+                st.kfree_skb(f, "NOMEM")
+            return None
+        head.free()
+        for f in others:
+            f.free()
+        st.count_rx_fate("ip_frag_merged", len(others))
+        self.ip["ReasmOKs"] += 1
+        return copy, data
 
     def _kill(self, q: FragQueue, skb, reason: str):
         self.ip["ReasmFails"] += 1

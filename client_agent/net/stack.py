@@ -31,6 +31,7 @@ import socket as _pysocket
 from collections import deque
 from dataclasses import dataclass
 
+from ..bugs import BUGS as _BUGS
 from ..mm.gfp import GFP_ATOMIC, GFP_NOWAIT, Gfp
 from ..wire import WireError
 from ..wire import icmp as wicmp
@@ -185,7 +186,9 @@ class Stack:
                 tap(frame, now)
         ethertype = frame[12] << 8 | frame[13]
         if skb.pfmemalloc and ethertype not in PFMEMALLOC_PROTOCOLS:
-            self.kfree_skb(skb, "PFMEMALLOC")
+            # bugs.pfmemalloc_drop_unnamed: before SKB_DROP_REASON_PFMEMALLOC (2025) this drop
+            # was reported as an unhandled protocol
+            self.kfree_skb(skb, "UNHANDLED_PROTO" if _BUGS.pfmemalloc_drop_unnamed else "PFMEMALLOC")
             return
         dst = frame[:6]
         if dst == self.mac:

@@ -41,6 +41,10 @@ class UdpSocket:
         self.memalloc = False                            # SOCK_MEMALLOC
         # sk->sk_allocation: a non-blocking context here (see stack.py's transmit notes).
         self.sk_allocation = GFP_NOWAIT
+        # sk_page_frag() (net/page_frag.py): use the sending task's task_frag unless cleared, as
+        # sockets written from reclaim (NFS, NBD, CIFS) do since 2022; sk_frag is the socket's own.
+        self.sk_use_task_frag = True
+        self.sk_frag = None
         self.rxq: deque = deque()                        # (skb, payload, (src_ip, sport))
         self.closed = False
         self.owner = "sk:udp:unbound"
