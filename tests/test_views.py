@@ -1,0 +1,87 @@
+"""testbed.views: each view parses as the real tool's output would, and shows the snapshot's values."""
+
+import re
+
+from testbed import views
+
+SNAP = {
+    "stack": {
+        "counters": {"rx_packets": 10276, "rx_nobuf": 17, "rx_pfmemalloc": 1246, "tx_nobuf": 0, "PFMemallocDrop": 860},
+        "snmp": {"Ip": {"InReceives": 10276, "InDelivers": 10270, "ReasmOKs": 3},
+                 "Udp": {"InDatagrams": 6444, "InErrors": 3832, "RcvbufErrors": 2972},
+                 "TcpExt": {"PFMemallocDrop": 860, "TCPBacklogDrop": 0}},
+        "sockets": [
+            {"local": ["0.0.0.0", 9001], "rcvbuf": 851968, "rmem_alloc": 4608, "drops": 958, "memalloc": False},
+            {"local": ["0.0.0.0", 32768], "rcvbuf": 79424, "rmem_alloc": 0, "drops": 3, "memalloc": True},
+        ],
+    },
+    "alloc": {
+        "vmstat": {"pswpout": 3052, "nr_free_pages": 1004, "pgscan_kswapd": 3052, "nr_writeback": 5},
+        "zoneinfo": {"free": 1004, "min": 512, "low": 640, "high": 768, "managed": 8192,
+                     "min_free_kbytes": 2048, "watermark_scale_factor": 10},
+        "reserve": {"atomic_floor": 192, "reserve_in_use": 7, "nr_free_lowwater": 187, "memalloc_socks": 1},
+    },
+    "nfs": {"server": "198.18.0.1:2049", "socket": {"local": ["0.0.0.0", 32768], "memalloc": True}},
+}
+
+
+def test_nstat_header_lines_and_values():
+    text = views.nstat(SNAP)
+    lines = text.splitlines()
+    assert lines[0] == "#kernel"
+    got = {}
+    for line in lines[1:]:
+        m = re.fullmatch(r"([A-Za-z][A-Za-z0-9]*)\s+(\d+)\s+(\d+\.\d)", line)
+        assert m, line
+        got[m[1]] = int(m[2])
+    assert got["TcpExtPFMemallocDrop"] == 860 and got["IpInReceives"] == 10276
+    assert got["UdpInErrors"] == 3832 and got["UdpRcvbufErrors"] == 2972
+    assert got["TestbedRxNobuf"] == 17
+
+
+def test_nstat_rate_from_two_snapshots():
+    later = {**SNAP, "stack": {**SNAP["stack"], "snmp": {**SNAP["stack"]["snmp"], "Ip": {"InReceives": 11276}}}}
+    line = next(l for l in views.nstat(later, SNAP, 0.5).splitlines() if l.startswith("IpInReceives"))
+    assert line.split() == ["IpInReceives", "11276", "2000.0"]
+
+
+def test_vmstat_is_name_value_lines():
+    lines = views.vmstat(SNAP).splitlines()
+    assert lines[0] == "nr_free_pages 1004"
+    d = {}
+    for line in lines:
+        assert re.fullmatch(r"[a-z_]+ \d+", line), line
+        k, v = line.split()
+        d[k] = int(v)
+    assert d == {k: v for k, v in SNAP["alloc"]["vmstat"].items()}
+
+
+def test_zoneinfo_block_keys_and_values():
+    text = views.zoneinfo(SNAP)
+    lines = text.splitlines()
+    assert lines[0] == "Node 0, zone   Normal"
+    assert re.fullmatch(r"  pages free\s+1004", lines[1])
+    kv = {}
+    for line in lines[2:]:
+        m = re.fullmatch(r"\s+([a-z_]+)\s+(\d+)", line)
+        if m:
+            kv[m[1]] = int(m[2])
+    assert (kv["min"], kv["low"], kv["high"], kv["managed"]) == (512, 640, 768, 8192)
+    assert kv["testbed_atomic_floor"] == 192
+    assert "vm.min_free_kbytes = 2048" in lines
+
+
+def test_ss_rows_and_skmem():
+    lines = views.ss(SNAP).splitlines()
+    assert lines[0].split() == ["State", "Recv-Q", "Send-Q", "Local", "Address:Port", "Peer", "Address:Port"]
+    rows = lines[1::2]
+    sk = lines[2::2]
+    assert len(rows) == 2 and len(sk) == 2
+    r0 = rows[0].split()
+    assert r0 == ["UNCONN", "4608", "0", "0.0.0.0:9001", "0.0.0.0:*"]
+    assert rows[1].split() == ["ESTAB", "0", "0", "0.0.0.0:32768", "198.18.0.1:2049"]
+    pat = re.compile(r"\t skmem:\(r(\d+),rb(\d+),t0,tb\d+,f0,w0,o0,bl0,d(\d+)\)( sock_memalloc)?")
+    m0, m1 = pat.fullmatch(sk[0]), pat.fullmatch(sk[1])
+    assert m0 and m1
+    assert (int(m0[1]), int(m0[2]), int(m0[3]), m0[4]) == (4608, 851968, 958, None)
+    assert (int(m1[2]), int(m1[3]), m1[4]) == (79424, 3, " sock_memalloc")
