@@ -42,7 +42,10 @@ def run(args) -> int:
     if args.preflight_only:
         for c in checks:
             vals = ", ".join(f"{k}={v}" for k, v in c.values.items())
-            print(f"[{'ok  ' if c.passed else 'fail'}] {c.name} ({c.applies}): {c.formula}; {vals}", file=sys.stderr)
+            applies = c.applies == "all" or sc.expect in c.applies.split(",")
+            mark = ("ok  " if c.passed else "fail") if applies else "n/a "
+            why = "" if applies else f" [only for expect={c.applies}; this one expects {sc.expect}]"
+            print(f"[{mark}] {c.name}: {c.formula}; {vals}{why}", file=sys.stderr)
     if bad:
         for c in bad:
             print(f"testbed: {c.line(sc)}", file=sys.stderr)
