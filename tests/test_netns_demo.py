@@ -1,0 +1,84 @@
+"""`testbed demo --out DIR` end to end on real packets (root): one report for the four scenarios.
+
+Checks the report's structure (schema, the fields of every entry, counters), the PNGs (valid,
+non-trivial), a pcap per host per scenario, tshark decoding NFS in the client's pcap with no
+malformed frame, explanations, the per-scenario final snapshot readable by `testbed stat`, nothing
+left behind -- and that every outcome equals its scenario's expect (the four scenarios were
+calibrated when this test was written; if that assertion fails, see the watchdog text it prints).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIOS = ("no-reserve", "reserve-no-filter", "memalloc", "memalloc-undersized")
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
+
+
+def _tshark(pcap, flt):
+    p = subprocess.run(["tshark", "-r", pcap, "-Y", flt], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_demo_report(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": REPO}
+    p = subprocess.run([sys.executable, "-m", "testbed.cli", "demo", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert (out / "report.json").exists(), p.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["schema_version"] == 1 and rep["demo"]["complete"]
+    assert [e["name"] for e in rep["scenarios"]] == list(SCENARIOS)
+    for e in rep["scenarios"]:
+        n = e["name"]
+        for k in ("name", "outcome", "seed", "time_to_stall_s", "time_to_recover_s", "pages_written",
+                  "pages_verified", "pages_lost", "reserve_low_pages", "rpc_retrans", "preflight", "counters"):
+            assert k in e, (n, k)
+        assert e["outcome"] in ("deadlock", "recovered", "completed", "invalid")
+        assert {"PFMemallocDrop", "rx_nobuf"} <= set(e["counters"])
+        assert e["pages_verified"] == e["pages_written"] and e["pages_lost"] == 0, (n, e["verification"])
+        if e["outcome"] == "deadlock":
+            assert e["time_to_stall_s"] is not None
+        png = out / f"{n}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+        for h in ("client", "nas", "noise"):
+            assert (out / "pcap" / f"{n}-{h}.pcap").stat().st_size > 24, (n, h)
+        sdir = out / "scenarios" / n
+        for f in ("final_snapshot.json", "timeline.json", "watchdog.txt", "explanations.json", "explanations.txt"):
+            assert (sdir / f).exists(), (n, f)
+        logs = os.listdir(out / "logs" / n)
+        assert any("client-agent" in l for l in logs) and any("nas-server" in l for l in logs) \
+            and any("flood" in l for l in logs), logs
+        ex = json.loads((sdir / "explanations.json").read_text())
+        assert ex["replies_on_wire"] == len(ex["rows"]) > 0
+        assert ex["fates"].get("delivered", 0) >= 1          # MOUNT/LOOKUP replies at least
+    ov = out / "overview.png"
+    assert ov.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and ov.stat().st_size > 20_000
+    # the client's capture decodes as NFS, with no malformed frame
+    if shutil.which("tshark"):
+        cp = str(out / "pcap" / "memalloc-client.pcap")
+        assert _tshark(cp, "_ws.malformed").strip() == ""
+        assert len(_tshark(cp, "nfs && ip.src == 198.18.0.1").splitlines()) > 100
+    # testbed stat reads the per-scenario final snapshot
+    s = subprocess.run([sys.executable, "-m", "testbed.cli", "stat", "zoneinfo", "--report", str(out),
+                        "--scenario", "memalloc"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert s.returncode == 0 and s.stdout.startswith("Node 0, zone   Normal"), s.stderr
+    # nothing of the runs left behind
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for e in rep["scenarios"]:
+        assert f"nsdt-{e['run_name']}-" not in ns
+    # the cure's story in figures
+    by = {e["name"]: e for e in rep["scenarios"]}
+    assert by["memalloc"]["counters"]["PFMemallocDrop"] > 0
+    assert by["no-reserve"]["counters"]["rx_nobuf"] > 0
+    # outcome == expect for every scenario (calibrated scenarios; exit status says the same)
+    assert [(e["name"], e["outcome"]) for e in rep["scenarios"]] == [(e["name"], e["expect"]) for e in rep["scenarios"]], \
+        "\n".join(e["watchdog"] for e in rep["scenarios"] if e["outcome"] != e["expect"])
+    assert p.returncode == 0, p.stderr[-2000:]
