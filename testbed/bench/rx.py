@@ -32,6 +32,7 @@ from typing import Any
 
 from . import REGISTRY
 from .framework import BenchContext, BenchError, Figure, SectionResult
+from .rig import profile_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLOOD_PORTS = (9001, 9002, 9003, 9004)
@@ -135,7 +136,11 @@ def _measure(st: Any, flood: Any, kind: str, rate: int, window_s: float, ifname:
         assert agent is not None
         argv = [*agent, "--ifname", ifname, "--addr", addr, "--pool-pages", str(AGENT_POOL_PAGES), "--control", ctl]
     w = Window(kind, rate)
-    proc = start_process(st, "client", argv, role=f"rx-{kind}", ready=True, cpus=[RECEIVER_CPU], cwd=REPO)
+    env = None
+    prof = profile_path(f"rx-{kind}-{rate}pps") if kind == "agent" else None
+    if prof:  # TESTBED_BENCH_PROFILE_DIR set: the agent writes a cProfile when stopped
+        env = {**os.environ, "CLIENT_AGENT_PROFILE": prof}
+    proc = start_process(st, "client", argv, role=f"rx-{kind}", ready=True, cpus=[RECEIVER_CPU], cwd=REPO, env=env)
     try:
         with ControlClient(ctl) as rc:
             notes = []
