@@ -153,7 +153,7 @@ class Progress:
         if self.tty:
             self.stream.write("\r\x1b[K" + line)
             self.stream.flush()
-        elif force or t - self.last >= PROGRESS_EVERY_S:
+        elif (force and t != self.last) or t - self.last >= PROGRESS_EVERY_S:
             self.last = t
             print(line, file=self.stream, flush=True)
 
