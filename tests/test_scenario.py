@@ -46,7 +46,7 @@ def test_worked_example_by_hand():
     # Per-frame receive, one transmit page at a time: 16 x (1 RPC buffer + 1 reply) + 1 = 33.
     assert by["reserve_covers_slot_table"].values["needed"] == 16 * (1 + 1) + 1 + 0 == 33
     assert by["reserve_covers_slot_table"].passed                  # 192 >= 33
-    assert by["flood_within_agent_capacity"].values["limit"] == 10000
+    assert by["flood_within_agent_capacity"].values["limit"] == 25000 // 4 == 6250   # 4 kpps fits
     assert by["flood_within_agent_capacity"].passed
     assert all(set(c.to_json()) >= {"name", "formula", "values", "pass"} for c in checks)
 
