@@ -22,6 +22,7 @@ from .rig import REPO
 TARGET = "value <= 120"
 FULL_LIMIT_S = 400.0
 QUICK_LIMIT_S = 200.0
+STOP_GRACE_S = 30.0
 
 
 @REGISTRY.register("demo", "wall time of `testbed demo` (namespaces)", needs_root=True)
@@ -36,17 +37,26 @@ def demo_section(ctx: BenchContext) -> SectionResult:
     res = SectionResult(params={"argv": argv[1:], "time_limit_s": limit})
     ctx.progress(f"  demo: {' '.join(argv[2:])} (at most {limit:.0f} s)")
     t0 = time.monotonic()
+    p = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": REPO})
     try:
-        p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=limit,
-                           env={**os.environ, "PYTHONPATH": REPO})
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"testbed demo did not finish within {limit:.0f} s (killed)") from None
+        try:
+            _, err = p.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            # SIGTERM first: testbed turns it into a clean teardown of the demo's namespaces
+            p.terminate()
+            try:
+                p.communicate(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
+            raise BenchError(f"testbed demo did not finish within {limit:g} s (stopped)") from None
     finally:
         wall = time.monotonic() - t0
         shutil.rmtree(out, ignore_errors=True)
-    if p.returncode == 2 and "invalid choice" in p.stderr:
+    if p.returncode == 2 and "invalid choice" in err:
         raise BenchError("`testbed demo` does not exist yet (the CLI has no demo command)")
-    tail = (p.stderr.strip().splitlines() or [""])[-1][:200]
+    tail = (err.strip().splitlines() or [""])[-1][:200]
     if p.returncode not in (0, 1):
         # 1 = the demo ran but a scenario missed its expected outcome: still a wall time
         raise BenchError(f"testbed demo exited {p.returncode} after {wall:.1f} s: {tail}")

@@ -1,0 +1,67 @@
+"""`testbed bench --quick` for the issue-8 sections (writeback, recovery, memory, scale), end to end
+in namespaces they create and remove. Checks the JSON is complete and the figures are real numbers
+-- never whether a speed target was met (that is the bench's output, not a test's verdict)."""
+
+import json
+
+import pytest
+
+from netns_setup import nsutil
+from testbed.bench.framework import FIGURE_KEYS
+from testbed.cli import main
+
+EXPECTED = {
+    "writeback": ["mtu1500.refclient_mib_per_s", "mtu1500.agent_mib_per_s",
+                  "mtu9000.refclient_mib_per_s", "mtu9000.agent_mib_per_s"],
+    "recovery": ["quiet.writeback_mib_per_s", "flood.writeback_mib_per_s", "flood.reserve_to_high_s"],
+    "memory": ["start.rss_mib", "after_flood.rss_mib", "after_flood.rss_over_pool_mib", "scapy_imported"],
+    "scale": ["hosts2.up_s", "hosts2.down_s", "hosts16.up_s", "hosts16.down_s", "hosts64.up_s", "hosts64.down_s",
+              "leaked_netns", "leaked_root_links", "fleet1.writeback_mib_per_s", "fleet1.nas_requests_per_s",
+              "fleet1.nas_cpu_pct", "fleet4.writeback_mib_per_s", "fleet4.nas_requests_per_s", "fleet4.nas_cpu_pct"],
+}
+
+
+@pytest.mark.parametrize("section", list(EXPECTED))
+def test_bench_quick_section_json_is_complete(section, tmp_path, capsys):
+    before = set(nsutil.list_netns())
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--section", section, "--json", str(out)]) == 0
+    assert set(nsutil.list_netns()) == before
+    table = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    sec = doc["sections"][section]
+    assert "error" not in sec and sec["duration_s"] > 0 and sec["params"]
+    figs = {f["name"]: f for f in sec["figures"]}
+    assert list(figs) == EXPECTED[section]
+    for f in sec["figures"]:
+        assert set(f) - {"notes"} == set(FIGURE_KEYS)
+        assert f["met"] in (True, False, None)
+        assert f"{section}.{f['name']}" in table
+    if section == "writeback":
+        for mtu in (1500, 9000):
+            a = figs[f"mtu{mtu}.agent_mib_per_s"]
+            assert a["value"] > 0 and a["baseline"] == figs[f"mtu{mtu}.refclient_mib_per_s"]["value"] > 0
+            assert a["target"] == "ratio >= 0.9" and isinstance(a["met"], bool)
+    if section == "recovery":
+        f = figs["flood.writeback_mib_per_s"]
+        assert f["value"] > 0 and f["baseline"] > 0 and f["target"] == "ratio >= 0.8"
+    if section == "memory":
+        assert figs["start.rss_mib"]["value"] > 0 and figs["after_flood.rss_mib"]["baseline"] == figs["start.rss_mib"]["value"]
+        assert figs["scapy_imported"]["value"] in (0, 1) and figs["scapy_imported"]["target"] == "value == 0"
+    if section == "scale":
+        assert figs["hosts64.up_s"]["value"] > 0 and figs["hosts64.up_s"]["target"] == "value <= 10"
+        assert figs["leaked_netns"]["value"] == 0          # a state, not a speed
+        assert figs["fleet4.writeback_mib_per_s"]["baseline"] == figs["fleet1.writeback_mib_per_s"]["value"] > 0
+        assert figs["fleet4.nas_requests_per_s"]["value"] > 0
+
+
+def test_bench_demo_section_reports_a_figure_or_one_error_line(tmp_path, monkeypatch):
+    """The demo section never crashes the bench: a wall-time figure, or an error entry (exit 1)."""
+    import testbed.bench.demo as demo
+    monkeypatch.setattr(demo, "QUICK_LIMIT_S", 0.5)           # too short for any demo: the error path
+    before = set(nsutil.list_netns())
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--quick", "--section", "demo", "--json", str(out)])
+    sec = json.loads(out.read_text())["sections"]["demo"]
+    assert rc == 1 and sec["figures"] == [] and "did not finish within" in sec["error"] and "\n" not in sec["error"]
+    assert set(nsutil.list_netns()) == before                 # stopped with SIGTERM: it cleaned up
