@@ -208,8 +208,13 @@ class SwapRig:
         self.close()
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` in seconds, from its CPU clock (ns resolution)."""
+    return time.clock_gettime_ns(((~pid) << 3) | 2) / 1e9
+
+
 def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float = 0.2,
-                max_wait_s: float = 20.0) -> dict:
+                max_wait_s: float = 20.0, pid: int | None = None) -> dict:
     """Swap writeback rate from ``snapshot`` samples: pages the NAS acknowledged (``swap.acked``
     grows with each FILE_SYNC reply; ``pswpout`` counts writes issued) over ``window_s`` once
     ``pswpout`` has started and ``warmup_s`` passed. Returns MiB/s and the counters."""
@@ -225,6 +230,7 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
     time.sleep(warmup_s)
     samples = []
     t0 = time.monotonic()
+    cpu0 = process_cpu_s(pid) if pid else None
     while True:
         s = agent.call("snapshot")
         t = time.monotonic() - t0
@@ -233,13 +239,15 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
         if t >= window_s or s["workload"]["done"]:
             break
         time.sleep(sample_s)
+    cpu1 = process_cpu_s(pid) if pid else None
     (ta, a0, p0, r0, _, s0), (tb, a1, p1, r1, done, s1) = samples[0], samples[-1]
     dt = tb - ta
     if dt <= 0 or a1 == a0:
         raise BenchError(f"no acknowledged swap writes in the window ({a0} -> {a1} pages over {dt:.2f} s)")
     return {"mib_per_s": (a1 - a0) * PAGE / dt / (1 << 20), "pages": a1 - a0, "seconds": dt,
             "pswpout": p1 - p0, "retrans": r1 - r0, "workload_done_early": bool(done), "first": s0, "last": s1,
-            "samples": [(round(t, 3), a) for t, a, *_ in samples]}
+            "samples": [(round(t, 3), a) for t, a, *_ in samples],
+            "cpu_pct": None if cpu0 is None else (cpu1 - cpu0) / (time.monotonic() - t0) * 100}
 
 
 def refclient_write(nas_ip: str, image: str, total_bytes: int, window: int, seed: int, cpu: int | None) -> dict:

@@ -49,7 +49,7 @@ def measure_mtu(mtu: int, p: dict, seed: int, say, profile: str | None = None) -
                                 profile=profile)
         rig.swapon("client", slots=SLOTS)
         agent.call("workload", pages=workload_pages, seed=seed)
-        ag = stream_rate(agent, window_s=p["window_s"], warmup_s=p["warmup_s"])
+        ag = stream_rate(agent, window_s=p["window_s"], warmup_s=p["warmup_s"], pid=rig.procs["agent:client"].pid)
         rig.stop("agent:client")
         ref = run_in_netns(rig.st.host_netns("noise"), refclient_write, rig.nas_ip, "ref.img", p["ref_bytes"],
                            SLOTS, seed, REF_CPU if (os.cpu_count() or 1) > 1 else None, timeout_s=300)
@@ -71,7 +71,7 @@ def writeback_section(ctx: BenchContext) -> SectionResult:
     for mtu in p["mtus"]:
         m = measure_mtu(mtu, p, ctx.seed, ctx.progress, profile_path(f"writeback-mtu{mtu}"))
         ag, ref = m["agent"], m["ref"]
-        notes = [f"{ag['pages']} pages acked in {ag['seconds']:.2f} s"]
+        notes = [f"{ag['pages']} pages acked in {ag['seconds']:.2f} s; agent CPU {ag['cpu_pct']:.0f} % of one core"]
         if ag["retrans"]:
             notes.append(f"{ag['retrans']} RPC retransmissions in the window")
         if ag["workload_done_early"]:
