@@ -52,6 +52,7 @@ from client_agent.mm.page_alloc import PageAllocator
 from client_agent.mm.vmscan import Kswapd
 from client_agent.net.stack import Stack
 from client_agent.nfs.transport import NfsTransport
+from client_agent.phy.fault import FaultInjector
 from client_agent.phy.wire_pair import WirePair
 from client_agent.swap import PAGE_SIZE, SwapDevice, page_bytes
 from client_agent.tasks import Scheduler
@@ -84,7 +85,46 @@ DEFAULTS = {
     "nas_threads": 8, "nas_service_s": 0.01, "image_pages": None, "max_writeback": 64,
     "crash_at_s": None,                 # MemoryStore.crash() at this virtual time (UNSTABLE tests)
     "swapoff_at_s": None,
+    # Fault injection (testbed chaos): seeded FaultInjector kwargs (loss, dup, reorder, delay_s) on
+    # the client's transmit path (``fault_tx``) and on its receive path (``fault_rx``: the NAS's
+    # transmissions); NAS restarts at these virtual times (a SIGKILL + restart: UNSTABLE data and
+    # the DRC lost, a new verifier, requests in service dropped, nothing answered for
+    # ``nas_down_s``); the flood alternating ``flood_on_off`` = (on_s, off_s).
+    "fault_tx": None, "fault_rx": None, "nas_restart_at_s": (), "nas_down_s": 0.5,
+    "flood_on_off": None,
 }
+
+
+class _LoopFault(FaultInjector):
+    """A FaultInjector on the manual-clock loop: it releases its held (delayed/reordered) frames
+    by its own timers, and hides them from ``poll_at`` (the agent's timer path runs stack timers,
+    not device receives, so a held frame must not look like a due receive)."""
+
+    def __init__(self, inner, seed, loop, **kw) -> None:
+        super().__init__(inner, seed, **kw)
+        self._loop = loop
+
+    @property
+    def on_rx(self):
+        return self.inner.on_rx
+
+    @on_rx.setter
+    def on_rx(self, fn) -> None:
+        self.inner.on_rx = fn
+
+    def transmit(self, frame: bytes, now: float) -> bool:
+        super().transmit(frame, now)
+        if self._held:
+            self._loop.call_at(self._held[0][0], self._release)
+        return True
+
+    def _release(self) -> None:
+        self.flush(self._loop.time())
+        if self._held:
+            self._loop.call_at(self._held[0][0], self._release)
+
+    def poll_at(self) -> float | None:
+        return self.inner.poll_at()
 
 
 def _flood_frames(n_ports: int, size: int) -> list[bytes]:
@@ -110,7 +150,10 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     rng = random.Random(f"flood:{seed}")
     loop = Loop(ManualClock())
     wire = WirePair(loop, latency_s=p["wire_latency_s"], mac_a=MAC_AGENT, mac_b=MAC_NAS)
-    agent = Agent(loop, wire.a, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
+    agent_dev = wire.a
+    if p["fault_tx"]:
+        agent_dev = _LoopFault(wire.a, f"fault_tx:{seed}", loop, **p["fault_tx"])
+    agent = Agent(loop, agent_dev, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
                   min_free_kbytes=p["min_free_kbytes"],
                   watermark_scale_factor=p["watermark_scale_factor"], seed=seed)
     alloc = agent.alloc
@@ -125,16 +168,22 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     core = NasCore(store)
     nas_alloc = PageAllocator(NAS_POOL_PAGES, 128)
     nas_sched = Scheduler(nas_alloc)
-    nas = Stack(nas_alloc, wire.b, MAC_NAS, NAS_IP, 24, nas_sched)
+    nas_dev = wire.b
+    if p["fault_rx"]:
+        nas_dev = _LoopFault(wire.b, f"fault_rx:{seed}", loop, **p["fault_rx"])
+    nas = Stack(nas_alloc, nas_dev, MAC_NAS, NAS_IP, 24, nas_sched)
     nas.neigh.add_permanent(_pysocket.inet_aton(AGENT_IP), MAC_AGENT, 0.0)
     nsk = nas.udp_socket()
     nsk.bind(("0.0.0.0", 2049))
     nsk.rcvbuf = 64 << 20
-    nas_state = {"scheduled": False, "busy": 0}
+    nas_state = {"scheduled": False, "busy": 0, "epoch": 0, "down_until": -1.0, "restarts": 0,
+                 "dropped_down": 0}
     nas_queue: deque = deque()
     threads, service_s = p["nas_threads"], p["nas_service_s"]
 
-    def nas_done(data, addr):
+    def nas_done(data, addr, epoch=0):
+        if epoch != nas_state["epoch"]:
+            return                      # accepted by a NAS process that was killed since
         now = loop.time()
         for reply in core.handle(data, addr, now, "udp"):
             nsk.sendto(reply, addr, now)
@@ -146,9 +195,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             data, addr = nas_queue.popleft()
             nas_state["busy"] += 1
             if service_s > 0:
-                loop.call_at(loop.time() + service_s, nas_done, data, addr)
+                loop.call_at(loop.time() + service_s, nas_done, data, addr, nas_state["epoch"])
             else:
-                nas_done(data, addr)
+                nas_done(data, addr, nas_state["epoch"])
 
     def nas_poll():
         nas_state["scheduled"] = False
@@ -158,6 +207,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             got = nsk.recvfrom()
             if got is None:
                 break
+            if now < nas_state["down_until"]:
+                nas_state["dropped_down"] += 1      # no process bound to 2049: ICMP-less loss
+                continue
             nas_queue.append(got)
         nas_dispatch()
         if more is not None and more <= now:
@@ -194,8 +246,19 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     frames = _flood_frames(p["noise_sockets"], p["flood_size"])
     pps = p["flood_pps"]
 
+    on_off = p["flood_on_off"]
+    flood_state = {"toggles": 0, "on": True}
+
     def flood():
         now = loop.time()
+        if on_off:
+            on = (now % (on_off[0] + on_off[1])) < on_off[0]
+            if on != flood_state["on"]:
+                flood_state["on"] = on
+                flood_state["toggles"] += 1
+            if not on:
+                loop.call_at(now + rng.expovariate(pps), flood)
+                return
         wire.b.transmit(frames[rng.randrange(len(frames))], now)
         loop.call_at(now + rng.expovariate(pps), flood)
 
@@ -205,6 +268,18 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     # -- faults on the NAS ----------------------------------------------------------------------
     if p["crash_at_s"] is not None:
         loop.call_at(p["crash_at_s"], lambda: store.crash(b"crashed1"))
+    def nas_restart(i):
+        now = loop.time()
+        store.crash(f"restart{i % 10}".encode()[:8].ljust(8, b"-"))
+        core.drc = type(core.drc)()
+        nas_queue.clear()
+        nas_state["busy"] = 0
+        nas_state["epoch"] += 1
+        nas_state["restarts"] += 1
+        nas_state["down_until"] = now + p["nas_down_s"]
+
+    for i, t in enumerate(p["nas_restart_at_s"] or ()):
+        loop.call_at(t, nas_restart, i)
     if p["swapoff_at_s"] is not None:
         loop.call_at(p["swapoff_at_s"], swap.swapoff)
 
@@ -310,6 +385,14 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         agent.sched.kill(task)
     for svc in agent.services.values():
         svc["sock"].close()
+    result["faults"] = {
+        "tx": dict(agent_dev.counters) if p["fault_tx"] else None,
+        "rx": dict(nas_dev.counters) if p["fault_rx"] else None,
+        "nas_restarts": nas_state["restarts"], "nas_dropped_while_down": nas_state["dropped_down"],
+        "flood_toggles": flood_state["toggles"],
+    }
+    result["leaked_tasks"] = sorted(t.name for t in agent.sched.tasks.values())
+    result["leaked_sockets"] = len(stack.sockets) + len(stack.udp_ports)
     result["memalloc_socks_after_swapoff"] = alloc.memalloc_socks
     result["leaked_pages"] = alloc.nr_pages - alloc.nr_free
     result["leaked_owners"] = alloc.owner_pages()
