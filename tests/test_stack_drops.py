@@ -83,7 +83,7 @@ def test_frag_timeout_too_far_and_mem_limit(kit):
     frag = lambda ident, off=0: udp_frame(seg=b"\0" * 16, flags=ipv4.IP_MF, ident=ident, frag_off=off)
     w.a.transmit(frag(1), 0.0)
     sb.poll(0.0)
-    assert sb.alloc.owner_pages() == {"rx": 1} and sb.next_deadline() == 30.0
+    assert sb.alloc.owner_pages() == {"ipfrag": 1} and sb.next_deadline() == 30.0
     sb.poll(29.9)
     assert sb.drop_reasons["FRAG_REASM_TIMEOUT"] == 0
     sb.poll(30.0)

@@ -282,6 +282,20 @@ class PageAllocator:
         if self.on_pages_freed is not None:
             self.on_pages_freed()
 
+    def reassign(self, pages: list[Page], owner: str) -> None:
+        """Charge held pages to a new owner (a received buffer queued on a socket or in a
+        reassembly queue), so ``owner_pages()`` says who holds the memory. Accounting only."""
+        on = self._owner_nr
+        n = 0
+        for page in pages:
+            old = page.owner
+            if old is None:
+                self._bad_page(page)
+            on[old] -= 1
+            page.owner = owner
+            n += 1
+        on[owner] = on.get(owner, 0) + n
+
     def _bad_page(self, page: object) -> None:
         pfn = getattr(page, "pfn", None)
         if not isinstance(page, Page) or not isinstance(pfn, int) or pfn < 0 \

@@ -127,6 +127,7 @@ class Reassembler:
             q.hlen = ip.hlen
         self._seq += 1
         insort(q.frags, (offset, end, self._seq, skb, payload[: end - offset]))
+        st.alloc.reassign(skb.pages, "ipfrag")     # held by the reassembly queue now
         q.meat += end - offset
         self.mem += skb.truesize
         if not (q.last_in and q.meat == q.length):

@@ -109,6 +109,11 @@ class UdpSocket:
     def _enqueue(self, skb, payload, src: tuple[bytes, int]) -> None:
         """Called by the demux after the pfmemalloc and rcvbuf checks passed."""
         self.rmem_alloc += skb.truesize
+        alloc = self.stack.alloc                    # the socket holds these pages now
+        alloc.reassign(skb.pages, self.owner)
+        if skb.frag_list:
+            for f in skb.frag_list:
+                alloc.reassign(f.pages, self.owner)
         self.rxq.append((skb, payload, src))
         self.counters["rx_datagrams"] += 1
         if self._waiters and self.stack.sched is not None:
