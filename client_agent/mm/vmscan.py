@@ -6,7 +6,8 @@ Invariants owned here:
 - It is woken (``alloc.on_kswapd_wake``) when an allocation finds free pages at or below ``low``,
   and goes back to sleep (``alloc.kswapd_sleep()``) only once free pages are above ``high``
   (pgdat_balanced).
-- Reclaim here is writeback: a page freed by kswapd is one the NAS acknowledged (swap.py). kswapd
+- Reclaim here is writeback: a page freed by kswapd is one the NAS acknowledged (swap.py), or a
+  clean file page (filemap.py: freed first, no I/O; dirty file pages are written first). kswapd
   starts writeback for the oldest resident anon page while free + pages under writeback <= high
   (what completion will bring back) and fewer than ``max_writeback`` pages are in flight; else it
   waits for a writeback completion (reclaim_throttle(VMSCAN_THROTTLE_WRITEBACK), at most
@@ -31,9 +32,19 @@ class Kswapd:
         self.swap = swap
         self.max_writeback = max_writeback
         self.counters = {"wakeups": 0, "throttled": 0}
+        # File pages (client_agent/mm/filemap.py), set by whoever mounts the file: clean ones are
+        # freed first (no I/O), then dirty ones written by kswapd itself (pageout, via the file's
+        # NFS transport), then anon pages to swap.
+        self.filemap = None
         alloc.on_kswapd_wake = self._wake
-        alloc.zone_reclaimable_pages = lambda: len(swap.lru) + swap.nr_writeback
+        alloc.zone_reclaimable_pages = self._reclaimable
         self.task = sched.spawn("kswapd0", self._run(), kthread=True)
+
+    def _reclaimable(self) -> int:
+        n = len(self.swap.lru) + self.swap.nr_writeback
+        if self.filemap is not None:
+            n += self.filemap.reclaimable()
+        return n
 
     def _wake(self) -> None:
         self.sched.wake(KSWAPD_KEY)
@@ -50,7 +61,16 @@ class Kswapd:
                 continue
             self.counters["wakeups"] += 1
             while not alloc.kswapd_should_stop():
-                nwb = swap.nr_writeback
+                fm = self.filemap
+                if fm is not None and fm.drop_clean():
+                    vm["pgscan_kswapd"] += 1
+                    continue
+                nwb = swap.nr_writeback + (fm.nr_reclaim_writeback if fm is not None else 0)
+                if (fm is not None and alloc.nr_free + nwb <= alloc.wmark_high
+                        and nwb < self.max_writeback and fm.can_pageout()):
+                    vm["pgscan_kswapd"] += 1
+                    fm.pageout()
+                    continue
                 if (alloc.nr_free + nwb <= alloc.wmark_high and nwb < self.max_writeback
                         and swap.can_swap()):
                     vm["pgscan_kswapd"] += 1
