@@ -166,11 +166,16 @@ class Progress:
 # ------------------------------------------------------------------ the run
 def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: str | None = None,
                  pcap_prefix: str = "", logs_dir: str | None = None, progress_prefix: str = "",
-                 print_watchdog: bool = True) -> dict:
+                 print_watchdog: bool = True, export_networks: str | None = None, during=None) -> dict:
     """Run one scenario on real packets; write the report into ``out``; return its entry.
 
     ``testbed run`` keeps the defaults (out/pcap/<host>.pcap, out/logs/); ``testbed demo`` runs four
     scenarios into one report: pcaps as <pcap_dir>/<scenario>-<host>.pcap, logs in a per-scenario dir.
+
+    ``export_networks``: the NAS's export ACL (default 198.18.0.0/24, the whole test net; the hostile
+    runs restrict it to the client's /32). ``during(ctx)``: called at every sample once the workload
+    started (testbed chaos/hostile): ctx has ``t``, ``st``, ``procs``, ``ctl``, ``hosts``,
+    ``restart_nas()`` (SIGKILL + restart on the same data dir) and ``record`` (a dict kept in the entry).
     """
     from netns_setup import lifecycle
     from netns_setup.capture import start_capture
@@ -203,12 +208,17 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         # -- NAS (kernel sockets) with its data on tmpfs under the run directory
         data_dir = os.path.join(st.dir, "nasdata")
         ctl = {k: control_socket_path(st.dir, k) for k in ("nas", "agent", "flood")}
-        procs["nas"] = start_process(st, "nas", [sys.executable, "-m", "nas_server.main", "--data-dir", data_dir,
-                                                 "--export", f"{EXPORT}:198.18.0.0/24",
-                                                 "--create-image", f"{EXPORT}/{IMAGE}:{image_mib}M",
-                                                 "--bind", nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
-                                                 "--control", ctl["nas"]],
-                                     role="nas-server", ready=True, cpus=other_cpu, env=env)
+        nas_argv = [sys.executable, "-m", "nas_server.main", "--data-dir", data_dir,
+                    "--export", f"{EXPORT}:{export_networks or '198.18.0.0/24'}",
+                    "--create-image", f"{EXPORT}/{IMAGE}:{image_mib}M",
+                    "--bind", nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
+                    "--control", ctl["nas"]]
+        procs["nas"] = start_process(st, "nas", nas_argv, role="nas-server", ready=True, cpus=other_cpu, env=env)
+
+        def restart_nas() -> None:
+            procs["nas"].send_signal(9)   # SIGKILL: UNSTABLE data and the DRC are lost, the verifier changes
+            procs["nas"].wait(5.0)
+            procs["nas"] = start_process(st, "nas", nas_argv, role="nas-server", ready=True, cpus=other_cpu, env=env)
         for h in ("nas", "noise"):
             run_in_netns(st.host_netns(h), _static_neigh, cli_ip, mac("client"))
         # -- captures on every host's NIC (client, nas, noise)
@@ -244,6 +254,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         t0 = time.monotonic()
         entry_extra["t0_wall"] = time.time()  # runner t=0 on the pcaps' (wall) clock
         prog = Progress(prefix=progress_prefix)
+        dctx = {"t": 0.0, "st": st, "procs": procs, "ctl": ctl, "hosts": hosts, "restart_nas": restart_nas,
+                "record": {}}
         nxt = t0
         while True:
             nxt += SAMPLE_S
@@ -259,6 +271,9 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             timeline.append(c)
             prog.show(t, c)
             extra = [f"softnet_stat: the kernel dropped {sn} frames at a backlog"] if sn else []
+            if during is not None:
+                dctx["t"] = t
+                during(dctx)
             if wd.feed(t, s, extra):
                 break
             if t >= sc.max_duration_s:
@@ -337,6 +352,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
             "parameters": sc.to_dict(), "run_name": name, "swapon": sw,
             "pcaps": {h: cap.path for h, cap in caps.items()}, **entry_extra,
+            **({"during": dctx["record"]} if during is not None else {}),
             "_timeline": timeline,
         }
     except (ControlError, ProcessStartError, TimeoutError) as e:

@@ -41,6 +41,7 @@ next flood frame) -- hence 4 MiB noise sockets in the built-in scenarios (see th
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import socket as _pysocket
 from collections import deque
@@ -92,6 +93,10 @@ DEFAULTS = {
     # ``nas_down_s``); the flood alternating ``flood_on_off`` = (on_s, off_s).
     "fault_tx": None, "fault_rx": None, "nas_restart_at_s": (), "nas_down_s": 0.5,
     "flood_on_off": None,
+    # Hostile traffic (testbed.hostile): events (t, kind, frame) put on the wire -- toward the NAS
+    # for the *_outside kinds, toward the agent otherwise; the export restricted to these networks
+    # (None: open to all); the agent's net.ipv4.ipfrag_time.
+    "hostile_events": (), "export_networks": None, "ipfrag_time_s": None,
 }
 
 
@@ -163,7 +168,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     # -- the NAS host ---------------------------------------------------------------------------
     image_pages = p["image_pages"] or p["workload_pages"] + 64
     store = MemoryStore()
-    store.add_export("swap")
+    store.add_export("swap", [ipaddress.ip_network(n) for n in p["export_networks"] or ()])
     img = store.create_image("swap", "swap.img", image_pages * PAGE_SIZE)
     core = NasCore(store)
     nas_alloc = PageAllocator(NAS_POOL_PAGES, 128)
@@ -173,6 +178,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         nas_dev = _LoopFault(wire.b, f"fault_rx:{seed}", loop, **p["fault_rx"])
     nas = Stack(nas_alloc, nas_dev, MAC_NAS, NAS_IP, 24, nas_sched)
     nas.neigh.add_permanent(_pysocket.inet_aton(AGENT_IP), MAC_AGENT, 0.0)
+    nas.neigh.add_permanent(_pysocket.inet_aton(NOISE_IP), MAC_NOISE, 0.0)
+    if p["ipfrag_time_s"] is not None:
+        agent.stack.reasm.time_s = p["ipfrag_time_s"]
     nsk = nas.udp_socket()
     nsk.bind(("0.0.0.0", 2049))
     nsk.rcvbuf = 64 << 20
@@ -278,6 +286,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         nas_state["restarts"] += 1
         nas_state["down_until"] = now + p["nas_down_s"]
 
+    for t, kind, frame in p["hostile_events"] or ():
+        end = wire.a if kind.endswith("_outside") else wire.b     # wire.a.transmit reaches the NAS
+        loop.call_at(t, lambda e=end, f=frame: e.transmit(f, loop.time()))
     for i, t in enumerate(p["nas_restart_at_s"] or ()):
         loop.call_at(t, nas_restart, i)
     if p["swapoff_at_s"] is not None:
@@ -391,6 +402,16 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "nas_restarts": nas_state["restarts"], "nas_dropped_while_down": nas_state["dropped_down"],
         "flood_toggles": flood_state["toggles"],
     }
+    ip = stack.snmp["Ip"]
+    result["hostile"] = {
+        "agent": {"Ip": {k: ip[k] for k in ("InHdrErrors", "InCsumErrors", "ReasmTimeout", "ReasmFails")},
+                  "drop_reasons": {k: n for k, n in stack.drop_reasons.items() if n},
+                  "ipfrag_queued": stack.reasm.queued(),
+                  "ArpCache": dict(stack.snmp["ArpCache"])},
+        "nas": {"counters": dict(core.counters), "nfs_status": dict(core.nfs_status)},
+    }
+    # netns exit frees every reassembly queue (inet_frags_fini): their pages are not a leak
+    stack.reasm.run_timers(float("inf"))
     result["leaked_tasks"] = sorted(t.name for t in agent.sched.tasks.values())
     result["leaked_sockets"] = len(stack.sockets) + len(stack.udp_ports)
     result["memalloc_socks_after_swapoff"] = alloc.memalloc_socks
