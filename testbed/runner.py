@@ -174,7 +174,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
 
     ``export_networks``: the NAS's export ACL (default 198.18.0.0/24, the whole test net; the hostile
     runs restrict it to the client's /32). ``during(ctx)``: called at every sample once the workload
-    started (testbed chaos/hostile): ctx has ``t``, ``st``, ``procs``, ``ctl``, ``hosts``,
+    started (testbed chaos/hostile): ctx has ``t``, ``snapshot`` (the agent's, at t), ``st``, ``procs``, ``ctl``, ``hosts``,
     ``restart_nas()`` (SIGKILL + restart on the same data dir) and ``record`` (a dict kept in the entry).
     """
     from netns_setup import lifecycle
@@ -272,7 +272,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             prog.show(t, c)
             extra = [f"softnet_stat: the kernel dropped {sn} frames at a backlog"] if sn else []
             if during is not None:
-                dctx["t"] = t
+                dctx["t"], dctx["snapshot"] = t, s
                 during(dctx)
             if wd.feed(t, s, extra):
                 break
