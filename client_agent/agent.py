@@ -221,6 +221,7 @@ class Agent:
         if stable not in ("FILE_SYNC", "UNSTABLE", "DATA_SYNC"):
             raise BadRequest(f"stable must be FILE_SYNC, UNSTABLE or DATA_SYNC, got {stable!r}")
         log = lambda line: self.nfs_log.append((self.loop.time(), line))
+        self.stack.fate_port = port        # record what becomes of every frame from the NFS server
         self.transport = NfsTransport(self.stack, self.sched, server, port, slots=slots,
                                       timeo_s=timeo_s, retrans=retrans, timeo_max_s=timeo_max_s,
                                       wsize=wsize, log=log, on_tx=self.kick, seed=self.seed)
@@ -274,6 +275,7 @@ class Agent:
             "time_s": self.loop.time() - self.started_at,
             "device": dev_counters,
             "stack": self.stack.snapshot(),
+            "nfs_frame_fates": [list(f) for f in self.stack.fates],   # [ip_id, xid, fate]
             "alloc": self.alloc.snapshot(),
             "tasks": self.sched.snapshot(),
             "services": {k: v["stats"] for k, v in self.services.items()},

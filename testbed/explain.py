@@ -15,8 +15,11 @@ IP fragments reassembled by id) with its fate:
 - ``unknown``: the xid is older than the agent's 4096-xid window, or the frame arrived after the
   final snapshot.
 
-Exact per-frame attribution needs the agent's help (see ``AGENT_FATE_RING`` below); until then the
-``confidence`` column says ``inferred`` for every drop. Pure apart from reading the pcap.
+Exact attribution: the agent records, for every frame from the NFS server's port, where its
+buffer ended (``snapshot()["nfs_frame_fates"]``: ``[ip_id, xid, fate]``, fate a drop reason or
+``queued:<socket>``; client_agent/net/stack.py ``record_fate``). A drop found there is ``exact``;
+one missing from it (ring overflow, older agents) falls back to ``inferred``. Pure apart from
+reading the pcap.
 """
 
 from __future__ import annotations
@@ -151,6 +154,8 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
     sent, replied = set(nfs.get("xids_sent", [])), set(nfs.get("xids_replied", []))
     memalloc_sock = bool((nfs.get("socket") or {}).get("memalloc") or nfs.get("memalloc"))
     answered: set[int] = set()
+    # Exact fates, when the agent recorded them: (ip_id, xid) -> drop reason or "queued:<socket>".
+    exact = {(f[0], f[1]): f[2] for f in final_snap.get("nfs_frame_fates") or ()}
     rows = []
     for r in replies:
         t = r["ts"] - t0_wall
@@ -164,6 +169,10 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
             else:
                 answered.add(r["xid"])
                 row.update(fate="delivered", reason="-", layer="transport", confidence="exact")
+        elif (r["ip_id"], r["xid"]) in exact and not exact[(r["ip_id"], r["xid"])].startswith("queued:"):
+            reason = exact[(r["ip_id"], r["xid"])]
+            row.update(fate="dropped", reason=reason, layer=LAYER.get(reason, "stack"), confidence="exact",
+                       evidence="the agent's per-frame fate record (nfs_frame_fates)")
         elif r["xid"] in sent:
             reason, layer, ev = infer_drop(t, timeline, memalloc_sock)
             row.update(fate="dropped", reason=reason, layer=layer, confidence="inferred", evidence=ev)
@@ -173,8 +182,10 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
     fates = Counter(r["fate"] for r in rows)
     drops = Counter(f"{r['reason']} @ {r['layer']}" for r in rows if r["fate"] == "dropped")
     return {"replies_on_wire": len(rows), "fates": dict(fates), "drops_by_reason": dict(drops),
-            "nfs_socket_memalloc": memalloc_sock, "method": "xid sets from the final snapshot; drop reasons "
-            "inferred from the counters in the 0.2 s sampling interval of each frame",
+            "nfs_socket_memalloc": memalloc_sock,
+            "method": ("xid sets and the agent's per-frame fate record (exact drop reasons)" if exact else
+                       "xid sets from the final snapshot; drop reasons inferred from the counters in the "
+                       "0.2 s sampling interval of each frame"),
             "exact_attribution_needs": AGENT_FATE_RING, "rows": rows}
 
 

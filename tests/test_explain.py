@@ -79,3 +79,56 @@ def test_duplicate_unknown_and_after_final(tmp_path):
     snap = {"nfs": {"xids_sent": [12, 13, 14, 15], "xids_replied": [12, 13, 14, 15]}}
     ex = explain.explain(explain.nfs_replies(p, NAS, CLI), snap, TIMELINE, t0_wall=T0, final_t=1.0)
     assert [r["fate"] for r in ex["rows"]] == ["unknown", "delivered", "delivered", "duplicate", "delivered", "unknown"]
+
+
+def test_exact_fates_from_the_agent_override_inference(tmp_path):
+    p = str(tmp_path / "c.pcap")
+    _write(p)
+    # ip ids 101 (xid 12) and 103 (xid 13's second copy) were recorded by the agent; 102 was not.
+    snap = {"nfs": {"xids_sent": [11, 12, 13, 14, 15], "xids_replied": [11, 15], "socket": {"memalloc": True}},
+            "nfs_frame_fates": [[100, 11, "queued:sk:udp:198.18.0.2:800"], [101, 12, "PFMEMALLOC"],
+                                [103, 13, "NOMEM"]]}
+    ex = explain.explain(explain.nfs_replies(p, NAS, CLI), snap, TIMELINE, t0_wall=T0, final_t=2.0)
+    rows = {(r["ip_id"], r["xid"]): r for r in ex["rows"]}
+    assert (rows[(101, 12)]["reason"], rows[(101, 12)]["confidence"]) == ("PFMEMALLOC", "exact")
+    assert rows[(101, 12)]["layer"] == "socket demux"
+    assert (rows[(103, 13)]["reason"], rows[(103, 13)]["layer"]) == ("NOMEM", "NIC (rx_nobuf)")
+    assert rows[(102, 13)]["confidence"] == "inferred"          # not in the agent's record
+    assert rows[(100, 11)]["fate"] == "delivered"
+    assert "per-frame fate record" in ex["method"]
+
+
+def test_stack_records_the_fate_of_every_frame_from_the_nfs_port():
+    """The agent side of the exact explanations: NOMEM (no buffer at all), PFMEMALLOC at the demux,
+    and queued on the socket -- each recorded once with the frame's IP id and RPC xid."""
+    from client_agent.mm.gfp import GFP_ATOMIC, Gfp
+    from tests.test_stack_kit import IP_A, IP_B, Kit
+
+    kit = Kit()
+    w, sa, sb = kit.pair(nr_pages=256)
+    sb.fate_port = 2049
+    nfs = sb.udp_socket()
+    nfs.bind((IP_B, 800))
+    other = sb.udp_socket()
+    other.bind((IP_B, 801))
+    tx = sa.udp_socket()
+    tx.bind((IP_A, 2049))
+    sb.neigh.add_permanent(sa.ip, sa.mac)
+    sa.neigh.add_permanent(sb.ip, sb.mac)
+
+    def send(xid, port):
+        assert tx.sendto(struct.pack("!II", xid, 1) + bytes(40), (IP_B, port), 0.0) > 0
+        sb.poll(0.0, 64)
+
+    send(1, 800)                                    # plenty of memory: queued on the socket
+    kit.exhaust(sb.alloc, GFP_ATOMIC | Gfp.MEMALLOC)
+    send(2, 800)                                    # no page at all: NOMEM before any header is read
+    kit.release()
+    kit.exhaust(sb.alloc)                           # down to the atomic floor
+    nfs.sk_set_memalloc()
+    send(3, 801)                                    # reserve buffer for a non-memalloc socket
+    fates = [(xid, fate) for _ip_id, xid, fate in sb.fates]
+    assert fates == [(1, "queued:sk:udp:198.18.0.2:800"), (2, "NOMEM"), (3, "PFMEMALLOC")]
+    assert len({ip_id for ip_id, _x, _f in sb.fates}) == 3
+    nfs.sk_clear_memalloc()
+    kit.finish()

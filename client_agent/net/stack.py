@@ -52,6 +52,7 @@ _RX_GFP_RESERVE = GFP_ATOMIC | Gfp.MEMALLOC
 ANY = b"\0\0\0\0"
 LIMITED_BCAST = b"\xff\xff\xff\xff"
 NAPI_BUDGET = 64                     # net.core.dev_weight
+FATE_RING = 8192                     # fates of the NFS server's frames kept for the drop explanations
 
 
 @dataclass
@@ -95,6 +96,8 @@ class Stack:
         self._ident = 0
         self._next_port = EPHEMERAL_PORTS[0]
         self.tx_gfp = GFP_NOWAIT                        # stack-originated sends (ping)
+        self.fate_port = 0                              # see record_fate (0: off)
+        self.fates: deque = deque(maxlen=FATE_RING)
 
     # ================================================================== accounting
     def kfree_skb(self, skb: SkBuff, reason: str) -> None:
@@ -102,7 +105,24 @@ class Stack:
         if skb.rx:
             f = self.rx_fate
             f[reason] = f.get(reason, 0) + 1
+            if self.fate_port:
+                self.record_fate(skb.data, reason)
         skb.free()
+
+    def record_fate(self, frame, fate: str) -> None:
+        """Observability only (a drop_monitor/tracepoint, not the data path): if ``frame`` is the
+        first fragment of a UDP datagram from ``fate_port`` (the NFS server), remember
+        ``(ip_id, xid, fate)`` so every NFS reply on the wire can be matched to its end in the
+        agent. Reads the bytes even of a frame that never got a buffer (NOMEM)."""
+        if len(frame) < 46 or frame[12] != 8 or frame[13] != 0:
+            return
+        ihl = (frame[14] & 15) * 4
+        if frame[23] != 17 or (frame[20] & 0x1F) or frame[21] or len(frame) < 14 + ihl + 12:
+            return
+        u = 14 + ihl
+        if (frame[u] << 8 | frame[u + 1]) != self.fate_port:
+            return
+        self.fates.append((frame[18] << 8 | frame[19], int.from_bytes(frame[u + 8:u + 12], "big"), fate))
 
     def consume_skb(self, skb: SkBuff, where: str) -> None:
         if skb.rx:
@@ -162,6 +182,8 @@ class Stack:
         pages = alloc.alloc(n, _RX_GFP_RESERVE if alloc.memalloc_socks else _RX_GFP, "rx")
         if pages is None:
             c["rx_nobuf"] += 1
+            if self.fate_port:
+                self.record_fate(frame, "NOMEM")
             self._drop_noskb("NOMEM", True)
             return
         skb = SkBuff(alloc, frame, pages, True)

@@ -116,6 +116,8 @@ class UdpSocket:
                 alloc.reassign(f.pages, self.owner)
         self.rxq.append((skb, payload, src))
         self.counters["rx_datagrams"] += 1
+        if self.stack.fate_port:
+            self.stack.record_fate(skb.data, "queued:" + self.owner)
         if self._waiters and self.stack.sched is not None:
             self.stack.sched.wake(self.wait_key)
 
