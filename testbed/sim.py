@@ -48,6 +48,7 @@ from collections import deque
 
 from client_agent.agent import Agent
 from client_agent.loop import Loop, ManualClock
+from client_agent.mm.filemap import FileMapping, file_page_bytes
 from client_agent.mm.gfp import GFP_ATOMIC
 from client_agent.mm.page_alloc import PageAllocator
 from client_agent.mm.vmscan import Kswapd
@@ -86,6 +87,12 @@ DEFAULTS = {
     "nas_threads": 8, "nas_service_s": 0.01, "image_pages": None, "max_writeback": 64,
     "crash_at_s": None,                 # MemoryStore.crash() at this virtual time (UNSTABLE tests)
     "swapoff_at_s": None,
+    # File-backed consumers (client_agent/mm/filemap.py, docs/file-backed.md): ``consumer`` swap
+    # (anon pages to swap.img), mmap (MAP_SHARED pages of file.img dirtied in place) or write
+    # (write() pages under balance_dirty_pages); ``policy`` linux (only swap marks its transport
+    # SOCK_MEMALLOC) or extended (the file's transport too: beyond Linux); vm.dirty_ratio and
+    # vm.dirty_background_ratio.
+    "consumer": "swap", "policy": "linux", "dirty_ratio": 20, "dirty_background_ratio": 10,
     # Fault injection (testbed chaos): seeded FaultInjector kwargs (loss, dup, reorder, delay_s) on
     # the client's transmit path (``fault_tx``) and on its receive path (``fault_rx``: the NAS's
     # transmissions); NAS restarts at these virtual times (a SIGKILL + restart: UNSTABLE data and
@@ -170,6 +177,12 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     store = MemoryStore()
     store.add_export("swap", [ipaddress.ip_network(n) for n in p["export_networks"] or ()])
     img = store.create_image("swap", "swap.img", image_pages * PAGE_SIZE)
+    consumer = p["consumer"]
+    if consumer not in ("swap", "mmap", "write") or p["policy"] not in ("linux", "extended"):
+        raise ValueError(f"consumer={consumer!r} policy={p['policy']!r}: consumer is swap, mmap "
+                         f"or write; policy is linux or extended")
+    file_img = (store.create_image("swap", "file.img", image_pages * PAGE_SIZE)
+                if consumer != "swap" else None)
     core = NasCore(store)
     nas_alloc = PageAllocator(NAS_POOL_PAGES, 128)
     nas_sched = Scheduler(nas_alloc)
@@ -242,8 +255,21 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     swap = SwapDevice(alloc, agent.sched, seed=seed)
     kswapd = Kswapd(alloc, agent.sched, swap, max_writeback=p["max_writeback"])
     setup = {"nr_slots": None}
+    fm = None
+    if consumer != "swap":
+        # A swapless client writing a file on the NAS: the one transport is the file mount's, and
+        # only policy "extended" marks it SOCK_MEMALLOC (Linux marks swap transports only).
+        fm = FileMapping(alloc, agent.sched, seed=seed, dirty_ratio=p["dirty_ratio"],
+                         dirty_background_ratio=p["dirty_background_ratio"],
+                         log=lambda line: logs.append((round(loop.time(), 6), line)))
+        kswapd.filemap = fm
 
     def setup_task():
+        if fm is not None:
+            setup["file_pages"] = yield from fm.attach(transport, "swap", "file.img",
+                                                       policy=p["policy"], stable=p["stable"])
+            fm.start_workload(consumer, p["workload_pages"], p["workload_rate_pps"])
+            return
         setup["nr_slots"] = yield from swap.swapon(transport, "swap", "swap.img",
                                                    memalloc=bool(p["memalloc"]), stable=p["stable"])
         swap.start_workload(p["workload_pages"], p["workload_rate_pps"])
@@ -319,12 +345,21 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             "acked": len(swap.swap_map), "workload_allocated": swap.workload["allocated"],
             "drops": {k: n for k, n in stack.drop_reasons.items() if n},
         })
-        if v["pswpout"] != st["last_pswpout"]:
-            st["last_pswpout"] = v["pswpout"]
+        # progress: pages submitted to swap, and file pages whose writeback completed (nr_written)
+        progress = v["pswpout"] + v.get("nr_written", 0)
+        if progress != st["last_pswpout"]:
+            st["last_pswpout"] = progress
             st["t_progress"] = now
         reclaim_needed = free < alloc.wmark_low or alloc.kswapd_wanted
         wl = swap.workload
-        if wl["done"] and free > alloc.wmark_high and not swap.writeback:
+        settled = free > alloc.wmark_high and not swap.writeback
+        if fm is not None:
+            # a writer throttled in balance_dirty_pages needs writeback as much as reclaim does;
+            # after fsync a file's pages stay cached: settled = kswapd asleep (balanced)
+            reclaim_needed = reclaim_needed or bool(fm.throttled_writers)
+            wl = fm.workload
+            settled = not reclaim_needed and not fm.writeback
+        if wl["done"] and settled:
             if st["t_below_floor"] is not None:
                 st["outcome"] = "recovered"
                 st["t_recover"] = now
@@ -350,6 +385,14 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             verified += 1
         else:
             failures += 1
+
+    fverified = ffailures = 0
+    if fm is not None:
+        for index, gen in fm.acked.items():
+            if file_img.read(index * PAGE_SIZE, PAGE_SIZE) == file_page_bytes(seed, index, gen):
+                fverified += 1
+            else:
+                ffailures += 1
 
     snap_alloc = alloc.snapshot()
     tsnap = transport.snapshot()
@@ -387,10 +430,24 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "timeline": timeline,
     }
 
+    if fm is not None:
+        result.update({
+            "consumer": consumer, "policy": p["policy"],
+            "beyond_linux": p["policy"] == "extended",
+            "acked_pages": len(fm.acked), "pages_verified": fverified,
+            "verify_failures": ffailures, "workload": dict(fm.workload),
+            "filemap": fm.snapshot(), "nr_dirty": len(fm.dirty),
+            "nr_written": vm.get("nr_written", 0), "nr_dirtied": vm.get("nr_dirtied", 0),
+            "pgpgout": vm.get("pgpgout", 0),
+        })
+
     # -- teardown and leak check -----------------------------------------------------------------
     swap.swapoff()
     kswapd.stop()
     swap.release()
+    if fm is not None:
+        fm.detach()
+        fm.release()
     transport.close()
     for task in list(agent.sched.tasks.values()):
         agent.sched.kill(task)
