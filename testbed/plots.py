@@ -83,7 +83,7 @@ def scenario_png(entry: dict, timeline: list[dict], path: str) -> str:
     ax = axs[1]
     ax.plot(t, _series(timeline, "reserve_in_use"), color="#8e44ad", lw=1.5, marker=".", label="reserve in use")
     ax.set_ylabel("pages")
-    ax.set_title("emergency reserve in use (pages below the floor, pfmemalloc)", fontsize=10)
+    ax.set_title("emergency reserve in use (min − free: pages allocated below the min watermark)", fontsize=10)
     ax.legend(loc="upper right", fontsize=7)
     _mark(ax, ev, False)
     ax = axs[2]
