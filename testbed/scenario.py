@@ -22,6 +22,11 @@ SCENARIO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 EXPECTS = ("deadlock", "recovered", "completed")
 STABLE = ("FILE_SYNC", "UNSTABLE")
 READERS = ("none", "fast", "ordinary")
+# What fills memory (docs/file-backed.md): anon pages to swap, MAP_SHARED pages of a file, or
+# write() pages; and which transports are SOCK_MEMALLOC: "linux" (swap only, xs_set_memalloc) or
+# "extended" (the file's transport too -- beyond Linux).
+CONSUMERS = ("swap", "mmap", "write")
+POLICIES = ("linux", "extended")
 PAGE_SIZE = 4096
 # An NFSv3 WRITE reply on the wire: RPC accepted-reply header 24 + nfsstat 4 + wcc_data
 # (pre_op_attr 4+24, post_op_attr 4+84) + count 4 + committed 4 + writeverf 8 = 160 bytes of RPC,
@@ -81,6 +86,10 @@ class Scenario:
     workload_rate_pps: int = 0
     stall_threshold_s: float = 6.0
     max_duration_s: float = 60.0
+    consumer: str = "swap"
+    policy: str = "linux"
+    dirty_ratio: int = 20
+    dirty_background_ratio: int = 10
     # Runner's own: the agent's receive capacity (frames/s), see `testbed bench`; NAPI budget.
     agent_capacity_pps: int = DEFAULT_AGENT_CAPACITY_PPS
     budget: int = 64
@@ -100,11 +109,12 @@ _INT_RANGES = {
     "retrans": (0, 100), "noise_sockets": (0, 64), "noise_rcvbuf_bytes": (1024, 1 << 30),
     "flood_pps": (0, 10_000_000), "flood_size": (12, 1472), "workload_pages": (1, 1 << 24),
     "workload_rate_pps": (0, 10_000_000), "agent_capacity_pps": (1, 100_000_000), "budget": (1, 4096),
-    "swap_rate_pps": (0, 100_000_000),
+    "swap_rate_pps": (0, 100_000_000), "dirty_ratio": (1, 100), "dirty_background_ratio": (0, 100),
 }
 _FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0),
                  "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
-_CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS}
+_CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
+            "consumer": CONSUMERS, "policy": POLICIES}
 
 
 def _check_value(src: str, key: str, value):
@@ -154,6 +164,10 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
     if sc.max_duration_s <= sc.stall_threshold_s:
         raise ScenarioError(f"{src}: max_duration_s: {sc.max_duration_s} <= stall_threshold_s {sc.stall_threshold_s}; "
                             f"a deadlock could never be declared: raise max_duration_s")
+    if sc.consumer != "swap" and sc.memalloc != (sc.policy == "extended"):
+        raise ScenarioError(f"{src}: memalloc: {sc.memalloc} with consumer={sc.consumer} policy={sc.policy}; "
+                            f"for a file consumer the policy marks its transport: write memalloc = "
+                            f"{str(sc.policy == 'extended').lower()}")
     if sc.wsize % PAGE_SIZE:
         raise ScenarioError(f"{src}: wsize: {sc.wsize} is not a multiple of {PAGE_SIZE}; swap writes whole pages")
     return sc
