@@ -69,7 +69,11 @@ def start_capture(run: RunState | str, host: str, *, iface: str | None = None, p
     if path is None:
         path = os.path.join(st.dir, "pcap", f"{host}-{iface}-{time.strftime('%Y%m%dT%H%M%S')}.pcap")
     path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    # The capture holds whatever crossed the wire: 0600 before tcpdump opens it (it truncates an
+    # existing file and keeps its mode).
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    os.chmod(path, 0o600)
     argv = [tcpdump, "-i", iface, "-w", path, "-U", "--immediate-mode", "-n", "-Z", "root", "-s", str(snaplen)]
     if count is not None:
         argv += ["-c", str(count)]

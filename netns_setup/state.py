@@ -86,10 +86,12 @@ class RunState:
     @classmethod
     def create(cls, name: str, suffix: str, topology: dict[str, Any]) -> "RunState":
         d = run_dir(name)
-        os.makedirs(run_root(), exist_ok=True)
-        os.makedirs(d, exist_ok=True)
+        # 0700: the run directory holds the control sockets (which can stop services), logs and pcaps
+        os.makedirs(run_root(), mode=0o700, exist_ok=True)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(d, 0o700)
         for sub in ("logs", "ctl", "pcap"):
-            os.makedirs(os.path.join(d, sub), exist_ok=True)
+            os.makedirs(os.path.join(d, sub), mode=0o700, exist_ok=True)
         st = cls(d, {})
         with st._locked():
             if os.path.exists(st.path):

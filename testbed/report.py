@@ -22,12 +22,16 @@ def default_out_dir(scenario_name: str) -> str:
 
 
 def prepare(out: str) -> str:
+    if ".." in out.split(os.sep) or "\0" in out:
+        from testbed.cli import UserError
+        raise UserError(f"--out {out!r}: '..' components and NUL bytes are not allowed; give a plain directory path")
     out = os.path.abspath(out)
     if os.path.exists(out) and os.listdir(out):
         from testbed.cli import UserError
         raise UserError(f"--out {out}: directory exists and is not empty; pick a new directory or remove it")
-    os.makedirs(os.path.join(out, "pcap"), exist_ok=True)
-    os.makedirs(os.path.join(out, "logs"), exist_ok=True)
+    os.makedirs(out, mode=0o700, exist_ok=True)          # pcaps and logs: owner only
+    os.makedirs(os.path.join(out, "pcap"), mode=0o700, exist_ok=True)
+    os.makedirs(os.path.join(out, "logs"), mode=0o700, exist_ok=True)
     return out
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 
 SCENARIO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scenarios")
 EXPECTS = ("deadlock", "recovered", "completed")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STABLE = ("FILE_SYNC", "UNSTABLE")
 READERS = ("none", "fast", "ordinary")
 # What fills memory (docs/file-backed.md): anon pages to swap, MAP_SHARED pages of a file, or
@@ -156,6 +158,10 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
     sc = Scenario(**vals, source=src)
     if not sc.name:
         raise ScenarioError(f"{src}: name: missing; add name = \"...\" to [scenario]")
+    if not SAFE_NAME.match(sc.name):
+        # the name becomes part of report paths (reports/<name>-<time>, pcap prefixes)
+        raise ScenarioError(f"{src}: name: {sc.name!r} is not a safe name; use 1-64 letters, digits, '.', '_' "
+                            "or '-', starting with a letter or digit (no '/', no '..')")
     if sc.stall_threshold_s < 3 * sc.timeo_max_s:
         raise ScenarioError(f"{src}: stall_threshold_s: {sc.stall_threshold_s} < 3 x timeo_max_s = {3 * sc.timeo_max_s}; "
                             f"raise it to at least {3 * sc.timeo_max_s} (a hard mount may be silent that long)")
@@ -190,7 +196,7 @@ def resolve_path(name_or_file: str) -> str:
     if os.path.exists(name_or_file):
         return name_or_file
     p = os.path.join(SCENARIO_DIR, f"{name_or_file}.toml")
-    if os.path.exists(p):
+    if SAFE_NAME.match(name_or_file) and os.path.exists(p):   # a built-in name never leaves SCENARIO_DIR
         return p
     known = sorted(f[:-5] for f in os.listdir(SCENARIO_DIR) if f.endswith(".toml")) if os.path.isdir(SCENARIO_DIR) else []
     raise ScenarioError(f"{name_or_file}: no such scenario file or built-in scenario; built-ins: {', '.join(known)}")
