@@ -66,7 +66,7 @@ class SwapRig:
     """``up`` a topology, start a nas-server exporting ``swap`` with one image per client (and a
     ``ref.img`` for the reference client), and start agents on demand."""
 
-    def __init__(self, topo: Any, tag: str, *, image_mib: int, ref_image_mib: int = 0,
+    def __init__(self, topo: Any, tag: str, *, image_mib: int, ref_image_mib: int = 0, nas_on_tmpfs: bool = True,
                  say: Callable[[str], None] = lambda _m: None):
         from netns_setup import lifecycle
         from netns_setup.control import ControlClient
@@ -87,7 +87,11 @@ class SwapRig:
         try:
             # On tmpfs: FILE_SYNC's fdatasync then costs what the server's code costs, not the
             # disk's latency (/run is on a disk here) -- the figures compare clients, not disks.
-            self.data_dir = data = tempfile.mkdtemp(prefix=f"{self.name}-nas-", dir=NAS_DATA_ROOT)
+            # nas_on_tmpfs=False: in the run directory, as testbed.runner does (scenario timing).
+            if nas_on_tmpfs:
+                self.data_dir = data = tempfile.mkdtemp(prefix=f"{self.name}-nas-", dir=NAS_DATA_ROOT)
+            else:
+                data = os.path.join(self.st.dir, "nasdata")
             images = [f"--create-image={EXPORT}/{c}.img:{image_mib}M" for c in self.clients]
             if ref_image_mib:
                 images.append(f"--create-image={EXPORT}/ref.img:{ref_image_mib}M")
