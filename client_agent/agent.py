@@ -10,7 +10,8 @@ through tasks, so every page is charged to a named owner.
 Control protocol ops (newline-delimited JSON, see netns_setup/control.py): ``snapshot``, ``set``,
 ``shutdown``, plus test services ``udp_echo``, ``udp_sink``, ``hog``, ``hog_free``,
 ``memalloc`` and ``ping``; swap over NFS (docs/swap-contract.md): ``swapon``, ``swapoff``,
-``workload``, ``swap_map``.
+``workload``, ``swap_map``; file-backed consumers (docs/file-backed.md): ``fileon``,
+``file_workload``, ``file_map``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Agent:
         self.swap = None
         self.kswapd = None
         self.nfs_log: list = []
+        self.filemap = None             # file-backed consumer (fileon), docs/file-backed.md
+        self.file_transport = None
         self.sched.attach_loop(loop)
         if hasattr(dev, "fileno"):
             loop.add_reader(dev, self._on_readable)
@@ -253,6 +256,63 @@ class Agent:
         self.swap.start_workload(int(pages), float(rate_pps or 0))
         return {"started": True}
 
+    # -- file-backed consumers (docs/file-backed.md) -----------------------------------------
+    def fileon(self, server: str, port: int = 2049, export: str = "swap", image: str = "file.img",
+               slots: int = 16, wsize: int = 4096, timeo_s: float = 0.5, timeo_max_s: float = 2.0,
+               retrans: int = 3, memalloc: bool = False, stable: str = "FILE_SYNC",
+               dirty_ratio: int = 20, dirty_background_ratio: int = 10,
+               timeout_s: float = 30.0) -> dict:
+        """Mount the file's export on its own transport; ``memalloc`` true = policy extended
+        (beyond Linux: the file transport SOCK_MEMALLOC), false = Linux's policy."""
+        from .mm.filemap import FileMapping
+        from .mm.vmscan import Kswapd
+        from .nfs.transport import NfsTransport
+        from .swap import SwapDevice
+        if getattr(self, "filemap", None) is not None and self.filemap.active:
+            raise BadRequest("a file is already mounted")
+        log = lambda line: self.nfs_log.append((self.loop.time(), line))
+        self.file_transport = NfsTransport(self.stack, self.sched, server, port, slots=slots,
+                                           timeo_s=timeo_s, retrans=retrans,
+                                           timeo_max_s=timeo_max_s, wsize=wsize, log=log,
+                                           on_tx=self.kick, seed=self.seed + 1)
+        try:
+            self.filemap = FileMapping(self.alloc, self.sched, seed=self.seed, log=log,
+                                       dirty_ratio=int(dirty_ratio),
+                                       dirty_background_ratio=int(dirty_background_ratio))
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        if self.kswapd is None:
+            self.swap = self.swap or SwapDevice(self.alloc, self.sched, seed=self.seed, log=log)
+            self.kswapd = Kswapd(self.alloc, self.sched, self.swap)
+        self.kswapd.filemap = self.filemap
+        task = self.sched.spawn("fileon", self.filemap.attach(
+            self.file_transport, export, image, policy="extended" if memalloc else "linux",
+            stable=stable))
+        self.loop.run_until(lambda: task.state in ("done", "crashed", "killed"), timeout_s)
+        if task.state != "done":
+            raise BadRequest(f"fileon {server}:/{export}/{image} did not finish: {task.state} "
+                             f"{task.error or ''} (is the NAS up and exporting it?)")
+        return {"nr_pages": task.result, "fh": self.filemap.fh.hex(),
+                "policy": self.filemap.policy}
+
+    def file_workload(self, kind: str, pages: int, seed: int | None = None,
+                      rate_pps: float = 0) -> dict:
+        if getattr(self, "filemap", None) is None:
+            raise BadRequest("fileon first: the workload's pages need a file")
+        if seed is not None:
+            self.filemap.seed = seed
+            self.filemap.workload["seed"] = seed
+        try:
+            self.filemap.start_workload(kind, int(pages), float(rate_pps or 0))
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        return {"started": True}
+
+    def file_map(self) -> dict:
+        if getattr(self, "filemap", None) is None:
+            raise BadRequest("no file mounted")
+        return self.filemap.map_json()
+
     def swap_map(self) -> dict:
         if self.swap is None:
             raise BadRequest("swap is not on")
@@ -287,6 +347,8 @@ class Agent:
             "swap": self.swap.snapshot() if self.swap is not None else None,
             "nfs": (self.transport.snapshot() | {"log": self.nfs_log[-64:]})
                    if self.transport is not None else None,
+            "filemap": (self.filemap.snapshot() | {"workload": dict(self.filemap.workload)}
+                        if getattr(self, "filemap", None) is not None else None),
             "workload": ({k: self.swap.workload[k] for k in ("allocated", "target", "done")}
                          if self.swap is not None else None),
         }
@@ -330,6 +392,10 @@ class Agent:
             "swapoff": lambda r: self.swapoff(),
             "workload": lambda r: self.workload(need(r, "pages"), r.get("seed"), r.get("rate_pps", 0)),
             "swap_map": lambda r: self.swap_map(),
+            "fileon": lambda r: self.fileon(**{k: v for k, v in r.items() if k != "op"}),
+            "file_workload": lambda r: self.file_workload(need(r, "kind"), need(r, "pages"),
+                                                          r.get("seed"), r.get("rate_pps", 0)),
+            "file_map": lambda r: self.file_map(),
             "shutdown": lambda r: on_shutdown(),
         }
 
