@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Order is the order of `testbed --help`.
-COMMANDS = ("doctor", "up", "status", "down", "clean", "capture", "run", "demo", "stat", "bench")
+COMMANDS = ("doctor", "up", "status", "down", "clean", "capture", "run", "demo", "stat", "bench", "chaos", "soak")
 
 
 class UserError(Exception):

@@ -1,0 +1,324 @@
+"""Fault campaigns: the scenarios under seeded faults, checked for the one invariant that must hold.
+
+Invariant checked for every run (a violation fails the campaign, exit 1, and keeps that run's report):
+- every page the NAS acknowledged durably reads back intact (no lost or corrupted acked page);
+- the run did not crash (an exception anywhere is a failed run, with its traceback kept);
+- nothing leaked: no page left in the agent's pool after teardown, no task, no socket, no
+  SOCK_MEMALLOC count (real runs: no namespace, process or run directory left).
+
+Outcomes under faults may legitimately differ from the fault-free expectation (a deadlock scenario
+stays a deadlock; memalloc under 20 % loss recovers more slowly, or not within the scaled
+``max_duration_s`` -- outcome ``timeout``), so an outcome is recorded, not required -- except for
+an *outcome-preserving* fault set: only ``dup``, ``reorder`` and ``delay`` (<= 5 %, <= 5 %, <= 2 ms)
+on an otherwise unchanged scenario. Those change no reply's fate for long (the DRC answers a
+duplicate, a reordered or 2 ms late frame is still far inside ``timeo_s`` = 0.5 s), so the run must
+end with the same outcome as its fault-free twin (same scenario, same seed), which is run as well.
+
+Fault kinds (in-memory runs, testbed.sim; each run gets ``FAULT_KINDS[i % n]`` plus each other kind
+with probability ``EXTRA_P``, all drawn from ``random.Random(f"chaos:{seed}:{i}")``, so a run
+replays exactly from (campaign seed, index)):
+  loss / dup / reorder / delay   FaultInjector on the client's transmit path and on its receive path
+                                 (the NAS's transmissions): up to 20 % loss, 5 % dup/reorder, 2 ms
+  nas_restart                    MemoryStore.crash() + DRC lost + requests in service dropped + down
+                                 0.2-0.6 s, 1-2 times; half of these runs write UNSTABLE (COMMIT with a
+                                 changed verifier must resend)
+  flood_toggle                   the flood alternates on/off
+  pool_edge                      pool/reserve at an edge: tiny pool, min_free_kbytes 64 or 1/4 of the
+                                 pool, 1 or 64 RPC slots
+  wsize8k                        wsize 8192 (each WRITE is six IP fragments: loss hits whole calls)
+Real runs (``--real K``, root): the memalloc scenario (scaled), faults keyed by packet counts the
+agent reports: NAS SIGKILL + restart on the same data dir once the transport sent N calls, flood
+off/on when the agent received M frames; pcaps kept for a failed run.
+In-memory runs are scaled (``SCALE``): a run costs well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import tomllib
+import traceback
+
+from testbed.scenario import SCENARIO_DIR
+
+SCENARIOS = ("memalloc", "no-reserve", "reserve-no-filter", "memalloc-undersized")
+FAULT_KINDS = ("loss", "dup", "reorder", "delay", "nas_restart", "flood_toggle", "pool_edge", "wsize8k")
+PRESERVING = frozenset({"dup", "reorder", "delay"})
+EXTRA_P = 0.25
+# A quarter of the pool and of the workload, half the flood and the reserve: the same physics
+# (sim tests show the four outcomes unchanged at this scale), a run in ~0.3-1 s of CPU.
+SCALE = {"pool_pages": 2048, "workload_pages": 2560, "flood_pps": 2000, "max_duration_s": 20.0}
+
+
+def load_scenario(name: str) -> dict:
+    with open(os.path.join(SCENARIO_DIR, f"{name}.toml"), "rb") as f:
+        return tomllib.load(f)["scenario"]
+
+
+def scaled(name: str) -> dict:
+    p = dict(load_scenario(name))
+    p.update(SCALE)
+    p["min_free_kbytes"] = max(64, p["min_free_kbytes"] // 2)
+    p["noise_rcvbuf_bytes"] = p["noise_rcvbuf_bytes"] // 4
+    return p
+
+
+def plan(campaign_seed: int, i: int) -> dict:
+    """Run ``i`` of a campaign: scenario, run seed, the sim parameters and the fault kinds drawn."""
+    rng = random.Random(f"chaos:{campaign_seed}:{i}")
+    name = SCENARIOS[i % len(SCENARIOS)]
+    run_seed = rng.randrange(1, 1 << 31)
+    kinds = {FAULT_KINDS[i % len(FAULT_KINDS)]}
+    kinds |= {k for k in FAULT_KINDS if rng.random() < EXTRA_P}
+    p = scaled(name)
+    tx: dict = {}
+    rx: dict = {}
+    for side in (tx, rx):
+        if "loss" in kinds:
+            side["loss"] = rng.choice((0.01, 0.05, 0.1, 0.2))
+        if "dup" in kinds:
+            side["dup"] = rng.choice((0.01, 0.02, 0.05))
+        if "reorder" in kinds:
+            side["reorder"] = rng.choice((0.01, 0.02, 0.05))
+        if "delay" in kinds:
+            side["delay_s"] = rng.choice((0.0005, 0.001, 0.002))
+    if tx:
+        p["fault_tx"], p["fault_rx"] = tx, rx
+    if "nas_restart" in kinds:
+        p["nas_restart_at_s"] = sorted(round(rng.uniform(0.2, 3.0), 3) for _ in range(rng.randint(1, 2)))
+        p["nas_down_s"] = rng.choice((0.2, 0.4, 0.6))
+        if rng.random() < 0.5:
+            p["stable"] = "UNSTABLE"
+    if "flood_toggle" in kinds:
+        p["flood_on_off"] = (rng.choice((0.2, 0.5, 1.0)), rng.choice((0.1, 0.3, 0.5)))
+    if "pool_edge" in kinds:
+        edge = rng.choice(("tiny_pool", "min_reserve", "big_reserve", "one_slot", "many_slots"))
+        if edge == "tiny_pool":
+            p.update(pool_pages=512, workload_pages=640, min_free_kbytes=256)
+        elif edge == "min_reserve":
+            p["min_free_kbytes"] = 64
+        elif edge == "big_reserve":
+            p["min_free_kbytes"] = p["pool_pages"]          # KiB: a quarter of the pool
+        elif edge == "one_slot":
+            p["slots"] = 1
+        else:
+            p["slots"] = 64
+        p["_edge"] = edge
+    if "wsize8k" in kinds:
+        p["wsize"] = 8192
+    p["name"] = f"{name}#{i}"
+    return {"run": i, "scenario": name, "seed": run_seed, "kinds": sorted(kinds, key=FAULT_KINDS.index),
+            "params": p, "preserving": kinds <= PRESERVING}
+
+
+def _fault_counts(r: dict, kinds: list[str], params: dict) -> dict:
+    f = r.get("faults") or {}
+    tx, rx = f.get("tx") or {}, f.get("rx") or {}
+    out = {}
+    for k in kinds:
+        if k == "loss":
+            out[k] = tx.get("lost", 0) + rx.get("lost", 0)
+        elif k == "dup":
+            out[k] = tx.get("duplicated", 0) + rx.get("duplicated", 0)
+        elif k == "reorder":
+            out[k] = tx.get("reordered", 0) + rx.get("reordered", 0)
+        elif k == "delay":
+            out[k] = tx.get("passed", 0) + rx.get("passed", 0)      # every frame that passed waited
+        elif k == "nas_restart":
+            out[k] = f.get("nas_restarts", 0)
+        elif k == "flood_toggle":
+            out[k] = f.get("flood_toggles", 0)
+        else:
+            out[k] = 1
+    return out
+
+
+def check(r: dict) -> list[str]:
+    """The campaign's invariant on one in-memory result: the list of violations (empty = ok)."""
+    bad = []
+    if r["verify_failures"] or r["pages_verified"] != r["acked_pages"]:
+        bad.append(f"acked pages lost/corrupted: written {r['acked_pages']}, verified {r['pages_verified']}, "
+                   f"failures {r['verify_failures']}")
+    if r["leaked_pages"]:
+        bad.append(f"{r['leaked_pages']} pages left in the pool after teardown: {r['leaked_owners']}")
+    if r.get("leaked_tasks"):
+        bad.append(f"tasks left after teardown: {r['leaked_tasks']}")
+    if r.get("leaked_sockets"):
+        bad.append(f"{r['leaked_sockets']} sockets left after teardown")
+    if r.get("memalloc_socks_after_swapoff"):
+        bad.append(f"memalloc_socks {r['memalloc_socks_after_swapoff']} after swapoff")
+    return bad
+
+
+def run_one(campaign_seed: int, i: int) -> dict:
+    """Plan and run in-memory run ``i``; a row of the table plus the full result under ``result``."""
+    from testbed.sim import run_sim
+    pl = plan(campaign_seed, i)
+    row = {"run": i, "kind": "sim", "scenario": pl["scenario"], "seed": pl["seed"], "campaign_seed": campaign_seed}
+    params = {k: v for k, v in pl["params"].items() if not k.startswith("_")}
+    try:
+        r = run_sim(params, seed=pl["seed"])
+    except Exception:  # noqa: BLE001 -- a crash is a finding: kept with its traceback
+        row.update(faults={k: None for k in pl["kinds"]}, outcome="crash", written=None, verified=None,
+                   lost=None, problems=["crash: " + traceback.format_exc()], ok=False, params=params)
+        return row
+    row["faults"] = _fault_counts(r, pl["kinds"], params)
+    if "_edge" in pl["params"]:
+        row["edge"] = pl["params"]["_edge"]
+    row.update(outcome=r["outcome"], written=r["acked_pages"], verified=r["pages_verified"],
+               lost=r["acked_pages"] - r["pages_verified"], duration_s=r["duration_s"],
+               rpc_retrans=r["rpc_retrans"], resends=r["swap"].get("resends"))
+    problems = check(r)
+    if pl["preserving"]:
+        base = run_sim({k: v for k, v in params.items() if k not in ("fault_tx", "fault_rx")}, seed=pl["seed"])
+        row["baseline_outcome"] = base["outcome"]
+        if base["outcome"] != r["outcome"]:
+            problems.append(f"outcome-preserving faults {pl['kinds']} changed the outcome: "
+                            f"{base['outcome']} without them, {r['outcome']} with them")
+    row["problems"] = problems
+    row["ok"] = not problems
+    row["params"] = params
+    row["result"] = r
+    return row
+
+
+# ------------------------------------------------------------------ real runs
+def plan_real(campaign_seed: int, k: int) -> dict:
+    """Real run ``k``: memalloc, scaled for time; faults keyed by the agent's packet counts."""
+    rng = random.Random(f"chaos-real:{campaign_seed}:{k}")
+    return {"run": f"real{k}", "scenario": "memalloc", "seed": rng.randrange(1, 1 << 31),
+            "overrides": {"max_duration_s": 30.0, "workload_pages": 6144},
+            "nas_restart_after_rpc_calls": rng.choice((200, 400, 800)),
+            "flood_off_at_rx_packets": rng.choice((20000, 40000)), "flood_off_for_rx_packets": 5000,
+            "stable": "UNSTABLE" if k % 2 else "FILE_SYNC"}
+
+
+def _real_during(pl: dict):
+    from netns_setup.control import ControlClient
+
+    def during(ctx: dict) -> None:
+        rec = ctx["record"]
+        rec.setdefault("nas_restart", 0)
+        rec.setdefault("flood_toggle", 0)
+        s = ctx.get("snapshot") or {}
+        calls = ((s.get("nfs") or {}).get("counters") or {}).get("rpc_calls", 0)
+        rxp = ((s.get("stack") or {}).get("counters") or {}).get("rx_packets", 0)
+        if rec["nas_restart"] == 0 and calls >= pl["nas_restart_after_rpc_calls"]:
+            ctx["restart_nas"]()
+            rec["nas_restart"] = 1
+            rec["nas_restart_at"] = {"t": round(ctx["t"], 2), "rpc_calls": calls}
+        off_at = pl["flood_off_at_rx_packets"]
+        want_on = not (off_at <= rxp < off_at + pl["flood_off_for_rx_packets"]) or rec["flood_toggle"] >= 2
+        state = rec.get("flood_on", True)
+        if want_on != state and rec["flood_toggle"] < 2:
+            try:
+                with ControlClient(ctx["ctl"]["flood"]) as fc:
+                    fc.call("set", key="on", value=want_on)
+                rec["flood_on"] = want_on
+                rec["flood_toggle"] += 1
+            except Exception as e:  # noqa: BLE001 -- recorded; the run goes on
+                rec["flood_error"] = str(e)
+    return during
+
+
+def run_real(campaign_seed: int, k: int, out: str) -> dict:
+    from netns_setup.state import list_runs
+    from testbed import scenario as scn
+    from testbed.runner import RunError, run_scenario
+    pl = plan_real(campaign_seed, k)
+    row = {"run": pl["run"], "kind": "real", "scenario": pl["scenario"], "seed": pl["seed"],
+           "campaign_seed": campaign_seed}
+    rdir = os.path.join(out, pl["run"])
+    os.makedirs(os.path.join(rdir, "pcap"), mode=0o700, exist_ok=True)
+    os.makedirs(os.path.join(rdir, "logs"), mode=0o700, exist_ok=True)
+    runs_before = set(list_runs())
+    sc = scn.load(pl["scenario"], {**pl["overrides"], "seed": pl["seed"], "stable": pl["stable"]})
+    checks, _ = scn.preflight(sc)
+    problems: list[str] = []
+    try:
+        e = run_scenario(sc, checks, rdir, log=lambda m: None, print_watchdog=False, during=_real_during(pl))
+    except (RunError, Exception) as ex:  # noqa: BLE001
+        row.update(faults={}, outcome="crash", written=None, verified=None, lost=None,
+                   problems=[f"crash: {ex}"], ok=False, report=rdir)
+        return row
+    e.pop("_timeline", None)
+    rec = e.get("during", {})
+    row["faults"] = {"nas_restart": rec.get("nas_restart", 0), "flood_toggle": rec.get("flood_toggle", 0)}
+    row.update(outcome=e["outcome"], written=e["pages_written"], verified=e["pages_verified"],
+               lost=e["pages_lost"], rpc_retrans=e["rpc_retrans"], stable=pl["stable"])
+    if e["pages_lost"] != 0 or e["pages_verified"] is None:
+        problems.append(f"acked pages lost/corrupted: written {e['pages_written']}, verified {e['pages_verified']}, "
+                        f"mismatched {e['verification'].get('mismatched')}, read errors {e['verification'].get('read_errors')}")
+    shut = (e.get("agent_shutdown") or {})
+    left = set(list_runs()) - runs_before
+    if left:
+        problems.append(f"run records left after teardown: {sorted(left)}")
+    if "error" in shut:
+        problems.append(f"agent shutdown failed: {shut['error']}")
+    if rec.get("flood_error"):
+        problems.append(f"flood control failed: {rec['flood_error']}")
+    row["problems"] = problems
+    row["ok"] = not problems
+    row["report"] = rdir
+    with open(os.path.join(rdir, "entry.json"), "w") as f:
+        json.dump(e, f, indent=1, default=str)
+    return row
+
+
+# ------------------------------------------------------------------ the campaign
+def campaign(runs: int = 20, seed: int = 1, real: int = 0, out: str | None = None, log=None) -> dict:
+    """Run ``runs`` in-memory runs and ``real`` real ones; returns {rows, ok, kinds_exercised, ...}.
+    With ``out``: campaign.json there, and each failed run's full report (``run-<i>.json``; real runs
+    keep their report directory with pcaps; passing real runs drop their pcaps)."""
+    say = log or (lambda m: None)
+    if out:
+        os.makedirs(out, mode=0o700, exist_ok=True)
+    rows = []
+    t0 = time.monotonic()
+    for i in range(runs):
+        row = run_one(seed, i)
+        full = row.pop("result", None)
+        if not row["ok"] and out:
+            with open(os.path.join(out, f"run-{i}.json"), "w") as f:
+                json.dump({"row": row, "result": full}, f, indent=1, default=str)
+        rows.append(row)
+        say(format_row(row))
+    for k in range(real):
+        row = run_real(seed, k, out or os.path.join("reports", f"chaos-{seed}"))
+        if row["ok"]:
+            _drop_pcaps(row.get("report"))
+        rows.append(row)
+        say(format_row(row))
+    exercised = sorted({k for r in rows for k, n in (r.get("faults") or {}).items() if n},
+                       key=lambda k: FAULT_KINDS.index(k) if k in FAULT_KINDS else 99)
+    res = {"seed": seed, "runs": runs, "real": real, "ok": all(r["ok"] for r in rows),
+           "kinds_exercised": exercised, "kinds_missing": [k for k in FAULT_KINDS if k not in exercised],
+           "lost_total": sum(r["lost"] or 0 for r in rows),
+           "failed": [r["run"] for r in rows if not r["ok"]], "wall_s": round(time.monotonic() - t0, 2),
+           "rows": [{k: v for k, v in r.items() if k != "params"} for r in rows]}
+    if out:
+        with open(os.path.join(out, "campaign.json"), "w") as f:
+            json.dump(res | {"rows": rows}, f, indent=1, default=str)
+    return res
+
+
+def _drop_pcaps(rdir: str | None) -> None:
+    if not rdir:
+        return
+    pdir = os.path.join(rdir, "pcap")
+    for n in os.listdir(pdir) if os.path.isdir(pdir) else ():
+        os.unlink(os.path.join(pdir, n))
+
+
+HEADER = f"{'run':>6} {'scenario':<20} {'seed':>10}  {'faults':<44} {'outcome':<10} {'written':>7} {'verified':>8} {'lost':>4}  status"
+
+
+def format_row(r: dict) -> str:
+    faults = ", ".join(f"{k}: {n}" for k, n in (r.get("faults") or {}).items()) or "-"
+    extra = f" (edge {r['edge']})" if r.get("edge") else ""
+    base = f" [baseline {r['baseline_outcome']}]" if "baseline_outcome" in r else ""
+    status = "ok" if r["ok"] else "FAIL: " + "; ".join(p.splitlines()[0] for p in r["problems"])
+    return (f"{r['run']!s:>6} {r['scenario']:<20} {r['seed']:>10}  {faults + extra:<44} {r['outcome'] + base:<10} "
+            f"{r['written']!s:>7} {r['verified']!s:>8} {r['lost']!s:>4}  {status}")

@@ -1,0 +1,52 @@
+"""`testbed chaos [--runs N] [--seed S] [--real K] [--out DIR]`: the scenarios under seeded faults.
+
+Exit status: 0 every run kept the invariant (no lost or corrupted acknowledged page, no crash, no
+leak; outcome-preserving fault sets kept their outcome); 1 a run broke it (its report is kept in
+--out); 2 usage errors. See testbed/chaos.py for the fault kinds and docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import known_errors, sigterm_as_interrupt
+
+
+def register(sub) -> None:
+    p = sub.add_parser("chaos", help="fault campaign: scenarios under seeded loss/dup/reorder/delay, NAS restarts, "
+                                     "flood on/off, pool edges; fails on any lost page, crash or leak")
+    p.add_argument("--runs", type=int, default=20, help="in-memory runs (default 20; each replays from --seed and its index)")
+    p.add_argument("--seed", type=int, default=1, help="campaign seed (default 1)")
+    p.add_argument("--real", type=int, default=0, metavar="K", help="real-packet runs in namespaces (root; default 0)")
+    p.add_argument("--out", metavar="DIR", help="campaign.json and the reports of failed runs (default: ./reports/chaos-<timestamp>)")
+    p.add_argument("--only", type=int, metavar="I", help="replay in-memory run I of the campaign only")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import time
+
+    from testbed import chaos
+    from testbed import report as rep
+    from testbed.cli import UserError
+
+    if args.runs < 0 or args.real < 0:
+        raise UserError(f"--runs {args.runs} / --real {args.real}: counts must be >= 0")
+    if args.real and __import__("os").geteuid() != 0:
+        raise UserError("--real needs root for namespaces: run it with sudo (see `testbed doctor`), or use --real 0")
+    out = rep.prepare(args.out or f"reports/chaos-{time.strftime('%Y%m%dT%H%M%S')}")
+    print(chaos.HEADER)
+    if args.only is not None:
+        row = chaos.run_one(args.seed, args.only)
+        row.pop("result", None)
+        print(chaos.format_row(row))
+        return 0 if row["ok"] else 1
+    with known_errors(), sigterm_as_interrupt():
+        res = chaos.campaign(args.runs, args.seed, args.real, out, log=lambda line: print(line, flush=True))
+    print(f"\n{len(res['rows']) - len(res['failed'])}/{len(res['rows'])} runs kept the invariant in {res['wall_s']:.0f} s; "
+          f"fault kinds exercised: {', '.join(res['kinds_exercised']) or 'none'}"
+          + (f"; not exercised: {', '.join(res['kinds_missing'])}" if res["kinds_missing"] else "")
+          + f"; lost pages {res['lost_total']}; campaign {out}/campaign.json")
+    if res["failed"]:
+        print(f"testbed chaos: runs {res['failed']} broke the invariant; their reports are in {out}", file=sys.stderr)
+    return 0 if res["ok"] else 1
