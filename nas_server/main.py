@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size of images a client may CREATE under a new name (0: CREATE of new names fails NOSPC)")
     p.add_argument("--bind", default="0.0.0.0", help="address to listen on")
     p.add_argument("--port", type=int, default=2049, help="NFS and MOUNT port, UDP and TCP (0: any)")
+    p.add_argument("--write-latency-ms", type=float, default=0.0,
+                   help="service time of a UDP call: each reply leaves this long after its call, "
+                        "without delaying other calls (models the appliance's disk; default 0)")
     p.add_argument("--portmap-port", type=int, default=111, help="portmap v2 port (0: none)")
     p.add_argument("--control", metavar="PATH", help="Unix socket for the control protocol")
     p.add_argument("--ready-fd", type=int, metavar="N", help="write one byte to fd N once listening")
@@ -75,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--create-image {spec!r}: export {exp!r} is not among --export {list(store.exports)}")
             store.create_image(exp, img, parse_size(size))
         core = NasCore(store, new_image_bytes=parse_size(args.new_image_size), log=log)
-        server = NasServer(core, args.bind, args.port, args.portmap_port or None, args.max_connections, log)
+        if not 0 <= args.write_latency_ms <= 10_000:
+            raise ValueError(f"--write-latency-ms {args.write_latency_ms}: expected 0..10000 ms")
+        server = NasServer(core, args.bind, args.port, args.portmap_port or None, args.max_connections, log,
+                           write_latency_s=args.write_latency_ms / 1000)
     except (ValueError, OSError) as e:
         print(f"nas-server: {e}", file=sys.stderr)
         return 2
@@ -88,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             core.drc.max_entries = int(value)
         elif key == "drc_max_age_s":
             core.drc.max_age_s = float(value)
+        elif key == "write_latency_ms":
+            if not isinstance(value, (int, float)) or not 0 <= value <= 10_000:
+                raise BadRequest(f"write_latency_ms must be a number 0..10000, got {value!r}")
+            server.write_latency_s = value / 1000
         else:
-            raise BadRequest(f"unknown key {key!r}; settable: log_rate, drc_max_entries, drc_max_age_s")
+            raise BadRequest(f"unknown key {key!r}; settable: log_rate, drc_max_entries, drc_max_age_s, write_latency_ms")
         return {key: value}
 
     control = None

@@ -15,6 +15,7 @@ import selectors
 import socket
 import sys
 import time
+import heapq
 from collections import Counter
 
 from .core import TCP_MAX_IO_BYTES, NasCore
@@ -65,8 +66,15 @@ class _Conn:
 
 class NasServer:
     def __init__(self, core: NasCore, bind: str = "0.0.0.0", port: int = 2049, pmap_port: int | None = 111,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, log=None):
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, log=None, write_latency_s: float = 0.0):
         self.core = core
+        # The appliance's service time for a UDP NFS call (its disk, its queue): the reply leaves
+        # this long after the call was handled, without holding up other calls (a timer heap, not
+        # a sleep), so the client's slot table -- not this process -- bounds the rate. Makes a
+        # run's writeback rate a stated parameter instead of whatever fdatasync costs on the host.
+        self.write_latency_s = write_latency_s
+        self._delayed: list = []   # (due, seq, sock, reply, peer)
+        self._seq = 0
         self.log = log or (lambda s: None)
         self.sel = selectors.DefaultSelector()
         self.stats: Counter = Counter()
@@ -119,6 +127,13 @@ class NasServer:
             t0 = time.perf_counter()
             replies = self.core.handle(msg, peer, time.monotonic(), "udp")
             self.core.observe_latency(self.core.last_label, time.perf_counter() - t0)
+            if self.write_latency_s > 0 and replies:
+                due = time.monotonic() + self.write_latency_s
+                for r in replies:
+                    self._seq += 1
+                    heapq.heappush(self._delayed, (due, self._seq, s, r, peer))
+                self.stats["udp_replies_delayed"] += len(replies)
+                continue
             for r in replies:
                 try:
                     s.sendto(r, peer)
@@ -213,9 +228,23 @@ class NasServer:
         snap["server"] = dict(self.stats, tcp_connections=len(self.conns), port=self.port)
         return snap
 
+    def _send_due(self) -> float:
+        """Send the delayed replies that are due; return the select timeout until the next one."""
+        q = self._delayed
+        now = time.monotonic()
+        while q and q[0][0] <= now:
+            _due, _seq, s, r, peer = heapq.heappop(q)
+            try:
+                s.sendto(r, peer)
+                self.stats["udp_datagrams_out"] += 1
+            except OSError as e:
+                self.stats["udp_send_errors"] += 1
+                self.log(f"{peer[0]}:{peer[1]} UDP reply of {len(r)} bytes not sent: {e}")
+        return min(0.5, q[0][0] - now) if q else 0.5
+
     def run(self, should_stop=lambda: False) -> None:
         while self.running and not should_stop():
-            for key, mask in self.sel.select(timeout=0.5):
+            for key, mask in self.sel.select(timeout=self._send_due()):
                 key.data(mask)
 
     def close(self) -> None:

@@ -244,3 +244,30 @@ def test_malformed_calls_over_tcp_many_per_connection(nas):
     assert after["counters"].get("internal_errors", 0) == 0
     assert kinds["GARBAGE_ARGS"] > 0 and kinds["NFS3ERR_STALE"] > 0 and kinds["PROC_UNAVAIL"] > 0 and "OK" not in kinds
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
+
+
+def test_write_latency_delays_each_reply_without_serialising_calls(nas):
+    """--write-latency-ms / set write_latency_ms: every UDP reply leaves that long after its call,
+    while other calls keep being served (the client's window, not the server, bounds the rate)."""
+    latency_ms = 40
+    with ControlClient(nas.control) as ctl:
+        ctl.call("set", key="write_latency_ms", value=latency_ms)
+    c = client(nas, "udp")
+    try:
+        root = c.mount("/swap")
+        fh, _ = c.lookup(root, "small")
+        before = nas.snapshot()["server"].get("udp_replies_delayed", 0)
+        t0 = time.monotonic()
+        c.write(fh, 0, page_data(5, 0, 4096))
+        one_call_s = time.monotonic() - t0
+        w = c.write_pages(fh, 32 * 4096, 4096, seed=5, window=16)
+        after = nas.snapshot()["server"]["udp_replies_delayed"]
+    finally:
+        with ControlClient(nas.control) as ctl:
+            ctl.call("set", key="write_latency_ms", value=0)
+        c.close()
+    assert one_call_s >= latency_ms / 1000            # a reply can never beat the service time
+    assert after - before == 1 + 32                    # every reply after the snapshot was delayed
+    assert w["calls"] == 32 and c.stats["retransmits"] == 0
+    # 32 calls in windows of 16: about 2 service times, far from the 32 a serialising server takes
+    assert w["seconds"] < 16 * latency_ms / 1000, w
