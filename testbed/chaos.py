@@ -189,9 +189,9 @@ def plan_real(campaign_seed: int, k: int) -> dict:
     """Real run ``k``: memalloc, scaled for time; faults keyed by the agent's packet counts."""
     rng = random.Random(f"chaos-real:{campaign_seed}:{k}")
     return {"run": f"real{k}", "scenario": "memalloc", "seed": rng.randrange(1, 1 << 31),
-            "overrides": {"max_duration_s": 30.0, "workload_pages": 6144},
+            "overrides": {"max_duration_s": 30.0},
             "nas_restart_after_rpc_calls": rng.choice((200, 400, 800)),
-            "flood_off_at_rx_packets": rng.choice((20000, 40000)), "flood_off_for_rx_packets": 5000,
+            "flood_off_at_rx_packets": rng.choice((1000, 3000)), "flood_off_for_rx_packets": 2000,
             "stable": "UNSTABLE" if k % 2 else "FILE_SYNC"}
 
 
@@ -231,6 +231,7 @@ def run_real(campaign_seed: int, k: int, out: str) -> dict:
     row = {"run": pl["run"], "kind": "real", "scenario": pl["scenario"], "seed": pl["seed"],
            "campaign_seed": campaign_seed}
     rdir = os.path.join(out, pl["run"])
+    os.makedirs(rdir, mode=0o700, exist_ok=True)
     os.makedirs(os.path.join(rdir, "pcap"), mode=0o700, exist_ok=True)
     os.makedirs(os.path.join(rdir, "logs"), mode=0o700, exist_ok=True)
     runs_before = set(list_runs())

@@ -119,3 +119,99 @@ def send_frames(ifname: str, events: list[tuple[float, str, bytes]], t0: float |
             sent[kind] = sent.get(kind, 0) + 1
     return sent
 
+
+
+def _snap_counters(snap: dict) -> dict:
+    st = snap.get("stack", {})
+    ip = st.get("snmp", {}).get("Ip", {})
+    drops = st.get("drop_reasons", {})
+    return {"Ip.InCsumErrors": ip.get("InCsumErrors", 0), "Ip.InHdrErrors": ip.get("InHdrErrors", 0),
+            "drop.IP_CSUM": drops.get("IP_CSUM", 0), "drop.IP_INHDR": drops.get("IP_INHDR", 0),
+            "drop.UNHANDLED_PROTO": drops.get("UNHANDLED_PROTO", 0),
+            "ipfrag.fragments": st.get("ipfrag", {}).get("fragments", 0),
+            "Ip.ReasmTimeout": ip.get("ReasmTimeout", 0),
+            "ArpCache.permanent_update_refused": st.get("snmp", {}).get("ArpCache", {}).get("permanent_update_refused", 0),
+            "rx_nobuf": st.get("counters", {}).get("rx_nobuf", 0)}
+
+
+def _bridge_nf_off() -> dict:
+    """In the switch namespace: stop br_netfilter validating IPv4 on the bridge (br_validate_ipv4
+    drops a bad header checksum or IHL at the switch, counted in the switch's own Ip InHdrErrors, so
+    the malformed frames would never reach the client). A hub does not look at L3; nor should ours."""
+    out = {}
+    for key in ("bridge-nf-call-iptables", "bridge-nf-call-arptables"):
+        path = f"/proc/sys/net/bridge/{key}"
+        try:
+            with open(path) as f:
+                out[key] = f.read().strip()
+            with open(path, "w") as f:
+                f.write("0")
+        except OSError as e:
+            out[key] = f"unchanged: {e}"
+    return out
+
+
+def run_real(out: str, *, scenario: str = "memalloc", per_kind: int = 3, seed: int = 1,
+             window_s: float = 1.5) -> dict:
+    """One real run of ``scenario`` with the export restricted to the client's /32 and a hostile sender
+    in the noise host (``per_kind`` events of every kind over the first ``window_s`` after the workload
+    started). Returns {outcome, expected outcome, counters (agent, nas), sent, pages ...}. Root."""
+    import json
+    import os
+    import threading
+    import time
+
+    from netns_setup.process import run_in_netns
+    from testbed import scenario as scn
+    from testbed.runner import run_scenario
+
+    sc = scn.load(scenario, {"seed": seed, "max_duration_s": 30.0})
+    checks, _ = scn.preflight(sc)
+    box: dict = {}
+
+    def during(ctx: dict) -> None:
+        if "thread" in box:
+            return
+        st, hosts = ctx["st"], ctx["hosts"]
+        ip = {h: str(hosts[h].address.ip) for h in ("client", "nas", "noise")}
+        mac = {h: hosts[h].mac for h in ("client", "nas", "noise")}
+        events = schedule(seed, 0.0, window_s, per_kind, agent_ip=ip["client"], agent_mac=mac["client"],
+                          nas_ip=ip["nas"], nas_mac=mac["nas"], noise_ip=ip["noise"], noise_mac=mac["noise"])
+
+        def send():
+            try:
+                sw = [o["name"] for o in st.objects("netns") if not o.get("host")]
+                box["bridge_nf"] = run_in_netns(sw[0], _bridge_nf_off) if sw else "no switch namespace"
+                box["sent"] = run_in_netns(st.host_netns("noise"), send_frames, st.host_iface("noise"), events,
+                                           timeout_s=window_s + 10)
+            except Exception as e:  # noqa: BLE001 -- reported in the result
+                box["error"] = f"{type(e).__name__}: {e}"
+
+        box["thread"] = threading.Thread(target=send, daemon=True)
+        box["thread"].start()
+        ctx["record"]["hostile_started_t"] = round(ctx["t"], 2)
+
+    os.makedirs(out, mode=0o700, exist_ok=True)
+    from netns_setup.topology import default_topology
+    addr = {h.name: h.address.ip for h in default_topology().hosts}
+    # the client, and the NAS itself (the runner reads the acked slots back from the NAS host)
+    cli_net = f"{addr['client']}/32,{addr['nas']}/32"
+    entry = run_scenario(sc, checks, out, log=lambda m: None, print_watchdog=False,
+                         export_networks=cli_net, during=during)
+    if "thread" in box:
+        box["thread"].join(window_s + 15)
+    entry.pop("_timeline", None)
+    with open(os.path.join(out, "final_snapshot.json")) as f:
+        final = json.load(f)
+    nas = entry.get("nas", {})
+    res = {"scenario": scenario, "outcome": entry["outcome"], "expect": sc.expect, "export": cli_net,
+           "sent": box.get("sent"), "send_error": box.get("error"), "per_kind": per_kind,
+           "bridge_nf_before": box.get("bridge_nf"),
+           "agent": _snap_counters(final),
+           "nas": {"mnt_MNT3ERR_ACCES": nas.get("counters", {}).get("mnt_MNT3ERR_ACCES", 0),
+                   "NFS3ERR_ACCES": nas.get("nfs_status", {}).get("NFS3ERR_ACCES", 0)},
+           "pages_written": entry["pages_written"], "pages_verified": entry["pages_verified"],
+           "pages_lost": entry["pages_lost"], "report": out}
+    with open(os.path.join(out, "hostile.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    return res
