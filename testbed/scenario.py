@@ -92,6 +92,10 @@ class Scenario:
     policy: str = "linux"
     dirty_ratio: int = 20
     dirty_background_ratio: int = 10
+    # The NAS appliance's service time per UDP call (nas-server --write-latency-ms). Stated, so a
+    # run's writeback rate does not depend on what fdatasync costs on the host's disk; the NAS
+    # data itself lives on tmpfs. The sim models the same with its own nfsd threads.
+    nas_write_latency_ms: float = 0.0
     # Runner's own: the agent's receive capacity (frames/s), see `testbed bench`; NAPI budget.
     agent_capacity_pps: int = DEFAULT_AGENT_CAPACITY_PPS
     budget: int = 64
@@ -113,7 +117,7 @@ _INT_RANGES = {
     "workload_rate_pps": (0, 10_000_000), "agent_capacity_pps": (1, 100_000_000), "budget": (1, 4096),
     "swap_rate_pps": (0, 100_000_000), "dirty_ratio": (1, 100), "dirty_background_ratio": (0, 100),
 }
-_FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0),
+_FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0), "nas_write_latency_ms": (0.0, 10_000.0),
                  "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
 _CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
             "consumer": CONSUMERS, "policy": POLICIES}
