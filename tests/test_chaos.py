@@ -1,0 +1,84 @@
+"""testbed chaos on the in-memory wire (no root): replay from seed, every fault kind, the invariant
+and the exit status. The real-packet part (--real) is tests/test_netns_chaos.py."""
+
+import json
+import os
+
+from testbed import chaos
+from testbed.cli import main
+
+
+def test_same_seed_twice_gives_identical_runs():
+    for i in (0, 4, 12):                       # loss+reorder+flood, nas_restart (UNSTABLE resend), ...
+        a, b = chaos.run_one(5, i), chaos.run_one(5, i)
+        assert a["ok"], a["problems"]
+        assert json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+        assert a["result"]["timeline"] == b["result"]["timeline"]
+    # a different campaign seed draws different faults
+    assert chaos.plan(5, 0)["params"] != chaos.plan(6, 0)["params"]
+
+
+def test_short_campaign_every_kind_no_loss_no_leak():
+    res = chaos.campaign(len(chaos.FAULT_KINDS), seed=3)      # run i always gets FAULT_KINDS[i % 8]
+    assert res["ok"], [(r["run"], r["problems"]) for r in res["rows"] if not r["ok"]]
+    assert res["kinds_missing"] == [] and set(res["kinds_exercised"]) == set(chaos.FAULT_KINDS)
+    assert res["lost_total"] == 0
+    for r in res["rows"]:
+        assert r["lost"] == 0 and r["written"] == r["verified"]
+        assert set(r["faults"]) >= {chaos.FAULT_KINDS[r["run"] % len(chaos.FAULT_KINDS)]}
+        if "baseline_outcome" in r:                            # outcome-preserving set: same outcome
+            assert r["baseline_outcome"] == r["outcome"]
+    restarts = [r for r in res["rows"] if "nas_restart" in r["faults"]]
+    assert restarts and all(r["faults"]["nas_restart"] >= 1 for r in restarts)
+
+
+def test_nas_restart_with_unstable_resends_and_loses_nothing():
+    # find a planned run with a NAS restart and UNSTABLE writes; it must resend and verify everything
+    for i in range(4, 200, 8):
+        pl = chaos.plan(1, i)
+        if pl["params"].get("stable") == "UNSTABLE" and pl["scenario"] == "memalloc":
+            break
+    row = chaos.run_one(1, i)
+    assert row["ok"], row["problems"]
+    assert row["faults"]["nas_restart"] >= 1 and row["resends"] > 0
+    assert row["written"] == row["verified"] > 0
+
+
+def test_check_names_each_violation():
+    good = {"verify_failures": 0, "pages_verified": 10, "acked_pages": 10, "leaked_pages": 0, "leaked_owners": {},
+            "leaked_tasks": [], "leaked_sockets": 0, "memalloc_socks_after_swapoff": 0}
+    assert chaos.check(good) == []
+    assert "lost/corrupted" in chaos.check(good | {"pages_verified": 9, "verify_failures": 1})[0]
+    assert "pages left in the pool" in chaos.check(good | {"leaked_pages": 3, "leaked_owners": {"rx": 3}})[0]
+    assert "tasks left" in chaos.check(good | {"leaked_tasks": ["kswapd"]})[0]
+    assert "sockets left" in chaos.check(good | {"leaked_sockets": 1})[0]
+
+
+def test_cli_exit_1_and_keeps_the_failed_runs_report(tmp_path, monkeypatch, capsys):
+    real = chaos.run_one
+
+    def broken(seed, i):
+        row = real(seed, i)
+        if i == 1:
+            row["result"]["leaked_pages"] = 5
+            row["problems"] = ["5 pages left in the pool after teardown: {'rx': 5}"]
+            row["ok"] = False
+        return row
+
+    monkeypatch.setattr(chaos, "run_one", broken)
+    out = tmp_path / "c"
+    assert main(["chaos", "--runs", "2", "--seed", "2", "--out", str(out)]) == 1
+    kept = json.loads((out / "run-1.json").read_text())
+    assert kept["result"]["leaked_pages"] == 5 and kept["row"]["params"]["name"].startswith("no-reserve")
+    assert not (out / "run-0.json").exists()
+    camp = json.loads((out / "campaign.json").read_text())
+    assert camp["failed"] == [1] and camp["ok"] is False
+    assert "FAIL" in capsys.readouterr().out
+    assert os.stat(out).st_mode & 0o777 == 0o700
+
+
+def test_cli_refuses_traversal_and_negative_counts(tmp_path, capsys):
+    assert main(["chaos", "--runs", "1", "--out", str(tmp_path / ".." / "x")]) == 2
+    assert main(["chaos", "--runs", "-1", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "'..'" in err and "counts must be >= 0" in err
