@@ -57,6 +57,9 @@ class Capture:
         self.stop()
 
 
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}$")   # IFNAMSIZ - 1; never an option to tcpdump
+
+
 def start_capture(run: RunState | str, host: str, *, iface: str | None = None, path: str | None = None,
                   count: int | None = None, snaplen: int = 0, bpf_filter: list[str] | None = None,
                   ready_timeout_s: float = 10.0) -> Capture:
@@ -66,6 +69,9 @@ def start_capture(run: RunState | str, host: str, *, iface: str | None = None, p
         raise CaptureError("tcpdump is not installed; install it with `apt-get install tcpdump` (testbed doctor checks this)")
     st = run if isinstance(run, RunState) else RunState.load(run)
     iface = iface or st.host_iface(host)
+    if not IFNAME_RE.match(iface):
+        raise CaptureError(f"interface name {iface!r} is not valid (1-15 letters, digits, '_', '.', '-', "
+                           "not starting with '-'); see `testbed status` for the hosts' interfaces")
     if path is None:
         path = os.path.join(st.dir, "pcap", f"{host}-{iface}-{time.strftime('%Y%m%dT%H%M%S')}.pcap")
     path = os.path.abspath(path)
