@@ -349,6 +349,9 @@ class Agent:
                    if self.transport is not None else None,
             "filemap": (self.filemap.snapshot() | {"workload": dict(self.filemap.workload)}
                         if getattr(self, "filemap", None) is not None else None),
+            # the file's own transport (fileon): same fields as "nfs"
+            "file_nfs": (self.file_transport.snapshot() | {"log": self.nfs_log[-64:]})
+                        if getattr(self, "file_transport", None) is not None else None,
             "workload": ({k: self.swap.workload[k] for k in ("allocated", "target", "done")}
                          if self.swap is not None else None),
         }
