@@ -7,6 +7,10 @@ Invariants owned here (docs/swap-contract.md, "Outcome rules"):
   start + threshold -- never earlier.
 - ``recovered``: the workload is done and free > high, after a stall (free went below the GFP_ATOMIC
   floor at some sample); ``completed``: the same without a stall.
+- File-backed consumers (snapshot["filemap"] active, docs/file-backed.md), as testbed.sim: progress
+  is ``pswpout + nr_written``, a writer throttled in balance_dirty_pages counts as reclaim needed, and
+  "done" is the file workload synced with kswapd asleep and no page under writeback (the file's pages
+  stay cached, free need not exceed high).
 - ``invalid``: a snapshot says it is not valid (tp_drops, loop lag) or the runner saw softnet drops.
 - The first outcome is final; ``finish()`` at the end of the budget gives ``unfinished`` when none
   was reached (the run proves nothing either way, so it never equals an ``expect``).
@@ -32,19 +36,50 @@ def atomic_floor(snap: dict) -> int:
     return int(snap.get("alloc", {}).get("reserve", {}).get("atomic_floor", 0))
 
 
+def filemap(snap: dict) -> dict | None:
+    """snapshot["filemap"] of a file-backed consumer (fileon), None for swap."""
+    fm = snap.get("filemap")
+    return fm if fm and fm.get("active") else None
+
+
+def progress(snap: dict) -> int:
+    """Writeback progress, as testbed.sim counts it: pages submitted to swap (pswpout) + file pages
+    whose writeback the NAS acknowledged (nr_written)."""
+    vm = snap.get("alloc", {}).get("vmstat", {})
+    return int(vm.get("pswpout", 0)) + int(vm.get("nr_written", 0))
+
+
 def reclaim_needed(snap: dict) -> bool:
     z = zone(snap)
-    return z.get("free", 0) < z.get("low", 0) or bool(snap.get("alloc", {}).get("kswapd", {}).get("wanted"))
+    if z.get("free", 0) < z.get("low", 0) or bool(snap.get("alloc", {}).get("kswapd", {}).get("wanted")):
+        return True
+    # a writer throttled in balance_dirty_pages needs writeback as much as reclaim does
+    fm = filemap(snap)
+    return bool(fm and fm.get("throttled_writers"))
 
 
 def nfs_view(snap: dict) -> dict:
-    """snapshot["nfs"] with its ``counters`` sub-dict flattened in (rpc_calls, rpc_retrans, ...)."""
-    nfs = snap.get("nfs") or {}
+    """snapshot["nfs"] with its ``counters`` sub-dict flattened in (rpc_calls, rpc_retrans, ...);
+    on a swapless client with a file (fileon), the file's transport (``file_nfs``)."""
+    nfs = snap.get("nfs") or snap.get("file_nfs") or {}
     return {**nfs, **(nfs.get("counters") or {})}
 
 
 def workload_done(snap: dict) -> bool:
-    return bool(snap.get("workload", {}).get("done"))
+    fm = filemap(snap)
+    if fm is not None:
+        return bool((fm.get("workload") or {}).get("done"))
+    return bool((snap.get("workload") or {}).get("done"))
+
+
+def settled(snap: dict) -> bool:
+    """Swap: free > high. A file's pages stay cached after fsync/msync, so for a file consumer
+    settled = kswapd asleep (no reclaim needed) and no file page under writeback (as testbed.sim)."""
+    z = zone(snap)
+    fm = filemap(snap)
+    if fm is not None:
+        return not reclaim_needed(snap) and not fm.get("nr_writeback")
+    return z.get("free") is not None and z.get("free") > z.get("high", 0)
 
 
 @dataclass
@@ -83,7 +118,7 @@ class Watchdog:
         bad += list(extra_invalid)
         if bad:
             return self._decide("invalid", t, bad)
-        p = pswpout(snap)
+        p = progress(snap)
         if self._last_pswpout is None or p > self._last_pswpout:
             self._last_growth = t
             self._last_pswpout = p
@@ -94,13 +129,15 @@ class Watchdog:
             self.stalled = True
             if self._first_below_floor is None:
                 self._first_below_floor = t
-        if workload_done(snap) and free is not None and free > z.get("high", 0):
+        if workload_done(snap) and free is not None and settled(snap):
+            how = (f"free {free} > high {z.get('high')}" if filemap(snap) is None else
+                   f"file synced, kswapd asleep (free {free}, low {z.get('low')}), no page under writeback")
             if self.stalled:
                 self.time_to_stall_s = self._first_below_floor
                 self.time_to_recover_s = t - self._first_below_floor
-                return self._decide("recovered", t, [f"workload done, free {free} > high {z.get('high')} "
+                return self._decide("recovered", t, [f"workload done, {how} "
                                                      f"{t - self._first_below_floor:.1f} s after free went below the atomic floor {floor}"])
-            return self._decide("completed", t, [f"workload done, free {free} > high {z.get('high')}, free never below the atomic floor {floor}"])
+            return self._decide("completed", t, [f"workload done, {how}, free never below the atomic floor {floor}"])
         if reclaim_needed(snap):
             if self._reclaim_since is None:
                 self._reclaim_since = t
@@ -108,7 +145,9 @@ class Watchdog:
             if t - start + EPS >= self.stall_threshold_s:
                 self.time_to_stall_s = start
                 return self._decide("deadlock", t, [
-                    f"reclaim needed (free {free} < low {z.get('low')} or kswapd wanted) and pswpout stuck at "
+                    f"reclaim needed (free {free} < low {z.get('low')}, kswapd wanted"
+                    f"{' or a writer throttled' if filemap(snap) is not None else ''}) and "
+                    f"{'pswpout + nr_written' if filemap(snap) is not None else 'pswpout'} stuck at "
                     f"{p} for {t - start:.1f} s >= stall_threshold_s {self.stall_threshold_s}"])
         else:
             self._reclaim_since = None
@@ -159,6 +198,13 @@ def hung_task_report(snap: dict, stall_threshold_s: float, missing_xids: list[in
     keys = ("pswpout", "pgscan_kswapd", "pgsteal_kswapd", "nr_writeback", "nr_anon_pages",
             "pgscan_direct_throttle", "allocstall")
     out.append("vmstat: " + " ".join(f"{k}:{vm.get(k, 0)}" for k in keys))
+    fm = filemap(snap)
+    if fm is not None:
+        out.append(f"filemap ({fm.get('policy')}{', beyond Linux: file transport SOCK_MEMALLOC' if fm.get('memalloc') else ''}): "
+                   + " ".join(f"{k}:{fm.get(k)}" for k in ("nr_file_pages", "nr_dirty", "nr_writeback", "nr_mapped",
+                                                          "nr_dirty_threshold", "nr_dirty_background_threshold", "acked",
+                                                          "pageout", "balance_dirty_pages"))
+                   + f" nr_written:{vm.get('nr_written', 0)} throttled_writers:{fm.get('throttled_writers')}")
     owners = snap.get("alloc", {}).get("owners", {})
     if owners:
         out.append("pages by owner: " + " ".join(f"{k}:{v}" for k, v in sorted(owners.items(), key=lambda kv: -kv[1])))
