@@ -46,7 +46,7 @@ from .nsutil import (
     remove_netns,
     write_sysctl,
 )
-from .state import RunState, StateError, check_run_name, list_runs, run_dir
+from .state import creator_alive, RunState, StateError, check_run_name, list_runs, run_dir
 from .topology import Topology, parse_topology
 
 NETNS_PREFIX = "nsdt"
@@ -362,13 +362,23 @@ def down(name: str, *, keep_logs: bool = False, progress: Callable[[str], None] 
     return teardown(RunState.load(name), keep_logs=keep_logs, progress=progress)
 
 
-def clean(progress: Callable[[str], None] | None = None) -> dict[str, dict[str, int]]:
-    """Tear down every recorded run under the run root. Raises TeardownError listing all failures."""
+def clean(progress: Callable[[str], None] | None = None, *, force: bool = False,
+          in_use: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
+    """Tear down every recorded run under the run root. Raises TeardownError listing all failures.
+
+    A run whose creator is still running (a `testbed run`/`demo` in another terminal) is left
+    alone unless ``force``; its name and the creator's pid go into ``in_use``."""
     done: dict[str, dict[str, int]] = {}
     failures: list[str] = []
     for name in list_runs():
         try:
-            done[name] = teardown(RunState.load(name), progress=progress)
+            st = RunState.load(name)
+            owner = None if force else creator_alive(st.data)
+            if owner is not None:
+                if in_use is not None:
+                    in_use[name] = owner
+                continue
+            done[name] = teardown(st, progress=progress)
         except (TeardownError, StateError) as e:
             failures.append(str(e))
     if failures:

@@ -71,6 +71,27 @@ def list_runs() -> list[str]:
     return [e for e in entries if os.path.isfile(os.path.join(root, e, STATE_FILE))]
 
 
+def _own_start_time() -> float | None:
+    try:
+        import psutil
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 -- only used to tell a live owner from a recycled pid
+        return None
+
+
+def creator_alive(data: dict[str, Any]) -> int | None:
+    """The pid of the process that created this run if it is still running (same pid and start
+    time, not us): such a run is in use -- a `testbed run` or `demo` in another terminal."""
+    pid, t = data.get("creator_pid"), data.get("creator_start_time")
+    if not pid or t is None or pid == os.getpid():
+        return None
+    try:
+        import psutil
+        return pid if abs(psutil.Process(pid).create_time() - t) < 0.05 else None
+    except Exception:  # noqa: BLE001 -- gone, or not ours to see: not in use
+        return None
+
+
 class RunState:
     """The state record of one run, backed by ``<run_dir>/state.json``.
 
@@ -103,6 +124,7 @@ class RunState:
                 "phase": "creating",
                 "created_at": time.time(),
                 "creator_pid": os.getpid(),
+                "creator_start_time": _own_start_time(),
                 "topology": topology,
                 "objects": [],
                 "processes": [],

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 # Order is the order of `testbed --help`.
 COMMANDS = ("doctor", "up", "status", "down", "clean", "capture", "run", "demo", "stat", "bench", "chaos", "soak")
@@ -27,12 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a supervisor, `timeout`, a bench stopping a demo) unwinds like Ctrl-C, so every
+        # command's finally blocks tear down the namespaces and processes it made.
+        old_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.func(args) or 0)
     except UserError as e:
@@ -41,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("testbed: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
 
 
 if __name__ == "__main__":
