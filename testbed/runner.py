@@ -32,6 +32,7 @@ NOISE_PORT_BASE = 9001
 NFS_PORT = 2049
 EXPORT = "swap"
 IMAGE = "swap.img"
+FILE_IMAGE = "file.img"   # file-backed consumers (docs/file-backed.md): beside swap.img, sized alike
 # The image: one 4 KiB slot per workload page, + 25% + 4 MiB, so the swap device never fills
 # before the workload does (a full device would stall pswpout for a reason that is not the deadlock).
 IMAGE_MARGIN = 1.25
@@ -55,19 +56,25 @@ def _static_neigh(dst: str, mac: str) -> int:
     return 0
 
 
-def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s: float = 1.0) -> dict:
-    """Read back every acked slot over kernel sockets and compare with page_bytes()."""
+def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s: float = 1.0,
+                  image: str | None = None, content: str = "swap") -> dict:
+    """Read back every acked slot over kernel sockets and compare with page_bytes(), or for a file
+    consumer (``content`` "file", image file.img) with file_page_bytes(seed, index, generation)."""
     from nas_server.refclient import RefClient
     try:
-        from client_agent.swap import page_bytes
+        if content == "file":
+            from client_agent.mm.filemap import file_page_bytes as page_bytes
+        else:
+            from client_agent.swap import page_bytes
     except ImportError:
         return {"verified": None, "mismatched": [], "read_errors": [],
-                "note": "client_agent.swap.page_bytes does not exist yet: slots read back but not compared"}
+                "note": f"no page content function for {content!r}: slots read back but not compared"}
+    image = image or IMAGE
     slots = sorted((int(s), int(v[0]), int(v[1])) for s, v in acked.items())
     verified, mismatched, errors = 0, [], []
     with RefClient(nas_ip, NFS_PORT, "udp", timeout_s=timeout_s) as rc:
         root = rc.mount("/" + EXPORT)
-        fh, _ = rc.lookup(root, IMAGE)
+        fh, _ = rc.lookup(root, image)
         i = 0
         while i < len(slots):
             # read runs of up to 8 consecutive slots in one READ
@@ -133,11 +140,25 @@ def compact(t: float, s: dict) -> dict:
         "rpc_replies": nfs.get("rpc_replies"), "not_responding": nfs.get("not_responding"),
         "workload_allocated": wl.get("allocated"), "workload_done": wl.get("done"),
         "swap_acked": sw.get("acked"), "tp_drops": s.get("device", {}).get("tp_drops", 0),
-        "nfs_sock_drops": (s.get("nfs", {}).get("socket") or {}).get("drops", 0),
-        "nfs_memalloc": (s.get("nfs", {}).get("socket") or {}).get("memalloc"),
+        "nfs_sock_drops": ((s.get("nfs") or s.get("file_nfs") or {}).get("socket") or {}).get("drops", 0),
+        "nfs_memalloc": ((s.get("nfs") or s.get("file_nfs") or {}).get("socket") or {}).get("memalloc"),
         "reserve_in_use_max": res.get("reserve_in_use_max"),
         "loop_lag_max_s": s.get("loop", {}).get("lag_max_s"), "valid": s.get("valid"),
+        **_file_sample(s, vm),
     }
+
+
+def _file_sample(s: dict, vm: dict) -> dict:
+    """A file consumer's sample (docs/file-backed.md): its progress is nr_written, not pswpout."""
+    fm = s.get("filemap")
+    if not fm:
+        return {}
+    wl = fm.get("workload") or {}
+    return {"nr_written": vm.get("nr_written", 0), "nr_dirty": fm.get("nr_dirty"),
+            "file_writeback": fm.get("nr_writeback"), "nr_file_pages": fm.get("nr_file_pages"),
+            "file_acked": fm.get("acked"), "throttled_writers": len(fm.get("throttled_writers") or []),
+            "nr_dirty_threshold": fm.get("nr_dirty_threshold"),
+            "workload_allocated": wl.get("allocated"), "workload_done": wl.get("done")}
 
 
 class Progress:
@@ -149,7 +170,7 @@ class Progress:
 
     def show(self, t: float, c: dict, force: bool = False) -> None:
         line = (f"{self.prefix}t={t:5.1f}s free {c['free']} (min {c['min']} low {c['low']} high {c['high']} floor {c['atomic_floor']}) "
-                f"pswpout {c['pswpout']} rx_nobuf {c['rx_nobuf']} PFMemallocDrop {c['PFMemallocDrop']} "
+                f"{'nr_written ' + str(c['nr_written']) if 'nr_written' in c else 'pswpout ' + str(c['pswpout'])} rx_nobuf {c['rx_nobuf']} PFMemallocDrop {c['PFMemallocDrop']} "
                 f"retrans {c['rpc_retrans']} workload {c['workload_allocated']}")
         if self.tty:
             self.stream.write("\r\x1b[K" + line)
@@ -196,6 +217,9 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     ports = list(range(NOISE_PORT_BASE, NOISE_PORT_BASE + sc.noise_sockets))
     image_mib = int(sc.workload_pages * 4096 * IMAGE_MARGIN) // (1 << 20) + IMAGE_EXTRA_MIB
+    consumer = getattr(sc, "consumer", "swap")
+    file_consumer = consumer != "swap"
+    beyond_linux = file_consumer and getattr(sc, "policy", "linux") == "extended"
 
     procs, caps, clients = {}, {}, {}
     timeline: list[dict] = []
@@ -216,6 +240,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         nas_argv = [sys.executable, "-m", "nas_server.main", "--data-dir", data_dir,
                     "--export", f"{EXPORT}:{export_networks or '198.18.0.0/24'}",
                     "--create-image", f"{EXPORT}/{IMAGE}:{image_mib}M",
+                    *(["--create-image", f"{EXPORT}/{FILE_IMAGE}:{image_mib}M"] if file_consumer else []),
                     "--bind", nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
                     "--control", ctl["nas"], "--write-latency-ms", str(sc.nas_write_latency_ms)]
         procs["nas"] = start_process(st, "nas", nas_argv, role="nas-server", ready=True, cpus=other_cpu, env=env)
@@ -241,10 +266,18 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         agent = clients["agent"] = ControlClient(ctl["agent"], timeout_s=10.0)
         for p in ports:
             agent.call("udp_sink", port=p, reader=sc.noise_reader, rcvbuf=sc.noise_rcvbuf_bytes)
-        sw = agent.call("swapon", server=nas_ip, port=NFS_PORT, export=EXPORT, image=IMAGE, slots=sc.slots,
-                        wsize=sc.wsize, timeo_s=sc.timeo_s, timeo_max_s=sc.timeo_max_s, retrans=sc.retrans,
-                        memalloc=sc.memalloc, stable=sc.stable)
-        say(f"swapon: {sw}")
+        if file_consumer:
+            # a swapless client with one file on its own transport; the policy marks it or not
+            sw = agent.call("fileon", server=nas_ip, port=NFS_PORT, export=EXPORT, image=FILE_IMAGE, slots=sc.slots,
+                            wsize=sc.wsize, timeo_s=sc.timeo_s, timeo_max_s=sc.timeo_max_s, retrans=sc.retrans,
+                            memalloc=sc.policy == "extended", stable=sc.stable, dirty_ratio=sc.dirty_ratio,
+                            dirty_background_ratio=sc.dirty_background_ratio)
+            say(f"fileon: {sw}")
+        else:
+            sw = agent.call("swapon", server=nas_ip, port=NFS_PORT, export=EXPORT, image=IMAGE, slots=sc.slots,
+                            wsize=sc.wsize, timeo_s=sc.timeo_s, timeo_max_s=sc.timeo_max_s, retrans=sc.retrans,
+                            memalloc=sc.memalloc, stable=sc.stable)
+            say(f"swapon: {sw}")
         agent.call("set", key="pfmemalloc_demux_drop", value=sc.pfmemalloc_demux_drop)
         # -- the flood from noise, toward the noise ports
         procs["flood"] = start_process(st, "noise", [sys.executable, "-m", "testbed.flood", "--dst", cli_ip,
@@ -254,7 +287,11 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                                                      "--control", ctl["flood"]],
                                        role="flood", ready=True, cpus=other_cpu, env=env)
         softnet0 = softnet_dropped()
-        agent.call("workload", pages=sc.workload_pages, seed=sc.seed, rate_pps=sc.workload_rate_pps)
+        if file_consumer:
+            agent.call("file_workload", kind=consumer, pages=sc.workload_pages, seed=sc.seed,
+                       rate_pps=sc.workload_rate_pps)
+        else:
+            agent.call("workload", pages=sc.workload_pages, seed=sc.seed, rate_pps=sc.workload_rate_pps)
         # -- sample, watch
         t0 = time.monotonic()
         entry_extra["t0_wall"] = time.time()  # runner t=0 on the pcaps' (wall) clock
@@ -298,7 +335,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         procs["flood"].stop()
         final = agent.call("snapshot")
         entry_extra["final_t"] = round(time.monotonic() - t0, 3)
-        swap_map = agent.call("swap_map")
+        swap_map = agent.call("file_map" if file_consumer else "swap_map")
         try:
             entry_extra["agent_shutdown"] = agent.call("shutdown")
         except ControlError as e:
@@ -308,7 +345,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         for cap in caps.values():
             cap.stop()
         # -- NAS replies the client's wire saw but the NFS socket never received
-        nfs = (deadlock_snap or final).get("nfs", {})
+        nfs = (deadlock_snap or final).get("nfs") or (deadlock_snap or final).get("file_nfs") or {}
         if "xids_replied" in nfs:
             sent, replied = set(nfs.get("xids_sent", [])), set(nfs["xids_replied"])
             wire = nfs_reply_xids(caps["client"].path, nas_ip, cli_ip)
@@ -319,7 +356,9 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         # read back from noise; with a restricted export (hostile runs keep noise outside it) from the
         # NAS host itself, whose own address the caller includes in export_networks
         ver = run_in_netns(st.host_netns("noise" if export_networks is None else "nas"), _verify_slots, nas_ip, acked, swap_map.get("seed", sc.seed),
-                           swap_map.get("page_size", 4096), timeout_s=max(60.0, len(acked) / 200))
+                           swap_map.get("page_size", 4096), timeout_s=max(60.0, len(acked) / 200),
+                           image=FILE_IMAGE if file_consumer else IMAGE,
+                           content="file" if file_consumer else "swap")
         with ControlClient(ctl["nas"]) as nc:
             entry_extra["nas"] = nc.call("snapshot")
             try:
@@ -348,6 +387,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                     "nfs": {k: v for k, v in nfs_view(final).items() if not k.startswith("xids_") and k != "counters"},
                     "tp_drops": final.get("device", {}).get("tp_drops", 0),
                     "softnet_dropped": timeline[-1].get("softnet_dropped", 0) if timeline else 0}
+        if file_consumer and final.get("filemap"):
+            counters["filemap"] = {k: v for k, v in final["filemap"].items() if k != "workload"}
         return {
             "name": sc.name, "outcome": wd.outcome, "seed": sc.seed, "expect": sc.expect,
             "time_to_stall_s": wd.time_to_stall_s, "time_to_recover_s": wd.time_to_recover_s,
@@ -357,7 +398,10 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "rpc_retrans": nfs_view(final).get("rpc_retrans"),
             "preflight": [ch.to_json() for ch in checks], "counters": counters, "watchdog": text,
             "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
-            "parameters": sc.to_dict(), "run_name": name, "swapon": sw,
+            "parameters": sc.to_dict(), "run_name": name, ("fileon" if file_consumer else "swapon"): sw,
+            "consumer": consumer, "policy": getattr(sc, "policy", "linux"),
+            # extended policy: file writeback's transport SOCK_MEMALLOC, which Linux does not do
+            "beyond_linux": beyond_linux,
             "pcaps": {h: cap.path for h, cap in caps.items()}, **entry_extra,
             **({"during": dctx["record"]} if during is not None else {}),
             "_timeline": timeline,
