@@ -23,6 +23,11 @@ def _series(tl: list[dict], key: str) -> list:
     return [s.get(key) if s.get(key) is not None else float("nan") for s in tl]
 
 
+def beyond(entry: dict) -> str:
+    """" (beyond Linux)" for a file consumer under the extended policy (its transport SOCK_MEMALLOC)."""
+    return " (beyond Linux)" if entry.get("beyond_linux") else ""
+
+
 def events(entry: dict) -> list[tuple[float, str, str]]:
     """(t, label, colour) of the run's events, from the report entry."""
     ev = []
@@ -76,7 +81,7 @@ def scenario_png(entry: dict, timeline: list[dict], path: str) -> str:
     fig, axs = plt.subplots(4, 1, figsize=(10, 10), sharex=True,
                             gridspec_kw={"height_ratios": [3, 1.5, 2, 2]})
     color = OUTCOME_COLOR.get(entry.get("outcome"), "black")
-    fig.suptitle(f"{entry.get('name')}: {entry.get('outcome')} (expect {entry.get('expect')}), seed {entry.get('seed')}",
+    fig.suptitle(f"{entry.get('name')}: {entry.get('outcome')}{beyond(entry)} (expect {entry.get('expect')}), seed {entry.get('seed')}",
                  color=color, fontsize=13, fontweight="bold")
     _free_panel(axs[0], timeline, ev, "free pages against the watermarks (min/low/high) and the GFP_ATOMIC floor")
     t = _series(timeline, "t")
@@ -87,9 +92,14 @@ def scenario_png(entry: dict, timeline: list[dict], path: str) -> str:
     ax.legend(loc="upper right", fontsize=7)
     _mark(ax, ev, False)
     ax = axs[2]
-    ax.plot(t, _series(timeline, "pswpout"), color="#2980b9", lw=2, label="pswpout (pages written)")
-    ax.plot(t, _series(timeline, "swap_acked"), color="#27ae60", lw=1.5, ls="--", label="acked by the NAS")
-    ax.plot(t, _series(timeline, "nr_writeback"), color="#e67e22", lw=1, label="nr_writeback (in flight)")
+    if any("nr_written" in x for x in timeline):   # a file consumer: its progress is nr_written
+        ax.plot(t, _series(timeline, "nr_written"), color="#2980b9", lw=2, label="nr_written (file pages acked)")
+        ax.plot(t, _series(timeline, "nr_dirty"), color="#8e44ad", lw=1.5, ls="--", label="nr_dirty (file)")
+        ax.plot(t, _series(timeline, "file_writeback"), color="#e67e22", lw=1, label="file pages under writeback")
+    else:
+        ax.plot(t, _series(timeline, "pswpout"), color="#2980b9", lw=2, label="pswpout (pages written)")
+        ax.plot(t, _series(timeline, "swap_acked"), color="#27ae60", lw=1.5, ls="--", label="acked by the NAS")
+        ax.plot(t, _series(timeline, "nr_writeback"), color="#e67e22", lw=1, label="nr_writeback (in flight)")
     ax.plot(t, _series(timeline, "rpc_retrans"), color="#c0392b", lw=1, ls=":", label="RPC retransmissions")
     ax.set_ylabel("pages / calls")
     ax.set_title("writeback progress", fontsize=10)
@@ -125,7 +135,7 @@ def overview_png(items: list[tuple[dict, list[dict]]], path: str) -> str:
         ax = axs[0][i]
         _free_panel(ax, tl, events(entry), legend=False)
         ok = entry.get("outcome") == entry.get("expect")
-        ax.set_title(f"{entry.get('name')}\n{entry.get('outcome')} (expect {entry.get('expect')}) {'OK' if ok else 'MISMATCH'}",
+        ax.set_title(f"{entry.get('name')}\n{entry.get('outcome')}{beyond(entry)} (expect {entry.get('expect')}) {'OK' if ok else 'MISMATCH'}",
                      fontsize=10, color=OUTCOME_COLOR.get(entry.get("outcome"), "black"), fontweight="bold")
         ax.set_xlabel("s")
         ax.grid(alpha=0.3)
