@@ -63,7 +63,7 @@ def run(args) -> int:
     timeline = entry.pop("_timeline")
     path = rep.write_report(out, [entry], timeline=timeline, extra={"figures": figs})
     ok = entry["outcome"] == sc.expect
-    print(f"{sc.name}: outcome {entry['outcome']} (expect {sc.expect}) -- pages written {entry['pages_written']}, "
+    print(f"{sc.name}: outcome {entry['outcome']}{' (beyond Linux)' if entry.get('beyond_linux') else ''} (expect {sc.expect}) -- pages written {entry['pages_written']}, "
           f"verified {entry['pages_verified']}, lost {entry['pages_lost']}, reserve low {entry['reserve_low_pages']}, "
           f"rpc_retrans {entry['rpc_retrans']}, PFMemallocDrop {entry['counters']['PFMemallocDrop']}, "
           f"rx_nobuf {entry['counters']['rx_nobuf']}; report {path}")
