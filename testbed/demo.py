@@ -1,4 +1,5 @@
-"""`testbed demo`: the four swap-over-NFS scenarios on real packets, side by side, in ONE report.
+"""`testbed demo`: the four swap-over-NFS scenarios on real packets, side by side, in ONE report,
+then file-mmap-linux (deadlock) and file-mmap-extended (recovered, beyond Linux) in a second table.
 
 Invariants owned here:
 - Every scenario passes preflight before anything is created (a failing one stops the demo with
@@ -21,6 +22,11 @@ from testbed import report as rep
 from testbed import scenario as scn
 
 SCENARIOS = ("no-reserve", "reserve-no-filter", "memalloc", "memalloc-undersized")
+# then the second, smaller table: a swapless client's MAP_SHARED file under the same flood, Linux's
+# policy (deadlock) and the extended one (file transport SOCK_MEMALLOC too: beyond Linux)
+FILE_SCENARIOS = ("file-mmap-linux", "file-mmap-extended")
+FILE_TABLE_TITLE = "file-backed writeback under the same flood"
+ALL_SCENARIOS = SCENARIOS + FILE_SCENARIOS
 # Wall-time caps (the scenarios' own max_duration_s is for a lone `testbed run`): a deadlock run ends
 # when the watchdog decides (stall_threshold_s after the stall), a recovery in seconds; the cap only
 # bounds a run that does neither, so that the four stay within ~2 minutes.
@@ -32,7 +38,7 @@ def default_out_dir() -> str:
     return os.path.join("reports", f"demo-{time.strftime('%Y%m%dT%H%M%S')}")
 
 
-def load_all(seed: int | None, quick: bool, names=SCENARIOS) -> list[tuple[scn.Scenario, list, dict]]:
+def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS) -> list[tuple[scn.Scenario, list, dict]]:
     """Load + preflight every scenario; raises ScenarioError / returns the failing checks' lines."""
     out = []
     for n in names:
@@ -71,7 +77,8 @@ def table_rows(entries: list[dict]) -> list[tuple[str, ...]]:
     for e in entries:
         ok = e["outcome"] == e["expect"]
         ex = e.get("explanations") or {}
-        rows.append((e["name"], e["expect"], f"{e['outcome']} {'ok' if ok else 'MISMATCH'}",
+        beyond = " (beyond Linux)" if e.get("beyond_linux") else ""
+        rows.append((e["name"], e["expect"], f"{e['outcome']}{beyond} {'ok' if ok else 'MISMATCH'}",
                      _fmt(e["time_to_stall_s"]), _fmt(e["time_to_recover_s"]),
                      f"{_fmt(e['pages_written'])}/{_fmt(e['pages_verified'])}",
                      _fmt(e["counters"].get("PFMemallocDrop")), _fmt(e["counters"].get("rx_nobuf")),
@@ -80,7 +87,20 @@ def table_rows(entries: list[dict]) -> list[tuple[str, ...]]:
     return rows
 
 
+def is_file(e: dict) -> bool:
+    return e.get("consumer", "swap") != "swap" or e["name"] in FILE_SCENARIOS
+
+
 def format_table(entries: list[dict]) -> str:
+    """The swap scenarios' table, then (when the demo ran them) the file-backed one under its title."""
+    swap, files = [e for e in entries if not is_file(e)], [e for e in entries if is_file(e)]
+    text = _table(swap) if swap else ""
+    if files:
+        text += ("\n\n" if text else "") + FILE_TABLE_TITLE + "\n" + _table(files)
+    return text
+
+
+def _table(entries: list[dict]) -> str:
     rows = [COLUMNS] + table_rows(entries)
     w = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = []
@@ -111,6 +131,8 @@ def postprocess(out: str, entry: dict, timeline: list[dict], say=print) -> dict:
         import json
         with open(snap_path) as f:
             final = json.load(f)
+        if not final.get("nfs") and final.get("file_nfs"):   # a swapless client: the file's transport
+            final = {**final, "nfs": final["file_nfs"]}
         ex = explain.explain(explain.nfs_replies(pc, nas_ip, cli_ip), final, timeline,
                              t0_wall=entry["t0_wall"], final_t=entry.get("final_t"))
         rep.write_json(os.path.join(sdir, "explanations.json"), ex)
@@ -125,6 +147,14 @@ def postprocess(out: str, entry: dict, timeline: list[dict], say=print) -> dict:
     files["pcap"] = {h: os.path.relpath(p, out) for h, p in (entry.get("pcaps") or {}).items()}
     files["logs"] = os.path.relpath(os.path.join(out, "logs", name), out)
     return entry
+
+
+def _tables(entries: list[dict]) -> dict:
+    """report.json's demo.tables: which entries form which table (scenarios[] keeps every entry)."""
+    return {"tables": [
+        {"title": "swap over NFS under a flood", "scenarios": [e["name"] for e in entries if not is_file(e)]},
+        {"title": FILE_TABLE_TITLE, "scenarios": [e["name"] for e in entries if is_file(e)],
+         "beyond_linux": [e["name"] for e in entries if is_file(e) and e.get("beyond_linux")]}]}
 
 
 def run_demo(out: str, loaded: list, *, say=None) -> tuple[list[dict], float]:
@@ -143,7 +173,7 @@ def run_demo(out: str, loaded: list, *, say=None) -> tuple[list[dict], float]:
         try:
             # the runner's swapon line is a dict only `testbed run` readers want; the rest (run name,
             # outcome) is what a demo viewer needs: `testbed stat --live --name RUN` takes that name
-            log = lambda m, _n=sc.name: None if m.startswith("swapon:") else say(f"[{i}/{n}] {_n}: {m}")  # noqa: E731
+            log = lambda m, _n=sc.name: None if m.startswith(("swapon:", "fileon:")) else say(f"[{i}/{n}] {_n}: {m}")  # noqa: E731
             entry = run_scenario(sc, checks, sdir, log=log,
                                  pcap_dir=os.path.join(out, "pcap"), pcap_prefix=f"{sc.name}-",
                                  logs_dir=os.path.join(out, "logs", sc.name), progress_prefix=f"[{i}/{n}] {sc.name:<19} ",
@@ -166,7 +196,8 @@ def run_demo(out: str, loaded: list, *, say=None) -> tuple[list[dict], float]:
         entries.append(entry)
         items.append((entry, timeline))
         # report.json after every scenario: an interrupted demo still leaves what it did
-        rep.write_report(out, entries, extra={"demo": {"scenarios": [s.name for s, _, _ in loaded], "complete": False}})
+        rep.write_report(out, entries, extra={"demo": {"scenarios": [s.name for s, _, _ in loaded], "complete": False,
+                                                       **_tables(entries)}})
     from testbed import plots
     try:
         plots.overview_png(items, os.path.join(out, "overview.png"))
@@ -174,7 +205,8 @@ def run_demo(out: str, loaded: list, *, say=None) -> tuple[list[dict], float]:
         say(f"overview PNG failed: {type(e).__name__}: {e}")
     wall = time.monotonic() - t_start
     rep.write_report(out, entries, extra={"demo": {"scenarios": [s.name for s, _, _ in loaded], "complete": True,
-                                                   "wall_s": round(wall, 1), "overview_png": "overview.png"}})
+                                                   "wall_s": round(wall, 1), "overview_png": "overview.png",
+                                                   **_tables(entries)}})
     with open(os.path.join(out, "table.txt"), "w") as f:
         f.write(format_table(entries) + "\n")
     with open(os.path.join(out, "explanations.txt"), "w") as f:
