@@ -1,4 +1,5 @@
-"""`testbed demo [--out DIR] [--seed N] [--quick]`: the four swap scenarios, side by side, one report.
+"""`testbed demo [--out DIR] [--seed N] [--quick]`: the four swap scenarios, side by side, then the
+file-backed pair (file-mmap-linux, file-mmap-extended) in a second table; one report.
 
 Exit status: 0 every outcome == expect; 1 one differs (or a run failed); 2 usage or preflight
 errors (nothing was created).
@@ -12,7 +13,7 @@ from . import known_errors, sigterm_as_interrupt
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the four swap-over-NFS scenarios on real packets; table, PNGs, pcaps, one report")
+    p = sub.add_parser("demo", help="run the four swap-over-NFS scenarios and the file-backed pair on real packets; tables, PNGs, pcaps, one report")
     p.add_argument("--out", metavar="DIR", help="report directory (default: ./reports/demo-<timestamp>)")
     p.add_argument("--seed", type=int, help="override every scenario's seed")
     p.add_argument("--quick", action="store_true", help="shorter time caps (a run that neither deadlocks nor recovers ends sooner)")
