@@ -57,6 +57,7 @@ class Agent:
         self._timer = None
         self._timer_at = None
         self.polls = 0
+        self._repoll_pending = False
         self.started_at = loop.time()
         self.transport = None
         self.swap = None
@@ -72,12 +73,24 @@ class Agent:
 
     # -- NAPI-style receive ------------------------------------------------------------------
     def _on_readable(self) -> None:
+        # NAPI: while a repoll is scheduled the device's "interrupt" stays masked -- a readiness
+        # event then adds nothing (the repoll will read the frames). Without this, every
+        # readiness event during a backlog started one more self-perpetuating repoll chain, so
+        # one loop turn ran N polls for each run of the reader tasks and starved them (sockets
+        # overflowing at 20-50 kpps).
+        if self._repoll_pending:
+            return
+        self._napi_poll()
+
+    def _napi_poll(self) -> None:
+        self._repoll_pending = False
         now = self.loop.time()
         self.polls += 1
         nd = self.stack.poll(now, self.budget)
         if nd is not None and nd <= now:
             # Budget exhausted: repoll after timers and tasks had their turn (napi_schedule).
-            self.loop.call_soon(self._on_readable)
+            self._repoll_pending = True
+            self.loop.call_soon(self._napi_poll)
             nd = self.stack.next_deadline()
         self._arm(nd)
 
