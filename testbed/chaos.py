@@ -248,14 +248,15 @@ def run_real(campaign_seed: int, k: int, out: str) -> dict:
     rec = e.get("during", {})
     row["faults"] = {"nas_restart": rec.get("nas_restart", 0), "flood_toggle": rec.get("flood_toggle", 0)}
     row.update(outcome=e["outcome"], written=e["pages_written"], verified=e["pages_verified"],
-               lost=e["pages_lost"], rpc_retrans=e["rpc_retrans"], stable=pl["stable"])
+               lost=e["pages_lost"], rpc_retrans=e["rpc_retrans"], stable=pl["stable"], run_name=e.get("run_name"),
+               nas_restart_at=rec.get("nas_restart_at"))
     if e["pages_lost"] != 0 or e["pages_verified"] is None:
         problems.append(f"acked pages lost/corrupted: written {e['pages_written']}, verified {e['pages_verified']}, "
                         f"mismatched {e['verification'].get('mismatched')}, read errors {e['verification'].get('read_errors')}")
     shut = (e.get("agent_shutdown") or {})
-    left = set(list_runs()) - runs_before
-    if left:
-        problems.append(f"run records left after teardown: {sorted(left)}")
+    # only this run's record: other runs (other users of the machine) may come and go meanwhile
+    if e.get("run_name") in set(list_runs()) - runs_before:
+        problems.append(f"run record {e['run_name']} left after teardown")
     if "error" in shut:
         problems.append(f"agent shutdown failed: {shut['error']}")
     if rec.get("flood_error"):
