@@ -1,4 +1,5 @@
-"""`testbed demo --out DIR` end to end on real packets (root): one report for the four scenarios.
+"""`testbed demo --out DIR` end to end on real packets (root): one report for the four swap scenarios
+and the file-backed pair (second table; file-mmap-extended beyond Linux).
 
 Checks the report's structure (schema, the fields of every entry, counters), the PNGs (valid,
 non-trivial), a pcap per host per scenario, tshark decoding NFS in the client's pcap with no
@@ -16,7 +17,9 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = ("no-reserve", "reserve-no-filter", "memalloc", "memalloc-undersized")
+SWAP_SCENARIOS = ("no-reserve", "reserve-no-filter", "memalloc", "memalloc-undersized")
+FILE_SCENARIOS = ("file-mmap-linux", "file-mmap-extended")    # the second table
+SCENARIOS = SWAP_SCENARIOS + FILE_SCENARIOS
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
 
@@ -74,6 +77,22 @@ def test_demo_report(tmp_path):
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for e in rep["scenarios"]:
         assert f"nsdt-{e['run_name']}-" not in ns
+    # the second table: file-backed writeback under the same flood, the extended policy beyond Linux
+    t_swap, t_file = rep["demo"]["tables"]
+    assert t_swap["scenarios"] == list(SWAP_SCENARIOS)
+    assert t_file["title"] == "file-backed writeback under the same flood"
+    assert t_file["scenarios"] == list(FILE_SCENARIOS) and t_file["beyond_linux"] == ["file-mmap-extended"]
+    by = {e["name"]: e for e in rep["scenarios"]}
+    fl, fx = by["file-mmap-linux"], by["file-mmap-extended"]
+    assert fl["consumer"] == fx["consumer"] == "mmap" and fl["counters"]["pswpout"] == fx["counters"]["pswpout"] == 0
+    assert fl["beyond_linux"] is False and fx["beyond_linux"] is True
+    assert fl["expect"] == "deadlock" and fx["expect"] == "recovered"
+    assert fx["pages_written"] == fx["pages_verified"] == 10240
+    assert fx["counters"]["PFMemallocDrop"] > 0 and fx["counters"]["rx_nobuf"] == 0
+    table = (out / "table.txt").read_text()
+    assert "file-backed writeback under the same flood" in table and "(beyond Linux)" in table
+    assert table.index("memalloc-undersized") < table.index("file-backed writeback") < table.index("file-mmap-linux")
+    assert rep["demo"]["wall_s"] <= 120
     # the cure's story in figures
     by = {e["name"]: e for e in rep["scenarios"]}
     assert by["memalloc"]["counters"]["PFMemallocDrop"] > 0
