@@ -388,6 +388,12 @@ class Scheduler:
                     return
                 task.wait = w
                 task.since = self.now
+                if type(w) is WaitEvent:       # the common case (readers, RPC replies) first
+                    token = self._park(task, WAITING)
+                    self._events.setdefault(w.key, []).append((task, token))
+                    if w.until is not None:
+                        self._add_timer(w.until, task)
+                    return
                 if isinstance(w, WaitPages):
                     if self.alloc is None:
                         self._crash_bad_yield(task, w, "WaitPages on a Scheduler without alloc")

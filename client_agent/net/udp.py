@@ -50,6 +50,7 @@ class UdpSocket:
         self.owner = "sk:udp:unbound"
         self.wait_key = ("udp-rx", id(self))
         self._waiters = 0
+        self._wait_ev = None                             # cached untimed WaitEvent (recvfrom_wait)
         self.counters = {"rx_datagrams": 0, "tx_datagrams": 0, "tx_nobufs": 0}
 
     # -- setup ---------------------------------------------------------------------------
@@ -140,10 +141,17 @@ class UdpSocket:
         while not self.rxq:
             if self.closed:
                 return None
+            if until is None:
+                # One wait per batch of datagrams: the untimed WaitEvent is built once per owner
+                # (the scheduler never changes a Wait it is given).
+                w = self._wait_ev
+                if w is None or w.reason[9:] != self.owner:
+                    w = self._wait_ev = WaitEvent(self.wait_key, reason=f"recvfrom {self.owner}")
+            else:
+                w = WaitEvent(self.wait_key, until=until, reason=f"recvfrom {self.owner}")
             self._waiters += 1
             try:
-                got = yield WaitEvent(self.wait_key, until=until,
-                                      reason=f"recvfrom {self.owner}")
+                got = yield w
             finally:
                 self._waiters -= 1
             if got is TIMEOUT:
