@@ -209,6 +209,21 @@ class Scheduler:
                 woken += 1
         return woken
 
+    def wake_one(self, key: Hashable, value: Any = None) -> int:
+        """Resume the longest-waiting task on ``key`` (an exclusive wait, as rpc_wake_up_next
+        for the RPC backlog); the others stay queued. Returns 1, or 0 if nobody waits."""
+        waiters = self._events.get(key)
+        while waiters:
+            task, token = waiters.pop(0)
+            if task._token == token and task.state == WAITING:
+                if not waiters:
+                    del self._events[key]
+                self._make_runnable(task, value)
+                return 1
+        if waiters is not None:
+            del self._events[key]
+        return 0
+
     def kill(self, task: Task) -> None:
         """Cancel a task: its generator is closed (its ``finally`` blocks run, e.g. to free
         pages); state "killed". A task may kill itself: it stops at its next yield."""

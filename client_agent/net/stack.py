@@ -43,11 +43,14 @@ from ..wire.ipv4 import (IP_DF, IP_MF, IPPROTO_ICMP, IPPROTO_UDP, Ipv4Packet, em
 from ..wire.udp import UdpPacket, emit as udp_emit
 from .drop import DROP_REASONS, snmp_tables
 from .ipfrag import Reassembler
-from .neigh import NeighTable
+from .neigh import NUD_PERMANENT, NUD_REACHABLE, NUD_STALE, NeighTable
 from .skb import SkBuff
 from .udp import EPHEMERAL_PORTS, UdpSocket
 
 _UDP_HDR = _struct.Struct("!HHHH")
+_IP_HDR = _struct.Struct("!BBHHHBBH4s4s")
+_ETH_HDR = _struct.Struct("!6s6sH")
+_NUD_SEND_NOW = frozenset((NUD_REACHABLE, NUD_STALE, NUD_PERMANENT))   # as neigh.output
 PFMEMALLOC_PROTOCOLS = frozenset((ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q))
 _RX_GFP = GFP_ATOMIC
 _RX_GFP_RESERVE = GFP_ATOMIC | Gfp.MEMALLOC
@@ -498,15 +501,37 @@ class Stack:
                 return -errno.EMSGSIZE
             chunk = (mtu - 20) & ~7
             pkts = []
-            for off in range(0, len(payload), chunk):
-                part = payload[off:off + chunk]
-                more = off + chunk < len(payload)
-                pkts.append(emit_header(self.ip, dst, proto, len(part), ident=ident, ttl=ttl,
-                                        flags=IP_MF if more else 0, frag_off=off) + part)
+            size = len(payload)
+            view = memoryview(payload)
+            src = self.ip
+            if not 0 < ttl <= 255:
+                emit_header(src, dst, proto, 0, ttl=ttl)          # raises: a host never sends TTL 0
+            for off in range(0, size, chunk):
+                end = off + chunk
+                if end > size:
+                    end = size
+                # emit_header for a 20-byte header, inlined: every fragment header is valid by
+                # construction (offset a multiple of 8, length within the datagram's)
+                hdr = _IP_HDR.pack(0x45, 0, 20 + end - off, ident,
+                                   (IP_MF if end < size else 0) | (off >> 3), ttl, proto, 0, src, dst)
+                c = int.from_bytes(hdr, "big") % 0xFFFF or 0xFFFF
+                pkts.append(b"".join((hdr[:10], (~c & 0xFFFF).to_bytes(2, "big"), hdr[12:],
+                                      view[off:end])))
             ipc["FragOKs"] += 1
             ipc["FragCreates"] += len(pkts)
         bcast = nh == LIMITED_BCAST or nh == self.bcast
         alloc = self.alloc
+        # The link-layer header once per datagram when the next hop is known (broadcast, or a
+        # neighbour in a state neigh.output sends to at once): each fragment then goes straight
+        # to the device, as neigh.output -> _neigh_xmit would send it (same header, same
+        # ``used`` stamp). An unresolved next hop takes neigh.output per fragment (queue + ARP).
+        eth = None
+        if bcast:
+            eth = _ETH_HDR.pack(BROADCAST, self.mac, ETH_P_IP)
+        else:
+            n = self.neigh.entries.get(nh)
+            if n is not None and n.state in _NUD_SEND_NOW:
+                eth = _ETH_HDR.pack(n.mac, self.mac, ETH_P_IP)
         for pkt in pkts:
             pages = alloc.alloc((len(pkt) + 14 + 4095) >> 12, gfp, owner)
             if pages is None:
@@ -516,11 +541,12 @@ class Stack:
                 self.counters["tx_nobuf"] += 1
                 self._drop_noskb("NOMEM", False)
                 return -errno.ENOBUFS
-            skb = SkBuff(alloc, pkt, pages, False)
-            if bcast:
-                self._neigh_xmit(skb, BROADCAST, now)
+            if eth is not None:
+                if not bcast:
+                    n.used = now
+                self._dev_xmit(SkBuff(alloc, eth + pkt, pages, False), now)
             else:
-                self.neigh.output(nh, skb, now)
+                self.neigh.output(nh, SkBuff(alloc, pkt, pages, False), now)
         return 0
 
     def _neigh_xmit(self, skb: SkBuff, mac: bytes, now: float) -> None:

@@ -160,8 +160,14 @@ class NfsTransport:
             c["backlog_waits"] += 1
             try:
                 yield WaitEvent(self._slot_key, reason=f"rpc slot ({label})")
-            finally:
+            except BaseException:
+                # Killed while waiting: a release may have woken this task alone (wake_one), so
+                # hand a free slot's wakeup on to the next waiter instead of losing it.
                 self.backlog -= 1
+                if self._free_slots and self.backlog:
+                    self.sched.wake_one(self._slot_key)
+                raise
+            self.backlog -= 1
         slot = self._free_slots.popleft()
         buf = None
         xid = None
@@ -227,7 +233,11 @@ class NfsTransport:
             if buf is not None:
                 self.alloc.free(buf)
             self._free_slots.append(slot)
-            self.sched.wake(self._slot_key)
+            # One slot freed: wake one waiter (xprt_release -> rpc_wake_up_next), not the whole
+            # backlog -- waking all of them (up to kswapd's 64 writebacks) cost ~5 generator
+            # resumptions per page written, most of them finding no slot and waiting again.
+            if self.backlog:
+                self.sched.wake_one(self._slot_key)
 
     # -- procedures --------------------------------------------------------------------------
     def mount(self, export: str):
