@@ -131,10 +131,14 @@ def run_soak(duration_s: float, out: str, *, rate_pps: int = DEFAULT_RATE_PPS, s
     entry = run_scenario(sc, checks, out, log=lambda m: None, print_watchdog=False, during=during)
     entry.pop("_timeline", None)
     figs, problems = check_growth(samples)
-    if entry.get("pages_lost"):
-        problems.append(f"{entry['pages_lost']} acknowledged pages lost")
+    ver = entry.get("verification") or {}
+    if entry.get("pages_lost") or entry.get("pages_verified") is None:
+        problems.append(f"acknowledged pages not read back intact: written {entry['pages_written']}, verified "
+                        f"{entry['pages_verified']}; first mismatches {ver.get('mismatched', [])[:3]}, "
+                        f"read errors {ver.get('read_errors', [])[:3]}")
     res = {"duration_s": round(time.monotonic() - t0, 1), "outcome": entry["outcome"],
            "pages_written": entry["pages_written"], "pages_verified": entry["pages_verified"],
+           "verification": {k: ver.get(k) for k in ("mismatched", "read_errors", "note")},
            "figures": figs, "bounds": bounds(), "problems": problems, "ok": not problems}
     import json
     with open(os.path.join(out, "soak.json"), "w") as f:
