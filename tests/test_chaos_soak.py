@@ -39,4 +39,14 @@ def test_check_growth_passes_steady_and_names_each_violation():
 def test_pool_view_from_an_agent_snapshot():
     v = soak.pool_view({"alloc": {"zoneinfo": {"managed": 8192, "free": 1000},
                                   "vmstat": {"nr_anon_pages": 6000, "nr_writeback": 100}}})
-    assert v == {"pool_in_use": 7192, "anon": 6000, "writeback": 100, "net_held": 1092}
+    assert v == {"pool_in_use": 7192, "anon": 6000, "writeback": 100, "net_held": 1092, "pswpout": 0}
+
+
+def test_agent_rss_bound_grows_with_pages_swapped_out():
+    s = _samples(130e6, 10)                       # +30 MiB: over 16 MiB ...
+    _, p = soak.check_growth(s)
+    assert p and "agent: RSS grew" in p[0]
+    for i, x in enumerate(s):                     # ... unless 200k pages went out meanwhile (swap map)
+        x["pool"]["pswpout"] = i * 10_000
+    _, p = soak.check_growth(s)
+    assert p == []
