@@ -284,6 +284,7 @@ class Agent:
         if getattr(self, "filemap", None) is not None and self.filemap.active:
             raise BadRequest("a file is already mounted")
         log = lambda line: self.nfs_log.append((self.loop.time(), line))
+        self.stack.fate_port = port        # record what becomes of every frame from the NFS server
         self.file_transport = NfsTransport(self.stack, self.sched, server, port, slots=slots,
                                            timeo_s=timeo_s, retrans=retrans,
                                            timeo_max_s=timeo_max_s, wsize=wsize, log=log,
@@ -332,7 +333,19 @@ class Agent:
         return self.swap.map_json()
 
     # -- observation -----------------------------------------------------------------------
-    def snapshot(self) -> dict:
+    def snapshot(self, traces: bool = True) -> dict:
+        """Everything observable. ``traces=False`` leaves out the per-xid and per-frame records
+        (tens of thousands of entries): the runner's 0.2 s samples do not need them, and encoding
+        them five times a second would cost the agent the very CPU under study."""
+        snap = self._snapshot()
+        if not traces:
+            snap.pop("nfs_frame_fates", None)
+            for k in ("nfs", "file_nfs"):
+                if snap.get(k):
+                    snap[k] = {f: v for f, v in snap[k].items() if f not in ("xids_sent", "xids_replied")}
+        return snap
+
+    def _snapshot(self) -> dict:
         dev = self.dev
         if hasattr(dev, "sample_stats"):
             dev.sample_stats()
@@ -397,7 +410,7 @@ class Agent:
                 raise BadRequest(f"{req['op']} needs {name!r}")
             return req[name]
         return {
-            "snapshot": lambda r: self.snapshot(),
+            "snapshot": lambda r: self.snapshot(traces=bool(r.get("traces", True))),
             "set": lambda r: self.set(need(r, "key"), need(r, "value")),
             "udp_echo": lambda r: self.udp_echo(need(r, "port"), r.get("rcvbuf")),
             "udp_sink": lambda r: self.udp_sink(need(r, "port"), r.get("reader", "ordinary"), r.get("rcvbuf")),

@@ -1,7 +1,7 @@
 """Drop explanations: what became, inside the agent, of every NFS reply the client's NIC received.
 
 Input: the client's pcap (every frame the wire delivered to the agent's interface), the agent's
-final snapshot (``nfs.xids_sent`` / ``nfs.xids_replied``: the last 4096 of each) and the runner's
+final snapshot (``nfs.xids_sent`` / ``nfs.xids_replied``: the last 16384 of each) and the runner's
 timeline (counters every 0.2 s). Output: one row per NAS reply (UDP from port 2049 to the client,
 IP fragments reassembled by id) with its fate:
 
@@ -12,7 +12,7 @@ IP fragments reassembled by id) with its fate:
   evidence: the NFS socket's own ``drops`` (SOCKET_RCVBUFF at the socket), ``rx_nobuf``
   (NOMEM at the NIC: no page for the frame), PFMEMALLOC (a reserve buffer dropped at the demux:
   the socket is not SOCK_MEMALLOC), any other reason; ``unattributed`` when none moved;
-- ``unknown``: the xid is older than the agent's 4096-xid window, or the frame arrived after the
+- ``unknown``: the xid is older than the agent's 16384-xid window, or the frame arrived after the
   final snapshot.
 
 Exact attribution: the agent records, for every frame from the NFS server's port, where its
@@ -29,7 +29,7 @@ from bisect import bisect_left
 from collections import Counter
 
 NFS_PORT = 2049
-WINDOW = 4096
+WINDOW = 16384  # client_agent/nfs/transport.py XID_KEPT
 
 # What exact attribution would need from the agent (client_agent/agent.py + net/stack.py; not ours):
 AGENT_FATE_RING = (
@@ -150,7 +150,7 @@ def infer_drop(t: float, timeline: list[dict], memalloc_sock: bool) -> tuple[str
 def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_wall: float,
             final_t: float | None = None) -> dict:
     """Rows (one per reply) and a summary. ``t0_wall``: runner t=0 on the pcap clock."""
-    nfs = final_snap.get("nfs") or {}
+    nfs = final_snap.get("nfs") or final_snap.get("file_nfs") or {}
     sent, replied = set(nfs.get("xids_sent", [])), set(nfs.get("xids_replied", []))
     memalloc_sock = bool((nfs.get("socket") or {}).get("memalloc") or nfs.get("memalloc"))
     answered: set[int] = set()

@@ -305,7 +305,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             if nxt > now:
                 time.sleep(nxt - now)
             t = time.monotonic() - t0
-            s = agent.call("snapshot")
+            s = agent.call("snapshot", traces=False)   # the xid/fate records only at the end
             last_snap = s
             c = compact(t, s)
             sn = softnet_dropped() - softnet0
@@ -324,7 +324,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         prog.show(t, timeline[-1], force=True)
         prog.end()
         if wd.outcome == "deadlock":
-            deadlock_snap = s
+            deadlock_snap = agent.call("snapshot")     # with the xid and frame-fate records
         say(f"outcome {wd.outcome} at t={wd.decided_at:.1f}s: {'; '.join(wd.reasons)}")
         # -- stop the flood, get the swap map, stop the agent
         try:

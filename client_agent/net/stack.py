@@ -57,7 +57,7 @@ _RX_GFP_RESERVE = GFP_ATOMIC | Gfp.MEMALLOC
 ANY = b"\0\0\0\0"
 LIMITED_BCAST = b"\xff\xff\xff\xff"
 NAPI_BUDGET = 64                     # net.core.dev_weight
-FATE_RING = 8192                     # fates of the NFS server's frames kept for the drop explanations
+FATE_RING = 32768                    # fates of the NFS server's frames kept for the drop explanations
 
 
 @dataclass

@@ -45,7 +45,7 @@ ENOBUFS_RETRY_S = 0.05
 ALLOC_RETRY_S = 0.0625 / 4
 # A reply to WRITE/COMMIT is one frame of one page; truesize as the stack charges it.
 REPLY_TRUESIZE = PAGE_SIZE + SKB_TRUESIZE_OVERHEAD
-XID_KEPT = 4096
+XID_KEPT = 16384   # > the pages of a whole scenario's writeback, for the drop explanations
 
 
 class NfsError(Exception):
