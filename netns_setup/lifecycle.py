@@ -174,6 +174,13 @@ def up(topology: Topology, name: str, *, suffix: str | None = None,
         st.mark_created(idx)
         hook.created()
         br_index = sw.link_lookup(ifname=names.bridge)[0]
+        # A switch forwards frames; it does not judge IP headers. With br_netfilter loaded the
+        # bridge would validate IPv4 (br_validate_ipv4) and drop malformed frames before any host
+        # saw them: turn the bridge-nf hooks off in the switch's namespace (per-netns since 5.3).
+        with entered(names.switch_netns):
+            for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"):
+                if os.path.exists(f"/proc/sys/net/bridge/{key}"):
+                    write_sysctl(f"net/bridge/{key}", "0")
 
         # 3. one veth pair per host, made in the switch namespace with its peer born in the host's.
         for h in topology.hosts:

@@ -92,7 +92,7 @@ class Stack:
         self.rx_fate: dict[str, int] = {}
         self.counters = {"rx_packets": 0, "rx_bytes": 0, "rx_nobuf": 0, "rx_pfmemalloc": 0,
                          "tx_packets": 0, "tx_bytes": 0, "tx_nobuf": 0, "tx_errors": 0,
-                         "PFMemallocDrop": 0}
+                         "PFMemallocDrop": 0, "rx_pfmemalloc_proto_drop": 0}
         self.neigh = NeighTable(self)
         self.reasm = Reassembler(self)
         self.udp_ports: dict[int, UdpSocket] = {}
@@ -253,6 +253,7 @@ class Stack:
         if skb.pfmemalloc and ethertype not in PFMEMALLOC_PROTOCOLS:
             # bugs.pfmemalloc_drop_unnamed: before SKB_DROP_REASON_PFMEMALLOC (2025) this drop
             # was reported as an unhandled protocol
+            self.counters["rx_pfmemalloc_proto_drop"] += 1   # which layer: skb_pfmemalloc_protocol
             self.kfree_skb(skb, "UNHANDLED_PROTO" if _BUGS.pfmemalloc_drop_unnamed else "PFMEMALLOC")
             return
         dst = frame[:6]
