@@ -190,7 +190,6 @@ def run_real(out: str, *, scenario: str = "memalloc", per_kind: int = 3, seed: i
     nas = entry.get("nas", {})
     res = {"scenario": scenario, "outcome": entry["outcome"], "expect": sc.expect, "export": cli_net,
            "sent": box.get("sent"), "send_error": box.get("error"), "per_kind": per_kind,
-           "bridge_nf_before": box.get("bridge_nf"),
            "agent": _snap_counters(final),
            "nas": {"mnt_MNT3ERR_ACCES": nas.get("counters", {}).get("mnt_MNT3ERR_ACCES", 0),
                    "NFS3ERR_ACCES": nas.get("nfs_status", {}).get("NFS3ERR_ACCES", 0)},
