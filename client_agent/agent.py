@@ -107,6 +107,12 @@ class Agent:
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         now = self.loop.time()
+        pa = self.dev.poll_at()
+        if pa is not None and pa <= now and not self._repoll_pending:
+            # The device holds frames that are now due (a fault wrapper's delay or reordering):
+            # no fd readiness will announce them, so poll as NAPI would on a timer.
+            self._napi_poll()
+            return
         self.stack.run_timers(now)
         self._arm(self.stack.next_deadline())
 
@@ -458,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pcap", help="write what the stack's taps saw (pfmemalloc frames excluded, as in Linux)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", type=int, help="pin the agent to this CPU")
+    p.add_argument("--fault", metavar="SPEC", help="seeded faults on both directions of the NIC "
+                   "(netem is not in this kernel), e.g. loss=0.05,dup=0.01,reorder=0.02,delay_ms=1,seed=7")
     return p
 
 
@@ -482,6 +490,13 @@ def main(argv: list[str] | None = None) -> int:
     except AfPacketError as e:
         print(f"client-agent: {e.strerror}", file=sys.stderr)
         return 1
+    if args.fault:
+        from .phy.fault import BothWays, parse_fault_spec
+        try:
+            dev = BothWays(dev, parse_fault_spec(args.fault))
+        except ValueError as e:
+            print(f"client-agent: --fault: {e}", file=sys.stderr)
+            return 2
     loop = Loop(MonotonicClock())
     try:
         agent = Agent(loop, dev, ip=str(iface.ip), prefix_len=iface.network.prefixlen,

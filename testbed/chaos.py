@@ -188,8 +188,13 @@ def run_one(campaign_seed: int, i: int) -> dict:
 def plan_real(campaign_seed: int, k: int) -> dict:
     """Real run ``k``: memalloc, scaled for time; faults keyed by the agent's packet counts."""
     rng = random.Random(f"chaos-real:{campaign_seed}:{k}")
-    return {"run": f"real{k}", "scenario": "memalloc", "seed": rng.randrange(1, 1 << 31),
-            "overrides": {"max_duration_s": 30.0},
+    seed = rng.randrange(1, 1 << 31)
+    # packet faults on both directions of the client's NIC (client-agent --fault), seeded: the
+    # RNG decides per frame in arrival/transmit order, i.e. keyed by packet index
+    faults = (f"loss={rng.choice((0.01, 0.02, 0.05))},dup={rng.choice((0.01, 0.03))},"
+              f"reorder={rng.choice((0.01, 0.03))},delay_ms={rng.choice((0.5, 2.0))},seed={seed % 100000}")
+    return {"run": f"real{k}", "scenario": "memalloc", "seed": seed,
+            "overrides": {"max_duration_s": 30.0, "client_faults": faults},
             "nas_restart_after_rpc_calls": rng.choice((200, 400, 800)),
             "flood_off_at_rx_packets": rng.choice((1000, 3000)), "flood_off_for_rx_packets": 2000,
             "stable": "UNSTABLE" if k % 2 else "FILE_SYNC"}
@@ -247,6 +252,18 @@ def run_real(campaign_seed: int, k: int, out: str) -> dict:
     e.pop("_timeline", None)
     rec = e.get("during", {})
     row["faults"] = {"nas_restart": rec.get("nas_restart", 0), "flood_toggle": rec.get("flood_toggle", 0)}
+    try:   # the packet faults the agent's fault wrapper actually injected (final snapshot's device)
+        with open(os.path.join(rdir, "final_snapshot.json")) as f:
+            dc = json.load(f).get("device", {})
+        delayed = "delay_ms=0," not in pl["overrides"]["client_faults"]
+        row["faults"].update(
+            loss=dc.get("fault_tx_lost", 0) + dc.get("fault_rx_lost", 0),
+            dup=dc.get("fault_tx_duplicated", 0) + dc.get("fault_rx_duplicated", 0),
+            reorder=dc.get("fault_tx_reordered", 0) + dc.get("fault_rx_reordered", 0),
+            delay=(dc.get("fault_tx_passed", 0) + dc.get("fault_rx_passed", 0)) if delayed else 0)
+        row["client_faults"] = pl["overrides"]["client_faults"]
+    except (OSError, ValueError) as ex:
+        problems.append(f"no final snapshot to count the packet faults: {ex}")
     row.update(outcome=e["outcome"], written=e["pages_written"], verified=e["pages_verified"],
                lost=e["pages_lost"], rpc_retrans=e["rpc_retrans"], stable=pl["stable"], run_name=e.get("run_name"),
                nas_restart_at=rec.get("nas_restart_at"))

@@ -261,7 +261,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                            "--neigh", f"{nas_ip}={mac('nas')}", "--neigh", f"{noise_ip}={mac('noise')}",
                            "--pool-pages", str(sc.pool_pages), "--min-free-kbytes", str(sc.min_free_kbytes),
                            "--watermark-scale-factor", str(sc.watermark_scale_factor),
-                           "--budget", str(sc.budget), "--seed", str(sc.seed), "--control", ctl["agent"]],
+                           "--budget", str(sc.budget), "--seed", str(sc.seed), "--control", ctl["agent"]]
+               + (["--fault", sc.client_faults] if sc.client_faults else []),
             role="client-agent", ready=True, cpus=agent_cpu, env=env)
         agent = clients["agent"] = ControlClient(ctl["agent"], timeout_s=10.0)
         for p in ports:

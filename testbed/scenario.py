@@ -96,6 +96,9 @@ class Scenario:
     # run's writeback rate does not depend on what fdatasync costs on the host's disk; the NAS
     # data itself lives on tmpfs. The sim models the same with its own nfsd threads.
     nas_write_latency_ms: float = 0.0
+    # Seeded packet faults on both directions of the client's NIC on real packets (client-agent
+    # --fault; netem is not in this kernel), e.g. "loss=0.05,dup=0.01,seed=7". Empty: none.
+    client_faults: str = ""
     # Runner's own: the agent's receive capacity (frames/s), see `testbed bench`; NAPI budget.
     agent_capacity_pps: int = DEFAULT_AGENT_CAPACITY_PPS
     budget: int = 64
@@ -150,6 +153,12 @@ def _check_value(src: str, key: str, value):
         raise ScenarioError(f"{src}: {key}: expected a string, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ScenarioError(f"{src}: {key}: {value!r} is not one of {', '.join(_CHOICES[key])}; pick one of them")
+    if key == "client_faults":
+        from client_agent.phy.fault import parse_fault_spec
+        try:
+            parse_fault_spec(value)
+        except ValueError as e:
+            raise ScenarioError(f"{src}: {key}: {e}") from None
     return value
 
 

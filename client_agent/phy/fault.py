@@ -88,3 +88,123 @@ class FaultInjector(Device):
         if mine is None:
             return theirs
         return mine if theirs is None else min(mine, theirs)
+
+
+class RxFaultInjector(Device):
+    """The same faults on a device's *ingress* (frames the wire delivered, before the stack sees
+    them): loss, duplication, reordering, delay. Decisions come from a seeded RNG in the order the
+    frames arrive, so a real run's faults are keyed by packet index. Items pass through as the
+    inner device gave them (plain frames or ``(frame, csum_unnecessary)`` pairs)."""
+
+    def __init__(self, inner: Device, seed: int, *, loss: float = 0.0, dup: float = 0.0,
+                 reorder: float = 0.0, delay_s: float = 0.0, reorder_gap_s: float = 0.001) -> None:
+        for name, p in (("loss", loss), ("dup", dup), ("reorder", reorder)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name}={p} is not a probability in [0, 1]")
+        self.inner = inner
+        self.mac = inner.mac
+        self.mtu = inner.mtu
+        self.rng = random.Random(seed)
+        self.loss, self.dup, self.reorder, self.delay_s = loss, dup, reorder, delay_s
+        self.reorder_gap_s = reorder_gap_s
+        self._held: list[tuple[float, int, object]] = []
+        self._seq = 0
+        self.counters = {"rx_frames": 0, "lost": 0, "passed": 0, "duplicated": 0, "reordered": 0}
+
+    def transmit(self, frame: bytes, now: float) -> bool:
+        return self.inner.transmit(frame, now)
+
+    def receive(self, now: float, budget: int) -> list:
+        c = self.counters
+        rng = self.rng
+        out = []
+        for item in self.inner.receive(now, budget):
+            c["rx_frames"] += 1
+            if self.loss and rng.random() < self.loss:
+                c["lost"] += 1
+                continue
+            c["passed"] += 1
+            copies = 2 if self.dup and rng.random() < self.dup else 1
+            if copies == 2:
+                c["duplicated"] += 1
+            for _ in range(copies):
+                due = now + self.delay_s
+                if self.reorder and rng.random() < self.reorder:
+                    c["reordered"] += 1
+                    due = now + self.delay_s + self.reorder_gap_s   # the frames behind it overtake
+                self._seq += 1
+                heapq.heappush(self._held, (due, self._seq, item))
+        held = self._held
+        while held and held[0][0] <= now and len(out) < budget:
+            out.append(heapq.heappop(held)[2])
+        return out
+
+    def poll_at(self) -> float | None:
+        mine = self._held[0][0] if self._held else None
+        theirs = self.inner.poll_at()
+        if mine is None:
+            return theirs
+        return mine if theirs is None else min(mine, theirs)
+
+
+FAULT_KEYS = {"loss": float, "dup": float, "reorder": float, "delay_ms": float, "seed": int}
+
+
+def parse_fault_spec(text: str) -> dict:
+    """``loss=0.05,dup=0.01,reorder=0.02,delay_ms=1,seed=7`` -> dict; ValueError with the fix."""
+    spec: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in FAULT_KEYS:
+            raise ValueError(f"fault spec {text!r}: {part!r} is not KEY=VALUE with KEY one of "
+                             f"{', '.join(FAULT_KEYS)} (e.g. loss=0.05,dup=0.01,seed=7)")
+        try:
+            spec[key] = FAULT_KEYS[key](value)
+        except ValueError:
+            raise ValueError(f"fault spec {text!r}: {key}={value!r} is not a number") from None
+        if key in ("loss", "dup", "reorder") and not 0.0 <= spec[key] <= 0.5:
+            raise ValueError(f"fault spec {text!r}: {key}={spec[key]} outside 0..0.5")
+        if key == "delay_ms" and not 0.0 <= spec[key] <= 1000.0:
+            raise ValueError(f"fault spec {text!r}: delay_ms={spec[key]} outside 0..1000")
+    return spec
+
+
+class BothWays(Device):
+    """Faults on both directions of a real device (netem is not in this kernel): egress through a
+    ``FaultInjector``, ingress through an ``RxFaultInjector``, each with its own seeded RNG.
+    Passes ``fileno``, ``sample_stats`` and ``close`` through; ``counters`` are the inner device's
+    plus ``fault_tx_*`` / ``fault_rx_*``."""
+
+    def __init__(self, inner, spec: dict) -> None:
+        seed = spec.get("seed", 0)
+        kw = dict(loss=spec.get("loss", 0.0), dup=spec.get("dup", 0.0), reorder=spec.get("reorder", 0.0),
+                  delay_s=spec.get("delay_ms", 0.0) / 1000)
+        self.real = inner
+        self.rx = RxFaultInjector(inner, seed * 2 + 1, **kw)
+        self.tx = FaultInjector(self.rx, seed * 2, **kw)
+        self.mac, self.mtu = inner.mac, inner.mtu
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def transmit(self, frame: bytes, now: float) -> bool:
+        return self.tx.transmit(frame, now)
+
+    def receive(self, now: float, budget: int) -> list:
+        return self.tx.receive(now, budget)
+
+    def poll_at(self) -> float | None:
+        return self.tx.poll_at()
+
+    def sample_stats(self) -> dict:
+        return self.real.sample_stats()
+
+    def close(self) -> None:
+        self.real.close()
+
+    @property
+    def counters(self) -> dict:
+        c = dict(getattr(self.real, "counters", {}))
+        c.update({f"fault_tx_{k}": v for k, v in self.tx.counters.items()})
+        c.update({f"fault_rx_{k}": v for k, v in self.rx.counters.items()})
+        return c
