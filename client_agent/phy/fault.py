@@ -19,22 +19,26 @@ import random
 from .device import Device
 
 
+def _faulty(dev, inner, seed: int, *, loss: float, dup: float, reorder: float, corrupt: float,
+            delay_s: float, reorder_gap_s: float) -> None:
+    """The common set-up of both injectors: validated probabilities, a seeded RNG, a held heap."""
+    for name, p in (("loss", loss), ("dup", dup), ("reorder", reorder), ("corrupt", corrupt)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name}={p} is not a probability in [0, 1]")
+    dev.inner, dev.mac, dev.mtu = inner, inner.mac, inner.mtu
+    dev.rng = random.Random(seed)
+    dev.loss, dev.dup, dev.reorder, dev.corrupt = loss, dup, reorder, corrupt
+    dev.delay_s, dev.reorder_gap_s = delay_s, reorder_gap_s
+    dev._held = []            # (due, seq, frame or item)
+    dev._seq = 0
+
+
 class FaultInjector(Device):
     def __init__(self, inner: Device, seed: int, *, loss: float = 0.0, dup: float = 0.0,
                  reorder: float = 0.0, delay_s: float = 0.0, reorder_gap_s: float = 0.001,
                  corrupt: float = 0.0) -> None:
-        for name, p in (("loss", loss), ("dup", dup), ("reorder", reorder), ("corrupt", corrupt)):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name}={p} is not a probability in [0, 1]")
-        self.inner = inner
-        self.mac = inner.mac
-        self.mtu = inner.mtu
-        self.rng = random.Random(seed)
-        self.loss, self.dup, self.reorder, self.corrupt = loss, dup, reorder, corrupt
-        self.delay_s = delay_s
-        self.reorder_gap_s = reorder_gap_s
-        self._held: list[tuple[float, int, bytes]] = []
-        self._seq = 0
+        _faulty(self, inner, seed, loss=loss, dup=dup, reorder=reorder, corrupt=corrupt,
+                delay_s=delay_s, reorder_gap_s=reorder_gap_s)
         self.counters = {"tx_frames": 0, "lost": 0, "passed": 0, "duplicated": 0,
                          "reordered": 0, "corrupted": 0}
 
@@ -98,17 +102,8 @@ class RxFaultInjector(Device):
 
     def __init__(self, inner: Device, seed: int, *, loss: float = 0.0, dup: float = 0.0,
                  reorder: float = 0.0, delay_s: float = 0.0, reorder_gap_s: float = 0.001) -> None:
-        for name, p in (("loss", loss), ("dup", dup), ("reorder", reorder)):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name}={p} is not a probability in [0, 1]")
-        self.inner = inner
-        self.mac = inner.mac
-        self.mtu = inner.mtu
-        self.rng = random.Random(seed)
-        self.loss, self.dup, self.reorder, self.delay_s = loss, dup, reorder, delay_s
-        self.reorder_gap_s = reorder_gap_s
-        self._held: list[tuple[float, int, object]] = []
-        self._seq = 0
+        _faulty(self, inner, seed, loss=loss, dup=dup, reorder=reorder, corrupt=0.0,
+                delay_s=delay_s, reorder_gap_s=reorder_gap_s)
         self.counters = {"rx_frames": 0, "lost": 0, "passed": 0, "duplicated": 0, "reordered": 0}
 
     def transmit(self, frame: bytes, now: float) -> bool:
