@@ -125,7 +125,11 @@ def test_nfs_cp_and_nfs_cat_round_trip_decoded_by_tshark(nas):
     procs = cap.tshark("-Y", "nfs && rpc.msgtyp == 0", "-T", "fields", "-e", "nfs.procedure_v3").split()
     # WRITE, READ, CREATE calls decoded (a 1 MiB record can lose a segment in the capture at this
     # rate, so not every one of the 4 WRITEs and 4 READs is always reassembled by tshark)
-    assert procs.count("7") >= 1 and procs.count("6") >= 1 and "8" in procs, procs
+    assert "8" in procs and "19" in procs and "3" in procs, procs       # CREATE, FSINFO, LOOKUP
+    if not (procs.count("7") >= 1 and procs.count("6") >= 1):
+        # a 1 MiB WRITE/READ record spans ~700 segments: tshark decodes it only if the capture
+        # kept every one. Then the capture (not the server) must say it lost some.
+        assert cap.tshark("-Y", "tcp.analysis.lost_segment || tcp.analysis.ack_lost_segment"), procs
     assert "MNT" in cap.tshark("-Y", "mount")
 
 
