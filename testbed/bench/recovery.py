@@ -40,9 +40,11 @@ def _run(sc, flood: bool, max_s: float, say, profile: str | None = None) -> dict
     from netns_setup.topology import default_topology
     ports = list(range(NOISE_PORT_BASE, NOISE_PORT_BASE + sc.noise_sockets))
     image_mib = int(sc.workload_pages * PAGE * 1.25) // (1 << 20) + 4
-    # NAS data where testbed.runner puts it (the run directory), so the scenario's timing -- how
-    # long writeback lasts against the flood filling the noise sockets -- is the scenario's.
-    with SwapRig(default_topology(), "rc", image_mib=image_mib, nas_on_tmpfs=False, say=say) as rig:
+    # The NAS as testbed.runner runs it: data on tmpfs, the scenario's stated service time per call
+    # (nas_write_latency_ms), so the timing -- how long writeback lasts against the flood filling
+    # the noise sockets -- is the scenario's, not the host disk's.
+    with SwapRig(default_topology(), "rc", image_mib=image_mib, nas_write_latency_ms=sc.nas_write_latency_ms,
+                 say=say) as rig:
         agent = rig.start_agent("client", pool_pages=sc.pool_pages, min_free_kbytes=sc.min_free_kbytes,
                                 budget=sc.budget, seed=sc.seed, profile=profile,
                                 extra=["--watermark-scale-factor", str(sc.watermark_scale_factor)])

@@ -67,7 +67,7 @@ class SwapRig:
     ``ref.img`` for the reference client), and start agents on demand."""
 
     def __init__(self, topo: Any, tag: str, *, image_mib: int, ref_image_mib: int = 0, nas_on_tmpfs: bool = True,
-                 say: Callable[[str], None] = lambda _m: None):
+                 nas_write_latency_ms: float = 0.0, say: Callable[[str], None] = lambda _m: None):
         from netns_setup import lifecycle
         from netns_setup.control import ControlClient
         from netns_setup.process import ProcessStartError, start_process
@@ -101,7 +101,7 @@ class SwapRig:
                     self.st, "nas", [sys.executable, "-m", "nas_server.main", "--data-dir", data,
                                      "--export", f"{EXPORT}:{self.hosts['nas'].address.network}", *images,
                                      "--bind", self.nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
-                                     "--control", ctl],
+                                     "--control", ctl, "--write-latency-ms", str(nas_write_latency_ms)],
                     role="nas-server", ready=True, cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
             except ProcessStartError as e:
                 raise BenchError(f"nas-server did not start: {str(e).splitlines()[0]}") from None
