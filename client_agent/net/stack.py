@@ -466,8 +466,22 @@ class Stack:
             self.sockets.remove(sk)
 
     def _udp_output(self, sk: UdpSocket, dst: tuple[bytes, int], data, now: float) -> int:
-        seg = udp_emit(self.ip, dst[0], sk.local[1], dst[1], data)
-        rc = self._ip_output(dst[0], IPPROTO_UDP, seg, now, sk.sk_gfp_mask(sk.sk_allocation),
+        # wire.udp.emit, inlined: the checksum over pseudo-header + header + payload in one
+        # int.from_bytes of the payload (a sum of 16-bit words is that number modulo 0xffff, so
+        # each address and field is added as an int) and one copy of the payload (header +
+        # payload); the same bytes as udp_emit(self.ip, dst[0], sport, dport, data).
+        payload = data if type(data) is bytes else bytes(data)
+        length = 8 + len(payload)
+        sport = sk.local[1]
+        dip, dport = dst
+        n = int.from_bytes(payload, "big")
+        if length & 1:
+            n <<= 8
+        c = (n + int.from_bytes(self.ip, "big") + int.from_bytes(dip, "big") + 17 + length
+             + sport + dport + length) % 0xFFFF or 0xFFFF
+        c = ~c & 0xFFFF or 0xFFFF
+        seg = _UDP_HDR.pack(sport, dport, length, c) + payload
+        rc = self._ip_output(dip, IPPROTO_UDP, seg, now, sk.sk_gfp_mask(sk.sk_allocation),
                              sk.owner)
         if rc >= 0:
             self.snmp["Udp"]["OutDatagrams"] += 1
@@ -494,60 +508,81 @@ class Stack:
         self._ident = (self._ident + 1) & 0xFFFF
         ident = self._ident
         mtu = self.dev.mtu
+        # (header, payload slice) per frame; joined once with the link-layer header below.
         if 20 + len(payload) <= mtu:
-            pkts = [emit_header(self.ip, dst, proto, len(payload), ident=ident, ttl=ttl,
-                                flags=IP_DF if df else 0) + payload]
+            parts = [(emit_header(self.ip, dst, proto, len(payload), ident=ident, ttl=ttl,
+                                  flags=IP_DF if df else 0), payload)]
         else:
             if df:
                 return -errno.EMSGSIZE
             chunk = (mtu - 20) & ~7
-            pkts = []
+            parts = []
             size = len(payload)
             view = memoryview(payload)
             src = self.ip
             if not 0 < ttl <= 255:
                 emit_header(src, dst, proto, 0, ttl=ttl)          # raises: a host never sends TTL 0
+            # emit_header for a 20-byte header, inlined: every fragment header is valid by
+            # construction (offset a multiple of 8, length within the datagram's). Its checksum
+            # is the words' sum: the fields that are the same in every fragment once, then
+            # per fragment + total length + flags/offset (a sum of 16-bit words is congruent to
+            # the header read as one number, modulo 0xffff, as ones_sum computes it).
+            base = (0x4500 + ident + (ttl << 8 | proto) + int.from_bytes(src, "big")
+                    + int.from_bytes(dst, "big"))
+            pack = _IP_HDR.pack
             for off in range(0, size, chunk):
                 end = off + chunk
                 if end > size:
                     end = size
-                # emit_header for a 20-byte header, inlined: every fragment header is valid by
-                # construction (offset a multiple of 8, length within the datagram's)
-                hdr = _IP_HDR.pack(0x45, 0, 20 + end - off, ident,
-                                   (IP_MF if end < size else 0) | (off >> 3), ttl, proto, 0, src, dst)
-                c = int.from_bytes(hdr, "big") % 0xFFFF or 0xFFFF
-                pkts.append(b"".join((hdr[:10], (~c & 0xFFFF).to_bytes(2, "big"), hdr[12:],
-                                      view[off:end])))
+                tot = 20 + end - off
+                frag = (IP_MF if end < size else 0) | (off >> 3)
+                c = (base + tot + frag) % 0xFFFF or 0xFFFF
+                parts.append((pack(0x45, 0, tot, ident, frag, ttl, proto, ~c & 0xFFFF, src, dst),
+                              view[off:end]))
             ipc["FragOKs"] += 1
-            ipc["FragCreates"] += len(pkts)
+            ipc["FragCreates"] += len(parts)
         bcast = nh == LIMITED_BCAST or nh == self.bcast
         alloc = self.alloc
         # The link-layer header once per datagram when the next hop is known (broadcast, or a
         # neighbour in a state neigh.output sends to at once): each fragment then goes straight
-        # to the device, as neigh.output -> _neigh_xmit would send it (same header, same
-        # ``used`` stamp). An unresolved next hop takes neigh.output per fragment (queue + ARP).
+        # to the device, as neigh.output -> _neigh_xmit -> _dev_xmit would send it (same
+        # header, same ``used`` stamp, same counters; the transmit buffer is freed once the
+        # device took the frame, as consume_skb would). An unresolved next hop takes
+        # neigh.output per fragment (queue + ARP).
         eth = None
+        n = None
         if bcast:
             eth = _ETH_HDR.pack(BROADCAST, self.mac, ETH_P_IP)
         else:
             n = self.neigh.entries.get(nh)
             if n is not None and n.state in _NUD_SEND_NOW:
                 eth = _ETH_HDR.pack(n.mac, self.mac, ETH_P_IP)
-        for pkt in pkts:
-            pages = alloc.alloc((len(pkt) + 14 + 4095) >> 12, gfp, owner)
+        join = b"".join
+        transmit = self.dev.transmit
+        c = self.counters
+        for hdr, data in parts:
+            size = len(hdr) + len(data)
+            pages = alloc.alloc((size + 14 + 4095) >> 12, gfp, owner)
             if pages is None:
                 ipc["OutDiscards"] += 1
-                if len(pkts) > 1:
+                if len(parts) > 1:
                     ipc["FragFails"] += 1
-                self.counters["tx_nobuf"] += 1
+                c["tx_nobuf"] += 1
                 self._drop_noskb("NOMEM", False)
                 return -errno.ENOBUFS
             if eth is not None:
                 if not bcast:
                     n.used = now
-                self._dev_xmit(SkBuff(alloc, eth + pkt, pages, False), now)
+                frame = join((eth, hdr, data))
+                if transmit(frame, now) is False:
+                    c["tx_errors"] += 1
+                    self.kfree_skb(SkBuff(alloc, frame, pages, False), "FULL_RING")
+                    continue
+                c["tx_packets"] += 1
+                c["tx_bytes"] += size + 14
+                alloc.free(pages)
             else:
-                self.neigh.output(nh, SkBuff(alloc, pkt, pages, False), now)
+                self.neigh.output(nh, SkBuff(alloc, hdr + data, pages, False), now)
         return 0
 
     def _neigh_xmit(self, skb: SkBuff, mac: bytes, now: float) -> None:
