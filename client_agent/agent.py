@@ -86,7 +86,15 @@ class Agent:
         self._repoll_pending = False
         now = self.loop.time()
         self.polls += 1
-        nd = self.stack.poll(now, self.budget)
+        sched = self.sched
+        held = sched.hold_kicks()
+        try:
+            nd = self.stack.poll(now, self.budget)
+        finally:
+            if held:
+                # The readers the poll woke run now, in this loop callback (as softirq work
+                # runs the woken tasks' wakeups on return), not one loop tick later.
+                sched.release_kicks()
         if nd is not None and nd <= now:
             # Budget exhausted: repoll after timers and tasks had their turn (napi_schedule).
             self._repoll_pending = True

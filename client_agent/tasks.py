@@ -186,6 +186,7 @@ class Scheduler:
         self._pages_freed = False
         self._kicked = False
         self._in_run = False
+        self._run_now = None
 
     # ------------------------------------------------------------------ public API
     def spawn(self, name: str, gen: Generator, kthread: bool = False) -> Task:
@@ -304,8 +305,32 @@ class Scheduler:
                 h.cancel()
             state["handle"] = loop.call_soon(tick)
 
+        def run_now():
+            # The loop callback that just made tasks runnable runs them itself (no separate
+            # call_soon tick): the same run(), one loop turn earlier.
+            h = state["handle"]
+            if h is not None:
+                h.cancel()
+            tick()
+
         self.on_runnable = kick
+        self._run_now = run_now
         kick()
+
+    def hold_kicks(self) -> bool:
+        """Until ``release_kicks``: tasks made runnable do not schedule a loop tick (a NAPI poll
+        runs them itself right after). Returns False (and holds nothing) inside ``run()``."""
+        if self._in_run or self._run_now is None:
+            return False
+        self._in_run = True
+        return True
+
+    def release_kicks(self) -> None:
+        """End ``hold_kicks``: run the scheduler now if anything became runnable meanwhile."""
+        self._in_run = False
+        if self._runq or self._pages_freed:
+            self._kicked = False
+            self._run_now()
 
     # ------------------------------------------------------------------ internals
     def _kick(self) -> None:
