@@ -25,10 +25,21 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import selectors
 import time
 from collections import deque
 from typing import Any, Callable
+
+
+_EVENT_READ = selectors.EVENT_READ
+_EVENT_WRITE = selectors.EVENT_WRITE
+try:
+    import select as _select
+    _NOT_EPOLLIN = ~_select.EPOLLIN
+    _NOT_EPOLLOUT = ~_select.EPOLLOUT
+except AttributeError:          # no epoll here: only the selectors path is used
+    _NOT_EPOLLIN = _NOT_EPOLLOUT = 0
 
 
 class MonotonicClock:
@@ -88,6 +99,14 @@ class Loop:
     def __init__(self, clock=None, selector: selectors.BaseSelector | None = None):
         self.clock = clock if clock is not None else MonotonicClock()
         self.selector = selector if selector is not None else selectors.DefaultSelector()
+        # An epoll selector is polled through its epoll object and fd table directly (what
+        # EpollSelector.select does, without building a (key, mask) list per wakeup); any
+        # other selector through select().
+        sel = self.selector
+        self._epoll = None
+        if type(sel) is getattr(selectors, "EpollSelector", None):
+            self._epoll = sel._selector
+            self._fd_to_key = sel._fd_to_key
         self._timers: list[TimerHandle] = []
         self._ready: deque[TimerHandle] = deque()
         self._seq = itertools.count()
@@ -178,6 +197,30 @@ class Loop:
             timeout = max(0.0, wake_at - clock.now())
 
         # 2. Wait on the selector. A virtual clock only polls: time does not pass by waiting.
+        ep = self._epoll
+        if ep is not None and not clock.virtual:
+            fd_to_key = self._fd_to_key
+            if timeout is None:
+                if not fd_to_key:
+                    return False                         # nothing scheduled, nothing to read
+                ready = ep.poll(-1, len(fd_to_key))
+            elif fd_to_key:
+                # EpollSelector.select's rounding: up to the next millisecond, never early.
+                ready = ep.poll(math.ceil(timeout * 1e3) * 1e-3 if timeout > 0 else 0,
+                                len(fd_to_key))
+            else:
+                ready = ()
+                if timeout > 0:
+                    time.sleep(timeout)
+            # 3. Ready files: data(mask), the control.py convention. Keys are looked up before
+            #    any callback runs, as select() does (a callback may close and reuse an fd).
+            for key, ev in [(fd_to_key.get(fd), ev) for fd, ev in ready]:
+                if key is not None:
+                    mask = ((_EVENT_WRITE if ev & _NOT_EPOLLIN else 0)
+                            | (_EVENT_READ if ev & _NOT_EPOLLOUT else 0)) & key.events
+                    self.fd_events += 1
+                    key.data(mask)
+            return self._run_ready(clock)
         registered = bool(self.selector.get_map())
         if timeout is None and not registered:
             return False                                 # nothing scheduled, nothing to read
@@ -201,7 +244,11 @@ class Loop:
             self.fd_events += 1
             key.data(mask)
 
+        return self._run_ready(clock)
+
+    def _run_ready(self, clock) -> bool:
         # 4. Due timers join the ready queue in (deadline, call order); measure their lag.
+        timers = self._timers
         now = clock.now()
         ready = self._ready
         while timers and timers[0].when <= now:

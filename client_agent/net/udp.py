@@ -24,6 +24,7 @@ import socket as _pysocket
 from collections import deque
 
 from ..mm.gfp import GFP_NOWAIT, Gfp
+from ..tasks import TIMEOUT, WaitEvent
 
 SK_RMEM_DEFAULT = 212992          # net.core.rmem_default
 EPHEMERAL_PORTS = (32768, 60999)  # net.ipv4.ip_local_port_range
@@ -137,7 +138,6 @@ class UdpSocket:
     def recvfrom_wait(self, bufsize: int = 65535, until: float | None = None):
         """Task-friendly blocking receive: ``data, addr = yield from sk.recvfrom_wait()``.
         Yields ``WaitEvent`` while the queue is empty; returns None at ``until``."""
-        from ..tasks import WaitEvent, TIMEOUT
         while not self.rxq:
             if self.closed:
                 return None
