@@ -29,6 +29,7 @@ from ..tasks import TIMEOUT, WaitEvent
 SK_RMEM_DEFAULT = 212992          # net.core.rmem_default
 EPHEMERAL_PORTS = (32768, 60999)  # net.ipv4.ip_local_port_range
 UDP_MAX_PAYLOAD = 65535 - 20 - 8
+_MEMALLOC_MASK: dict = {}         # sk_gfp_mask's results (IntFlag operators are Python calls)
 
 
 class UdpSocket:
@@ -81,7 +82,12 @@ class UdpSocket:
             self.stack.alloc.sk_memalloc_dec()
 
     def sk_gfp_mask(self, gfp: int) -> int:
-        return gfp | Gfp.MEMALLOC if self.memalloc else gfp
+        if not self.memalloc:
+            return gfp
+        m = _MEMALLOC_MASK.get(gfp)             # gfp | __GFP_MEMALLOC, once per mask
+        if m is None:
+            m = _MEMALLOC_MASK[gfp] = gfp | Gfp.MEMALLOC
+        return m
 
     # -- transmit ------------------------------------------------------------------------
     def sendto(self, data, addr: tuple[str, int], now: float) -> int:
