@@ -147,21 +147,9 @@ class SwapDevice:
     def _writeback(self, ap: AnonPage):
         """One page to its slot, durably (RPC_TASK_SWAPPER: runs under PF_MEMALLOC)."""
         self.alloc.memalloc_noreclaim_save()
-        t = self.transport
-        offset = ap.slot * PAGE_SIZE
-        c = self.counters
-        while True:
-            data = page_bytes(self.seed, ap.page_id, ap.generation)
-            c["writes"] += 1
-            r = yield from t.write(self.fh, offset, data, self.stable)
-            if r.committed != nfs3.UNSTABLE:
-                break
-            c["commits"] += 1
-            cr = yield from t.commit(self.fh, offset, PAGE_SIZE)
-            if cr.verf == r.verf:
-                break
-            c["verifier_changes"] += 1
-            c["resends"] += 1      # the server lost it: write again
+        yield from self.transport.write_durably(
+            self.fh, ap.slot * PAGE_SIZE, lambda: page_bytes(self.seed, ap.page_id, ap.generation),
+            self.stable, self.counters)
         self._complete(ap)
 
     def _complete(self, ap: AnonPage) -> None:

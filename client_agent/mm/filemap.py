@@ -322,21 +322,9 @@ class FileMapping:
         """One page to its offset in the file image, durably."""
         if self.policy == "extended":
             self.alloc.memalloc_noreclaim_save()      # beyond Linux: as RPC_TASK_SWAPPER
-        t = self.transport
-        offset = fp.index * PAGE_SIZE
-        c = self.counters
-        while True:
-            data = file_page_bytes(self.seed, fp.index, fp.generation)
-            c["writes"] += 1
-            r = yield from t.write(self.fh, offset, data, self.stable)
-            if r.committed != nfs3.UNSTABLE:
-                break
-            c["commits"] += 1
-            cr = yield from t.commit(self.fh, offset, PAGE_SIZE)
-            if cr.verf == r.verf:
-                break
-            c["verifier_changes"] += 1
-            c["resends"] += 1
+        yield from self.transport.write_durably(
+            self.fh, fp.index * PAGE_SIZE, lambda: file_page_bytes(self.seed, fp.index, fp.generation),
+            self.stable, self.counters)
         self._complete(fp)
 
     def _complete(self, fp: FilePage) -> None:

@@ -310,6 +310,25 @@ class NfsTransport:
             raise NfsError(f"COMMIT: rpc_ok={r.rpc_ok} status={r.status}")
         return r
 
+    def write_durably(self, fh: bytes, offset: int, make_data: Callable[[], bytes], stable: int,
+                      counters: dict):
+        """A page is durable once the NAS says so: a FILE_SYNC/DATA_SYNC reply, or an UNSTABLE
+        write followed by a COMMIT with the same verifier. A changed verifier means the server
+        restarted and lost the data: write it again (``make_data`` regenerates the bytes).
+        Counts writes, commits, verifier_changes and resends in ``counters``."""
+        while True:
+            data = make_data()
+            counters["writes"] += 1
+            r = yield from self.write(fh, offset, data, stable)
+            if r.committed != nfs3.UNSTABLE:
+                return r
+            counters["commits"] += 1
+            cr = yield from self.commit(fh, offset, len(data))
+            if cr.verf == r.verf:
+                return r
+            counters["verifier_changes"] += 1
+            counters["resends"] += 1
+
     # -- observation -------------------------------------------------------------------------
     def snapshot(self) -> dict:
         return {
