@@ -195,3 +195,26 @@ def disable_offloads(ifname: str) -> dict[str, bool]:
         for _get, set_ in OFFLOADS.values():
             _ethtool_value(s, ifname, set_, 0)
         return {k: bool(_ethtool_value(s, ifname, get)) for k, (get, _set) in OFFLOADS.items()}
+
+
+NUD_PERMANENT = 0x80  # include/uapi/linux/neighbour.h
+
+
+def add_permanent_neighbours(netns: str, ifname: str, pairs: list[tuple[str, str]]) -> None:
+    """Permanent ARP entries ``ip -> mac`` on ``ifname`` inside namespace ``netns`` (pyroute2).
+
+    The kernel hosts need them for the client agent's address: with its pool exhausted the agent
+    cannot answer ARP, and a kernel that cannot resolve it would drop its traffic at the sender."""
+    from pyroute2 import IPRoute
+
+    with entered(netns):
+        ipr = IPRoute()          # the netlink socket belongs to the namespace it was made in
+    try:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise NetnsError(errno.ENODEV, f"no interface {ifname} in {netns} for the neighbour entries "
+                                           f"{pairs}; is the topology up?")
+        for ip, mac in pairs:
+            ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx[0], state=NUD_PERMANENT)
+    finally:
+        ipr.close()

@@ -23,6 +23,8 @@ import sys
 import time
 import uuid
 
+from client_agent.phy.afpacket import softnet_drops
+from netns_setup.nsutil import add_permanent_neighbours
 from testbed import report as rep
 from testbed import scenario as scn
 from testbed.watchdog import Watchdog, hung_task_report, nfs_view
@@ -45,17 +47,6 @@ class RunError(Exception):
 
 
 # ------------------------------------------------------------------ helpers run inside namespaces
-def _static_neigh(dst: str, mac: str) -> int:
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        idx = [l["index"] for l in ipr.get_links() if l.get_attr("IFLA_IFNAME") != "lo"][0]
-        ipr.neigh("replace", dst=dst, lladdr=mac, ifindex=idx, state=0x80)  # NUD_PERMANENT
-        for n in ipr.get_neighbours():
-            if n.get_attr("NDA_DST") == dst:
-                return n["state"]
-    return 0
-
-
 def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s: float = 1.0,
                   image: str | None = None, content: str = "swap") -> dict:
     """Read back every acked slot over kernel sockets and compare with page_bytes(), or for a file
@@ -108,15 +99,6 @@ def nfs_reply_xids(pcap_path: str, nas_ip: str, client_ip: str, port: int = NFS_
         return [r["xid"] for r in nfs_replies(pcap_path, nas_ip, client_ip, port)]
     except OSError:
         return []
-
-
-def softnet_dropped() -> int:
-    """Σ 'dropped' (2nd column) of /proc/net/softnet_stat: backlog overflows anywhere on the host."""
-    try:
-        with open("/proc/net/softnet_stat") as f:
-            return sum(int(line.split()[1], 16) for line in f if line.strip())
-    except OSError:
-        return 0
 
 
 # ------------------------------------------------------------------ timeline sample
@@ -250,7 +232,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             procs["nas"].wait(5.0)
             procs["nas"] = start_process(st, "nas", nas_argv, role="nas-server", ready=True, cpus=other_cpu, env=env)
         for h in ("nas", "noise"):
-            run_in_netns(st.host_netns(h), _static_neigh, cli_ip, mac("client"))
+            add_permanent_neighbours(st.host_netns(h), st.host_iface(h), [(cli_ip, mac("client"))])
         # -- captures on every host's NIC (client, nas, noise)
         for h in ("client", "nas", "noise"):
             caps[h] = start_capture(st, h, path=os.path.join(pcap_dir or os.path.join(out, "pcap"), f"{pcap_prefix}{h}.pcap"))
@@ -287,7 +269,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                                                      "--seed", str(sc.seed), "--bind", noise_ip,
                                                      "--control", ctl["flood"]],
                                        role="flood", ready=True, cpus=other_cpu, env=env)
-        softnet0 = softnet_dropped()
+        softnet0 = softnet_drops()
         if file_consumer:
             agent.call("file_workload", kind=consumer, pages=sc.workload_pages, seed=sc.seed,
                        rate_pps=sc.workload_rate_pps)
@@ -309,7 +291,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             s = agent.call("snapshot", traces=False)   # the xid/fate records only at the end
             last_snap = s
             c = compact(t, s)
-            sn = softnet_dropped() - softnet0
+            sn = softnet_drops() - softnet0
             c["softnet_dropped"] = sn
             timeline.append(c)
             prog.show(t, c)

@@ -21,7 +21,14 @@ def agent_and_nas(image: str, pages: int, *, pool_pages: int = 1024, seed: int =
     w = WirePair(loop, latency_s=0.0005, mac_a=MAC_A, mac_b=MAC_B)
     agent = Agent(loop, w.a, ip="198.18.0.2", prefix_len=24, pool_pages=pool_pages, seed=seed)
     agent.stack.neigh.add_permanent(socket.inet_aton("198.18.0.1"), MAC_B)
-    nas = Stack(PageAllocator(8192), w.b, MAC_B, "198.18.0.1", 24)
+    serve, _store, img = _nas(w.b, image, pages)
+    w.b.on_rx = lambda: loop.call_soon(lambda: serve(loop.time(), 256))
+    return loop, agent, img
+
+
+def _nas(dev, image: str, pages: int):
+    """(serve(now, budget), store, img): a NAS Stack at 198.18.0.1 on ``dev`` feeding NasCore."""
+    nas = Stack(PageAllocator(8192), dev, MAC_B, "198.18.0.1", 24)
     nas.neigh.add_permanent(socket.inet_aton("198.18.0.2"), MAC_A)
     store = MemoryStore()
     store.add_export("swap")
@@ -30,11 +37,26 @@ def agent_and_nas(image: str, pages: int, *, pool_pages: int = 1024, seed: int =
     nsk = nas.udp_socket()
     nsk.bind(("0.0.0.0", 2049))
 
-    def nas_poll():
-        now = loop.time()
-        nas.poll(now, 256)
+    def serve(now, budget):
+        nas.poll(now, budget)
         while (got := nsk.recvfrom()) is not None:
             for r in core.handle(got[0], got[1], now):
                 nsk.sendto(r, got[1], now)
-    w.b.on_rx = lambda: loop.call_soon(nas_poll)
-    return loop, agent, img
+    return serve, store, img
+
+
+def nas_pumped(loop, client_stack, dev_b, *, image_pages: int = 64):
+    """A NAS (Stack + NasCore on a MemoryStore) behind ``dev_b`` at 198.18.0.1, polled together with
+    ``client_stack`` every millisecond of loop time; returns ``(store, img)``."""
+    client_stack.neigh.add_permanent(socket.inet_aton("198.18.0.1"), MAC_B)
+    serve, store, img = _nas(dev_b, "swap.img", image_pages)
+
+    def pump():
+        now = loop.time()
+        client_stack.poll(now, 64)
+        serve(now, 64)
+        client_stack.poll(now, 64)
+        loop.call_at(now + 0.001, pump)
+
+    loop.call_soon(pump)
+    return store, img

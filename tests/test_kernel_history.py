@@ -11,7 +11,6 @@ fail the way it would if the bug came back, switch the bug on for the whole run:
 """
 
 import contextlib
-import socket
 
 import pytest
 
@@ -26,10 +25,9 @@ from client_agent.phy.wire_pair import WirePair
 from client_agent.swap import page_bytes
 from client_agent.tasks import Scheduler, WaitEvent, WaitPages
 from client_agent.wire import ethernet, ipv4, udp
-from nas_server.core import NasCore
 from nas_server.protocol import nfs3
-from nas_server.store import MemoryStore
 from test_stack_kit import A, B, IP_A, IP_B, MAC_A, MAC_B, kit, run, udp_frame  # noqa: F401
+from tests.nas_wire_kit import nas_pumped
 
 PAGES = 256          # min_free_kbytes 128 -> min 32 pages, GFP_ATOMIC floor 12, throttle <= 16
 
@@ -282,27 +280,7 @@ def _nfs_setup():
     sched = Scheduler(alloc)
     sched.attach_loop(loop)
     st = Stack(alloc, w.a, MAC_C, "198.18.0.2", 24, sched)
-    st.neigh.add_permanent(socket.inet_aton("198.18.0.1"), MAC_N)
-    nas = Stack(PageAllocator(8192), w.b, MAC_N, "198.18.0.1", 24)
-    nas.neigh.add_permanent(socket.inet_aton("198.18.0.2"), MAC_C)
-    store = MemoryStore()
-    store.add_export("swap")
-    store.create_image("swap", "swap.img", 64 * 4096)
-    core = NasCore(store)
-    nsk = nas.udp_socket()
-    nsk.bind(("0.0.0.0", 2049))
-
-    def pump():
-        now = loop.time()
-        st.poll(now, 64)
-        nas.poll(now, 64)
-        while (got := nsk.recvfrom()) is not None:
-            for r in core.handle(got[0], got[1], now):
-                nsk.sendto(r, got[1], now)
-        st.poll(now, 64)
-        loop.call_at(now + 0.001, pump)
-
-    loop.call_soon(pump)
+    store, img = nas_pumped(loop, st, w.b)
     logs = []
     t = NfsTransport(st, sched, "198.18.0.1", slots=4, timeo_s=0.1, timeo_max_s=0.4, retrans=2,
                      log=logs.append)

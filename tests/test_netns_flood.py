@@ -20,7 +20,7 @@ from netns_setup.lifecycle import teardown, up
 from netns_setup.process import start_process
 from netns_setup.state import control_socket_path
 from netns_setup.topology import default_topology
-from testbed.bench.rx import add_static_neighbour
+from netns_setup.nsutil import add_permanent_neighbours
 from testbed.flood import parse_seq
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ def topo():
     st = up(t, f"tflood-{secrets.token_hex(2)}")
     try:
         nas = t.host("nas")
-        add_static_neighbour(st.host_netns("noise"), st.host_iface("noise"), str(nas.address.ip), nas.mac)
+        add_permanent_neighbours(st.host_netns("noise"), st.host_iface("noise"), [(str(nas.address.ip), nas.mac)])
         yield st, t
     finally:
         names = [o["name"] for o in st.objects("netns")]

@@ -12,9 +12,8 @@ from client_agent.phy.fault import FaultInjector
 from client_agent.phy.wire_pair import WirePair
 from client_agent.swap import page_bytes
 from client_agent.tasks import Scheduler
-from nas_server.core import NasCore
 from nas_server.protocol import nfs3
-from nas_server.store import MemoryStore
+from tests.nas_wire_kit import nas_pumped
 
 MAC_A, MAC_B = b"\x02\0\0\0\0\x0a", b"\x02\0\0\0\0\x0b"
 
@@ -28,28 +27,7 @@ def _setup(loss=0.0, seed=5):
     sched = Scheduler(alloc)
     sched.attach_loop(loop)
     st = Stack(alloc, dev_a, MAC_A, "198.18.0.2", 24, sched)
-    st.neigh.add_permanent(socket.inet_aton("198.18.0.1"), MAC_B)
-    nas_alloc = PageAllocator(8192)
-    nas = Stack(nas_alloc, dev_b, MAC_B, "198.18.0.1", 24)
-    nas.neigh.add_permanent(socket.inet_aton("198.18.0.2"), MAC_A)
-    store = MemoryStore()
-    store.add_export("swap")
-    img = store.create_image("swap", "swap.img", 64 * 4096)
-    core = NasCore(store)
-    nsk = nas.udp_socket()
-    nsk.bind(("0.0.0.0", 2049))
-
-    def pump():
-        now = loop.time()
-        st.poll(now, 64)
-        nas.poll(now, 64)
-        while (got := nsk.recvfrom()) is not None:
-            for r in core.handle(got[0], got[1], now):
-                nsk.sendto(r, got[1], now)
-        st.poll(now, 64)
-        loop.call_at(now + 0.001, pump)
-
-    loop.call_soon(pump)
+    store, img = nas_pumped(loop, st, dev_b)
     logs = []
     t = NfsTransport(st, sched, "198.18.0.1", slots=4, timeo_s=0.1, timeo_max_s=0.4, retrans=2,
                      log=logs.append)

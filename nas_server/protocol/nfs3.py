@@ -632,32 +632,36 @@ def _skip_wcc(u: Unpacker) -> None:
         u.pos += _FATTR.size
 
 
-def decode_write_reply(msg: bytes | memoryview) -> WriteReply:
-    """xid, status, count, committed and verifier of a WRITE reply, skipping attributes."""
+def _wcc_reply(msg: bytes | memoryview):
+    """The shared head of WRITE and COMMIT replies: RPC header, status, wcc_data skipped. Returns
+    ``(None, unpacker positioned after it, rpc header)`` for NFS3_OK, else ``(WriteReply, None, None)``."""
     hdr = rpc.decode_reply(msg)
     if not hdr.ok:
-        return WriteReply(hdr.xid, False, -1, rpc_reply=hdr)
+        return WriteReply(hdr.xid, False, -1, rpc_reply=hdr), None, None
     u = Unpacker(msg, hdr.body_offset)
     status = u.unpack_enum()
     _skip_wcc(u)
     if status != NFS3_OK:
-        return WriteReply(hdr.xid, True, status, rpc_reply=hdr)
+        return WriteReply(hdr.xid, True, status, rpc_reply=hdr), None, None
+    return None, u, hdr
+
+
+def decode_write_reply(msg: bytes | memoryview) -> WriteReply:
+    """xid, status, count, committed and verifier of a WRITE reply, skipping attributes."""
+    failed, u, hdr = _wcc_reply(msg)
+    if failed is not None:
+        return failed
     count = u.unpack_uint()
     committed = u.unpack_enum()
-    return WriteReply(hdr.xid, True, status, count, committed, u.unpack_fopaque(8), hdr)
+    return WriteReply(hdr.xid, True, NFS3_OK, count, committed, u.unpack_fopaque(8), hdr)
 
 
 def decode_commit_reply(msg: bytes | memoryview) -> WriteReply:
     """xid, status and verifier of a COMMIT reply (``committed`` reported as FILE_SYNC)."""
-    hdr = rpc.decode_reply(msg)
-    if not hdr.ok:
-        return WriteReply(hdr.xid, False, -1, rpc_reply=hdr)
-    u = Unpacker(msg, hdr.body_offset)
-    status = u.unpack_enum()
-    _skip_wcc(u)
-    if status != NFS3_OK:
-        return WriteReply(hdr.xid, True, status, rpc_reply=hdr)
-    return WriteReply(hdr.xid, True, status, 0, FILE_SYNC, u.unpack_fopaque(8), hdr)
+    failed, u, hdr = _wcc_reply(msg)
+    if failed is not None:
+        return failed
+    return WriteReply(hdr.xid, True, NFS3_OK, 0, FILE_SYNC, u.unpack_fopaque(8), hdr)
 
 
 def encode_call(xid: int, proc: int, args=None, cred: tuple[int, bytes] = rpc.NULL_AUTH) -> bytes:

@@ -23,6 +23,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from netns_setup.nsutil import add_permanent_neighbours
+
 from .framework import BenchError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,16 +48,6 @@ def profile_path(name: str) -> str | None:
 
 def _cpus(k: int) -> list[int] | None:
     return [k] if (os.cpu_count() or 1) > 1 else None
-
-
-def _static_neigh(pairs: list[tuple[str, str]]) -> int:
-    """Inside a host: permanent neighbour entries on its one NIC (pyroute2)."""
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        idx = [l["index"] for l in ipr.get_links() if l.get_attr("IFLA_IFNAME") != "lo"][0]
-        for dst, mac in pairs:
-            ipr.neigh("replace", dst=dst, lladdr=mac, ifindex=idx, state=0x80)  # NUD_PERMANENT
-    return len(pairs)
 
 
 def _mac(h: Any) -> str:
@@ -106,11 +98,10 @@ class SwapRig:
             except ProcessStartError as e:
                 raise BenchError(f"nas-server did not start: {str(e).splitlines()[0]}") from None
             self.ctls["nas"] = ControlClient(ctl, timeout_s=10.0)
-            from netns_setup.process import run_in_netns
             pairs = [(str(self.hosts[c].address.ip), _mac(self.hosts[c])) for c in self.clients]
             for h in ("nas", "noise"):
                 if h in self.hosts:
-                    run_in_netns(self.st.host_netns(h), _static_neigh, pairs)
+                    add_permanent_neighbours(self.st.host_netns(h), self.st.host_iface(h), pairs)
         except BaseException:
             self.close()
             raise

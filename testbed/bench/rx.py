@@ -30,6 +30,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from client_agent.phy.afpacket import softnet_drops
+from netns_setup.nsutil import add_permanent_neighbours
+
 from . import REGISTRY
 from .framework import BenchContext, BenchError, Figure, SectionResult
 from .rig import profile_path
@@ -51,36 +54,12 @@ AGENT_SINK_READER = "fast"
 # After the flood stops, the receiver has drained once its count stops moving for this long.
 DRAIN_QUIET_S = 0.15
 DRAIN_MAX_S = 5.0
-NUD_PERMANENT = 0x80
 CPUCLOCK_SCHED = 2
 
 
 def process_cpu_ns(pid: int) -> int:
     """CPU time (user + system, all threads) of process ``pid``, in ns: clock_getcpuclockid(pid)."""
     return time.clock_gettime_ns(((~pid) << 3) | CPUCLOCK_SCHED)
-
-
-def softnet_drops() -> int:
-    """Σ over CPUs of /proc/net/softnet_stat column 2 (frames the kernel's backlog dropped)."""
-    with open("/proc/net/softnet_stat") as f:
-        return sum(int(line.split()[1], 16) for line in f if line.strip())
-
-
-def add_static_neighbour(netns: str, ifname: str, ip: str, mac: str) -> None:
-    """A permanent ARP entry ``ip -> mac`` on ``ifname`` inside ``netns`` (pyroute2, no `ip`)."""
-    from pyroute2 import IPRoute
-
-    from netns_setup.nsutil import entered
-
-    with entered(netns):
-        ipr = IPRoute()
-    try:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise BenchError(f"no interface {ifname} in {netns} for the static neighbour {ip}; is the topology up?")
-        ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx[0], state=NUD_PERMANENT)
-    finally:
-        ipr.close()
 
 
 @dataclass
@@ -268,7 +247,7 @@ def rx_section(ctx: BenchContext) -> SectionResult:
     name = f"bench-rx-{secrets.token_hex(3)}"
     st = up(topo, name)
     try:
-        add_static_neighbour(st.host_netns("noise"), st.host_iface("noise"), str(client.address.ip), client.mac)
+        add_permanent_neighbours(st.host_netns("noise"), st.host_iface("noise"), [(str(client.address.ip), client.mac)])
         fctl = control_socket_path(st.dir, "flood")
         try:
             flood_proc = start_process(
