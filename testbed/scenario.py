@@ -286,7 +286,7 @@ def figures(sc: Scenario) -> dict:
     """Watermarks and sizes, from the agent's own allocator and stack rules."""
     from client_agent.mm.gfp import GFP_ATOMIC
     from client_agent.mm.page_alloc import PageAllocator
-    from client_agent.net.skb import PAGE_SIZE as SKB_PAGE, SKB_TRUESIZE_OVERHEAD
+    from client_agent.net.core.skbuff import PAGE_SIZE as SKB_PAGE, SKB_TRUESIZE_OVERHEAD
 
     pa = PageAllocator(sc.pool_pages, sc.min_free_kbytes, sc.watermark_scale_factor)
     wmin, low, high = pa.wmark_min, pa.wmark_low, pa.wmark_high

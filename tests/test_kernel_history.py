@@ -18,7 +18,7 @@ from client_agent.bugs import BUGS, NAMES, reintroduced
 from client_agent.loop import Loop, ManualClock
 from client_agent.mm.gfp import GFP_ATOMIC, GFP_KERNEL
 from client_agent.mm.page_alloc import PageAllocator
-from client_agent.net.page_frag import Current, frag_sendto
+from client_agent.net.core.page_frag import Current, frag_sendto
 from client_agent.net.stack import Stack
 from client_agent.nfs.transport import NfsTransport
 from client_agent.phy.wire_pair import WirePair

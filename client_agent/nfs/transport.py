@@ -37,7 +37,7 @@ from nas_server.protocol.xdr import Unpacker
 
 from ..bugs import BUGS as _BUGS
 from ..mm.gfp import GFP_NOFS, Gfp
-from ..net.skb import PAGE_SIZE, SKB_TRUESIZE_OVERHEAD
+from ..net.core.skbuff import PAGE_SIZE, SKB_TRUESIZE_OVERHEAD
 from ..tasks import TIMEOUT, Sleep, WaitEvent
 
 # call_transmit_status(): -ENOBUFS -> rpc_delay(task, HZ>>2), scaled down like timeo.
