@@ -163,3 +163,138 @@ def test_inet_peer_table_bounded_by_threshold(kit):
     assert len(sb.reasm.peers) <= 8
     assert all(bytes([198, 18, 1, i]) in sb.reasm.peers for i in range(4))
     assert sb.reasm.peer_stats["peers_freed"] == 100 + 4 - len(sb.reasm.peers)
+
+
+# -------------------------------------------------------------------------- ARP / neighbours
+STRANGER = ipv4.ip_aton("198.18.0.66")
+MAC_S = bytes.fromhex("020000000066")
+
+
+def _arp(op, sha, spa, tpa, *, tha=b"\0" * 6, dst_mac=MAC_B):
+    return ethernet.emit(dst_mac, sha, ethernet.ETH_P_ARP, arp.ArpPacket(op, sha, spa, tha, tpa).emit())
+
+
+def _arp_replies(w, now):
+    return [arp.ArpPacket.new_checked(f[14:]) for f in w.a.receive(now, 100000)
+            if f[12:14] == b"\x08\x06"]
+
+
+def test_issue_example_unsolicited_arp_reply_creates_no_entry(kit):
+    w = WirePair()
+    sb = kit.stack(kit.alloc(), w.b, MAC_B, IP_B)
+    _send(w, sb, [_arp(arp.ARPOP_REPLY, MAC_S, STRANGER, B, tha=MAC_B)])
+    assert sb.neigh.lookup(STRANGER) is None
+    assert sb.snmp["ArpCache"]["allocs"] == 0 and sb.snmp["ArpCache"]["entries"] == 0
+    assert sb.rx_fate == {"arp": 1} and _drops(sb) == {}
+    # a gratuitous ARP (request, sender == target) from it creates none either
+    _send(w, sb, [_arp(arp.ARPOP_REQUEST, MAC_S, STRANGER, STRANGER, dst_mac=ethernet.BROADCAST)])
+    assert sb.neigh.lookup(STRANGER) is None and sb.snmp["ArpCache"]["allocs"] == 0
+
+
+def test_arp_accept_lets_unsolicited_arp_create_entries(kit):
+    w = WirePair()
+    sb = kit.stack(kit.alloc(), w.b, MAC_B, IP_B)
+    sb.arp_accept = 2                                   # only senders in our subnet
+    far = ipv4.ip_aton("198.19.0.66")
+    _send(w, sb, [_arp(arp.ARPOP_REPLY, MAC_S, far, B, tha=MAC_B),
+                  _arp(arp.ARPOP_REPLY, MAC_S, STRANGER, B, tha=MAC_B)])
+    assert sb.neigh.lookup(far) is None
+    n = sb.neigh.lookup(STRANGER)
+    assert (n.state, n.mac) == ("REACHABLE", MAC_S)
+    sb.arp_accept = 1
+    garp_ip = ipv4.ip_aton("198.18.0.67")
+    _send(w, sb, [_arp(arp.ARPOP_REQUEST, MAC_S, garp_ip, garp_ip, dst_mac=ethernet.BROADCAST)])
+    assert sb.neigh.lookup(garp_ip).state == "STALE"     # a request asserts no reachability
+
+
+def test_request_to_us_makes_a_stale_entry_and_the_first_reply_wins_within_locktime(kit):
+    w = WirePair()
+    sb = kit.stack(kit.alloc(), w.b, MAC_B, IP_B)
+    _send(w, sb, [_arp(arp.ARPOP_REQUEST, MAC_S, STRANGER, B, dst_mac=ethernet.BROADCAST)])
+    n = sb.neigh.lookup(STRANGER)
+    assert (n.state, n.mac) == ("STALE", MAC_S)          # neigh_event_ns
+    assert [(r.op, r.tpa) for r in _arp_replies(w, 0.0)] == [(arp.ARPOP_REPLY, STRANGER)]
+    # a reply to our MAC confirms it, after locktime
+    _send(w, sb, [_arp(arp.ARPOP_REPLY, MAC_S, STRANGER, B, tha=MAC_B)], now=2.0)
+    assert n.state == "REACHABLE"
+    # another MAC for it within locktime (1 s) of that update: ignored ("use the FIRST one")
+    other = bytes.fromhex("0200000000aa")
+    _send(w, sb, [_arp(arp.ARPOP_REPLY, other, STRANGER, B, tha=MAC_B)], now=2.5)
+    assert n.mac == MAC_S and n.updated == 2.0
+    # ... but a gratuitous ARP overrides at once, and as a request it leaves the entry STALE
+    _send(w, sb, [_arp(arp.ARPOP_REQUEST, other, STRANGER, STRANGER, dst_mac=ethernet.BROADCAST)], now=2.6)
+    assert (n.mac, n.state) == (other, "STALE")
+    # after locktime a reply with a new MAC is taken
+    third = bytes.fromhex("0200000000bb")
+    _send(w, sb, [_arp(arp.ARPOP_REPLY, third, STRANGER, B, tha=MAC_B)], now=4.0)
+    assert (n.mac, n.state) == (third, "REACHABLE")
+    assert sb.snmp["ArpCache"]["allocs"] == 1
+
+
+def test_address_probe_from_0_0_0_0_is_answered_and_creates_no_entry(kit):
+    w = WirePair()
+    sb = kit.stack(kit.alloc(), w.b, MAC_B, IP_B)
+    _send(w, sb, [_arp(arp.ARPOP_REQUEST, MAC_S, b"\0\0\0\0", B, dst_mac=ethernet.BROADCAST)])
+    assert sb.neigh.entries == {} and sb.snmp["ArpCache"]["allocs"] == 0
+    replies = _arp_replies(w, 0.0)
+    assert [(r.op, r.spa, r.tpa, r.tha) for r in replies] == [(arp.ARPOP_REPLY, B, b"\0\0\0\0", MAC_S)]
+
+
+def _sender(i):
+    return bytes([198, 18, 4 + i // 250, 1 + i % 250]), bytes([2, 0, 0, 1, i >> 8, i & 255])
+
+
+def test_gc_thresh3_reached_by_a_flood_of_distinct_senders(kit):
+    # 1100 hosts each ask for our address within one instant: 1024 entries (gc_thresh3) are
+    # made and answered; forced GC finds nothing to free (every entry updated < 5 s ago), so
+    # the other 76 get "neighbor table overflow!" (table_fulls) and no reply, as in Linux.
+    w = WirePair()
+    alloc = kit.alloc()
+    from client_agent.net import Stack
+    sb = Stack(alloc, w.b, MAC_B, IP_B, 15)
+    kit.stacks.append(sb)
+    frames = []
+    for i in range(1100):
+        ip, mac = _sender(i)
+        frames.append(_arp(arp.ARPOP_REQUEST, mac, ip, B, dst_mac=ethernet.BROADCAST))
+    _send(w, sb, frames)
+    st = sb.snmp["ArpCache"]
+    assert len(sb.neigh.entries) == 1024 == st["entries"] == sb.neigh.gc_entries
+    assert st["table_fulls"] == 76 and st["forced_gc_runs"] == 76 and st["allocs"] == 1024
+    assert len(_arp_replies(w, 0.0)) == 1024
+    assert sb.neigh.lookup(_sender(1099)[0]) is None
+    # a send to a new next hop finds no room either: dropped NEIGH_CREATEFAIL, -EINVAL
+    sk = sb.udp_socket()
+    assert sk.sendto(b"x", ("198.18.9.9", 9), 0.0) == -22
+    assert _drops(sb) == {"NEIGH_CREATEFAIL": 1} and sb.snmp["Ip"]["OutDiscards"] == 1
+    assert st["table_fulls"] == 77 and alloc.owner_pages() == {}
+    # 10 s later the entries are older than 5 s: forced GC frees gc_entries + 1 - gc_thresh2
+    # of them, oldest first, and the new sender gets its entry and its reply
+    _send(w, sb, [frames[1099]], now=10.0)
+    assert len(sb.neigh.entries) == 1024 - 513 + 1 and st["destroys"] == 513
+    assert sb.neigh.lookup(_sender(0)[0]) is None and sb.neigh.lookup(_sender(513)[0]) is not None
+    assert sb.neigh.lookup(_sender(1099)[0]).state == "STALE"
+    assert len(_arp_replies(w, 10.0)) == 1
+    # permanent entries are exempt from the limit
+    sb.neigh.add_permanent(_sender(1200)[0], MAC_S)
+    assert sb.neigh.gc_entries == 512 and len(sb.neigh.entries) == 513
+
+
+def test_periodic_gc_only_above_gc_thresh1(kit):
+    w = WirePair()
+    sb = kit.stack(kit.alloc(), w.b, MAC_B, IP_B)
+    sb.neigh.gc_thresh1 = 4
+    ask = [_arp(arp.ARPOP_REQUEST, MAC_S, bytes([198, 18, 0, 100 + i]), B,
+                dst_mac=ethernet.BROADCAST) for i in range(5)]
+    _send(w, sb, ask[:3])
+    assert sb.next_deadline() is None                   # below gc_thresh1: no periodic work
+    sb.poll(1000.0)
+    assert len(sb.neigh.entries) == 3                   # unused STALE entries stay
+    _send(w, sb, ask[3:], now=1000.0)
+    assert sb.next_deadline() == 1005.0                 # on the 15 s grid
+    sb.poll(1005.0)
+    # at >= gc_thresh1 entries the work removes those unused for gc_stale_time (60 s): the
+    # three asked at 0; the two from 1000 stay, and below gc_thresh1 the work stops
+    assert sorted(n.ip[3] for n in sb.neigh.entries.values()) == [103, 104]
+    st = sb.snmp["ArpCache"]
+    assert st["destroys"] == 3 and st["periodic_gc_runs"] == 1 and sb.next_deadline() is None
