@@ -655,6 +655,6 @@ class Stack:
             "sockets": [s.snapshot() for s in self.sockets],
             "neigh": self.neigh.snapshot(),
             "ipfrag": {"queues": len(self.reasm.queues), "fragments": self.reasm.queued(),
-                       "mem_bytes": self.reasm.mem},
+                       "mem_bytes": self.reasm.mem, "peers": len(self.reasm.peers)},
             "policy": {"pfmemalloc_demux_drop": self.policy.pfmemalloc_demux_drop},
         }
