@@ -329,3 +329,16 @@ def test_swap_workload_survives_every_non_final_reply_kind():
     agent.transport.close()
     agent.kswapd.stop()
     assert agent.alloc.nr_free == agent.alloc.nr_pages, agent.alloc.owner_pages()
+
+
+def test_write_errors_reach_the_watchdog_text_and_report_view():
+    from testbed.watchdog import hung_task_report, writeback_view
+    c = durability_counters() | {"shortwrite": 3, "delay": 1, "rpcgarbage": 2, "write_errors": 2,
+                                 "write_error_reasons": {"NFS3ERR_NOSPC": 1, "zero-byte write": 1},
+                                 "write_error_errnos": {"ENOSPC": 1, "EIO": 1}}
+    snap = {"swap": {**c, "acked": 5, "active": True}}
+    v = writeback_view(snap)
+    assert v["write_errors"] == 2 and v["write_error_errnos"] == {"ENOSPC": 1, "EIO": 1} and "acked" not in v
+    text = hung_task_report(snap, 6.0)
+    assert ("nfs writeback: shortwrite:3 delay:1 rpcgarbage:2 write_errors:2 -- pages whose writeback "
+            "ended with an error, by reason: NFS3ERR_NOSPC:1 zero-byte write:1") in text.splitlines()
