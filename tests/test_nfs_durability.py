@@ -342,3 +342,30 @@ def test_write_errors_reach_the_watchdog_text_and_report_view():
     text = hung_task_report(snap, 6.0)
     assert ("nfs writeback: shortwrite:3 delay:1 rpcgarbage:2 write_errors:2 -- pages whose writeback "
             "ended with an error, by reason: NFS3ERR_NOSPC:1 zero-byte write:1") in text.splitlines()
+
+
+def test_file_writeback_survives_every_non_final_reply_kind():
+    """The file consumer (fileon, policy linux): same injections; an error page leaves writeback
+    clean and unacknowledged (nfs_mapping_set_error) and fsync reports the error."""
+    from client_agent.mm.filemap import file_page_bytes
+    inj = Injector()
+    loop, agent, img = agent_and_nas("file.img", 2048, handle=inj)
+    h = agent.handlers(lambda: None)
+    h["fileon"]({"op": "fileon", "server": "198.18.0.1", "memalloc": False})
+    h["file_workload"]({"op": "file_workload", "kind": "write", "pages": 1500, "seed": 4})
+    assert loop.run_until(lambda: agent.filemap.workload["done"], 600.0)
+    f = h["snapshot"]({"op": "snapshot"})["filemap"]
+    assert f["nr_writeback"] == 0 and f["nr_dirty"] == 0
+    assert agent.sched.counters["tasks_crashed"] == 0
+    assert f["write_errors"] == inj.done["nfs3err_io"] + inj.done["zero"] > 0
+    assert f["wb_err"] == "EIO" and f["workload"]["fsync_error"] == "EIO"
+    assert not f["workload"]["synced"]
+    assert f["acked"] == 1500 - f["write_errors"]
+    m = h["file_map"]({"op": "file_map"})
+    for idx, (i, gen) in m["acked"].items():
+        assert img.read(int(idx) * 4096, 4096) == file_page_bytes(4, i, gen)
+    agent.filemap.detach()
+    agent.filemap.release()
+    agent.file_transport.close()
+    agent.kswapd.stop()
+    assert agent.alloc.nr_free == agent.alloc.nr_pages, agent.alloc.owner_pages()
