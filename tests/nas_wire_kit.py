@@ -65,3 +65,12 @@ def nas_pumped(loop, client_stack, dev_b, *, image_pages: int = 64, handle=None)
 
     loop.call_soon(pump)
     return store, img
+
+
+def file_teardown(agent) -> None:
+    """Unmount the agent's file consumer, stop kswapd, and check every page went back to the pool."""
+    agent.filemap.detach()
+    agent.filemap.release()
+    agent.file_transport.close()
+    agent.kswapd.stop()
+    assert agent.alloc.nr_free == agent.alloc.nr_pages, agent.alloc.owner_pages()

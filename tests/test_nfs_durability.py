@@ -19,7 +19,7 @@ from client_agent.swap import page_bytes
 from client_agent.tasks import Scheduler
 from nas_server.protocol import nfs3, rpc
 from nas_server.protocol.xdr import Unpacker
-from tests.nas_wire_kit import MAC_A, MAC_B, agent_and_nas, nas_pumped
+from tests.nas_wire_kit import MAC_A, MAC_B, agent_and_nas, file_teardown, nas_pumped
 
 PAGE = page_bytes(1, 7, 0)
 
@@ -364,8 +364,4 @@ def test_file_writeback_survives_every_non_final_reply_kind():
     m = h["file_map"]({"op": "file_map"})
     for idx, (i, gen) in m["acked"].items():
         assert img.read(int(idx) * 4096, 4096) == file_page_bytes(4, i, gen)
-    agent.filemap.detach()
-    agent.filemap.release()
-    agent.file_transport.close()
-    agent.kswapd.stop()
-    assert agent.alloc.nr_free == agent.alloc.nr_pages, agent.alloc.owner_pages()
+    file_teardown(agent)
