@@ -61,6 +61,10 @@ class Stack(NetCore):
         self.bcast = (self._net | (~mask & 0xFFFFFFFF)).to_bytes(4, "big")
         self.gateway = _as_ip(gateway) if gateway is not None else None
         self.inet_protos: dict[int, object] = {}        # IP protocol -> handler (inet_protos)
+        # net.ipv4.conf.<dev>.arp_accept: may unsolicited ARP (a gratuitous ARP, or a reply
+        # nobody asked for) create a neighbour entry? 0 (Linux's default) no, 1 yes, 2 only
+        # for a sender in our subnet.
+        self.arp_accept = 0
         self.neigh = NeighTable(self)
         self.reasm = Reassembler(self)
         self.timers.add_source(_NeighTimers(self.neigh))
@@ -106,6 +110,6 @@ class Stack(NetCore):
             "sockets": [s.snapshot() for s in self.sockets],
             "neigh": self.neigh.snapshot(),
             "ipfrag": {"queues": len(self.reasm.queues), "fragments": self.reasm.queued(),
-                       "mem_bytes": self.reasm.mem},
+                       "mem_bytes": self.reasm.mem, "peers": len(self.reasm.peers)},
             "policy": {"pfmemalloc_demux_drop": self.policy.pfmemalloc_demux_drop},
         }

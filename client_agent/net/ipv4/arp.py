@@ -2,11 +2,13 @@
 for unresolved next hops (net/ipv4/arp.c). The neighbour table itself is net/neigh.py.
 
 Invariants owned here:
-- ``arp_rcv`` is the ETH_P_ARP entry of the EtherType table. A frame for another MAC
-  (PACKET_OTHERHOST) is consumed unread; a request for our address is answered and its sender
-  learned (solicited); a reply for us updates the table (solicited); anything else from another
-  address is learned as unsolicited (gratuitous / overheard). Every frame ends ``consume_skb(
-  "arp")`` or a drop with the parser's reason.
+- ``arp_rcv`` is the ETH_P_ARP entry of the EtherType table (arp_process). A frame for another
+  MAC (PACKET_OTHERHOST) is consumed unread; a request for our address is answered
+  (neigh_event_ns makes the asker's entry STALE); any other ARP only updates an entry that
+  exists, unless ``stack.arp_accept`` lets a gratuitous ARP or a reply create one. Reachability
+  is asserted only by a reply to our MAC; override within locktime only for a gratuitous ARP. An
+  RFC 5227 probe (sender 0.0.0.0) is answered and teaches nothing. Every frame ends
+  ``consume_skb("arp")`` or a drop with the parser's reason.
 - A transmitted ARP packet takes one page at GFP_ATOMIC (arp_create); if refused, it is a counted
   NOMEM drop and ``tx_nobuf``.
 """
@@ -17,8 +19,12 @@ from ...mm.gfp import GFP_ATOMIC
 from ...wire import WireError
 from ...wire.arp import ARPOP_REPLY, ARPOP_REQUEST, ArpPacket
 from ...wire.ethernet import BROADCAST, ETH_P_ARP, ZERO_MAC, emit as eth_emit
-from ..core.dev import PACKET_BROADCAST, PACKET_OTHERHOST
+from ..core.dev import PACKET_BROADCAST, PACKET_HOST, PACKET_OTHERHOST
 from ..core.skbuff import SkBuff
+from ..neigh import NUD_REACHABLE, NUD_STALE
+from .ip_input import LIMITED_BCAST
+
+ANY = b"\0\0\0\0"
 
 
 def arp_rcv(st, skb, payload, pkt_type: int, now: float) -> None:
@@ -30,17 +36,52 @@ def arp_rcv(st, skb, payload, pkt_type: int, now: float) -> None:
     if pkt_type == PACKET_OTHERHOST:
         st.consume_skb(skb, "arp")                    # arp_rcv: OTHERHOST -> consumeskb
         return
-    stats = st.snmp["ArpCache"]
-    if arp.tpa == st.ip and arp.spa != st.ip:
-        if arp.op == ARPOP_REQUEST:
-            stats["rcv_probes_mcast" if pkt_type == PACKET_BROADCAST else "rcv_probes_ucast"] += 1
-            st.neigh.update(arp.spa, arp.sha, now, solicited=True)
-            arp_send(st, ARPOP_REPLY, arp.sha, arp.sha, arp.spa, now)
-        else:
-            st.neigh.update(arp.spa, arp.sha, now, solicited=True)
-    elif arp.spa != st.ip:
-        st.neigh.update(arp.spa, arp.sha, now, solicited=False)   # gratuitous / overheard
+    sip, tip, op = arp.spa, arp.tpa, arp.op
+    neigh = st.neigh
+    if sip == ANY:                                    # RFC 5227 probe: answer, learn nothing
+        if op == ARPOP_REQUEST and tip == st.ip:
+            arp_send(st, ARPOP_REPLY, arp.sha, arp.sha, sip, now)
+        st.consume_skb(skb, "arp")
+        return
+    if sip == st.ip:
+        st.consume_skb(skb, "arp")
+        return
+    if op == ARPOP_REQUEST and tip == st.ip:
+        stats = st.snmp["ArpCache"]
+        stats["rcv_probes_mcast" if pkt_type == PACKET_BROADCAST else "rcv_probes_ucast"] += 1
+        if neigh.neigh_event_ns(sip, arp.sha, now) is not None:
+            arp_send(st, ARPOP_REPLY, arp.sha, arp.sha, sip, now)
+        st.consume_skb(skb, "arp")
+        return
+    n = neigh.lookup(sip)
+    accept = _arp_accept(st, sip)
+    is_garp = False
+    if n is not None or accept:                       # arp_is_garp
+        is_garp = (sip == tip and (op != ARPOP_REPLY or arp.tha == arp.sha)
+                   and _unicast(st, sip))
+    if accept and n is None and (is_garp or (op == ARPOP_REPLY and _unicast(st, sip))):
+        n = neigh.create(sip, now)
+    if n is not None:
+        state = NUD_REACHABLE if op == ARPOP_REPLY and pkt_type == PACKET_HOST else NUD_STALE
+        override = now > n.updated + neigh.locktime_s or is_garp
+        neigh.update(n, arp.sha, state, now, override)
     st.consume_skb(skb, "arp")
+
+
+def _arp_accept(st, sip: bytes) -> bool:
+    """arp_accept(in_dev, sip): 0 never, 1 always, 2 only from our own subnet."""
+    a = st.arp_accept
+    if a == 1:
+        return True
+    if a == 2:
+        return (int.from_bytes(sip, "big") & st._mask) == st._net
+    return False
+
+
+def _unicast(st, ip: bytes) -> bool:
+    """inet_addr_type() == RTN_UNICAST, for the addresses this host can tell apart."""
+    return not (ip == ANY or ip == LIMITED_BCAST or ip == st.bcast or ip[0] >= 224
+                or ip[0] == 127 or ip == st.ip)
 
 
 def arp_send_request(st, ip: bytes, now: float) -> None:

@@ -9,7 +9,8 @@ Invariants owned here:
   sent stay sent. A buffer is freed once the device has taken the frame.
 - Routing is one connected prefix plus an optional gateway; no route is Ip OutNoRoutes,
   IP_OUTNOROUTES and -ENETUNREACH. A datagram larger than the MTU is fragmented (FragOKs,
-  FragCreates) unless DF is asked for (-EMSGSIZE).
+  FragCreates) unless DF is asked for (-EMSGSIZE). A next hop for which no neighbour entry can
+  be made (table full) is Ip OutDiscards and -EINVAL.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import struct as _struct
 from ...wire.ethernet import BROADCAST, ETH_P_IP, emit as eth_emit
 from ...wire.ipv4 import IP_DF, IP_MF, emit_header
 from ..core.skbuff import SkBuff
-from ..neigh import NUD_PERMANENT, NUD_REACHABLE, NUD_STALE
+from ..neigh import NUD_VALID
 from .ip_input import LIMITED_BCAST
 
 _IP_HDR = _struct.Struct("!BBHHHBBH4s4s")
 _ETH_HDR = _struct.Struct("!6s6sH")
-_NUD_SEND_NOW = frozenset((NUD_REACHABLE, NUD_STALE, NUD_PERMANENT))   # as neigh.output
+_NUD_SEND_NOW = NUD_VALID                                               # as neigh.output
 
 
 def ip_route_output(st, dst: bytes) -> bytes | None:
@@ -121,8 +122,12 @@ def ip_queue_xmit(st, dst: bytes, proto: int, payload: bytes, now: float, gfp: i
             c["tx_packets"] += 1
             c["tx_bytes"] += size + 14
             alloc.free(pages)
-        else:
-            st.neigh.output(nh, SkBuff(alloc, hdr + data, pages, False), now)
+        elif not st.neigh.output(nh, SkBuff(alloc, hdr + data, pages, False), now):
+            # ip_finish_output2: no neighbour entry could be made (table full)
+            ipc["OutDiscards"] += 1
+            if len(parts) > 1:
+                ipc["FragFails"] += 1
+            return -errno.EINVAL
     return 0
 
 
