@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 
-from nas_server.protocol import nfs3
+from protocols import nfs3
 
 from .mm.gfp import GFP_KERNEL
 from .nfs.transport import durability_counters

@@ -68,9 +68,9 @@ from collections import Counter, deque
 from typing import Callable
 
 from .drc import DuplicateRequestCache, call_checksum
-from .protocol import mount as mnt
-from .protocol import nfs3, rpc
-from .protocol.xdr import Packer, Unpacker, XdrError
+from protocols import mount as mnt
+from protocols import nfs3, rpc
+from protocols.xdr import Packer, Unpacker, XdrError
 from .store import Export, Image, Store, StoreError
 
 FH_MAGIC = b"TBN3"

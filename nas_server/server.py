@@ -35,7 +35,7 @@ import heapq
 from collections import Counter
 
 from .core import TCP_MAX_IO_BYTES, NasCore
-from .protocol import rpc
+from protocols import rpc
 
 UDP_RCVBUF_BYTES = 4 << 20  # absorbs a burst of ~128 32 KiB WRITE datagrams while we fsync
 UDP_MAX_DATAGRAM_BYTES = 65535

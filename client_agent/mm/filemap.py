@@ -59,7 +59,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 
-from nas_server.protocol import nfs3
+from protocols import nfs3
 
 from ..nfs.transport import durability_counters
 from ..tasks import Sleep, WaitEvent, WaitPages

@@ -63,9 +63,9 @@ import struct as _struct
 from collections import deque
 from typing import Callable, NamedTuple
 
-from nas_server.protocol import mount as mnt
-from nas_server.protocol import nfs3, rpc
-from nas_server.protocol.xdr import Unpacker
+from protocols import mount as mnt
+from protocols import nfs3, rpc
+from protocols.xdr import Unpacker
 
 from ..bugs import BUGS as _BUGS
 from ..mm.gfp import GFP_NOFS, Gfp
