@@ -58,6 +58,15 @@ class PcapTap(Device):
         self.mtu = inner.mtu
         self.writer = PcapWriter(path)
 
+    @property
+    def on_rx(self):
+        """The inner device's receive notification (in-memory wires), if it has one."""
+        return self.inner.on_rx
+
+    @on_rx.setter
+    def on_rx(self, fn) -> None:
+        self.inner.on_rx = fn
+
     def transmit(self, frame: bytes, now: float) -> bool:
         self.writer.write(frame, now)
         return self.inner.transmit(frame, now)
