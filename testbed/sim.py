@@ -60,6 +60,7 @@ from client_agent.mm.page_alloc import PageAllocator
 from client_agent.mm.swapfile import SwapDevice
 
 from client_agent.net.stack import Stack
+from client_agent.phy.device import ForwardsOnRx
 from client_agent.phy.fault import FaultInjector
 from client_agent.phy.pcap import PcapTap
 from client_agent.phy.wire_pair import WirePair
@@ -116,7 +117,7 @@ DEFAULTS = {
 }
 
 
-class _LoopFault(FaultInjector):
+class _LoopFault(ForwardsOnRx, FaultInjector):
     """A FaultInjector on the manual-clock loop: it releases its held (delayed/reordered) frames
     by its own timers, and hides them from ``poll_at`` (the agent's timer path runs stack timers,
     not device receives, so a held frame must not look like a due receive)."""
@@ -124,14 +125,6 @@ class _LoopFault(FaultInjector):
     def __init__(self, inner, seed, loop, **kw) -> None:
         super().__init__(inner, seed, **kw)
         self._loop = loop
-
-    @property
-    def on_rx(self):
-        return self.inner.on_rx
-
-    @on_rx.setter
-    def on_rx(self, fn) -> None:
-        self.inner.on_rx = fn
 
     def transmit(self, frame: bytes, now: float) -> bool:
         super().transmit(frame, now)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 
-from .device import Device
+from .device import Device, ForwardsOnRx
 
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
@@ -49,7 +49,7 @@ class PcapWriter:
             self._f.close()
 
 
-class PcapTap(Device):
+class PcapTap(ForwardsOnRx, Device):
     """Records frames in both directions of ``inner`` into one pcap file."""
 
     def __init__(self, inner: Device, path) -> None:
@@ -57,15 +57,6 @@ class PcapTap(Device):
         self.mac = inner.mac
         self.mtu = inner.mtu
         self.writer = PcapWriter(path)
-
-    @property
-    def on_rx(self):
-        """The inner device's receive notification (in-memory wires), if it has one."""
-        return self.inner.on_rx
-
-    @on_rx.setter
-    def on_rx(self, fn) -> None:
-        self.inner.on_rx = fn
 
     def transmit(self, frame: bytes, now: float) -> bool:
         self.writer.write(frame, now)
