@@ -38,7 +38,7 @@ from typing import Callable
 from protocols import aoe
 from .store import Image
 
-FIRMWARE_VERSION = 0x4019       # nas-server's AoE firmware word (vblade uses 0x4000 + its version)
+FIRMWARE_VERSION = 0x0100       # nas-server's AoE firmware word (vblade 25 says 0x4019)
 DEFAULT_BUFCNT = 16             # vblade's Bufcount: requests a target queues before dropping
 SERIAL_PREFIX = "NAS"
 

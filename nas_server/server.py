@@ -84,6 +84,7 @@ class NasServer:
         self.listeners: list[socket.socket] = []
         self._buf = bytearray(UDP_MAX_DATAGRAM_BYTES)
         self.running = True
+        self.aoe = None            # an AoePort when --aoe-interface is given: same loop, same store
         ports = [port] + ([pmap_port] if pmap_port else [])
         for p in ports:
             self._open(bind, p)
@@ -226,6 +227,8 @@ class NasServer:
     def snapshot(self) -> dict:
         snap = self.core.snapshot()
         snap["server"] = dict(self.stats, tcp_connections=len(self.conns), port=self.port)
+        if self.aoe is not None:
+            snap["aoe"] = self.aoe.snapshot()
         return snap
 
     def _send_due(self) -> float:
@@ -244,10 +247,15 @@ class NasServer:
 
     def run(self, should_stop=lambda: False) -> None:
         while self.running and not should_stop():
-            for key, mask in self.sel.select(timeout=self._send_due()):
+            timeout = self._send_due()
+            if self.aoe is not None:
+                timeout = min(timeout, self.aoe.send_due())
+            for key, mask in self.sel.select(timeout=max(0.0, timeout)):
                 key.data(mask)
 
     def close(self) -> None:
+        if self.aoe is not None:
+            self.aoe.close()
         for c in list(self.conns.values()):
             self._close(c, "server_shutdown")
         for s in self.udp + self.listeners:

@@ -79,6 +79,8 @@ ATA_ABORTED = 0x04              # error register: command aborted
 
 SECTOR_BYTES = 512
 ETH_HLEN = 14
+ETH_ZLEN = 60                   # minimum frame without FCS: encoders pad to it, as a NIC would (a veth
+                                # does not, and aoetools' aoeping/aoecfg ignore frames shorter than 60)
 AOE_HDR_BYTES = 24              # Ethernet + AoE header (Linux sizeof(struct aoe_hdr))
 ATA_HDR_BYTES = 12
 CFG_HDR_BYTES = 8
@@ -185,9 +187,9 @@ def encode_ata(dst: bytes, src: bytes, major: int, minor: int, tag: int, *, afla
                lba: int = 0, scnt: int = 0, data: bytes | memoryview = b"", err_feature: int = 0,
                flags: int = 0, error: int = 0) -> bytes:
     """One ATA command (or, with ``flags=AOEFL_RSP``, its response); ``data`` follows the header."""
-    return b"".join((_hdr(dst, src, flags, error, major, minor, AOECMD_ATA, tag),
-                     _ATA.pack(aflags, err_feature, scnt, cmd_status, (lba & LBA48_MAX).to_bytes(6, "little"), 0),
-                     data))
+    return _pad(b"".join((_hdr(dst, src, flags, error, major, minor, AOECMD_ATA, tag),
+                          _ATA.pack(aflags, err_feature, scnt, cmd_status, (lba & LBA48_MAX).to_bytes(6, "little"), 0),
+                          data)))
 
 
 def encode_cfg(dst: bytes, src: bytes, major: int, minor: int, tag: int, *, ccmd: int = AOECCMD_READ,
@@ -196,8 +198,8 @@ def encode_cfg(dst: bytes, src: bytes, major: int, minor: int, tag: int, *, ccmd
     """A config query (r11 3.2) or, with ``flags=AOEFL_RSP``, its response."""
     if len(config) > MAX_CONFIG_BYTES:
         raise ValueError(f"config string of {len(config)} bytes; AoE allows at most {MAX_CONFIG_BYTES}")
-    return b"".join((_hdr(dst, src, flags, error, major, minor, AOECMD_CFG, tag),
-                     _CFG.pack(bufcnt, fwver, scnt, AOE_HVER | (ccmd & 0x0F), len(config)), config))
+    return _pad(b"".join((_hdr(dst, src, flags, error, major, minor, AOECMD_CFG, tag),
+                          _CFG.pack(bufcnt, fwver, scnt, AOE_HVER | (ccmd & 0x0F), len(config)), config)))
 
 
 def encode_error_reply(request, src: bytes, major: int, minor: int, error: int) -> bytes:
@@ -207,7 +209,11 @@ def encode_error_reply(request, src: bytes, major: int, minor: int, error: int) 
     out[14] = AOE_HVER | AOEFL_RSP | AOEFL_ERR
     out[15] = error
     struct.pack_into("!HB", out, 16, major, minor)
-    return bytes(out)
+    return _pad(bytes(out))
+
+
+def _pad(frame: bytes) -> bytes:
+    return frame if len(frame) >= ETH_ZLEN else frame + bytes(ETH_ZLEN - len(frame))
 
 
 # -- ATA IDENTIFY DEVICE (ATA8-ACS 7.16: a 512-byte block of 256 little-endian words) ----------
