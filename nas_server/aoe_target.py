@@ -77,6 +77,7 @@ class AoeTarget:
         self.disks: dict[tuple[int, int], AoeDisk] = {}
         self.frames_in = 0
         self.dispositions: Counter = Counter()
+        self.last_disposition = ""           # of the last frame handled (for logs and tests)
         self.counters: Counter = Counter()
         self._in_service: list[float] = []   # send_at of replies not yet due (bounded by bufcnt)
 
@@ -114,7 +115,7 @@ class AoeTarget:
         try:
             return self._handle(frame, now)
         except Exception as e:  # a bug must not take the server down, nor leave the frame uncounted
-            self.dispositions["internal_error"] += 1
+            self._done("internal_error")
             self._log(f"internal error {type(e).__name__}: {e}")
             return []
 
@@ -135,10 +136,12 @@ class AoeTarget:
 
     def _done(self, how: str) -> list:
         self.dispositions[how] += 1
+        self.last_disposition = how
         return []
 
     def _reply(self, how: str, frame: bytes, now: float) -> list[tuple[float, bytes]]:
         self.dispositions[how] += 1
+        self.last_disposition = how
         at = now + self.service_time_s
         if self.service_time_s > 0:
             heapq.heappush(self._in_service, at)
@@ -173,12 +176,12 @@ class AoeTarget:
                 c = aoe.decode_cfg(frame)
             except aoe.AoeError as e:
                 return self._done("drop_" + e.reason)
-            out = []
-            for d in targets:
-                out += self._config(h, c, d, now)
-            if not out:
-                self.dispositions["cfg_no_match"] += 1
-            return out
+            replies = [r for d in targets for r in self._config(h, c, d)]
+            if not replies:
+                return self._done("cfg_no_match")
+            how = "cfg_reply" if all(not (r[14] & aoe.AOEFL_ERR) for r in replies) else "error_cfg"
+            out = self._reply(how, replies[0], now)
+            return out + [(out[0][0], r) for r in replies[1:]]   # one request in service, however many disks answer
         if h.cmd != aoe.AOECMD_ATA:
             return self._error(frame, targets[0], aoe.AOEERR_BADCMD, f"cmd_{aoe.COMMAND_NAMES.get(h.cmd, 'unknown')}", now)
         if len(targets) != 1 or h.major == aoe.SHELF_BROADCAST or h.minor == aoe.SLOT_BROADCAST:
@@ -196,7 +199,7 @@ class AoeTarget:
         head = bytes(frame[: min(len(frame), n.get(frame[19], aoe.AOE_HDR_BYTES))])
         return self._reply("error_" + why, aoe.encode_error_reply(head, self.mac, d.shelf, d.slot, error), now)
 
-    def _config(self, h: aoe.AoeHeader, c: aoe.CfgArg, d: AoeDisk, now: float) -> list[tuple[float, bytes]]:
+    def _config(self, h: aoe.AoeHeader, c: aoe.CfgArg, d: AoeDisk) -> list[bytes]:
         """r11 3.2, as vblade ``confcmd``: test/prefix queries that do not match get no reply."""
         cur = d.config
         flags, error = aoe.AOEFL_RSP, 0
@@ -214,9 +217,8 @@ class AoeTarget:
         elif c.ccmd not in (aoe.AOECCMD_READ, aoe.AOECCMD_TEST, aoe.AOECCMD_PTEST):
             flags, error = flags | aoe.AOEFL_ERR, aoe.AOEERR_BADARG
         d.counters[f"cfg_{c.ccmd}"] += 1
-        reply = aoe.encode_cfg(h.src, self.mac, d.shelf, d.slot, h.tag, ccmd=c.ccmd, config=d.config,
-                               bufcnt=self.bufcnt, fwver=FIRMWARE_VERSION, scnt=self.maxscnt, flags=flags, error=error)
-        return self._reply("cfg_reply" if not error else "error_cfg", reply, now)
+        return [aoe.encode_cfg(h.src, self.mac, d.shelf, d.slot, h.tag, ccmd=c.ccmd, config=d.config,
+                               bufcnt=self.bufcnt, fwver=FIRMWARE_VERSION, scnt=self.maxscnt, flags=flags, error=error)]
 
     def _ata(self, h: aoe.AoeHeader, a: aoe.AtaArg, frame, d: AoeDisk, now: float) -> list[tuple[float, bytes]]:
         cmd = a.cmd_status

@@ -181,6 +181,7 @@ class AoeDev:
         self.counters: Counter = Counter()
         self.drops: Counter = Counter()
         self.frames_in = 0
+        self.last_drop = ""
         self._next_tick: float | None = None
         self._next_discover: float | None = None
 
@@ -461,6 +462,7 @@ class AoeDev:
     # -- receive ------------------------------------------------------------------------------
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
+        self.last_drop = reason
 
     def receive(self, frame, now: float) -> None:
         """One frame from the wire (``aoenet_rcv``). Every frame is either used or counted in ``drops``."""
@@ -468,7 +470,7 @@ class AoeDev:
         try:
             self._receive(frame, now)
         except Exception as e:  # a bug must not take the host down; counted, and visible in the snapshot
-            self.drops["internal_error"] += 1
+            self._drop("internal_error")
             self.counters["last_internal_error"] = f"{type(e).__name__}: {e}"
 
     def _receive(self, frame, now: float) -> None:
