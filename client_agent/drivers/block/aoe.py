@@ -23,6 +23,9 @@ Mirrored from Linux (``aoecmd.c``, ``aoe.h``; names as there):
   frame older than ``rto = 2*rttavg + 8*rttdev`` (Jacobson/Karels, ``RTTSCALE``/``RTTDSCALE``
   fixed point, microseconds); a frame unanswered for ``aoe_deadsecs`` (180 s) in total takes the
   device down (``aoedev_downdev``: every request fails with EIO) until a config response revives it.
+- receive filter (``aoenet_rcv``): requests, tags with bit 31 set (userland's tag space) and AoE
+  error responses are dropped -- an error response is only logged, its frame is retransmitted
+  until answered or ``aoe_deadsecs``; an ATA status with any of BSY/DF/DRQ/ERR fails the request.
 - counters as the driver shows them: sysfs ``state``, ``mac``, ``netif``, ``firmware-version``,
   ``payload``; debugfs ``rttavg``, ``rttdev``, ``kicked``, ``maxbcnt`` and per target ``maxout``,
   ``nframes``, ``nout``, ``ssthresh``, ``taint``, ``r``/``w`` (packets), ``lost``; the character
@@ -31,6 +34,9 @@ Mirrored from Linux (``aoecmd.c``, ``aoe.h``; names as there):
 Where this core differs from Linux, on purpose (each counted under ``drops``):
 - a response whose source MAC is not the device's target is dropped (``wrong_mac``); Linux
   matches ATA responses by shelf.slot and tag only;
+- a header version other than 1 is dropped (``bad_version``, r11 2.2); Linux's ``aoenet_rcv``
+  does not look at it. vblade 25's start-up announcement carries version 0 (``aoead`` sets only
+  the R flag) and is dropped here; vblade answers our query with version 1;
 - a read or IDENTIFY response with too little data keeps its frame outstanding (``runt_read``,
   ``runt_identify``) so the retransmission recovers, as Linux before 3.9 did; Linux today fails
   the bio with EIO -- a malformed frame must not fail I/O here;
@@ -480,19 +486,17 @@ class AoeDev:
             return self._drop(e.reason)
         if h.dst != self.mac and h.dst != aoe.BROADCAST_MAC:
             return self._drop("other_host")
-        if h.ver != aoe.AOE_VERSION:                     # aoenet_rcv: "version %d not supported"
-            return self._drop("bad_version")
         if not h.is_response:
-            return self._drop("not_response")            # a request: we are no target
+            return self._drop("not_response")            # aoenet_rcv: a request; we are no target
+        if h.tag & (1 << 31):
+            return self._drop("userland_tag")            # aoenet_rcv: bit 31 is userland's tag space (aoeping)
+        if h.ver != aoe.AOE_VERSION:
+            return self._drop("bad_version")             # r11 2.2; Linux does not look (see the module docstring)
         if h.major != self.aoemajor or h.minor != self.aoeminor:
             return self._drop("other_device")
-        if h.is_error:                                   # aoenet_rcv logs "error packet from %d.%d"
-            self.counters["aoe_error_rsp"] += 1
-            f = self.factive.get(h.tag)
-            if f is not None and h.cmd == aoe.AOECMD_ATA and (self.target is None or h.src == self.target.addr):
-                self._end_frame(f, now, ok=False, why=f"AoE error {aoe.ERROR_NAMES.get(h.error, h.error)} from target")
-                return
-            return self._drop("error_rsp")
+        if h.is_error:                                   # aoenet_rcv: "error packet from %d.%d", then dropped:
+            self.counters[f"aoe_error_{aoe.ERROR_NAMES.get(h.error, 'unknown')}"] += 1
+            return self._drop("error_rsp")               # the frame stays out and is retransmitted
         if h.cmd == aoe.AOECMD_CFG:
             return self._cfg_rsp(h, frame, now)
         if h.cmd != aoe.AOECMD_ATA:
@@ -579,22 +583,17 @@ class AoeDev:
             t.taint -= 1
         if a.cmd_status & aoe.ATA_STATUS_FAIL_MASK:
             self.counters["ata_error"] += 1
-            self._end_frame(f, now, ok=False, why=f"ATA error cmd={f.cmd:#04x} stat={a.cmd_status:#04x} err={a.err_feature:#04x}",
-                            answered=True)
+            self._end_frame(f, now, ok=False, why=f"ATA error cmd={f.cmd:#04x} stat={a.cmd_status:#04x} err={a.err_feature:#04x}")
         else:
             if f.cmd in (aoe.ATA_CMD_PIO_READ, aoe.ATA_CMD_PIO_READ_EXT):
                 off = (f.lba - f.req.lba) * aoe.SECTOR_BYTES
                 f.req.data[off:off + need] = a.data[:need]
             elif f.cmd == aoe.ATA_CMD_ID_ATA:
                 self._ataid_complete(ident, bytes(a.data[:512]), now)
-            self._end_frame(f, now, ok=True, answered=True)
+            self._end_frame(f, now, ok=True)
         self._work(now)
 
-    def _end_frame(self, f: _Frame, now: float, ok: bool, why: str = "", answered: bool = False) -> None:
-        if not answered:                                 # an AoE error response for an active frame
-            self.factive.pop(f.tag, None)
-            if self.target:
-                self.target.nout -= 1
+    def _end_frame(self, f: _Frame, now: float, ok: bool, why: str = "") -> None:
         r = f.req
         if r is None:
             return
