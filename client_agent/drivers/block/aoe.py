@@ -38,8 +38,8 @@ Where this core differs from Linux, on purpose (each counted under ``drops``):
   does not look at it. vblade 25's start-up announcement carries version 0 (``aoead`` sets only
   the R flag) and is dropped here; vblade answers our query with version 1;
 - a read or IDENTIFY response with too little data keeps its frame outstanding (``runt_read``,
-  ``runt_identify``) so the retransmission recovers, as Linux before 3.9 did; Linux today fails
-  the bio with EIO -- a malformed frame must not fail I/O here;
+  ``runt_identify``) so the retransmission recovers, as Linux's older ``aoecmd_ata_rsp`` did;
+  today's ``ktiocomplete`` fails the bio with EIO -- a malformed frame must not fail I/O here;
 - one target per device (no multipath ``ifrotate``/``scorn`` between targets; ``taint`` is kept
   and reported);
 - FLUSH: Linux's aoe never sends one (no write cache is declared to the block layer, so AoE
