@@ -220,7 +220,7 @@ class AoeDev:
         t = self.target
         snap = {
             "device": f"e{self.aoemajor}.{self.aoeminor}",
-            "state": self.state + (",kickme" if self.kicked and self.state == STATE_UP and not self.factive else ""),
+            "state": self.state,
             "mac": t.addr.hex() if t else "none",
             "netif": self.netif or "none",
             "firmware-version": f"0x{self.fw_ver:04x}",
