@@ -286,3 +286,17 @@ def test_target_errors_and_config_strings():
     assert aoe.decode_cfg(cfg(aoe.AOECCMD_FSET, b"host-b")[0][1]).config == b"host-b"
     assert sum(tgt.dispositions.values()) == tgt.frames_in
     assert not any(w.img.data)                             # nothing written by any of it
+
+
+def test_nas_server_aoe_flags_errors_are_one_line(tmp_path, capsys):
+    from nas_server.main import main
+    base = ["--data-dir", str(tmp_path), "--export", "swap", "--create-image", "img:1M", "--port", "0", "--portmap-port", "0"]
+    cases = [(["--aoe-disk", "1.0=swap/img"], "--aoe-disk needs --aoe-interface"),
+             (["--aoe-interface", "lo"], "name at least one --aoe-disk"),
+             (["--aoe-interface", "lo", "--aoe-disk", "1=swap/img"], "expected SHELF.SLOT=[EXPORT/]IMAGE"),
+             (["--aoe-interface", "lo", "--aoe-disk", "1.0=swap/nope"], "no image swap/nope; images: swap/img"),
+             (["--aoe-interface", "lo", "--aoe-disk", "1.0=img", "--aoe-bufcnt", "0"], "--aoe-bufcnt 0: expected 1..65535")]
+    for extra, text in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and text in err, err
