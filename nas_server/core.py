@@ -356,12 +356,17 @@ class NasCore:
                           f"{', '.join(map(str, exp.networks))} (MNT3ERR_ACCES)")
             else:
                 st = mnt.MNT3_OK
-                self.mounts[(peer[0], path)] = now
+                # one entry per client and export, whatever the spelling of the path (/swap,
+                # //swap, swap/): rpc.mountd's get_rootfh realpath()s the dirpath before
+                # mountlist_add, so one client cannot grow the list (and DUMP's reply) at will.
+                self.mounts[(peer[0], b"/" + exp.name.encode())] = now
             self.counters[f"mnt_{mnt.STATUS_NAMES.get(st, st)}"] += 1
             fh = make_fh(FH_KIND_DIR, exp.fsid, exp.dir_fileid) if st == mnt.MNT3_OK else b""
             return mnt.encode_mnt_res(mnt.MntRes(st, fh, [rpc.AUTH_SYS, rpc.AUTH_NONE]))
         if proc == mnt.MOUNTPROC3_UMNT:
-            self.mounts.pop((peer[0], mnt.decode_dirpath(u)), None)
+            exp = self._export_for_path(mnt.decode_dirpath(u))
+            if exp is not None:
+                self.mounts.pop((peer[0], b"/" + exp.name.encode()), None)
             return b""
         if proc == mnt.MOUNTPROC3_UMNTALL:
             for k in [k for k in self.mounts if k[0] == peer[0]]:
