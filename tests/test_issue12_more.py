@@ -338,3 +338,25 @@ def test_mount_list_holds_one_entry_per_client_and_export_whatever_the_path_spel
     core.handle(rpc.encode_call(10000, mnt.MOUNT_PROGRAM, 3, mnt.MOUNTPROC3_UMNT, mnt.encode_dirpath(b"swap//"), CRED),
                 ("198.18.5.2", 700), 0.0)
     assert len(core.mounts) == 0
+
+
+def test_a_call_that_fails_inside_the_server_does_not_leave_its_drc_entry_in_progress():
+    """nfsd_dispatch: on its error path nfsd_cache_update(rqstp, RC_NOCACHE, NULL) frees the
+    entry. Here an internal error (SYSTEM_ERR) left the WRITE's entry "in progress", so every
+    retransmission was dropped (drop_drc_inprogress) until the entry aged out after 120 s."""
+    core, s, _root = new_core()
+    img = s.create_image("swap", "img", 1 << 20)
+    fh = make_fh(2, s.exports["swap"].fsid, img.fileid)
+    real_write, fails = img.write, [1]
+
+    def write(*a, **k):
+        if fails.pop() if fails else 0:
+            raise RuntimeError("injected")
+        return real_write(*a, **k)
+    img.write = write
+    msg = nfs3.encode_write_call(5, fh, 0, b"x" * 4096, nfs3.FILE_SYNC, CRED)
+    first = core.handle(msg, ("198.18.5.2", 800), 0.0)
+    assert rpc.decode_reply(first[0]).accept_stat == rpc.SYSTEM_ERR
+    again = core.handle(msg, ("198.18.5.2", 800), 1.0)              # the client's retransmission
+    assert [nfs3.decode_write_reply(r).status for r in again] == [nfs3.NFS3_OK]
+    assert core.counters["drop_drc_inprogress"] == 0 and img.read(0, 4096) == b"x" * 4096
