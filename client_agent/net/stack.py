@@ -276,8 +276,9 @@ class Stack:
 
     # ------------------------------------------------------------------ ARP
     def _arp_rcv(self, skb: SkBuff, payload, l2: int, now: float) -> None:
-        """arp_process(): answer requests for our address (neigh_event_ns makes the asker's
-        entry STALE); any other ARP only updates an entry that exists, unless ``arp_accept``
+        """arp_process(): a target address that is multicast or loopback is dropped
+        (ARP_BAD_TARGET) before anything else; answer requests for our address (neigh_event_ns
+        makes the asker's entry STALE); any other ARP only updates an entry that exists, unless ``arp_accept``
         lets a gratuitous ARP or a reply create one. Reachability is asserted only by a reply
         to our MAC; override within locktime only for a gratuitous ARP."""
         try:
@@ -289,6 +290,11 @@ class Stack:
             self.consume_skb(skb, "arp")                  # arp_rcv: OTHERHOST -> consumeskb
             return
         sip, tip, op = arp.spa, arp.tpa, arp.op
+        if 224 <= tip[0] < 240 or tip[0] == 127:
+            # "Check for bad requests for 127.x.x.x and requests for multicast addresses. If
+            # this is one such, delete it." (route_localnet 0): out_free_skb, before any update.
+            self.kfree_skb(skb, "ARP_BAD_TARGET")
+            return
         neigh = self.neigh
         if sip == ANY:                                    # RFC 5227 probe: answer, learn nothing
             if op == ARPOP_REQUEST and tip == self.ip:
