@@ -1,5 +1,5 @@
 """ARP (RFC 826) for IPv4 over Ethernet: answer requests for our address, learn neighbours, ask
-for unresolved next hops (net/ipv4/arp.c). The neighbour table itself is net/neigh.py.
+for unresolved next hops (net/ipv4/arp.c). The neighbour table itself is net/core/neighbour.py.
 
 Invariants owned here:
 - ``arp_rcv`` is the ETH_P_ARP entry of the EtherType table (arp_process). A frame for another
@@ -22,7 +22,7 @@ from ...wire.arp import ARPOP_REPLY, ARPOP_REQUEST, ArpPacket
 from ...wire.ethernet import BROADCAST, ETH_P_ARP, ZERO_MAC, emit as eth_emit
 from ..core.dev import PACKET_BROADCAST, PACKET_HOST, PACKET_OTHERHOST
 from ..core.skbuff import SkBuff
-from ..neigh import NUD_REACHABLE, NUD_STALE
+from ..core.neighbour import NUD_REACHABLE, NUD_STALE
 from .ip_input import LIMITED_BCAST
 
 ANY = b"\0\0\0\0"
