@@ -27,7 +27,7 @@ import time
 
 from netns_setup.control import BadRequest, ControlServer, signal_ready
 
-from .host import Host, STABLE_HOWS
+from .host import STABLE_HOWS, Host, swap_snapshot
 from .loop import Loop, MonotonicClock
 from .net.core.dev import NAPI_BUDGET
 
@@ -104,8 +104,8 @@ class Agent(Host):
         if self.swap is None:
             raise BadRequest("swapon first: the workload's pages need a swap device")
         if seed is not None:
-            self.anon.seed = seed
-        self.anon.start_workload(int(pages), float(rate_pps or 0))
+            self.swap.anon.seed = seed
+        self.swap.anon.start_workload(int(pages), float(rate_pps or 0))
         return {"started": True}
 
     def swap_map(self) -> dict:
@@ -126,6 +126,11 @@ class Agent(Host):
             dirty_background_ratio=dirty_background_ratio))
         self.filemap = fm
         self.file_transport = getattr(fm.backend, "transport", None)
+        if self.swap is None:
+            # an idle swap device, never swapped on: the snapshot's "swap" and "workload" keep
+            # the shape they had for file consumers
+            from .mm.swapfile import SwapDevice
+            self.swap = SwapDevice(self.alloc, self.sched, seed=self.seed, log=self.log)
         task = self.run_task("fileon", act, timeout_s)
         if task.state != "done":
             raise BadRequest(f"fileon {fm.backend.describe()} did not finish: {task.state} "
@@ -191,7 +196,7 @@ class Agent(Host):
             "rusage": {"utime_s": ru.ru_utime, "stime_s": ru.ru_stime, "maxrss_kb": ru.ru_maxrss},
             "valid": not validity,
             "invalid_reasons": validity,
-            "swap": self.swap.snapshot() if self.swap is not None else None,
+            "swap": swap_snapshot(self.swap) if self.swap is not None else None,
             "nfs": (self.transport.snapshot() | {"log": self.nfs_log[-64:]})
                    if self.transport is not None else None,
             "filemap": (self.filemap.snapshot() | {"workload": dict(self.filemap.workload)}

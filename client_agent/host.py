@@ -70,6 +70,15 @@ def nfs_backend(host: "Host", spec: dict):
 STORAGE_KINDS: dict[str, Callable] = {"nfs": nfs_backend}
 
 
+def swap_snapshot(dev) -> dict:
+    """``dev.snapshot()``; a device never swapped on (a file consumer's host has one idle, as
+    before device specs) reports the NFS writeback counters at zero, the fields it always had."""
+    if dev.backend is not None:
+        return dev.snapshot()
+    from .fs.nfs.nfs3proc import durability_counters
+    return {**durability_counters(), **dev.snapshot()}
+
+
 class Host:
     def __init__(self, loop, dev, *, ip: str, prefix_len: int, pool_pages: int,
                  min_free_kbytes: int | None = None, watermark_scale_factor: int = 10,

@@ -50,8 +50,7 @@ import random
 import socket as _pysocket
 from collections import deque
 
-from client_agent.fs.nfs.nfs3proc import durability_counters
-from client_agent.host import Host
+from client_agent.host import Host, swap_snapshot
 from client_agent.loop import Loop, ManualClock
 from client_agent.mm.anon import PAGE_SIZE, page_bytes
 from client_agent.mm.filemap import file_page_bytes
@@ -429,8 +428,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "reserve_in_use_max": max(0, alloc.wmark_min - st["free_min"]),
         "zoneinfo": alloc.zoneinfo(), "atomic_floor": atomic_floor,
         "rpc": tsnap["counters"], "rpc_retrans": tsnap["counters"]["rpc_retrans"],
-        "swap": swap.snapshot() if swap.backend is not None else {**durability_counters(),
-                                                                    **swap.snapshot()},
+        "swap": swap_snapshot(swap),
         "workload": dict(swap.workload),
         "nr_slots": setup["nr_slots"],
         "pgalloc_pfmemalloc": snap_alloc["reserve"]["pgalloc_pfmemalloc"],

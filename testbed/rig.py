@@ -1,10 +1,12 @@
-"""A swap rig for the bench sections: a topology, one nas-server, client agents swapping to it.
+"""The rig every real-packet run stands on -- `testbed run`, `demo`, `chaos` (testbed/runner.py)
+and the bench sections: a topology, one nas-server, client hosts (testbed/clients/), the flood,
+captures.
 
 Invariants owned here:
 - Everything the rig makes (namespaces, processes) is recorded by netns_setup under one run name
   and removed by ``close()`` (lifecycle.teardown), whatever happened; ``with SwapRig(...)``.
-- Same placement as testbed.runner: agents on CPU 0, the NAS, the flood and the reference client
-  on CPU 1 (on a 2-core machine), so the host under study never shares its core with a peer.
+- One placement for every run: agents on CPU 0, the NAS, the flood and the reference client on
+  CPU 1 (on a 2-core machine), so the host under study never shares its core with a peer.
 - The NAS and noise hosts get a permanent neighbour entry for every client (its agent may be
   unable to answer ARP); every agent gets one for the NAS and noise.
 - Figures are read only through control sockets (``snapshot``) and psutil, from outside.
@@ -25,7 +27,9 @@ from typing import Any, Callable
 
 from netns_setup.nsutil import add_permanent_neighbours
 
-from .framework import BenchError
+from testbed.rig_errors import RigError
+
+BenchError = RigError       # the name the bench sections knew it by
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NFS_PORT = 2049
@@ -54,23 +58,25 @@ def _mac(h: Any) -> str:
     return h.mac if isinstance(h.mac, str) else ":".join(f"{b:02x}" for b in h.mac)
 
 
-class SwapRig:
-    """``up`` a topology, start a nas-server exporting ``swap`` with one image per client (and a
-    ``ref.img`` for the reference client), and start agents on demand."""
+class Rig:
+    """``up`` a topology, start a nas-server exporting ``swap`` with ``images`` ([(name, MiB)]),
+    and start clients, the flood and captures on demand. ``export_networks``: the export's ACL
+    (default: the NAS's own network); ``name``: the run name (default ``b<tag><hex>``)."""
 
-    def __init__(self, topo: Any, tag: str, *, image_mib: int, ref_image_mib: int = 0, nas_on_tmpfs: bool = True,
-                 nas_write_latency_ms: float = 0.0, say: Callable[[str], None] = lambda _m: None):
+    def __init__(self, topo: Any, tag: str, *, images: list[tuple[str, int]], nas_on_tmpfs: bool = True,
+                 nas_write_latency_ms: float = 0.0, say: Callable[[str], None] = lambda _m: None,
+                 export_networks: str | None = None, name: str | None = None):
         from netns_setup import lifecycle
         from netns_setup.control import ControlClient
-        from netns_setup.process import ProcessStartError, start_process
         from netns_setup.state import control_socket_path
 
         self.topo, self.say = topo, say
         self.hosts = {h.name: h for h in topo.hosts}
         self.clients = [h.name for h in topo.hosts if h.name.startswith("client")]
         self.nas_ip = str(self.hosts["nas"].address.ip)
-        self.name = f"b{tag}{secrets.token_hex(2)}"
+        self.name = name or f"b{tag}{secrets.token_hex(2)}"
         self.procs: dict[str, Any] = {}
+        self.caps: dict[str, Any] = {}
         self.data_dir: str | None = None
         self.ctls: dict[str, Any] = {}
         self.env = {**os.environ, "PYTHONPATH": REPO}
@@ -79,24 +85,18 @@ class SwapRig:
         try:
             # On tmpfs: FILE_SYNC's fdatasync then costs what the server's code costs, not the
             # disk's latency (/run is on a disk here) -- the figures compare clients, not disks.
-            # nas_on_tmpfs=False: in the run directory, as testbed.runner does (scenario timing).
+            # nas_on_tmpfs=False: in the run directory.
             if nas_on_tmpfs:
                 self.data_dir = data = tempfile.mkdtemp(prefix=f"{self.name}-nas-", dir=NAS_DATA_ROOT)
             else:
                 data = os.path.join(self.st.dir, "nasdata")
-            images = [f"--create-image={EXPORT}/{c}.img:{image_mib}M" for c in self.clients]
-            if ref_image_mib:
-                images.append(f"--create-image={EXPORT}/ref.img:{ref_image_mib}M")
             ctl = control_socket_path(self.st.dir, "nas")
-            try:
-                self.procs["nas"] = start_process(
-                    self.st, "nas", [sys.executable, "-m", "nas_server.main", "--data-dir", data,
-                                     "--export", f"{EXPORT}:{self.hosts['nas'].address.network}", *images,
-                                     "--bind", self.nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
-                                     "--control", ctl, "--write-latency-ms", str(nas_write_latency_ms)],
-                    role="nas-server", ready=True, cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
-            except ProcessStartError as e:
-                raise BenchError(f"nas-server did not start: {str(e).splitlines()[0]}") from None
+            self.nas_argv = [sys.executable, "-m", "nas_server.main", "--data-dir", data,
+                             "--export", f"{EXPORT}:{export_networks or self.hosts['nas'].address.network}",
+                             *[f"--create-image={EXPORT}/{img}:{mib}M" for img, mib in images],
+                             "--bind", self.nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
+                             "--control", ctl, "--write-latency-ms", str(nas_write_latency_ms)]
+            self._start_nas()
             self.ctls["nas"] = ControlClient(ctl, timeout_s=10.0)
             pairs = [(str(self.hosts[c].address.ip), _mac(self.hosts[c])) for c in self.clients]
             for h in ("nas", "noise"):
@@ -105,6 +105,31 @@ class SwapRig:
         except BaseException:
             self.close()
             raise
+
+    def _start_nas(self) -> None:
+        from netns_setup.process import ProcessStartError, start_process
+        try:
+            self.procs["nas"] = start_process(self.st, "nas", self.nas_argv, role="nas-server", ready=True,
+                                              cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
+        except ProcessStartError as e:
+            raise RigError(f"nas-server did not start: {str(e).splitlines()[0]}") from None
+
+    def restart_nas(self) -> None:
+        """SIGKILL + restart on the same data directory: UNSTABLE data and the DRC are lost, the
+        write verifier changes (testbed chaos)."""
+        self.procs["nas"].send_signal(9)
+        self.procs["nas"].wait(5.0)
+        self._start_nas()
+
+    def capture(self, host: str, path: str) -> Any:
+        """tcpdump on ``host``'s interface into ``path`` (netns_setup.capture)."""
+        from netns_setup.capture import start_capture
+        cap = self.caps[host] = start_capture(self.st, host, path=path)
+        return cap
+
+    def control_path(self, role: str) -> str:
+        from netns_setup.state import control_socket_path
+        return control_socket_path(self.st.dir, role)
 
     @property
     def nas_pid(self) -> int:
@@ -115,8 +140,11 @@ class SwapRig:
 
     def start_agent(self, host: str, *, pool_pages: int, min_free_kbytes: int | None = None,
                     budget: int | None = None, profile: str | None = None, seed: int = 1,
-                    extra: list[str] | None = None, python_argv: list[str] | None = None) -> Any:
-        """Start client-agent on ``host`` and return its ControlClient (named ``agent:<host>``)."""
+                    extra: list[str] | None = None, python_argv: list[str] | None = None,
+                    client: Any = None, ctl_timeout_s: float = 30.0) -> Any:
+        """Start client-agent on ``host``; returns its ``testbed.clients.AgentClient`` (``call``
+        reaches every control op), its process is ``procs["agent:<host>"]``."""
+        from testbed.clients import AgentClient
         from netns_setup.control import ControlClient
         from netns_setup.process import ProcessStartError, start_process
         from netns_setup.state import control_socket_path
@@ -140,12 +168,14 @@ class SwapRig:
         if profile:
             env["CLIENT_AGENT_PROFILE"] = profile
         try:
-            self.procs[f"agent:{host}"] = start_process(self.st, host, argv, role=f"agent-{host}", ready=True,
+            self.procs[f"agent:{host}"] = start_process(self.st, host, argv, role="client-agent", ready=True,
                                                         cpus=_cpus(AGENT_CPU), env=env, cwd=REPO)
         except ProcessStartError as e:
-            raise BenchError(f"client-agent on {host} did not start: {str(e).splitlines()[0]}") from None
-        c = self.ctls[f"agent:{host}"] = ControlClient(ctl, timeout_s=30.0)
-        return c
+            raise RigError(f"client-agent on {host} did not start: {str(e).splitlines()[0]}") from None
+        c = self.ctls[f"agent:{host}"] = ControlClient(ctl, timeout_s=ctl_timeout_s)
+        client = client or AgentClient()
+        client.attach_process(self.procs[f"agent:{host}"], c)
+        return client
 
     def swapon(self, host: str, **kw: Any) -> dict:
         kw = {"server": self.nas_ip, "port": NFS_PORT, "export": EXPORT, "image": f"{host}.img", "slots": 16,
@@ -159,7 +189,8 @@ class SwapRig:
         from netns_setup.state import control_socket_path
 
         ctl = control_socket_path(self.st.dir, "flood")
-        argv = [sys.executable, "-m", "testbed.flood", "--dst", dst, "--ports", ",".join(map(str, ports)),
+        spec = ports if isinstance(ports, str) else ",".join(map(str, ports))
+        argv = [sys.executable, "-m", "testbed.flood", "--dst", dst, "--ports", spec,
                 "--rate-pps", str(rate_pps), "--size", str(size), "--seed", str(seed),
                 "--bind", str(self.hosts["noise"].address.ip), "--control", ctl]
         if start_off:
@@ -168,7 +199,7 @@ class SwapRig:
             self.procs["flood"] = start_process(self.st, "noise", argv, role="flood", ready=True,
                                                 cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
         except ProcessStartError as e:
-            raise BenchError(f"the flood did not start: {str(e).splitlines()[0]}") from None
+            raise RigError(f"the flood did not start: {str(e).splitlines()[0]}") from None
         c = self.ctls["flood"] = ControlClient(ctl, timeout_s=10.0)
         return c
 
@@ -182,6 +213,11 @@ class SwapRig:
 
     def close(self) -> None:
         from netns_setup import lifecycle
+        for cap in self.caps.values():
+            try:
+                cap.stop()
+            except Exception:  # noqa: BLE001 -- teardown goes on
+                pass
         for k in [k for k in self.procs if k != "nas"] + ["nas"]:
             try:
                 self.stop(k)
@@ -196,11 +232,23 @@ class SwapRig:
             if self.data_dir:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> "SwapRig":
+    def __enter__(self) -> "Rig":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SwapRig(Rig):
+    """The bench sections' rig: one ``<client>.img`` of ``image_mib`` per client host (and a
+    ``ref.img`` for the reference client)."""
+
+    def __init__(self, topo: Any, tag: str, *, image_mib: int, ref_image_mib: int = 0, **kw: Any):
+        clients = [h.name for h in topo.hosts if h.name.startswith("client")]
+        images = [(f"{c}.img", image_mib) for c in clients]
+        if ref_image_mib:
+            images.append(("ref.img", ref_image_mib))
+        super().__init__(topo, tag, images=images, **kw)
 
 
 def process_cpu_s(pid: int) -> float:
