@@ -61,3 +61,19 @@ def test_no_agent_or_host_method_is_named_after_a_protocol():
     names = [n for n, v in inspect.getmembers(Agent) if callable(v) and not n.startswith("__")]
     for proto in ("nfs", "udp", "tcp", "rpc", "nbd", "iscsi", "aoe"):
         assert not [n for n in names if proto in n.lower()], (proto, names)
+
+
+def test_docs_tree_names_every_module_and_only_existing_ones():
+    import re
+    doc = (ROOT / "docs" / "agent-shape.md").read_text()
+    tree = doc.split("```tree", 1)[1].split("```", 1)[0]
+    named = set(re.findall(r"[\w/]*\w+\.py", tree))
+    files = [p for d in ("client_agent", "protocols", "testbed/clients")
+             for p in (ROOT / d).rglob("*.py") if p.name != "__init__.py"]
+    missing = sorted(str(p.relative_to(ROOT)) for p in files if p.name not in {n.split("/")[-1] for n in named})
+    assert missing == [], f"docs/agent-shape.md's tree does not name {missing}"
+    existing = {p.name for p in ROOT.rglob("*.py") if ".venv" not in p.parts}
+    assert sorted(n for n in named if n.split("/")[-1] not in existing) == []
+    for d in re.findall(r"^\s*([\w]+)/", tree, re.M):
+        assert any(p.is_dir() and p.name == d for p in (ROOT / "client_agent").rglob(d)) or \
+            (ROOT / d).is_dir() or (ROOT / "testbed" / d).is_dir(), d
