@@ -31,7 +31,7 @@ from collections import Counter
 NFS_PORT = 2049
 WINDOW = 16384  # client_agent/net/sunrpc/xprt.py XID_KEPT
 
-# What exact attribution would need from the agent (client_agent/agent.py + net/stack.py; not ours):
+# What exact attribution would need from the agent (client_agent/agent.py + net/sunrpc/trace.py; not ours):
 AGENT_FATE_RING = (
     "snapshot()['nfs']['reply_fates']: a bounded ring (last 4096) of [agent_time_s, ip_id, xid, fate] "
     "for every frame from the NFS server's port, recorded where its skb ends -- kfree_skb(reason) gives "

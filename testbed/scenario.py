@@ -294,7 +294,7 @@ def figures(sc: Scenario) -> dict:
     frame = ETH_HLEN + UDP_IP_HLEN + sc.flood_size
     pages_per_frame = max(1, math.ceil(frame / SKB_PAGE))
     truesize = pages_per_frame * SKB_PAGE + SKB_TRUESIZE_OVERHEAD
-    # client_agent/net/udp.py: a datagram is admitted while rmem_alloc <= rcvbuf before it, so a
+    # client_agent/net/ipv4/udp.py: a datagram is admitted while rmem_alloc <= rcvbuf before it, so a
     # socket holds floor(rcvbuf / truesize) + 1 datagrams.
     per_socket = sc.noise_rcvbuf_bytes // truesize + 1
     noise_pages = sc.noise_sockets * per_socket * pages_per_frame

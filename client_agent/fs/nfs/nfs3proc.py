@@ -7,7 +7,7 @@ socket, SOCK_MEMALLOC on every socket, the receive task), its slot table and buf
 transport's timeout policy) -- and adds the NFS and MOUNT procedures. Its attributes keep the
 names they had when it was one class (``counters``, ``sk``, ``pending``, ``memalloc``, ...).
 
-Durability (``write_durably``, the page writeback of swap.py and mm/filemap.py) takes a WRITE or
+Durability (``write_durably``, the page writeback of mm/swapfile.py and mm/filemap.py through fs/nfs/file.py) takes a WRITE or
 COMMIT reply as final only where Linux's v3 client does (fs/nfs/write.c, fs/nfs/nfs3proc.c,
 net/sunrpc/clnt.c rpc_decode_header); every reply is first sorted by ``classify_reply``:
 - Short WRITE (RFC 1813 3.3.7 "The server may write fewer bytes than requested";
