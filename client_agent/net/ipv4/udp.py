@@ -177,7 +177,8 @@ def udp_init(st) -> None:
 def udp_queue_rcv_skb(st, sk: UdpSocket, skb, payload, src) -> None:
     """Queue ``skb`` on ``sk`` (udp_queue_rcv_one_skb + __udp_enqueue_schedule_skb): the
     socket's filter, then its rcvbuf -- one datagram may overshoot it."""
-    reason = sk.sk_filter(skb)
+    # sk_filter only has something to say about a pfmemalloc buffer: skip the call otherwise
+    reason = sk.sk_filter(skb) if skb.pfmemalloc else None
     if reason is None and sk.rmem_alloc > sk.rcvbuf:
         st.snmp["Udp"]["RcvbufErrors"] += 1
         reason = "SOCKET_RCVBUFF"
