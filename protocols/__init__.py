@@ -1,0 +1,7 @@
+"""Wire codecs shared by the client agent and nas-server: sans-I/O, bytes in, values or bytes out.
+
+Each module names its fields and constants as the protocol's own document does and cites it:
+``nbd`` (NBD protocol, NetworkBlockDevice/nbd doc/proto.md), ``iscsi`` (RFC 7143), ``scsi``
+(SPC-4/SBC-3 CDBs, sense data and parameter data). No module here touches a socket, a file or a
+clock; state machines that use them live with their drivers' owners.
+"""
