@@ -38,14 +38,14 @@ from typing import Callable
 from protocols import iscsi, scsi
 
 from .nbd_target import _allowed
-from .scsi_disk import ScsiDisk
+from .scsi_disk import BLOCK_BYTES, MAX_TRANSFER_BLOCKS, ScsiDisk
 from .store import Store
 
 DEFAULT_IQN_PREFIX = "iqn.2025-01.org.nsdeadlock.nas"
 TARGET_PORTAL_GROUP_TAG = 1
 MAX_LOGIN_TEXT_BYTES = 65536      # login text accumulated over C-bit PDUs
 MAX_TASK_BUFFER_BYTES = 64 << 20  # data-out buffered per connection across its tasks
-MAX_TRANSFER_BYTES = 16 << 20     # one command's ExpectedDataTransferLength
+MAX_TRANSFER_BYTES = MAX_TRANSFER_BLOCKS * BLOCK_BYTES  # one command's data, as VPD Block Limits says
 _IQN_BAD = re.compile(r"[^a-z0-9.\-:]")
 
 

@@ -93,6 +93,13 @@ class NbdTarget:
             return None, nbd.NBD_REP_ERR_POLICY
         return img, 0
 
+    def canonical_name(self, img: Image) -> str:
+        """``EXPORT/IMAGE``: the name NBD_OPT_LIST gives (NBD_INFO_NAME)."""
+        for exp in self.store.exports.values():
+            if exp.images.get(img.name) is img:
+                return f"{exp.name}/{img.name}"
+        return img.name
+
     def snapshot(self) -> dict:
         return {"counters": dict(self.counters), "max_payload_bytes": self.max_payload_bytes,
                 "structured_replies": self.structured_replies}
@@ -259,7 +266,7 @@ class NbdConnection:
                     MIN_BLOCK_BYTES, PREFERRED_BLOCK_BYTES, self.t.max_payload_bytes))
             if nbd.NBD_INFO_NAME in infos:
                 out += nbd.encode_option_reply(opt, nbd.NBD_REP_INFO, nbd.encode_info_string(
-                    nbd.NBD_INFO_NAME, f"{img.name}".encode()))
+                    nbd.NBD_INFO_NAME, self.t.canonical_name(img).encode()))
             if nbd.NBD_INFO_DESCRIPTION in infos:
                 out += nbd.encode_option_reply(opt, nbd.NBD_REP_INFO, nbd.encode_info_string(
                     nbd.NBD_INFO_DESCRIPTION, f"nas-server image, {img.size_bytes} bytes".encode()))

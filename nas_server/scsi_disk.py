@@ -27,7 +27,9 @@ BLOCK_BYTES = 512
 VENDOR = "NSDLOCK"
 PRODUCT = "nas-server disk"
 REVISION = "0001"
-VPD_PAGES = [0x00, 0x80, 0x83]
+VPD_PAGES = [0x00, 0x80, 0x83, 0xB0, 0xB1]
+MAX_TRANSFER_BLOCKS = (16 << 20) // BLOCK_BYTES   # iscsi_target.MAX_TRANSFER_BYTES
+OPTIMAL_TRANSFER_BLOCKS = (1 << 20) // BLOCK_BYTES
 
 
 class ScsiDisk:
@@ -58,6 +60,10 @@ class ScsiDisk:
             return scsi.CHECK_CONDITION, b"", scsi.fixed_sense(e.key, e.asc)
 
     def _range(self, c: scsi.Cdb) -> None:
+        if c.opcode in (scsi.READ_10, scsi.READ_16, scsi.WRITE_10, scsi.WRITE_16) and c.flags & 0xE0:
+            # RDPROTECT/WRPROTECT without protection information (SBC-3 5.11 table 34)
+            raise scsi.ScsiError(scsi.ILLEGAL_REQUEST, scsi.ASC_INVALID_FIELD_IN_CDB,
+                                 f"{c.name} RDPROTECT/WRPROTECT {c.flags >> 5} on a LU without protection information")
         if c.lba + c.blocks > self.blocks:
             raise scsi.ScsiError(scsi.ILLEGAL_REQUEST, scsi.ASC_LBA_OUT_OF_RANGE,
                                  f"{c.name} LBA {c.lba} + {c.blocks} blocks > {self.blocks}")
@@ -109,6 +115,10 @@ class ScsiDisk:
             elif c.page == 0x83:
                 naa = bytes.fromhex("6" + "001405" + self.serial[:9])[:8]  # NAA 6, IEEE OUI-style prefix
                 data = scsi.vpd_device_identification(naa, self.name)
+            elif c.page == 0xB0:
+                data = scsi.vpd_block_limits(MAX_TRANSFER_BLOCKS, OPTIMAL_TRANSFER_BLOCKS, 8)
+            elif c.page == 0xB1:
+                data = scsi.vpd_block_device_characteristics()
             else:
                 raise scsi.ScsiError(scsi.ILLEGAL_REQUEST, scsi.ASC_INVALID_FIELD_IN_CDB, f"VPD page {c.page:#x}")
             return data[: c.allocation_length]

@@ -75,6 +75,7 @@ ASC_LBA_OUT_OF_RANGE = (0x21, 0x00)
 ASC_INVALID_FIELD_IN_CDB = (0x24, 0x00)
 ASC_LOGICAL_UNIT_NOT_SUPPORTED = (0x25, 0x00)
 ASC_SAVING_PARAMETERS_NOT_SUPPORTED = (0x39, 0x00)
+ASC_POWER_ON_RESET = (0x29, 0x00)
 ASC_PROTOCOL_SERVICE_CRC_ERROR = (0x47, 0x05)
 ASC_COMMAND_PHASE_ERROR = (0x4A, 0x00)
 ASC_DATA_PHASE_ERROR = (0x4B, 0x00)
@@ -85,7 +86,7 @@ ASC_NAMES = {
     ASC_LBA_OUT_OF_RANGE: "LBA_OUT_OF_RANGE", ASC_INVALID_FIELD_IN_CDB: "INVALID_FIELD_IN_CDB",
     ASC_LOGICAL_UNIT_NOT_SUPPORTED: "LOGICAL_UNIT_NOT_SUPPORTED",
     ASC_SAVING_PARAMETERS_NOT_SUPPORTED: "SAVING_PARAMETERS_NOT_SUPPORTED",
-    ASC_PROTOCOL_SERVICE_CRC_ERROR: "PROTOCOL_SERVICE_CRC_ERROR",
+    ASC_PROTOCOL_SERVICE_CRC_ERROR: "PROTOCOL_SERVICE_CRC_ERROR", ASC_POWER_ON_RESET: "POWER_ON_RESET",
     ASC_COMMAND_PHASE_ERROR: "COMMAND_PHASE_ERROR", ASC_DATA_PHASE_ERROR: "DATA_PHASE_ERROR",
 }
 
@@ -234,14 +235,20 @@ def cdb_mode_sense_6(page: int = 0x3F, allocation_length: int = 255) -> bytes:
 
 
 # -- parameter data ----------------------------------------------------------------------------------
+VERSION_DESCRIPTORS = (0x0460, 0x04C0, 0x0960)  # SPC-4, SBC-3, iSCSI (SPC-4 table 150)
+
+
 def inquiry_standard(vendor: str, product: str, revision: str) -> bytes:
-    """Standard INQUIRY data, 36 bytes: direct-access device (0x00), SPC-4 (version 6), response
-    data format 2, CmdQue (byte 7 bit 1), so Linux queues commands."""
-    b = bytearray(36)
+    """Standard INQUIRY data, 96 bytes: direct-access device (0x00), SPC-4 (version 6), response
+    data format 2, CmdQue (byte 7 bit 1) so Linux queues commands, and version descriptors
+    (bytes 58-73) claiming SPC-4, SBC-3 and iSCSI."""
+    b = bytearray(96)
     b[0] = 0x00
     b[2] = 0x06
     b[3] = 0x02
-    b[4] = 36 - 5
+    b[4] = len(b) - 5
+    for i, v in enumerate(VERSION_DESCRIPTORS):
+        struct.pack_into(">H", b, 58 + 2 * i, v)
     b[7] = 0x02
     b[8:16] = vendor.encode()[:8].ljust(8)
     b[16:32] = product.encode()[:16].ljust(16)
@@ -269,6 +276,20 @@ def vpd_device_identification(naa: bytes, name: str) -> bytes:
     nb += bytes(pad4_len(len(nb)))
     d2 = struct.pack(">BBBB", 0x53, 0xA8, 0x00, len(nb)) + nb
     return vpd_page(0x83, d1 + d2)
+
+
+def vpd_block_limits(max_transfer_blocks: int, optimal_transfer_blocks: int, granularity_blocks: int = 1) -> bytes:
+    """Page 0xB0 (SBC-3 6.5.3), page length 0x3C: transfer limits; no UNMAP, no WRITE SAME."""
+    body = bytearray(60)
+    struct.pack_into(">HII", body, 2, granularity_blocks, max_transfer_blocks, optimal_transfer_blocks)
+    return vpd_page(0xB0, bytes(body))
+
+
+def vpd_block_device_characteristics(rotation_rate: int = 1) -> bytes:
+    """Page 0xB1 (SBC-3 6.5.2), page length 0x3C; medium rotation rate 1 = non-rotating medium."""
+    body = bytearray(60)
+    struct.pack_into(">H", body, 0, rotation_rate)
+    return vpd_page(0xB1, bytes(body))
 
 
 def pad4_len(n: int) -> int:
