@@ -175,10 +175,11 @@ class IscsiConnection:
         hd, dd = self._tx_digests
         out += iscsi.encode_pdu(p, hd, dd)
 
-    def _reject(self, out: bytearray, reason: int, bad: iscsi.Pdu | None, detail: str) -> None:
+    def _reject(self, out: bytearray, reason: int, bad, detail: str) -> None:
+        """Reject PDU whose data is the rejected PDU's BHS (``bad``: a ``Pdu`` or its 48 bytes)."""
         self.c["reject_" + iscsi.REJECT_NAMES.get(reason, str(reason))] += 1
         self._log(f"Reject ({iscsi.REJECT_NAMES.get(reason, reason)}): {detail}")
-        data = bad.encode_bhs() if bad is not None else b""
+        data = bad if isinstance(bad, bytes) else bad.encode_bhs()
         self._send(out, iscsi.Pdu(iscsi.REJECT, Flags=iscsi.FLAG_F, Reason=reason, ITT=iscsi.RESERVED_TAG,
                                   data=data))
 
@@ -209,10 +210,14 @@ class IscsiConnection:
                         if e.reason == "header_digest_error":
                             self.c["digest_err"] += 1
                         raise _Close(e.reason, str(e)) from None
-                    # data digest error: the PDU was consumed; answer it (RFC 7143 7.8)
-                    self.c["digest_err"] += 1
-                    self._reject(out, e.reject, e.pdu, str(e))
-                    task = self.tasks.get(e.pdu.ITT) if e.pdu.opcode == iscsi.SCSI_DATA_OUT else None
+                    # data digest error (RFC 7143 7.8) or unknown opcode: the PDU was consumed; reject it
+                    if e.reason == "data_digest_error":
+                        self.c["digest_err"] += 1
+                    if self.state == LOGIN:
+                        raise _Close("login_" + e.reason, str(e)) from None
+                    self._reject(out, e.reject, e.bhs, str(e))
+                    task = self.tasks.get(e.pdu.ITT) if e.pdu is not None and e.pdu.opcode == iscsi.SCSI_DATA_OUT \
+                        else None
                     if task is not None:
                         task.failed = (scsi.ABORTED_COMMAND, scsi.ASC_PROTOCOL_SERVICE_CRC_ERROR)
                         self._finish_failed(out, task)

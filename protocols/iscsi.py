@@ -321,9 +321,10 @@ class PduReader:
 
     def next_pdu(self) -> Pdu | None:
         """The next complete PDU, or None if more bytes are needed. Raises ``IscsiProtocolError``
-        for a header digest error, an oversized data segment (connection must close:
-        ``reject is None``) or a data digest error (``reason == "data_digest_error"``; the PDU's
-        header is in ``err.pdu`` and its bytes have been consumed)."""
+        for a header digest error or an oversized data segment (the connection must close:
+        ``reject is None``), and for a data digest error or an opcode RFC 7143 does not define
+        (``reject`` is the Reject reason; the PDU's bytes have been consumed, its BHS is in
+        ``err.bhs`` and, when decodable, the PDU in ``err.pdu``)."""
         buf = self.buf
         if len(buf) < BHS_BYTES:
             return None
@@ -343,14 +344,20 @@ class PduReader:
         total = hdr_len + hd + padded + dd
         if len(buf) < total:
             return None
-        p = decode_bhs(buf)
+        bhs = bytes(buf[:BHS_BYTES])
+        try:
+            p = decode_bhs(bhs)
+        except IscsiProtocolError as err:  # unknown opcode: the PDU is skipped whole, the caller rejects it
+            del buf[:total]
+            err.bhs, err.pdu = bhs, None
+            raise
         p.ahs = bytes(buf[BHS_BYTES:hdr_len])
         start = hdr_len + hd
         if dd and bytes(buf[start + padded : total]) != digest_bytes(memoryview(buf)[start : start + padded]):
             del buf[:total]
             err = IscsiProtocolError("data_digest_error", f"data digest mismatch on {p.name} ITT={p.ITT:#x}",
                                      REJECT_DATA_DIGEST_ERROR)
-            err.pdu = p
+            err.bhs, err.pdu = bhs, p
             raise err
         p.data = bytes(buf[start : start + dlen])
         del buf[:total]
