@@ -318,6 +318,7 @@ def test_own_iscsi_initiator_against_tgtd(peers):
     with open(img, "wb") as f:
         f.truncate(16 << 20)
     ctl = str(1000 + os.getpid() % 30000)  # tgtd's management socket /var/run/tgtd/socket.N (N <= 32767)
+    made_run_dir = not os.path.isdir("/var/run/tgtd")
     p = net.popen(net.server_ns, ["tgtd", "-f", "-C", ctl, "--iscsi", f"portal={net.server_ip}:3260"],
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     iqn = "iqn.2025-01.org.nsdeadlock.test:tgt"
@@ -353,5 +354,10 @@ def test_own_iscsi_initiator_against_tgtd(peers):
         for leftover in (f"/var/run/tgtd/socket.{ctl}", f"/var/run/tgtd/socket.{ctl}.lock"):
             try:
                 os.unlink(leftover)
+            except OSError:
+                pass
+        if made_run_dir:
+            try:
+                os.rmdir("/var/run/tgtd")
             except OSError:
                 pass
