@@ -1,4 +1,5 @@
-"""``nas-server``: an NFSv3 + MOUNT v3 + portmap v2 server of fixed-size images, over UDP and TCP.
+"""``nas-server``: an NFSv3 + MOUNT v3 + portmap v2 server of fixed-size images, over UDP and TCP;
+with ``--nbd`` / ``--iscsi`` it also serves the same images over NBD (TCP 10809) and iSCSI (TCP 3260).
 
 Invariant owned here: argparse lives only in this module; a bad option or an unusable data
 directory is one line on stderr and exit status 2, and the server signals ``--ready-fd`` only once
@@ -18,6 +19,8 @@ import sys
 from netns_setup.control import BadRequest, ControlServer, signal_ready
 
 from .core import NasCore, parse_networks
+from .iscsi_target import DEFAULT_IQN_PREFIX, IscsiTarget, iqn_for
+from .nbd_target import NbdTarget
 from .server import NasServer, RateLimitedLog, new_verifier
 from .store import DirStore
 
@@ -93,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="0.0.0.0", help="address to listen on")
     p.add_argument("--port", type=int, default=2049, help="NFS and MOUNT port, UDP and TCP (0: any)")
     p.add_argument("--write-latency-ms", type=float, default=0.0,
-                   help="service time of a UDP call: each reply leaves this long after its call, "
+                   help="service time of a UDP NFS call and of each NBD/iSCSI request: each reply leaves this long after its call, "
                         "without delaying other calls (models the appliance's disk; default 0)")
     p.add_argument("--aoe-interface", metavar="IFNAME",
                    help="also serve images as an ATA over Ethernet target on this interface (AF_PACKET, EtherType 0x88A2)")
@@ -107,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="acknowledge AoE writes before fdatasync (a volatile write cache flushed by FLUSH CACHE); "
                         "default: write-through")
     p.add_argument("--portmap-port", type=int, default=111, help="portmap v2 port (0: none)")
+    p.add_argument("--nbd", action="store_true",
+                   help="also serve every image over NBD (fixed newstyle) as export EXPORT/IMAGE")
+    p.add_argument("--nbd-port", type=int, default=10809, help="NBD TCP port with --nbd (0: any)")
+    p.add_argument("--iscsi", action="store_true",
+                   help="also serve every image as an iSCSI target IQN-PREFIX:EXPORT.IMAGE, LUN 0")
+    p.add_argument("--iscsi-port", type=int, default=3260, help="iSCSI TCP port with --iscsi (0: any)")
+    p.add_argument("--iscsi-iqn-prefix", default=DEFAULT_IQN_PREFIX, help="IQN prefix of the iSCSI targets")
     p.add_argument("--control", metavar="PATH", help="Unix socket for the control protocol")
     p.add_argument("--ready-fd", type=int, metavar="N", help="write one byte to fd N once listening")
     p.add_argument("--max-connections", type=int, default=256,
@@ -150,6 +160,17 @@ def main(argv: list[str] | None = None) -> int:
                            write_latency_s=args.write_latency_ms / 1000, conn_age_period_s=args.conn_age_period)
         if args.aoe_interface:
             server.aoe = open_aoe_port(args, aoe_disks, server, log)
+        nbd = iscsi = None
+        if args.nbd:
+            nbd = NbdTarget(store, log=log)
+            server.add_stream_listener("nbd", args.bind, args.nbd_port, lambda peer, local: nbd.connect(peer))
+        if args.iscsi:
+            if not args.iscsi_iqn_prefix.startswith("iqn.") or iqn_for(args.iscsi_iqn_prefix, "a", "b") != \
+                    f"{args.iscsi_iqn_prefix}:a.b":
+                raise ValueError(f"--iscsi-iqn-prefix {args.iscsi_iqn_prefix!r}: expected iqn.YYYY-MM.reversed.domain "
+                                 "in lower case letters, digits, '.', '-' and ':'")
+            iscsi = IscsiTarget(store, iqn_prefix=args.iscsi_iqn_prefix, log=log)
+            server.add_stream_listener("iscsi", args.bind, args.iscsi_port, iscsi.connect)
     except (ValueError, OSError) as e:
         print(f"nas-server: {e}", file=sys.stderr)
         return 2
@@ -179,10 +200,17 @@ def main(argv: list[str] | None = None) -> int:
 
     control = None
     if args.control:
+        def snapshot(req):
+            snap = server.snapshot()
+            for name, tgt in (("nbd", nbd), ("iscsi", iscsi)):
+                if tgt is not None:
+                    snap.setdefault(name, {}).update(tgt.snapshot())
+            return snap
+
         control = ControlServer(args.control, {
-            "snapshot": lambda req: server.snapshot(),
+            "snapshot": snapshot,
             "set": on_set,
-            "shutdown": lambda req: server.snapshot(),
+            "shutdown": snapshot,
         })
         control.attach(server.sel)
 
@@ -192,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log(f"serving exports {', '.join('/' + e for e in store.exports)} on {args.bind} port {server.port} "
-        f"(portmap {args.portmap_port or 'off'}), verifier {store.verifier.hex()}")
+        f"(portmap {args.portmap_port or 'off'}, NBD {server.stream_ports.get('nbd', 'off')}, "
+        f"iSCSI {server.stream_ports.get('iscsi', 'off')}), verifier {store.verifier.hex()}")
     signal_ready(args.ready_fd)
     try:
         server.run(lambda: control is not None and control.closing)
