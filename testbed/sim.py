@@ -20,11 +20,9 @@ as it would see a noise host's frames, and the NAS stack never touches them. Its
 
 Nothing in here decides an outcome. The allocator's thresholds, the sockets' rcvbuf, the
 pfmemalloc demux and the transport's timers make it; this module only watches, every
-``SAMPLE_S`` of virtual time, with the contract's rules (docs/swap-contract.md):
-``deadlock`` = reclaim needed (free < low or kswapd awake) and ``pswpout`` did not grow for
-``stall_threshold_s``; ``recovered`` = workload done and free > high after free went below the
-atomic floor; ``completed`` = the same without that. ``max_duration_s`` ends a run that is none
-of these (outcome ``timeout``).
+``SAMPLE_S`` of virtual time, feeding a /proc-shaped sample to ``testbed.watchdog.Watchdog`` --
+the same rules a real run is judged by (docs/swap-contract.md). ``max_duration_s`` ends a run
+that is none of deadlock/recovered/completed (outcome ``timeout``).
 
 Why a reserve can be too small even with the cure (scenario memalloc-undersized): every swap
 RPC in flight pins one RPC buffer page taken with __GFP_MEMALLOC (rpc_malloc for a swapper
@@ -67,6 +65,7 @@ from client_agent.tasks import Scheduler
 from client_agent.wire.ethernet import ETH_P_IP, emit as eth_emit
 from client_agent.wire.ipv4 import IPPROTO_UDP, emit_header
 from client_agent.wire.udp import emit as udp_emit
+from testbed.watchdog import Watchdog
 from nas_server.core import NasCore
 from nas_server.store import MemoryStore
 
@@ -328,10 +327,10 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     if p["swapoff_at_s"] is not None:
         loop.call_at(p["swapoff_at_s"], swap.swapoff)
 
-    # -- the watchdog ---------------------------------------------------------------------------
+    # -- the watchdog: testbed.watchdog's rules, fed a /proc-shaped sample every SAMPLE_S -------
     atomic_floor = alloc.watermark_floor(GFP_ATOMIC)
-    st = {"outcome": None, "last_pswpout": 0, "t_progress": 0.0, "t_below_floor": None,
-          "t_stall": None, "t_recover": None, "stop": False, "free_min": alloc.nr_free}
+    wd = Watchdog(p["stall_threshold_s"])
+    st = {"stop": False}
     timeline: list[dict] = []
     stack = agent.stack
     vm = alloc.vmstat
@@ -342,9 +341,6 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         v = alloc.vmstat
         low_point = alloc.nr_free_lowwater
         alloc.reset_lowwater()
-        st["free_min"] = min(st["free_min"], low_point)
-        if low_point < atomic_floor and st["t_below_floor"] is None:
-            st["t_below_floor"] = now
         timeline.append({
             "t": now, "free": free, "free_low_point": low_point, "min": alloc.wmark_min,
             "low": alloc.wmark_low, "high": alloc.wmark_high,
@@ -353,30 +349,14 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             "acked": len(swap.swap_map), "workload_allocated": swap.workload["allocated"],
             "drops": {k: n for k, n in stack.drop_reasons.items() if n},
         })
-        # progress: pages submitted to swap, and file pages whose writeback completed (nr_written)
-        progress = v["pswpout"] + v.get("nr_written", 0)
-        if progress != st["last_pswpout"]:
-            st["last_pswpout"] = progress
-            st["t_progress"] = now
-        reclaim_needed = free < alloc.wmark_low or alloc.kswapd_wanted
-        wl = swap.workload
-        settled = free > alloc.wmark_high and not swap.writeback
+        snap = {"alloc": {"zoneinfo": {"free": free, "low": alloc.wmark_low, "high": alloc.wmark_high},
+                          "vmstat": v, "kswapd": {"wanted": alloc.kswapd_wanted},
+                          "reserve": {"atomic_floor": atomic_floor, "nr_free_lowwater": low_point}},
+                "workload": swap.workload, "swap": {"writeback": len(swap.writeback)}}
         if fm is not None:
-            # a writer throttled in balance_dirty_pages needs writeback as much as reclaim does;
-            # after fsync a file's pages stay cached: settled = kswapd asleep (balanced)
-            reclaim_needed = reclaim_needed or bool(fm.throttled_writers)
-            wl = fm.workload
-            settled = not reclaim_needed and not fm.writeback
-        if wl["done"] and settled:
-            if st["t_below_floor"] is not None:
-                st["outcome"] = "recovered"
-                st["t_recover"] = now
-            else:
-                st["outcome"] = "completed"
-            st["stop"] = True
-        elif reclaim_needed and now - st["t_progress"] >= p["stall_threshold_s"]:
-            st["outcome"] = "deadlock"
-            st["t_stall"] = st["t_progress"]
+            snap["filemap"] = {"active": True, "throttled_writers": fm.throttled_writers,
+                               "nr_writeback": len(fm.writeback), "workload": fm.workload}
+        if wd.feed(now, snap):
             st["stop"] = True
         else:
             loop.call_at(now + SAMPLE_S, sample)
@@ -384,7 +364,10 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     loop.call_at(SAMPLE_S, sample)
     loop.run_until(lambda: st["stop"], p["max_duration_s"])
     duration = round(loop.time(), 6)
-    outcome = st["outcome"] or "timeout"
+    outcome = wd.outcome or "timeout"
+    t_below = wd.first_below_floor_s
+    t_stall = wd.time_to_stall_s if outcome == "deadlock" else None
+    t_recover = wd.decided_at if outcome == "recovered" else None
 
     # -- verification: read every acked slot back from the NAS's store ---------------------------
     verified = failures = 0
@@ -402,19 +385,21 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             else:
                 ffailures += 1
 
+    # the lowest free count seen (between samples too); the pool's size if nothing was sampled
+    reserve_low = min(alloc.nr_pages if wd.reserve_low_pages is None else wd.reserve_low_pages,
+                      alloc.nr_pages)
     snap_alloc = alloc.snapshot()
     tsnap = transport.snapshot()
     c = stack.counters
     result = {
         "name": p["name"], "seed": seed, "outcome": outcome,
         "duration_s": duration,
-        "t_below_atomic_floor_s": st["t_below_floor"],
-        "t_stall_s": st["t_stall"],
-        "time_to_stall_s": st["t_stall"],
-        "t_recover_s": st["t_recover"],
-        "time_to_recover_s": (round(st["t_recover"] - st["t_below_floor"], 6)
-                              if st["t_recover"] is not None and st["t_below_floor"] is not None
-                              else None),
+        "t_below_atomic_floor_s": t_below,
+        "t_stall_s": t_stall,
+        "time_to_stall_s": t_stall,
+        "t_recover_s": t_recover,
+        "time_to_recover_s": (round(t_recover - t_below, 6)
+                              if t_recover is not None and t_below is not None else None),
         "pswpout": vm["pswpout"], "pgscan_kswapd": vm["pgscan_kswapd"],
         "pgsteal_kswapd": vm["pgsteal_kswapd"], "allocstall": vm["allocstall"],
         "pgscan_direct_throttle": vm["pgscan_direct_throttle"],
@@ -424,8 +409,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "PFMemallocDrop": c["PFMemallocDrop"], "rx_nobuf": c["rx_nobuf"],
         "tx_nobuf": c["tx_nobuf"], "rx_pfmemalloc": c["rx_pfmemalloc"],
         "drop_reasons": {k: n for k, n in stack.drop_reasons.items() if n},
-        "reserve_low_point": st["free_min"],
-        "reserve_in_use_max": max(0, alloc.wmark_min - st["free_min"]),
+        "reserve_low_point": reserve_low,
+        "reserve_in_use_max": max(0, alloc.wmark_min - reserve_low),
         "zoneinfo": alloc.zoneinfo(), "atomic_floor": atomic_floor,
         "rpc": tsnap["counters"], "rpc_retrans": tsnap["counters"]["rpc_retrans"],
         "swap": swap_snapshot(swap),

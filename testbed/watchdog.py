@@ -5,7 +5,8 @@ Invariants owned here (docs/swap-contract.md, "Outcome rules"):
   ``stall_threshold_s``; the clock of the stall starts at the later of the last ``pswpout`` growth
   and the moment reclaim became needed, and the outcome is declared at the first sample at or past
   start + threshold -- never earlier.
-- ``recovered``: the workload is done and free > high, after a stall (free went below the GFP_ATOMIC
+- ``recovered``: the workload is done, free > high and no swap page is under writeback (the
+  snapshot's ``swap.writeback``, 0 when absent), after a stall (free went below the GFP_ATOMIC
   floor at some sample); ``completed``: the same without a stall.
 - File-backed consumers (snapshot["filemap"] active, docs/file-backed.md), as testbed.sim: progress
   is ``pswpout + nr_written``, a writer throttled in balance_dirty_pages counts as reclaim needed, and
@@ -14,7 +15,9 @@ Invariants owned here (docs/swap-contract.md, "Outcome rules"):
 - ``invalid``: a snapshot says it is not valid (tp_drops, loop lag) or the runner saw softnet drops.
 - The first outcome is final; ``finish()`` at the end of the budget gives ``unfinished`` when none
   was reached (the run proves nothing either way, so it never equals an ``expect``).
-Pure: fed ``(t, snapshot)``; no clock, no I/O, so it is tested on synthetic timelines.
+Pure: fed ``(t, snapshot)``; no clock, no I/O, so it is tested on synthetic timelines. It is the
+only place the outcome rules live: the runner feeds it the client's snapshots every 0.2 s, the
+simulation (testbed/sim.py) the same shape every 0.1 s of virtual time.
 """
 
 from __future__ import annotations
@@ -87,13 +90,15 @@ def workload_done(snap: dict) -> bool:
 
 
 def settled(snap: dict) -> bool:
-    """Swap: free > high. A file's pages stay cached after fsync/msync, so for a file consumer
-    settled = kswapd asleep (no reclaim needed) and no file page under writeback (as testbed.sim)."""
+    """Swap: free > high and no swap page under writeback. A file's pages stay cached after
+    fsync/msync, so for a file consumer settled = kswapd asleep (no reclaim needed) and no file
+    page under writeback."""
     z = zone(snap)
     fm = filemap(snap)
     if fm is not None:
         return not reclaim_needed(snap) and not fm.get("nr_writeback")
-    return z.get("free") is not None and z.get("free") > z.get("high", 0)
+    return (z.get("free") is not None and z.get("free") > z.get("high", 0)
+            and not (snap.get("swap") or {}).get("writeback"))
 
 
 @dataclass
@@ -111,6 +116,11 @@ class Watchdog:
     _last_growth: float | None = None
     _reclaim_since: float | None = None
     _last_t: float | None = None
+
+    @property
+    def first_below_floor_s(self) -> float | None:
+        """When free (or its low-water mark) first went below the atomic floor, if it did."""
+        return self._first_below_floor
 
     def stall_start(self) -> float | None:
         if self._reclaim_since is None:

@@ -8,7 +8,11 @@ Recorded differences (each explained; the figures themselves never changed):
 - logs of the swap scenarios: one more line at swapon, ``Adding 41216k swap on
   198.18.0.1:/swap/swap.img``, since the simulation composes its client with the agent's own
   ``Host`` (the agent always logged it). Checked when the fixture was patched: the other lines
-  hash exactly as before (commit "host.py: one composition root ...").
+  hash exactly as before (commit "sunrpc split ... host.py: one composition root ...").
+- file-mmap-linux, seeds 1-5: the deadlock is declared one sample later (6.1 s, t_stall 0.1 s,
+  0.1 s more flood in rx_nobuf/NOMEM/rpc_alloc_nomem, one more timeline sample) since the
+  simulation decides through testbed.watchdog.Watchdog, whose stall clock starts at the first
+  sample that saw reclaim needed (the simulation's own rule started it at t=0).
 
 Each case goes through the command line, ``testbed run NAME --sim --seed S``, and reads the
 report directory's sim_result.json (what testbed.sim.run_sim returned). CI runs seed 1 of every
