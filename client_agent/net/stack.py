@@ -39,10 +39,12 @@ from ..wire import icmp as wicmp
 from ..wire.arp import ARPOP_REPLY, ARPOP_REQUEST, ArpPacket
 from ..wire.ethernet import (BROADCAST, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ZERO_MAC,
                              emit as eth_emit)
-from ..wire.ipv4 import (IP_DF, IP_MF, IPPROTO_ICMP, IPPROTO_UDP, Ipv4Packet, emit_header)
+from ..wire.ipv4 import (IP_DF, IP_MF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet,
+                         emit_header)
 from ..wire.udp import UdpPacket, emit as udp_emit
 from .drop import DROP_REASONS, snmp_tables
 from .ipfrag import Reassembler
+from .ipv4.tcp import Tcp
 from .neigh import NUD_PERMANENT, NUD_REACHABLE, NUD_STALE, NeighTable
 from .skb import SkBuff
 from .udp import EPHEMERAL_PORTS, UdpSocket
@@ -73,7 +75,7 @@ def _as_ip(ip) -> bytes:
 
 class Stack:
     def __init__(self, alloc, dev, mac: bytes, ip, prefix_len: int, sched=None, *,
-                 gateway=None, taps=None) -> None:
+                 gateway=None, taps=None, seed: int = 0) -> None:
         self.alloc = alloc
         self.dev = dev
         self.mac = bytes(mac)
@@ -103,6 +105,7 @@ class Stack:
         self.tx_gfp = GFP_NOWAIT                        # stack-originated sends (ping)
         self.fate_port = 0                              # see record_fate (0: off)
         self.fates: deque = deque(maxlen=FATE_RING)
+        self.tcp = Tcp(self, seed)                      # ISNs and timestamps from the seed
 
     # ================================================================== accounting
     def kfree_skb(self, skb: SkBuff, reason: str) -> None:
@@ -146,7 +149,8 @@ class Stack:
 
     def rx_in_flight(self) -> int:
         """Received frames still held: queued fragments and datagrams on sockets."""
-        return self.reasm.queued() + sum(len(s.rxq) for s in self.sockets)
+        return (self.reasm.queued() + sum(len(s.rxq) for s in self.sockets)
+                + self.tcp.rx_in_flight())
 
     # ================================================================== poll
     def poll(self, now: float, budget: int = NAPI_BUDGET) -> float | None:
@@ -166,10 +170,13 @@ class Stack:
         rd = self.reasm.next_deadline()
         if rd is not None and rd <= now:
             self.reasm.run_timers(now)
+        td = self.tcp.next_deadline()
+        if td is not None and td <= now:
+            self.tcp.run_timers(now)
 
     def next_deadline(self) -> float | None:
         ds = [d for d in (self.neigh.next_deadline, self.reasm.next_deadline(),
-                          self.dev.poll_at()) if d is not None]
+                          self.dev.poll_at(), self.tcp.next_deadline()) if d is not None]
         return min(ds) if ds else None
 
     # ================================================================== receive
@@ -345,6 +352,12 @@ class Stack:
         if proto == IPPROTO_UDP:
             ipc["InDelivers"] += 1
             self._udp_rcv(skb, src, dst, bcast, payload, now)
+        elif proto == IPPROTO_TCP:
+            ipc["InDelivers"] += 1
+            if bcast:
+                self.kfree_skb(skb, "OTHERHOST")          # tcp_v4_rcv: PACKET_HOST only
+            else:
+                self.tcp.tcp_v4_rcv(skb, src, dst, payload, now)
         elif proto == IPPROTO_ICMP:
             ipc["InDelivers"] += 1
             self._icmp_rcv(skb, src, bcast, payload, now)
@@ -489,6 +502,14 @@ class Stack:
             self.snmp["Udp"]["SndbufErrors"] += 1
         return rc
 
+    def tcp_socket(self):
+        return self.tcp.socket()
+
+    def ip_output(self, dst: bytes, proto: int, payload: bytes, now: float, gfp: int,
+                  owner: str) -> int:
+        """ip_queue_xmit for TCP: DF set (path MTU discovery), 0 or -errno."""
+        return self._ip_output(dst, proto, payload, now, gfp, owner, df=True)
+
     # ------------------------------------------------------------------ IPv4 output
     def _route(self, dst: bytes) -> bytes | None:
         """Next hop for ``dst``: itself on the subnet (or broadcast), else the gateway."""
@@ -608,6 +629,7 @@ class Stack:
             "drop_reasons": {k: v for k, v in self.drop_reasons.items() if v},
             "rx_fate": dict(self.rx_fate),
             "sockets": [s.snapshot() for s in self.sockets],
+            "tcp": self.tcp.snapshot(),
             "neigh": self.neigh.snapshot(),
             "ipfrag": {"queues": len(self.reasm.queues), "fragments": self.reasm.queued(),
                        "mem_bytes": self.reasm.mem},
