@@ -37,6 +37,7 @@ class Out:
     opts: wtcp.TcpOptions
     data: bytes
     raw: bytes
+    t: float = 0.0
 
     def __repr__(self) -> str:
         return (f"<{wtcp.flags_str(self.flags)} seq={self.seq} ack={self.ack} win={self.win} "
@@ -108,9 +109,12 @@ class Script:
         """Everything the agent sent since the last call (ARP and non-TCP ignored)."""
         out = self.pending
         self.pending = []
-        for f in self.wire.a.receive(self.now, 1 << 20):
+        q = self.wire.a._rxq                     # (time sent, frame): latency 0
+        while q:
+            t, f = q.popleft()
             o = parse_frame(f)
             if o is not None:
+                o.t = t
                 out.append(o)
         return out
 

@@ -1346,21 +1346,22 @@ class TcpSock:
             self.is_cwnd_limited = True
         return bool(wq)
 
-    def _seg_flags(self, skb: TxSkb) -> int:
+    def _seg_flags(self, skb: TxSkb, new: bool) -> int:
+        """SYN (+ACK in SYN_RECV), else ACK + FIN as queued; PSH on the last buffer of what
+        was written (tcp_mark_push), kept for its retransmissions."""
         f = skb.flags
         if f & SYN:
             return SYN | ACK if self.state == SYN_RECV else SYN
-        f |= ACK
-        if skb.data and (not self.write_queue or skb is self.write_queue[-1]
-                         or self.write_queue[0] is skb and len(self.write_queue) == 1):
+        if new and skb.data and skb is self.write_queue[-1]:
             f |= PSH
-        return f
+            skb.flags = f
+        return f | ACK
 
     def _send_skb(self, skb: TxSkb, now: float, new: bool) -> int:
         """One transmission of a queued buffer: new data at sk_gfp_mask(GFP_ATOMIC),
         retransmissions at plain GFP_ATOMIC (tcp_retransmit_skb)."""
         gfp = self.sk_gfp_mask(_GFP_ATOMIC) if new else _GFP_ATOMIC
-        rc = self._xmit(skb.seq, self._seg_flags(skb), skb.data, now, gfp)
+        rc = self._xmit(skb.seq, self._seg_flags(skb, new), skb.data, now, gfp)
         if rc < 0:
             return rc
         skb.sent_time = now
