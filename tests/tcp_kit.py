@@ -155,9 +155,11 @@ class Script:
         return child, sa.seq
 
     def active_open(self, port: int | None = None, *, sack=True, ts=True, wscale=7,
-                    mss=1460, win=65535):
+                    mss=1460, win=65535, rcvbuf=None):
         """Agent connects to the script. Returns (socket, agent ISN, SYN seen)."""
         sk = self.tcp.socket()
+        if rcvbuf is not None:
+            sk.rcvbuf = rcvbuf
         assert sk.connect((IP_A, self.pport if port is None else port), self.now) == 0
         syn = self.expect(S)
         self.aport = syn.sport

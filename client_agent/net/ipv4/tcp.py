@@ -2120,17 +2120,18 @@ class TcpSock:
     def _data_queue(self, seg: Seg, now: float) -> None:
         """tcp_data_queue: in order -> receive queue (+ the OFO queue behind it), else the
         OFO queue; memory via tcp_try_rmem_schedule."""
-        proto = self.proto
-        ext = proto.ext
+        ext = self.proto.ext
         skb = seg.skb
         data = seg.data
-        fin = bool(seg.flags & FIN)
         seq = seg.seq
         end = seg.end_seq
         if seq == end:
             self._consume(seg)
             return
         self._measure_rcv_mss(len(data), skb.truesize)
+        if seq == self.rcv_nxt or (before(seq, self.rcv_nxt) and after(end, self.rcv_nxt)):
+            self._queue_in_order(seg, now)
+            return
         if not after(end, self.rcv_nxt):
             # all of it already received: a spurious retransmission
             ext["DelayedACKLost"] += 1
@@ -2143,46 +2144,54 @@ class TcpSock:
             self._enter_quickack_mode()
             self._drop(seg, "TCP_OVERWINDOW")
             return
-        if not after(seq, self.rcv_nxt):
-            # in order (perhaps overlapping what we have): tcp_queue_rcv
-            if self._receive_window() == 0 and data:
-                # (a bare FIN is taken even at window 0, as Linux does)
-                ext["TCPZeroWindowDrop"] += 1
-                self.ack_pending = True
-                self._enter_quickack_mode()
-                self._drop(seg, "TCP_ZEROWINDOW")
-                return
-            if self._try_rmem_schedule(skb, len(data)):
-                self.ack_pending = True
-                self.quick = max(self.quick, 1)        # ICSK_ACK_NOMEM | ICSK_ACK_NOW
-                self._ack_now = True
-                if self.receive_queue and data:
-                    ext["TCPRcvQDrop"] += 1
-                    self.drops += 1
-                    self._drop(seg, "PROTO_MEM")
-                    proto.wake(self.wait_key)
-                    return
-                # sk_forced_mem_schedule: an empty receive queue always takes one segment
-            off = (self.rcv_nxt - seq) & MASK
-            r = RxSeg(skb, self.rcv_nxt, end, data[off:], fin)
-            self._charge_rx(r)
-            self.receive_queue.append(r)
-            self.rcv_nxt = end
-            self.counters["bytes_received"] += len(r.data)
-            self.counters["data_segs_in"] += 1
-            self._event_data_recv(now)
-            if fin:
-                self._fin(now)
-            if self.ofo:
-                self._ofo_queue(now)
-                if not self.ofo:
-                    self.quick = max(self.quick, 1)   # the hole is filled: ACK now
-            if self.selective_acks:
-                self._sack_remove()
-            proto.wake(self.wait_key)
-            return
         # out of order
         self._data_queue_ofo(seg, now)
+
+    def _queue_in_order(self, seg: Seg, now: float) -> None:
+        """tcp_data_queue's in-sequence branch (and the partial overlap one): zero window,
+        memory (an empty receive queue always takes the segment), tcp_queue_rcv, FIN, OFO."""
+        proto = self.proto
+        ext = proto.ext
+        skb = seg.skb
+        data = seg.data
+        fin = bool(seg.flags & FIN)
+        seq = seg.seq
+        end = seg.end_seq
+        if self._receive_window() == 0 and data:
+            # (a bare FIN is taken even at window 0, as Linux does)
+            ext["TCPZeroWindowDrop"] += 1
+            self.ack_pending = True
+            self._enter_quickack_mode()
+            self._drop(seg, "TCP_ZEROWINDOW")
+            return
+        if self._try_rmem_schedule(skb, len(data), seq):
+            self.ack_pending = True
+            self.quick = max(self.quick, 1)        # ICSK_ACK_NOMEM | ICSK_ACK_NOW
+            self._ack_now = True
+            if self.receive_queue and data:
+                ext["TCPRcvQDrop"] += 1
+                self.drops += 1
+                self._drop(seg, "PROTO_MEM")
+                proto.wake(self.wait_key)
+                return
+            # sk_forced_mem_schedule: an empty receive queue always takes one segment
+        off = (self.rcv_nxt - seq) & MASK
+        r = RxSeg(skb, self.rcv_nxt, end, data[off:], fin)
+        self._charge_rx(r)
+        self.receive_queue.append(r)
+        self.rcv_nxt = end
+        self.counters["bytes_received"] += len(r.data)
+        self.counters["data_segs_in"] += 1
+        self._event_data_recv(now)
+        if fin:
+            self._fin(now)
+        if self.ofo:
+            self._ofo_queue(now)
+            if not self.ofo:
+                self.quick = max(self.quick, 1)   # the hole is filled: ACK now
+        if self.selective_acks:
+            self._sack_remove()
+        proto.wake(self.wait_key)
 
     def _measure_rcv_mss(self, length: int, truesize: int) -> None:
         """tcp_measure_rcv_mss: rcv_mss and the len/truesize ratio the window is sized by."""
@@ -2201,7 +2210,7 @@ class TcpSock:
         skb = seg.skb
         self.ack_pending = True
         self._ack_now = True
-        if self._try_rmem_schedule(skb, len(seg.data)):
+        if self._try_rmem_schedule(skb, len(seg.data), seg.seq):
             ext["TCPOFODrop"] += 1
             self.drops += 1
             self._drop(seg, "PROTO_MEM")
@@ -2249,14 +2258,15 @@ class TcpSock:
                 self._fin(now)
                 break
 
-    def _try_rmem_schedule(self, skb, length: int) -> bool:
-        """tcp_try_rmem_schedule: True when the segment does NOT fit after pruning."""
+    def _try_rmem_schedule(self, skb, length: int, seq: int) -> bool:
+        """tcp_try_rmem_schedule: True when the segment (``length`` bytes at ``seq``) does
+        NOT fit after pruning."""
         if self._can_ingest(length) and self._rmem_schedule(skb):
             return False
-        if self._prune_queue(skb, length) < 0:
+        if self._prune_queue(seq, length) < 0:
             return True
         while not self._rmem_schedule(skb):
-            if not self._prune_ofo_queue(skb, length):
+            if not self._prune_ofo_queue(seq, length):
                 return True
         return False
 
@@ -2272,7 +2282,7 @@ class TcpSock:
             return True
         return bool(skb.pfmemalloc)
 
-    def _prune_queue(self, in_skb, length: int) -> int:
+    def _prune_queue(self, in_seq: int, length: int) -> int:
         """tcp_prune_queue: PruneCalled; collapse; prune the OFO queue; RcvPruned."""
         ext = self.proto.ext
         ext["PruneCalled"] += 1
@@ -2285,7 +2295,7 @@ class TcpSock:
         self._collapse()
         if self._can_ingest(length):
             return 0
-        self._prune_ofo_queue(in_skb, length)
+        self._prune_ofo_queue(in_seq, length)
         if self._can_ingest(length):
             return 0
         ext["RcvPruned"] += 1
@@ -2326,19 +2336,17 @@ class TcpSock:
         self.proto._mem_charge(nskb.truesize)
         rq.append(nr)
 
-    def _prune_ofo_queue(self, in_skb, length: int) -> bool:
+    def _prune_ofo_queue(self, in_seq: int, length: int) -> bool:
         """tcp_prune_ofo_queue: drop from the highest sequence down, in rcvbuf/8 steps, never
-        below where the incoming segment would land (OfoPruned once per call)."""
+        what lies below where the incoming segment would land (OfoPruned once per call that
+        dropped something)."""
         if not self.ofo:
             return False
-        ext = self.proto.ext
-        ext["OfoPruned"] += 1
         goal = self.rcvbuf >> 3
         pruned = False
-        in_seq = None
         while self.ofo:
             r = self.ofo[-1]
-            if in_seq is not None and after(in_seq, r.seq):
+            if after(in_seq, r.seq):
                 break
             self.ofo.pop()
             self.ofo_seqs.pop()
@@ -2349,8 +2357,10 @@ class TcpSock:
                 if self._can_ingest(length) and not self.proto.memory_pressure:
                     break
                 goal = self.rcvbuf >> 3
-        if pruned and self.sack_ok:
-            self.selective_acks = []
+        if pruned:
+            self.proto.ext["OfoPruned"] += 1
+            if self.sack_ok:
+                self.selective_acks = []
         return pruned
 
     def _fin(self, now: float) -> None:
