@@ -1174,7 +1174,7 @@ class TcpSock:
     def _ts_now(self, now: float) -> int:
         return (int(now * 1000) + self.ts_off) & MASK
 
-    def _options(self, now: float, syn: bool) -> bytes:
+    def _options(self, now: float, syn: bool, paylen: int = 0) -> bytes:
         if syn:
             return opt_syn(self.advmss, self.rcv_wscale if (self.wscale_ok or self.state ==
                                                              SYN_SENT) else None,
@@ -1184,7 +1184,12 @@ class TcpSock:
         ts = (self._ts_now(now), self.ts_recent) if self.tstamp_ok else None
         sack = None
         if self.sack_ok and self.selective_acks:
-            sack = [tuple(b) for b in self.selective_acks[:3 if ts else 4]]
+            # as many blocks as the frame has room for: a full-sized data segment carries none
+            # (Linux shrinks the data instead, tcp_current_mss; pure ACKs are the same)
+            room = self.proto.host.dev.mtu - 40 - paylen - (12 if ts else 0) - 4
+            n = min(3 if ts else 4, room // 8)
+            if n > 0:
+                sack = [tuple(b) for b in self.selective_acks[:n]]
         if ts is None and not sack:
             return b""
         return opt_established(ts, sack)
@@ -1193,7 +1198,7 @@ class TcpSock:
         """tcp_transmit_skb: header from the current state, one frame at ``gfp``."""
         proto = self.proto
         syn = bool(flags & SYN)
-        opts = self._options(now, syn)
+        opts = self._options(now, syn, len(payload))
         if flags & ACK:
             ack = self.rcv_nxt
             if syn:
