@@ -5,7 +5,7 @@ no crash, every frame ends in exactly one counted fate, no page leaked."""
 import random
 import struct
 
-from client_agent.wire import ethernet, ipv4
+from client_agent.wire import ethernet
 from client_agent.wire.checksum import fold, ones_sum
 from tcp_kit import A, B, DOT, MAC_A, MAC_B, P, Script
 

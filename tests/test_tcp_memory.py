@@ -5,8 +5,6 @@ GFP contexts of ACKs and retransmissions -- segment by segment, counters by thei
 import pytest
 
 from client_agent.mm.gfp import GFP_ATOMIC
-from client_agent.net.ipv4 import tcp as T
-from client_agent.wire import tcp as wtcp
 from tcp_kit import DOT, P, S, Script
 
 PAGES = 256      # min_free_kbytes 128 -> min 32 pages; GFP_ATOMIC floor 12

@@ -5,7 +5,6 @@ import errno
 import pytest
 
 from client_agent.net.ipv4 import tcp as T
-from client_agent.wire import tcp as wtcp
 from tcp_kit import DOT, F, IP_A, P, R, S, Script
 
 

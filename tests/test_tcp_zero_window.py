@@ -4,7 +4,7 @@ tcp_probe_timer), and the receiver's side (TCPZeroWindowDrop, window updates aft
 import pytest
 
 from client_agent.net.ipv4 import tcp as T
-from tcp_kit import DOT, P, Script
+from tcp_kit import DOT, Script
 
 
 @pytest.fixture
