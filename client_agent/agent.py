@@ -65,6 +65,7 @@ class Agent:
         self.nfs_log: list = []
         self.filemap = None             # file-backed consumer (fileon), docs/file-backed.md
         self.file_transport = None
+        self.reply_trace = None
         self.sched.attach_loop(loop)
         if hasattr(dev, "fileno"):
             loop.add_reader(dev, self._on_readable)
@@ -238,6 +239,14 @@ class Agent:
             sk.sk_clear_memalloc()
         return {"port": port, "memalloc": sk.memalloc, "memalloc_socks": self.alloc.memalloc_socks}
 
+    def _trace_replies(self, port: int) -> None:
+        """Record what becomes of every frame from the RPC server's port (net/sunrpc/trace.py)."""
+        from .net.sunrpc.trace import RpcReplyTrace
+        if self.reply_trace is None:
+            self.reply_trace = RpcReplyTrace(port)
+            self.stack.rx_trace_hooks.append(self.reply_trace)
+        self.reply_trace.port = port
+
     # -- swap over NFS (docs/swap-contract.md) -----------------------------------------------
     def swapon(self, server: str, port: int = 2049, export: str = "swap", image: str = "swap.img",
                slots: int = 16, wsize: int = 4096, timeo_s: float = 0.5, timeo_max_s: float = 2.0,
@@ -251,7 +260,7 @@ class Agent:
         if stable not in ("FILE_SYNC", "UNSTABLE", "DATA_SYNC"):
             raise BadRequest(f"stable must be FILE_SYNC, UNSTABLE or DATA_SYNC, got {stable!r}")
         log = lambda line: self.nfs_log.append((self.loop.time(), line))
-        self.stack.fate_port = port        # record what becomes of every frame from the NFS server
+        self._trace_replies(port)
         self.transport = NfsTransport(self.stack, self.sched, server, port, slots=slots,
                                       timeo_s=timeo_s, retrans=retrans, timeo_max_s=timeo_max_s,
                                       wsize=wsize, log=log, on_tx=self.kick, seed=self.seed)
@@ -298,7 +307,7 @@ class Agent:
         if getattr(self, "filemap", None) is not None and self.filemap.active:
             raise BadRequest("a file is already mounted")
         log = lambda line: self.nfs_log.append((self.loop.time(), line))
-        self.stack.fate_port = port        # record what becomes of every frame from the NFS server
+        self._trace_replies(port)
         self.file_transport = NfsTransport(self.stack, self.sched, server, port, slots=slots,
                                            timeo_s=timeo_s, retrans=retrans,
                                            timeo_max_s=timeo_max_s, wsize=wsize, log=log,
@@ -375,7 +384,8 @@ class Agent:
             "time_s": self.loop.time() - self.started_at,
             "device": dev_counters,
             "stack": self.stack.snapshot(),
-            "nfs_frame_fates": [list(f) for f in self.stack.fates],   # [ip_id, xid, fate]
+            "nfs_frame_fates": ([list(f) for f in self.reply_trace.fates]   # [ip_id, xid, fate]
+                                if self.reply_trace is not None else []),
             "alloc": self.alloc.snapshot(),
             "tasks": self.sched.snapshot(),
             "services": {k: v["stats"] for k, v in self.services.items()},

@@ -17,7 +17,7 @@ IP fragments reassembled by id) with its fate:
 
 Exact attribution: the agent records, for every frame from the NFS server's port, where its
 buffer ended (``snapshot()["nfs_frame_fates"]``: ``[ip_id, xid, fate]``, fate a drop reason or
-``queued:<socket>``; client_agent/net/stack.py ``record_fate``). A drop found there is ``exact``;
+``queued:<socket>``; client_agent/net/sunrpc/trace.py ``RpcReplyTrace``). A drop found there is ``exact``;
 one missing from it (ring overflow, older agents) falls back to ``inferred``. Pure apart from
 reading the pcap.
 """

@@ -64,15 +64,21 @@ def test_passive_open_answers_with_what_was_offered(sc):
     assert (sa.opts.mss, sa.opts.wscale, sa.opts.sack_ok, sa.opts.saw_tstamp) == (1460, -1,
                                                                                    True, False)
     assert ln.accept() is None
-    child = [s for s in sc.tcp.sockets if s.parent is ln][0]
-    assert child.state == SYN_RECV
+    # a request socket, not a full socket, until the handshake's ACK (TCP_NEW_SYN_RECV)
+    assert [s for s in sc.tcp.sockets if s.parent is ln] == []
+    (req,) = ln.reqs.values()
+    assert req.state == SYN_RECV and sc.tcp.reqsk_mem == 320
     # the peer's SYN again: the same SYN-ACK again
     sc.inject(S, 1000, 0, 65535, opts=wtcp.opt_syn(1460, None, True, None))
     assert sc.expect(S | DOT, ack=1001).seq == sa.seq
     sc.inject(DOT, 1001, sa.seq + 1, 65535)
-    assert ln.accept() is child and child.state == ESTABLISHED
+    child = ln.accept()
+    assert child is not None and child.state == ESTABLISHED and not ln.reqs
+    assert sc.tcp.reqsk_mem == 0 and child.snd_una == sa.seq + 1
+    assert child.sack_ok and not child.tstamp_ok and not child.wscale_ok
     mib = sc.stack.snmp["Tcp"]
     assert (mib["PassiveOpens"], mib["CurrEstab"], mib["RetransSegs"]) == (1, 1, 1)
+    assert sc.stack.snmp["TcpExt"]["TCPSynRetrans"] == 1
 
 
 def test_synack_retransmitted_then_given_up(sc):
@@ -90,8 +96,11 @@ def test_synack_retransmitted_then_given_up(sc):
             times.append(o)
     assert len(times) == 5
     sc.at(sc.now + 200)
-    mib = sc.stack.snmp["Tcp"]
-    assert mib["AttemptFails"] == 1 and not [s for s in sc.tcp.sockets if s.parent is ln]
+    # reqsk_timer_handler: gone after tcp_synack_retries, each firing a TCPTimeouts
+    ext = sc.stack.snmp["TcpExt"]
+    assert not ln.reqs and sc.tcp.reqsk_mem == 0 and not sc.tcp.ehash
+    assert (ext["TCPTimeouts"], ext["TCPSynRetrans"]) == (6, 5)
+    assert sc.stack.snmp["Tcp"]["RetransSegs"] == 5
 
 
 def test_simultaneous_open(sc):

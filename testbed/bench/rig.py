@@ -249,7 +249,7 @@ def refclient_write(nas_ip: str, image: str, total_bytes: int, window: int, seed
     """Inside a host with a kernel address: the reference client's FILE_SYNC 4 KiB writes."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    from nas_server.protocol import nfs3
+    from protocols import nfs3
     from nas_server.refclient import RefClient
     with RefClient(nas_ip, NFS_PORT, "udp") as c:
         root = c.mount("/" + EXPORT)

@@ -2,9 +2,11 @@
 
 What is here, and where Linux keeps it (net/ipv4/): the demux and RST replies (tcp_ipv4.c), the
 state machine and ACK processing (tcp_input.c), segment building (tcp_output.c), timers
-(tcp_timer.c). Sockets are driven by ``Tcp.tcp_v4_rcv(skb, src, dst, segment, now)``, by the
-owner's calls (``connect``/``send``/``recv``/``close`` with ``now``) and by
-``Tcp.run_timers(now)``; ``Tcp.next_deadline()`` says when timers next need to run.
+(tcp_timer.c), request sockets (inet_connection_sock.c, tcp_minisocks.c). ``tcp_init(st)``
+registers ``Tcp.tcp_v4_rcv(skb, src, dst, bcast, segment, now)`` as IPPROTO_TCP in the stack's
+IP protocol table; sockets (``TcpSock``, a ``net.core.sock.Sock``) are driven by it, by the
+owner's calls (``connect``/``send``/``recv``/``close`` with ``now``) and by their timers, which
+are ``Timer`` objects on the stack's timer heap (``st.timers``).
 
 Invariants owned here:
 - Memory: every byte a socket holds is in pool pages charged to the socket's ``owner`` -- the
@@ -20,9 +22,16 @@ Invariants owned here:
   prune path runs (PruneCalled, collapse, OfoPruned, RcvPruned) and in-order data that still does
   not fit is dropped PROTO_MEM + TCPRcvQDrop -- except that an empty receive queue always takes
   the segment; out-of-order data that does not fit is dropped + TCPOFODrop.
-- A pfmemalloc buffer reaches a socket only if it has SOCK_MEMALLOC (``sk_filter``, listening
-  sockets included: PFMemallocDrop); the backlog (``lock_sock``) takes nothing past its limit,
-  pfmemalloc or not (TCPBacklogDrop).
+- A pfmemalloc buffer reaches a socket only if it has SOCK_MEMALLOC: ``Sock.sk_filter`` is
+  called for every segment that found a socket -- the established socket, the listener, or the
+  listener of a request socket -- and is the one place PFMemallocDrop is counted; the backlog
+  (``lock_sock``) takes nothing past its limit, pfmemalloc or not (TCPBacklogDrop).
+- A listener holds at most sk_max_ack_backlog + 1 established children (accept queue,
+  sk_max_ack_backlog = min(backlog, somaxconn)) and at most sk_max_ack_backlog + 1 request
+  sockets, fewer once tcp_max_syn_backlog's last quarter is reached (no syncookies; every refused
+  SYN counts ListenDrops, and TCPReqQFullDrop or ListenOverflows). A request socket holds no
+  pages (its SYN-ACK is built per transmission and freed when sent) and 320 bytes of slab
+  (``Tcp.reqsk_mem``); it lives at most tcp_synack_retries SYN-ACK timeouts (63 s).
 - Transmit contexts: ACKs, window probes, RSTs, SYN-ACKs and FIN-only segments at
   ``sk_gfp_mask(GFP_ATOMIC)``; new data first into the write queue at ``sk_allocation``, then
   sent at ``sk_gfp_mask(GFP_ATOMIC)``; retransmissions at plain GFP_ATOMIC (the reserve only
@@ -35,25 +44,27 @@ Invariants owned here:
 Simplifications (each a statement, not a stub): congestion control is Reno (RFC 5681) with
 NewReno partial-ACK recovery (RFC 6582) and Linux's PRR cwnd reduction (RFC 6937) -- not CUBIC;
 loss detection is dupthresh (RFC 6675 IsLost with SACK), not RACK-TLP; no DSACK, ECN, TFO, MD5,
-urgent data, keepalive or SYN cookies; a passive open creates the child socket at the SYN (not a
-request mini-socket); TIME_WAIT keeps the socket itself (its queues are already empty).
+urgent data, keepalive or SYN cookies; no tcp_metrics cache (so no peer is "proven" for the
+SYN queue's last quarter); TIME_WAIT keeps the socket itself (its queues are already empty).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import heapq
 import socket as _pysocket
 from bisect import bisect_left
 from collections import deque
 
-from ...mm.gfp import GFP_ATOMIC, GFP_KERNEL, Gfp
+from ...mm.gfp import GFP_ATOMIC, GFP_KERNEL
 from ...wire import WireError
 from ...wire.ipv4 import IPPROTO_TCP
 from ...wire.tcp import (ACK, FIN, PSH, RST, SYN, TCP_HLEN, TcpPacket, after, before, emit,
                          opt_established, opt_syn, parse_options)
-from ..skb import PAGE_SIZE, SKB_TRUESIZE_OVERHEAD
+from ..core.skbuff import PAGE_SIZE, SKB_TRUESIZE_OVERHEAD, SkBuff
+from ..core.sock import Sock
+from ..core.timer import Timer
+from .ip_output import ip_queue_xmit
 
 MASK = 0xFFFFFFFF
 
@@ -80,7 +91,10 @@ TCP_RMEM = (4096, 131072, 6291456)     # net.ipv4.tcp_rmem
 TCP_WMEM = (4096, 16384, 4194304)      # net.ipv4.tcp_wmem
 TCP_RMEM_TO_WIN_SCALE = 8
 TCP_DEFAULT_SCALING_RATIO = 1 << (TCP_RMEM_TO_WIN_SCALE - 1)   # half of rcvbuf until measured
-SOMAXCONN = 4096
+SOMAXCONN = 4096                # net.core.somaxconn
+TCP_MAX_SYN_BACKLOG = 128       # net.ipv4.tcp_max_syn_backlog on a small machine (the floor)
+REQSK_SIZE = 320                # request_sock_TCP objsize (/proc/slabinfo, x86_64 6.18)
+TCP_OOW_RATELIMIT = 0.5         # tcp_oow_rate_limited (net.ipv4.tcp_invalid_ratelimit)
 TCP_MSS_DEFAULT = 536           # RFC 9293 3.7.1: no MSS option
 TCP_MIN_MSS = 88
 EPHEMERAL_PORTS = (32768, 60999)
@@ -116,16 +130,18 @@ TCPEXT_MIB = (
     "TCPAbortOnClose", "TCPAbortOnTimeout", "TCPAbortOnLinger", "TCPAbortFailed",
     "TCPSACKDiscard", "TCPWantZeroWindowAdv", "TCPToZeroWindowAdv", "TCPFromZeroWindowAdv",
     "TCPOrigDataSent", "TW", "TWKilled", "ListenOverflows", "ListenDrops",
-    "TCPMemoryPressures", "EmbryonicRsts")
+    "TCPMemoryPressures", "EmbryonicRsts", "TCPReqQFullDrop", "TCPSynRetrans")
 
 TCP_DROP_REASONS = (
     "TCP_CSUM", "TCP_FLAGS", "TCP_ZEROWINDOW", "TCP_OLD_DATA", "TCP_OVERWINDOW",
     "TCP_OFOMERGE", "TCP_RFC7323_PAWS", "TCP_OLD_SEQUENCE", "TCP_INVALID_SEQUENCE",
     "TCP_RESET", "TCP_INVALID_SYN", "TCP_INVALID_ACK_SEQUENCE", "TCP_CLOSE", "TCP_OLD_ACK", "TCP_TOO_OLD_ACK",
     "TCP_ACK_UNSENT_DATA", "TCP_OFO_QUEUE_PRUNE", "TCP_OFO_DROP", "TCP_LISTEN_OVERFLOW",
-    "PROTO_MEM", "SOCKET_BACKLOG", "TCP_ABORT_ON_DATA")
+    "PROTO_MEM", "SOCKET_BACKLOG", "TCP_ABORT_ON_DATA",
+    # testbed name: tcp_conn_request's drop of a SYN when the SYN queue is full (or its last
+    # quarter is reserved for proven peers) -- Linux consumes the SYN and counts ListenDrops
+    "TCP_REQQ_FULL")
 
-_MEMALLOC_MASK: dict = {}
 _GFP_ATOMIC = int(GFP_ATOMIC)
 
 
@@ -145,6 +161,23 @@ def tcp_model_timeout(boundary: int, rto_base: float) -> float:
         return ((2 << boundary) - 1) * rto_base
     return (((2 << linear_backoff_thresh) - 1) * rto_base
             + (boundary - linear_backoff_thresh) * TCP_RTO_MAX)
+
+
+def _wscale_for(space: int) -> int:
+    ws = 0
+    while space > 65535 and ws < 14:
+        space >>= 1
+        ws += 1
+    return ws
+
+
+TCP_RCV_WSCALE = _wscale_for(TCP_RMEM[2])   # tcp_select_initial_window: 7 for 6 MiB
+
+
+def tcp_select_initial_window(space: int, mss: int) -> int:
+    """tcp_select_initial_window: a whole number of MSS within 64 KiB of ``space``."""
+    space = min(space, 65535)
+    return max(space // mss * mss, mss)
 
 
 def _pages_for(nbytes: int) -> int:
@@ -196,20 +229,18 @@ class Seg:
 
 # ================================================================================ protocol
 class Tcp:
-    """The protocol: socket tables, demux, RSTs for no socket, counters, timers, tcp_mem.
+    """The protocol: socket tables, demux, RSTs for no socket, counters, tcp_mem, request
+    sockets (``tcp_init(st)`` makes one per stack and registers it as IPPROTO_TCP).
 
-    ``host`` is what TCP needs from the stack, kept narrow so the same core runs under any
-    IP layer: ``alloc`` (PageAllocator), ``ip`` (4 bytes), ``dev.mtu``, ``snmp`` (tables;
-    "Tcp"/"TcpExt" are added), ``drop_reasons`` (dict), ``kfree_skb(skb, reason)``,
-    ``consume_skb(skb, where)``, ``ip_output(dst, proto, segment, now, gfp, owner) -> 0 or
-    -errno``, optionally ``sched`` (``wake(key)``), ``counters`` and ``policy``.
+    ``st`` is the stack (net/stack.py): its allocator, address, device MTU, SNMP tables,
+    ``kfree_skb``/``consume_skb``, timer heap (``st.timers``), ``sockets`` and ``sched``.
     """
 
-    def __init__(self, host, seed: int = 0) -> None:
-        self.host = host
-        self.alloc = host.alloc
+    def __init__(self, st, seed: int = 0) -> None:
+        self.st = st
+        self.alloc = st.alloc
         tables = snmp_tables()
-        snmp = host.snmp
+        snmp = st.snmp
         snmp["Tcp"] = tables["Tcp"]
         ext = snmp.setdefault("TcpExt", {})
         for k, v in tables["TcpExt"].items():
@@ -217,9 +248,8 @@ class Tcp:
         self.mib = snmp["Tcp"]
         self.ext = ext
         for r in TCP_DROP_REASONS:
-            host.drop_reasons.setdefault(r, 0)
-        self.sockets: list[TcpSock] = []
-        self.ehash: dict[tuple, TcpSock] = {}      # (lport, rip, rport) -> socket
+            st.drop_reasons.setdefault(r, 0)
+        self.ehash: dict[tuple, object] = {}       # (lport, rip, rport) -> TcpSock/RequestSock
         self.lhash: dict[int, TcpSock] = {}        # lport -> listener
         self.bound: dict[int, int] = {}            # lport -> sockets using it
         self._next_port = EPHEMERAL_PORTS[0]
@@ -230,9 +260,23 @@ class Tcp:
         self.tcp_mem = [limit // 4 * 3, limit, limit // 4 * 3 * 2]
         self.memory_allocated = 0                  # bytes charged over all TCP sockets
         self.memory_pressure = False
-        self._timers: list = []                    # (when, seq, sk)
-        self._tseq = 0
         self.rx_held = 0                           # received buffers held by sockets
+        # net.ipv4.tcp_max_syn_backlog (tcp_sk_init: max(128, ehash buckets / 128); the
+        # agent's hash is small, so Linux's floor) and net.core.somaxconn
+        self.max_syn_backlog = TCP_MAX_SYN_BACKLOG
+        self.somaxconn = SOMAXCONN
+        # request_sock slab (tcp_request_sock objects): bytes in use, kept out of the page
+        # pool as ipfrag keeps its struct ipq -- bounded by max_syn_backlog per listener
+        self.reqsk_mem = 0
+
+    @property
+    def sockets(self) -> list:
+        """Every TCP socket of the stack (listeners, children, orphans), in creation order."""
+        return [s for s in self.st.sockets if s.kind == "tcp"]
+
+    def ip_output(self, dst: bytes, segment: bytes, now: float, gfp: int, owner: str) -> int:
+        """ip_queue_xmit for TCP: DF set (path MTU discovery), 0 or -errno."""
+        return ip_queue_xmit(self.st, dst, IPPROTO_TCP, segment, now, gfp, owner, df=True)
 
     # ------------------------------------------------------------------ ISN, ports
     def _hash32(self, tag: bytes, *parts) -> int:
@@ -250,7 +294,7 @@ class Tcp:
 
     def socket(self) -> "TcpSock":
         sk = TcpSock(self)
-        self.sockets.append(sk)
+        self.st.sockets.append(sk)
         return sk
 
     def _bind(self, sk: "TcpSock", port: int, listening: bool = False) -> None:
@@ -268,7 +312,7 @@ class Tcp:
             raise OSError(errno.EADDRINUSE, f"TCP port {port} is already in use")
         self.bound[port] = self.bound.get(port, 0) + 1
         sk.lport = port
-        sk.owner = f"sk:tcp:{_pysocket.inet_ntoa(self.host.ip)}:{port}"
+        sk.owner = f"sk:tcp:{_pysocket.inet_ntoa(self.st.ip)}:{port}"
 
     def _unhash(self, sk: "TcpSock") -> None:
         if sk.hashed is not None and self.ehash.get(sk.hashed) is sk:
@@ -305,58 +349,29 @@ class Tcp:
     def over_hard_limit(self, nbytes: int) -> bool:
         return (self.memory_allocated + nbytes) >> 12 > self.tcp_mem[2]
 
-    # ------------------------------------------------------------------ timers
-    def _arm(self, sk: "TcpSock") -> None:
-        """Make sure the heap has an entry for ``sk`` no later than its earliest timer."""
-        w = sk.next_timer()
-        if w is None:
-            return
-        hw = sk.heap_when
-        if hw is not None and hw <= w:
-            return
-        sk.heap_when = w
-        self._tseq += 1
-        heapq.heappush(self._timers, (w, self._tseq, sk))
-
-    def next_deadline(self) -> float | None:
-        t = self._timers
-        while t:
-            w, _s, sk = t[0]
-            if sk.heap_when != w:
-                heapq.heappop(t)          # superseded by an earlier entry
-                continue
-            return w
-        return None
-
-    def run_timers(self, now: float) -> None:
-        t = self._timers
-        while t and t[0][0] <= now:
-            w, _s, sk = heapq.heappop(t)
-            if sk.heap_when != w:
-                continue
-            sk.heap_when = None
-            sk.run_timers(now)
-            self._arm(sk)
-
     # ------------------------------------------------------------------ receive
     def rx_in_flight(self) -> int:
         return self.rx_held
 
-    def tcp_v4_rcv(self, skb, src: bytes, dst: bytes, payload, now: float) -> None:
-        """tcp_v4_rcv(): validate, find the socket, filter, then process or backlog."""
+    def tcp_v4_rcv(self, skb, src: bytes, dst: bytes, bcast: bool, payload, now: float) -> None:
+        """tcp_v4_rcv() (the IPPROTO_TCP entry of the IP protocol table): validate, find the
+        socket (established, request, listener), ``sk_filter``, then process or backlog."""
+        st = self.st
+        if bcast:
+            st.kfree_skb(skb, "OTHERHOST")             # PACKET_HOST only
+            return
         mib = self.mib
-        host = self.host
         mib["InSegs"] += 1
         try:
             th = TcpPacket.new_checked(payload)
         except WireError as e:
             mib["InErrs"] += 1
-            host.kfree_skb(skb, e.reason)
+            st.kfree_skb(skb, e.reason)
             return
         if not skb.csum_unnecessary and not th.verify_checksum(src, dst):
             mib["InCsumErrors"] += 1
             mib["InErrs"] += 1
-            host.kfree_skb(skb, "TCP_CSUM")
+            st.kfree_skb(skb, "TCP_CSUM")
             return
         flags = th.flags
         seg = Seg()
@@ -375,33 +390,38 @@ class Tcp:
         seg.opts = (parse_options(payload[TCP_HLEN:th.doff], bool(flags & SYN))
                     if th.doff > TCP_HLEN else None)
         sk = self.ehash.get((th.dport, src, th.sport))
-        if sk is None or sk.state == CLOSE:
+        if type(sk) is RequestSock:
+            # TCP_NEW_SYN_RECV: the listener's filter, then tcp_check_req
+            ln = sk.listener
+            reason = ln.sk_filter(skb)
+            if reason is not None:
+                ln.drops += 1
+                st.kfree_skb(skb, reason)
+                return
+            if sk.tcp_check_req(seg, now):
+                return
+            sk = ln                                     # the listener answers (a RST)
+        elif sk is None or sk.state == CLOSE:
             sk = self.lhash.get(th.dport)
             if sk is None:
                 self._no_socket(seg, src, now)
                 return
         # tcp_filter -> sk_filter_trim_cap: a reserve buffer only for SOCK_MEMALLOC sockets
-        if skb.pfmemalloc and not sk.memalloc and self._demux_drop():
-            self.ext["PFMemallocDrop"] += 1
-            c = getattr(host, "counters", None)
-            if c is not None and "PFMemallocDrop" in c:
-                c["PFMemallocDrop"] += 1
+        # (listeners included); PFMemallocDrop is counted there
+        reason = sk.sk_filter(skb)
+        if reason is not None:
             sk.drops += 1
-            host.kfree_skb(skb, "PFMEMALLOC")
+            st.kfree_skb(skb, reason)
             return
         if sk.owned_by_user:
             sk.add_backlog(seg)
             return
         sk.tcp_rcv(seg, now)
 
-    def _demux_drop(self) -> bool:
-        p = getattr(self.host, "policy", None)
-        return p is None or p.pfmemalloc_demux_drop
-
     def _no_socket(self, seg: Seg, src: bytes, now: float) -> None:
         """No socket: answer with a RST (tcp_v4_send_reset) unless the segment is one."""
         self.send_reset(seg, src, now)
-        self.host.kfree_skb(seg.skb, "NO_SOCKET")
+        self.st.kfree_skb(seg.skb, "NO_SOCKET")
 
     def send_reset(self, seg: Seg, src: bytes, now: float) -> None:
         """tcp_v4_send_reset(): RFC 9293 3.10.7.1 -- from the ACK field if there is one, else
@@ -412,28 +432,34 @@ class Tcp:
             seq, ack, flags = seg.ack_seq, 0, RST
         else:
             seq, ack, flags = 0, seg.end_seq, RST | ACK
-        out = emit(self.host.ip, src, seg.dport, seg.sport, seq, ack, flags, 0)
-        if self.host.ip_output(src, IPPROTO_TCP, out, now, _GFP_ATOMIC, "tcp:ctl") >= 0:
+        out = emit(self.st.ip, src, seg.dport, seg.sport, seq, ack, flags, 0)
+        if self.ip_output(src, out, now, _GFP_ATOMIC, "tcp:ctl") >= 0:
             self.mib["OutSegs"] += 1
             self.mib["OutRsts"] += 1
 
     def wake(self, key) -> None:
-        sched = getattr(self.host, "sched", None)
+        sched = getattr(self.st, "sched", None)
         if sched is not None:
             sched.wake(key)
 
     def snapshot(self) -> dict:
+        """The protocol's memory (/proc/net/sockstat's "TCP: ... mem") and request sockets;
+        the sockets themselves are in the stack's ``sockets`` view (``ss -tinm``)."""
         return {"memory_allocated_pages": (self.memory_allocated + 4095) >> 12,
                 "tcp_mem": list(self.tcp_mem), "memory_pressure": self.memory_pressure,
-                "sockets": [s.snapshot() for s in self.sockets]}
+                "request_socks": sum(len(s.reqs) for s in self.sockets if s.state == LISTEN),
+                "reqsk_mem_bytes": self.reqsk_mem}
 
 
 # ================================================================================ socket
-class TcpSock:
-    """One TCP socket (struct tcp_sock). Sequence numbers are unsigned 32-bit; times are
-    seconds of the caller's clock. Errors to the owner are values: negative errno."""
+class TcpSock(Sock):
+    """One TCP socket (struct tcp_sock on net.core.sock.Sock). Sequence numbers are unsigned
+    32-bit; times are seconds of the caller's clock. Errors to the owner are values: -errno."""
+
+    kind = "tcp"
 
     def __init__(self, proto: Tcp) -> None:
+        super().__init__(proto.st)
         self.proto = proto
         self.alloc = proto.alloc
         self.state = CLOSE
@@ -442,16 +468,11 @@ class TcpSock:
         self.rport = 0
         self.hashed = None
         self.port_held = False
-        self.owner = "sk:tcp:unbound"
-        self.wait_key = ("tcp", id(self))
-        # -- struct sock
-        self.memalloc = False                     # SOCK_MEMALLOC
-        self.sk_allocation = int(GFP_KERNEL)      # tcp_init_sock
+        # -- struct sock (the rest is Sock's)
+        self.sk_allocation = int(GFP_KERNEL)      # sock_init_data; sends here never block
         self.rcvbuf = TCP_RMEM[1]
         self.sndbuf = TCP_WMEM[1]
-        self.rmem_alloc = 0
         self.wmem_queued = 0
-        self.drops = 0
         self.sk_err = 0
         self.rcv_shutdown = False
         self.snd_shutdown = False
@@ -460,10 +481,19 @@ class TcpSock:
         self.backlog: deque = deque()
         self.backlog_len = 0
         self.nodelay = False
+        # -- timers on the stack's heap (icsk_retransmit_timer: RTO or probe0;
+        #    icsk_delack_timer; sk_timer: TIME_WAIT / orphaned FIN_WAIT2)
+        self.xmit_timer = Timer(self._xmit_timer_fire, "tcp-retrans")
+        self.t_xmit_kind = 0                      # 1 retransmit, 2 probe0
+        self.delack_timer = Timer(self._delack_timer, "tcp-delack")
+        self.misc_timer = Timer(self._misc_timer_fire, "tcp-keepalive")
         # -- listener
         self.parent: TcpSock | None = None
-        self.accept_queue: deque = deque()
-        self.max_ack_backlog = 0
+        self.accept_queue: deque = deque()        # established children (sk_ack_backlog)
+        self.max_ack_backlog = 0                  # sk_max_ack_backlog
+        self.reqs: dict = {}                      # request sockets (the SYN queue, qlen)
+        self.reqs_young = 0                       # requests whose SYN-ACK never timed out
+        self.synflood_warned = False              # "Possible SYN flooding on port %d"
         # -- sequence space
         self.iss = self.snd_una = self.snd_nxt = self.write_seq = 0
         self.snd_wnd = 0
@@ -526,12 +556,6 @@ class TcpSock:
         self._ack_now = False                     # ICSK_ACK_NOW
         self.is_cwnd_limited = False
         self.cwnd_usage_seq = 0
-        # -- timers (absolute times or None)
-        self.t_xmit = None                        # ICSK_TIME_RETRANS or ICSK_TIME_PROBE0
-        self.t_xmit_kind = 0                      # 1 retransmit, 2 probe0
-        self.t_delack = None
-        self.t_misc = None                        # TIME_WAIT / FIN_WAIT2
-        self.heap_when = None
         # -- delayed ACK (icsk_ack)
         self.ack_pending = False
         self.ato = 0.0
@@ -548,7 +572,7 @@ class TcpSock:
         if self.lport:
             raise OSError(errno.EINVAL, f"socket already bound to port {self.lport}")
         ip = _pysocket.inet_aton(addr[0] or "0.0.0.0")
-        if ip not in (b"\0\0\0\0", self.proto.host.ip):
+        if ip not in (b"\0\0\0\0", self.stack.ip):
             raise OSError(errno.EADDRNOTAVAIL, f"{addr[0]} is not this stack's address")
         self.proto._bind(self, addr[1])
         self.port_held = True
@@ -561,12 +585,13 @@ class TcpSock:
             self.port_held = True
         if self.proto.lhash.get(self.lport) not in (None, self):
             raise OSError(errno.EADDRINUSE, f"TCP port {self.lport} already has a listener")
-        self.max_ack_backlog = min(backlog, SOMAXCONN)
+        # inet_listen -> __sys_listen: sk_max_ack_backlog = min(backlog, net.core.somaxconn)
+        self.max_ack_backlog = max(min(backlog, self.proto.somaxconn), 0)
         self.state = LISTEN
         self.proto.lhash[self.lport] = self
 
     def accept(self) -> "TcpSock | None":
-        """An established child, or None (non-blocking)."""
+        """An established child, or None (non-blocking). inet_csk_accept: sk_acceptq_removed."""
         if self.accept_queue:
             child = self.accept_queue.popleft()
             child.parent = None
@@ -593,8 +618,8 @@ class TcpSock:
         self.sk_err = 0
         self.rcv_shutdown = self.snd_shutdown = False
         self._init_conn(now)
-        self.iss = proto.secure_tcp_seq(proto.host.ip, rip, self.lport, self.rport, now)
-        self.ts_off = proto.secure_tcp_ts_off(proto.host.ip, rip)
+        self.iss = proto.secure_tcp_seq(proto.st.ip, rip, self.lport, self.rport, now)
+        self.ts_off = proto.secure_tcp_ts_off(proto.st.ip, rip)
         self.snd_una = self.snd_nxt = self.write_seq = self.iss
         self.rcv_wnd = self._initial_window()
         self.state = SYN_SENT
@@ -678,7 +703,7 @@ class TcpSock:
                     self.copied_seq = (self.copied_seq + 1) & MASK
                 rq.popleft()
                 self._uncharge_rx(r)
-                proto.host.consume_skb(r.skb, "tcp_read")
+                proto.st.consume_skb(r.skb, "tcp_read")
                 if fin:
                     break
         if got:
@@ -722,11 +747,8 @@ class TcpSock:
                 child.parent = None
                 child.dead = False
                 child.close(now)
-            for child in [s for s in proto.sockets if s.parent is self]:
-                child.parent = None
-                child.dead = True
-                child._send_active_reset(now)
-                child._done()
+            for req in list(self.reqs.values()):     # inet_csk_listen_stop
+                req.drop()
             self._destroy()
             return
         unread = any(r.data for r in self.receive_queue)
@@ -764,28 +786,7 @@ class TcpSock:
         self._set_state(CLOSE)
         self._done()
 
-    # -- SOCK_MEMALLOC, locking, waits
-    def sk_set_memalloc(self) -> None:
-        """sk_set_memalloc(): SOCK_MEMALLOC on and __GFP_MEMALLOC in sk_allocation."""
-        if not self.memalloc:
-            self.memalloc = True
-            self.sk_allocation = int(self.sk_allocation | Gfp.MEMALLOC)
-            self.alloc.sk_memalloc_inc()
-
-    def sk_clear_memalloc(self) -> None:
-        if self.memalloc:
-            self.memalloc = False
-            self.sk_allocation = int(self.sk_allocation & ~Gfp.MEMALLOC)
-            self.alloc.sk_memalloc_dec()
-
-    def sk_gfp_mask(self, gfp: int) -> int:
-        if not self.memalloc:
-            return gfp
-        m = _MEMALLOC_MASK.get(gfp)
-        if m is None:
-            m = _MEMALLOC_MASK[gfp] = int(gfp | Gfp.MEMALLOC)
-        return m
-
+    # -- locking, waits (SOCK_MEMALLOC and sk_gfp_mask: net.core.sock.Sock)
     def lock_sock(self) -> None:
         """The owner holds the socket: segments go to the backlog until ``release_sock``."""
         self.owned_by_user = True
@@ -806,7 +807,6 @@ class TcpSock:
             else:
                 self.tcp_rcv(seg, now)
         self.owned_by_user = False
-        self.proto._arm(self)
 
     def add_backlog(self, seg: Seg) -> None:
         """tcp_add_backlog: limit = 2*rcvbuf + sndbuf/2 + 64 KiB over backlog + rmem_alloc;
@@ -815,7 +815,7 @@ class TcpSock:
         if self.backlog_len + self.rmem_alloc > limit:
             self.proto.ext["TCPBacklogDrop"] += 1
             self.drops += 1
-            self.proto.host.kfree_skb(seg.skb, "SOCKET_BACKLOG")
+            self.stack.kfree_skb(seg.skb, "SOCKET_BACKLOG")
             return
         self.backlog.append(seg)
         self.backlog_len += seg.skb.truesize
@@ -830,7 +830,7 @@ class TcpSock:
             or bool(self.accept_queue)
 
     def getsockname(self) -> tuple[str, int]:
-        return (_pysocket.inet_ntoa(self.proto.host.ip), self.lport)
+        return (_pysocket.inet_ntoa(self.stack.ip), self.lport)
 
     def getpeername(self) -> tuple[str, int]:
         return (_pysocket.inet_ntoa(self.rip), self.rport)
@@ -879,7 +879,7 @@ class TcpSock:
 
     def _drop_rx(self, r: RxSeg, reason: str) -> None:
         self._uncharge_rx(r)
-        self.proto.host.kfree_skb(r.skb, reason)
+        self.stack.kfree_skb(r.skb, reason)
 
     def _purge_rx(self) -> None:
         while self.receive_queue:
@@ -889,7 +889,7 @@ class TcpSock:
             seg = self.backlog.popleft()
             self.backlog_len -= seg.skb.truesize
             self.proto.rx_held -= 1
-            self.proto.host.kfree_skb(seg.skb, "SOCKET_CLOSE")
+            self.stack.kfree_skb(seg.skb, "SOCKET_CLOSE")
 
     def _purge_ofo(self, reason: str) -> None:
         for r in self.ofo:
@@ -937,7 +937,7 @@ class TcpSock:
         if self.state != CLOSE:
             self._set_state(CLOSE)
         self._purge_write_queue()
-        self.t_xmit = self.t_delack = self.t_misc = None
+        self._clear_timers()
         self.ack_pending = False
         self.rcv_shutdown = self.snd_shutdown = True
         proto._unhash(self)
@@ -956,8 +956,9 @@ class TcpSock:
         self._purge_write_queue()
         self.sk_clear_memalloc()
         self.proto._unhash(self)
-        if self in self.proto.sockets:
-            self.proto.sockets.remove(self)
+        socks = self.stack.sockets
+        if self in socks:
+            socks.remove(self)
 
     def _write_err(self, err: int, now: float) -> None:
         """tcp_write_err: report ``err`` and close."""
@@ -979,66 +980,70 @@ class TcpSock:
         self._done()
 
     def _init_conn(self, now: float) -> None:
-        host = self.proto.host
-        mtu = host.dev.mtu
-        self.advmss = mtu - 40
+        self.advmss = self.stack.dev.mtu - 40
         self.mss_cache = self.rcv_mss = min(self.advmss, TCP_MSS_DEFAULT)
-        # tcp_select_initial_window: the scale that fits tcp_rmem[2] (7 for 6 MiB)
-        space = TCP_RMEM[2]
-        ws = 0
-        while space > 65535 and ws < 14:
-            space >>= 1
-            ws += 1
-        self.rcv_wscale = ws
+        self.rcv_wscale = TCP_RCV_WSCALE
         self.ato = 0.0
         self.quick = 0
 
     def _initial_window(self) -> int:
         """tcp_select_initial_window: a whole number of MSS within 64 KiB; rcv_ssthresh starts
         there and grows with the data (tcp_grow_window)."""
-        space = min(self._win_from_space(self.rcvbuf), 65535)
-        w = max(space // self.advmss * self.advmss, self.advmss)
+        w = tcp_select_initial_window(self._win_from_space(self.rcvbuf), self.advmss)
         self.rcv_ssthresh = w
         return w
 
     # ================================================================ timers
-    def next_timer(self) -> float | None:
-        w = None
-        for t in (self.t_xmit, self.t_delack, self.t_misc):
-            if t is not None and (w is None or t < w):
-                w = t
-        return w
+    @property
+    def t_xmit(self) -> float | None:
+        """When the retransmit/probe0 timer fires (None: not pending)."""
+        return self.xmit_timer.expires
+
+    @property
+    def t_delack(self) -> float | None:
+        return self.delack_timer.expires
+
+    @property
+    def t_misc(self) -> float | None:
+        return self.misc_timer.expires
 
     def _reset_xmit_timer(self, kind: int, when: float) -> None:
-        self.t_xmit = when
+        """inet_csk_reset_xmit_timer (ICSK_TIME_RETRANS = 1, ICSK_TIME_PROBE0 = 2)."""
         self.t_xmit_kind = kind
-        self.proto._arm(self)
+        self.stack.timers.mod_timer(self.xmit_timer, when)
 
     def _clear_xmit_timer(self) -> None:
-        self.t_xmit = None
         self.t_xmit_kind = 0
+        self.stack.timers.del_timer(self.xmit_timer)
 
     def _arm_misc(self, when: float) -> None:
-        self.t_misc = when
-        self.proto._arm(self)
+        self.stack.timers.mod_timer(self.misc_timer, when)
 
-    def run_timers(self, now: float) -> None:
-        if self.t_delack is not None and self.t_delack <= now:
-            self.t_delack = None
-            self._delack_timer(now)
-        if self.t_xmit is not None and self.t_xmit <= now:
-            kind = self.t_xmit_kind
-            self._clear_xmit_timer()
-            if kind == 2:
-                self._probe_timer(now)
-            else:
-                self._retransmit_timer(now)
-        if self.t_misc is not None and self.t_misc <= now:
-            self.t_misc = None
-            if self.state == TIME_WAIT:
-                self.proto.ext["TW"] += 1
-            if self.state in (TIME_WAIT, FIN_WAIT2):
-                self._done()
+    def _reset_delack_timer(self, when: float) -> None:
+        self.stack.timers.mod_timer(self.delack_timer, when)
+
+    def _clear_timers(self) -> None:
+        """inet_csk_clear_xmit_timers."""
+        timers = self.stack.timers
+        self.t_xmit_kind = 0
+        timers.del_timer(self.xmit_timer)
+        timers.del_timer(self.delack_timer)
+        timers.del_timer(self.misc_timer)
+
+    def _xmit_timer_fire(self, now: float) -> None:
+        kind = self.t_xmit_kind
+        self.t_xmit_kind = 0
+        if kind == 2:
+            self._probe_timer(now)
+        else:
+            self._retransmit_timer(now)
+
+    def _misc_timer_fire(self, now: float) -> None:
+        """tcp_keepalive_timer's FIN_WAIT2 part and the TIME_WAIT timer (tw_timer)."""
+        if self.state == TIME_WAIT:
+            self.proto.ext["TW"] += 1
+        if self.state in (TIME_WAIT, FIN_WAIT2):
+            self._done()
 
     def _delack_timer(self, now: float) -> None:
         """tcp_delack_timer_handler: send the pending ACK, inflate ato (not in pingpong)."""
@@ -1181,7 +1186,7 @@ class TcpSock:
         if self.sack_ok and self.selective_acks:
             # as many blocks as the frame has room for: a full-sized data segment carries none
             # (Linux shrinks the data instead, tcp_current_mss; pure ACKs are the same)
-            room = self.proto.host.dev.mtu - 40 - paylen - (12 if ts else 0) - 4
+            room = self.stack.dev.mtu - 40 - paylen - (12 if ts else 0) - 4
             n = min(3 if ts else 4, room // 8)
             if n > 0:
                 sack = [tuple(b) for b in self.selective_acks[:n]]
@@ -1204,9 +1209,9 @@ class TcpSock:
         else:
             ack = 0
             win = min(self.rcv_wnd, 65535)
-        seg = emit(proto.host.ip, self.rip, self.lport, self.rport, seq, ack, flags, win, opts,
+        seg = emit(proto.st.ip, self.rip, self.lport, self.rport, seq, ack, flags, win, opts,
                    payload)
-        rc = proto.host.ip_output(self.rip, IPPROTO_TCP, seg, now, gfp, self.owner)
+        rc = proto.ip_output(self.rip, seg, now, gfp, self.owner)
         if rc < 0:
             return rc
         proto.mib["OutSegs"] += 1
@@ -1223,7 +1228,7 @@ class TcpSock:
         if self.quick:
             self.quick -= 1
         self.ack_pending = False
-        self.t_delack = None
+        self.stack.timers.del_timer(self.delack_timer)
 
     def send_ack(self, now: float) -> int:
         """__tcp_send_ack at sk_gfp_mask(GFP_ATOMIC); on failure back off on the delayed-ACK
@@ -1235,8 +1240,7 @@ class TcpSock:
             self.counters["ack_nomem"] += 1
             self.ack_pending = True
             self.ato = TCP_ATO_MIN
-            self.t_delack = now + TCP_DELACK_MAX
-            self.proto._arm(self)
+            self._reset_delack_timer(now + TCP_DELACK_MAX)
         return rc
 
     def _send_challenge_ack(self, now: float) -> None:
@@ -1264,9 +1268,9 @@ class TcpSock:
 
     def _send_active_reset(self, now: float) -> None:
         """tcp_send_active_reset at sk_gfp_mask(GFP_ATOMIC)."""
-        seg = emit(self.proto.host.ip, self.rip, self.lport, self.rport, self.snd_nxt,
+        seg = emit(self.stack.ip, self.rip, self.lport, self.rport, self.snd_nxt,
                    self.rcv_nxt, RST | ACK, 0)
-        if self.proto.host.ip_output(self.rip, IPPROTO_TCP, seg, now,
+        if self.proto.ip_output(self.rip, seg, now,
                                      self.sk_gfp_mask(_GFP_ATOMIC), self.owner) >= 0:
             self.proto.mib["OutSegs"] += 1
             self.proto.mib["OutRsts"] += 1
@@ -1471,73 +1475,68 @@ class TcpSock:
             return
         if st == CLOSE:
             self.proto.send_reset(seg, seg.src, now)
-            self.proto.host.kfree_skb(seg.skb, "TCP_CLOSE")
+            self.stack.kfree_skb(seg.skb, "TCP_CLOSE")
             return
         self._rcv_synchronized(seg, now)
 
     def _drop(self, seg: Seg, reason: str) -> None:
-        self.proto.host.kfree_skb(seg.skb, reason)
+        self.stack.kfree_skb(seg.skb, reason)
 
     def _consume(self, seg: Seg) -> None:
-        self.proto.host.consume_skb(seg.skb, "tcp")
+        self.stack.consume_skb(seg.skb, "tcp")
 
     # -- LISTEN -------------------------------------------------------------------------
+    def sk_acceptq_is_full(self) -> bool:
+        """sk_acceptq_is_full: sk_ack_backlog > sk_max_ack_backlog (strictly, since 5.5)."""
+        return len(self.accept_queue) > self.max_ack_backlog
+
+    def inet_csk_reqsk_queue_is_full(self) -> bool:
+        return len(self.reqs) > self.max_ack_backlog
+
     def _listen_rcv(self, seg: Seg, now: float) -> None:
-        """tcp_v4_conn_request: a SYN makes a child in SYN_RECV and a SYN-ACK."""
+        """tcp_rcv_state_process in LISTEN: an ACK gets a RST, a SYN goes to tcp_conn_request."""
         f = seg.flags
-        proto = self.proto
         if f & RST:
             self._drop(seg, "TCP_RESET")
             return
         if f & ACK:
-            proto.send_reset(seg, seg.src, now)
+            self.proto.send_reset(seg, seg.src, now)
             self._drop(seg, "TCP_FLAGS")
             return
         if not f & SYN or f & FIN:
             self._drop(seg, "TCP_FLAGS")
             return
-        pending = sum(1 for s in proto.sockets if s.parent is self and s.state == SYN_RECV)
-        if len(self.accept_queue) >= self.max_ack_backlog or pending >= self.max_ack_backlog:
-            proto.ext["ListenOverflows"] += 1
-            proto.ext["ListenDrops"] += 1
-            self._drop(seg, "TCP_LISTEN_OVERFLOW")
+        self._conn_request(seg, now)
+
+    def _conn_request(self, seg: Seg, now: float) -> None:
+        """tcp_conn_request without syncookies (net.ipv4.tcp_syncookies=0): a full SYN queue
+        drops the SYN (TCPReqQFullDrop, tcp_syn_flood_action), a full accept queue too
+        (ListenOverflows); the last quarter of tcp_max_syn_backlog is kept for proven peers
+        -- there is no tcp_metrics cache here, so no peer is proven and the SYN is dropped.
+        Every drop counts ListenDrops (tcp_listendrop). Otherwise a request socket is hashed,
+        its SYN-ACK sent at GFP_ATOMIC and its timer armed at TCP_TIMEOUT_INIT."""
+        proto = self.proto
+        ext = proto.ext
+        qlen = len(self.reqs)
+        reason = None
+        if self.inet_csk_reqsk_queue_is_full():
+            ext["TCPReqQFullDrop"] += 1
+            self.synflood_warned = True
+            reason = "TCP_REQQ_FULL"
+        elif self.sk_acceptq_is_full():
+            ext["ListenOverflows"] += 1
+            reason = "TCP_LISTEN_OVERFLOW"
+        elif proto.max_syn_backlog - qlen < (proto.max_syn_backlog >> 2):
+            reason = "TCP_REQQ_FULL"                 # pr_drop_req: not a proven peer
+        if reason is not None:
+            ext["ListenDrops"] += 1
+            self.drops += 1
+            self._drop(seg, reason)
             return
-        child = proto.socket()
-        child.parent = self
-        child.dead = True                           # an orphan until accept()
-        child.lport = self.lport
-        child.owner = f"sk:tcp:{_pysocket.inet_ntoa(proto.host.ip)}:{self.lport}:" \
-                      f"{_pysocket.inet_ntoa(seg.src)}:{seg.sport}"
-        child.rip, child.rport = seg.src, seg.sport
-        child.nodelay = self.nodelay
-        child.rcvbuf, child.sndbuf = self.rcvbuf, self.sndbuf
-        key = (child.lport, child.rip, child.rport)
-        child.hashed = key
-        proto.ehash[key] = child
-        child._init_conn(now)
-        child.irs = seg.seq
-        child.rcv_nxt = child.rcv_wup = child.copied_seq = (seg.seq + 1) & MASK
-        child._apply_syn_options(seg.opts, now)
-        child.snd_wnd = seg.window                  # a SYN's window is never scaled
-        child.snd_wl1 = seg.seq
-        child.max_window = child.snd_wnd
-        child.iss = proto.secure_tcp_seq(proto.host.ip, seg.src, self.lport, seg.sport, now)
-        child.ts_off = proto.secure_tcp_ts_off(proto.host.ip, seg.src)
-        child.snd_una = child.snd_nxt = child.write_seq = child.iss
-        child.rcv_wnd = child._initial_window()
-        child.state = SYN_RECV
+        req = RequestSock(self, seg, now)
         self._consume(seg)
-        synack = child._new_txskb(SYN, child.sk_gfp_mask(_GFP_ATOMIC), 0)
-        if synack is None:
-            child._done()
-            child._destroy()
-            return
-        child.write_queue.append(synack)
-        child.write_seq = synack.end_seq
-        child.retrans_stamp = now
-        child._write_xmit(now)
-        if not child.packets_out:
-            child._reset_xmit_timer(1, now + TCP_TIMEOUT_INIT)
+        req.send_synack(now)                         # a failure is retried by the timer
+        self.stack.timers.mod_timer(req.timer, now + TCP_TIMEOUT_INIT)
 
     def _apply_syn_options(self, o, now: float) -> None:
         """tcp_parse_options on a SYN / SYN-ACK: MSS, window scale, SACK, timestamps (each on
@@ -1708,8 +1707,6 @@ class TcpSock:
             # RFC 5961 §3: exactly rcv_nxt resets; elsewhere in the window a challenge ACK
             if seg.seq == self.rcv_nxt:
                 self._drop(seg, "TCP_RESET")
-                if self.state == SYN_RECV and self.parent is not None:
-                    proto.ext["EmbryonicRsts"] += 1
                 self._reset(now)
             else:
                 self._send_challenge_ack(now)
@@ -1735,7 +1732,9 @@ class TcpSock:
             self.ts_recent = o.tsval
             self.ts_recent_stamp = now
         if self.state == SYN_RECV:
-            if not (after(seg.ack_seq, self.snd_una) and not after(seg.ack_seq, self.snd_nxt)):
+            # our SYN is acknowledged (a child from a request socket starts with snd_una past
+            # it; a simultaneous open still holds it in the retransmit queue)
+            if not (after(seg.ack_seq, self.iss) and not after(seg.ack_seq, self.snd_nxt)):
                 proto.send_reset(seg, seg.src, now)
                 self._drop(seg, "TCP_INVALID_ACK_SEQUENCE")
                 return
@@ -1745,10 +1744,8 @@ class TcpSock:
             self._ack_snd_una(seg, now)
             self._set_state(ESTABLISHED)
             self._established(now)
-            proto.mib["PassiveOpens"] += 1
             parent = self.parent
-            if parent is not None and parent.state == LISTEN:
-                parent.accept_queue.append(self)
+            if parent is not None:
                 proto.wake(parent.wait_key)
         else:
             r = self._tcp_ack(seg, now)
@@ -2317,7 +2314,6 @@ class TcpSock:
         pages = self.alloc.alloc(need, _GFP_ATOMIC, self.owner)
         if pages is None:
             return
-        from ..skb import SkBuff
         buf = b"".join(bytes(r.data) for r in rq)
         nskb = SkBuff(self.alloc, buf, pages, True)
         seq = rq[0].seq
@@ -2327,7 +2323,7 @@ class TcpSock:
             r = rq.popleft()
             self._uncharge_rx(r)
             # the collapsed buffer stands for these frames: counted consumed here
-            self.proto.host.consume_skb(r.skb, "tcp_collapse")
+            self.stack.consume_skb(r.skb, "tcp_collapse")
             n += 1
         self.proto.ext["TCPRcvCollapsed"] += n
         nskb.rx = False                            # a copy, not a received frame
@@ -2386,7 +2382,7 @@ class TcpSock:
         self._set_state(TIME_WAIT)
         self._purge_write_queue()
         self._clear_xmit_timer()
-        self.t_delack = None
+        self.stack.timers.del_timer(self.delack_timer)
         self._arm_misc(now + TCP_TIMEWAIT_LEN)
         self.proto.wake(self.wait_key)
 
@@ -2477,8 +2473,7 @@ class TcpSock:
                 return
             if timeout > self.t_delack:
                 timeout = self.t_delack
-        self.t_delack = timeout
-        self.proto._arm(self)
+        self._reset_delack_timer(timeout)
 
     def _cleanup_rbuf(self, copied: int, now: float) -> None:
         """tcp_cleanup_rbuf: after a read, ACK if the window can now grow a lot."""
@@ -2524,5 +2519,239 @@ class TcpSock:
             "unacked": self.packets_out, "retrans": f"{self.retrans_out}/{self.total_retrans}",
             "lost": self.lost_out, "sacked": self.sacked_out,
             "ofo_queue": len(self.ofo), "owner": self.owner,
+            "syn_recv": len(self.reqs),
             **self.counters,
         }
+
+
+# ================================================================================ requests
+class RequestSock:
+    """A request socket (struct tcp_request_sock, TCP_NEW_SYN_RECV): what a listener keeps for
+    a SYN until the handshake's ACK -- no buffers, no queues; its SYN-ACK is rebuilt for each
+    (re)transmission at GFP_ATOMIC and freed once sent. Hashed in ``Tcp.ehash`` under the
+    4-tuple and counted in the listener's ``reqs`` (the SYN queue); its timer retransmits the
+    SYN-ACK (reqsk_timer_handler) and drops it after tcp_synack_retries."""
+
+    __slots__ = ("listener", "proto", "key", "rip", "rport", "irs", "iss", "ts_off", "opts",
+                 "syn_window", "ts_recent", "ts_recent_stamp", "wscale_ok", "rcv_wscale",
+                 "sack_ok", "tstamp_ok", "advmss", "rcv_wnd", "num_timeout", "num_retrans",
+                 "snt_synack", "acked", "last_oow", "timer")
+
+    def __init__(self, listener: TcpSock, seg: Seg, now: float) -> None:
+        proto = listener.proto
+        st = proto.st
+        self.listener = listener
+        self.proto = proto
+        self.rip, self.rport = seg.src, seg.sport
+        self.key = (listener.lport, seg.src, seg.sport)
+        self.irs = seg.seq
+        self.iss = proto.secure_tcp_seq(st.ip, seg.src, listener.lport, seg.sport, now)
+        self.ts_off = proto.secure_tcp_ts_off(st.ip, seg.src)
+        o = seg.opts if seg.opts is not None else parse_options(b"", True)
+        self.opts = o
+        self.syn_window = seg.window                 # a SYN's window is never scaled
+        self.wscale_ok = o.wscale >= 0
+        self.rcv_wscale = TCP_RCV_WSCALE if self.wscale_ok else 0
+        self.sack_ok = o.sack_ok
+        self.tstamp_ok = o.saw_tstamp
+        self.ts_recent = o.tsval if o.saw_tstamp else 0
+        self.ts_recent_stamp = now
+        self.advmss = st.dev.mtu - 40
+        self.rcv_wnd = tcp_select_initial_window(listener._win_from_space(listener.rcvbuf),
+                                                 self.advmss)
+        self.num_timeout = 0
+        self.num_retrans = 0
+        self.snt_synack = None
+        self.acked = False
+        self.last_oow = -1e9
+        self.timer = Timer(self._timer_fire, "tcp-reqsk")
+        proto.ehash[self.key] = self                 # inet_csk_reqsk_queue_hash_add
+        listener.reqs[self.key] = self
+        listener.reqs_young += 1
+        proto.reqsk_mem += REQSK_SIZE
+
+    state = SYN_RECV
+
+    def drop(self) -> None:
+        """inet_csk_reqsk_queue_drop: out of the hash and the SYN queue, timer stopped."""
+        proto = self.proto
+        ln = self.listener
+        if proto.ehash.get(self.key) is self:
+            del proto.ehash[self.key]
+        if ln.reqs.pop(self.key, None) is not None:
+            if self.num_timeout == 0:
+                ln.reqs_young -= 1
+            proto.reqsk_mem -= REQSK_SIZE
+        proto.st.timers.del_timer(self.timer)
+
+    def _ts_now(self, now: float) -> int:
+        return (int(now * 1000) + self.ts_off) & MASK
+
+    def send_synack(self, now: float) -> int:
+        """tcp_v4_send_synack: one SYN-ACK built at GFP_ATOMIC (0 or -errno)."""
+        proto = self.proto
+        st = proto.st
+        opts = opt_syn(self.advmss, self.rcv_wscale if self.wscale_ok else None, self.sack_ok,
+                       (self._ts_now(now), self.ts_recent) if self.tstamp_ok else None)
+        out = emit(st.ip, self.rip, self.listener.lport, self.rport, self.iss,
+                   (self.irs + 1) & MASK, SYN | ACK, min(self.rcv_wnd, 65535), opts)
+        rc = proto.ip_output(self.rip, out, now, _GFP_ATOMIC, self.listener.owner)
+        if rc >= 0:
+            proto.mib["OutSegs"] += 1
+            if self.snt_synack is None:
+                self.snt_synack = now
+        return rc
+
+    def _send_ack(self, now: float) -> None:
+        """tcp_v4_reqsk_send_ack: an out-of-window segment is answered with an ACK."""
+        proto = self.proto
+        st = proto.st
+        ts = (self._ts_now(now), self.ts_recent) if self.tstamp_ok else None
+        out = emit(st.ip, self.rip, self.listener.lport, self.rport, (self.iss + 1) & MASK,
+                   (self.irs + 1) & MASK, ACK, min(self.rcv_wnd >> self.rcv_wscale, 65535),
+                   opt_established(ts, None) if ts else b"")
+        if proto.ip_output(self.rip, out, now, _GFP_ATOMIC, self.listener.owner) >= 0:
+            proto.mib["OutSegs"] += 1
+
+    def _oow_rate_limited(self, now: float) -> bool:
+        if now - self.last_oow < TCP_OOW_RATELIMIT:
+            return True
+        self.last_oow = now
+        return False
+
+    def _timer_fire(self, now: float) -> None:
+        """reqsk_timer_handler: retransmit the SYN-ACK or give up. When more than half the
+        queue (at least 8) is taken, requests that already timed out get fewer retries, so
+        young ones keep half the room."""
+        ln = self.listener
+        if ln.state != LISTEN:
+            self.drop()
+            return
+        self.proto.ext["TCPTimeouts"] += 1           # tcp_syn_ack_timeout
+        max_retries = TCP_SYNACK_RETRIES
+        qlen = len(ln.reqs)
+        if (qlen << 1) > max(8, ln.max_ack_backlog):
+            young = ln.reqs_young << 1
+            while max_retries > 2:
+                if qlen < young:
+                    break
+                max_retries -= 1
+                young <<= 1
+        if self.num_timeout < max_retries:
+            ok = self.send_synack(now) >= 0          # inet_rtx_syn_ack
+            if ok:
+                self.num_retrans += 1
+                self.proto.mib["RetransSegs"] += 1
+                self.proto.ext["TCPSynRetrans"] += 1
+            if ok or self.acked:
+                if self.num_timeout == 0:
+                    ln.reqs_young -= 1
+                self.num_timeout += 1
+                self.proto.st.timers.mod_timer(
+                    self.timer, now + min(TCP_TIMEOUT_INIT * (1 << self.num_timeout),
+                                          TCP_RTO_MAX))
+                return
+        self.drop()
+
+    def tcp_check_req(self, seg: Seg, now: float) -> bool:
+        """tcp_check_req: True if the segment was handled here (consumed or dropped); False
+        if the listener must answer it (an ACK that does not acknowledge our SYN-ACK). A valid
+        ACK makes the child (tcp_v4_syn_recv_sock) unless the accept queue is full."""
+        ln = self.listener
+        proto = self.proto
+        st = proto.st
+        f = seg.flags
+        o = seg.opts
+        if seg.seq == self.irs and f == SYN:
+            # the peer retransmitted its SYN: the SYN-ACK again, the timer restarted
+            if not self._oow_rate_limited(now) and self.send_synack(now) >= 0:
+                self.num_retrans += 1
+                proto.mib["RetransSegs"] += 1
+                proto.ext["TCPSynRetrans"] += 1
+            st.timers.mod_timer(self.timer, now + min(TCP_TIMEOUT_INIT * (1 << self.num_timeout),
+                                                     TCP_RTO_MAX))
+            st.consume_skb(seg.skb, "tcp")
+            return True
+        if f & ACK and seg.ack_seq != (self.iss + 1) & MASK:
+            return False
+        rcv_nxt = (self.irs + 1) & MASK
+        win_end = (rcv_nxt + self.rcv_wnd) & MASK
+        if not (seg.seq == rcv_nxt or (after(seg.end_seq, rcv_nxt) and before(seg.seq, win_end))
+                or (seg.seq == win_end and seg.seq == seg.end_seq)):
+            if not f & RST and not self._oow_rate_limited(now):
+                self._send_ack(now)
+            st.kfree_skb(seg.skb, "TCP_INVALID_SEQUENCE")
+            return True
+        if o is not None and o.saw_tstamp and self.tstamp_ok and not after(seg.seq, rcv_nxt):
+            self.ts_recent = o.tsval
+            self.ts_recent_stamp = now
+        if f & (RST | SYN):
+            proto.mib["AttemptFails"] += 1
+            if not f & RST:
+                proto.send_reset(seg, seg.src, now)
+            self.drop()
+            proto.ext["EmbryonicRsts"] += 1
+            st.kfree_skb(seg.skb, "TCP_RESET" if f & RST else "TCP_INVALID_SYN")
+            return True
+        if not f & ACK:
+            st.kfree_skb(seg.skb, "TCP_FLAGS")
+            return True
+        if ln.sk_acceptq_is_full():
+            # tcp_v4_syn_recv_sock -> exit_overflow; tcp_abort_on_overflow=0: keep the
+            # request, ignore the ACK, let the SYN-ACK timer make the peer send it again
+            proto.ext["ListenOverflows"] += 1
+            proto.ext["ListenDrops"] += 1
+            ln.drops += 1
+            self.acked = True
+            st.kfree_skb(seg.skb, "TCP_LISTEN_OVERFLOW")
+            return True
+        child = self._create_child(now)
+        child.tcp_rcv(seg, now)                       # tcp_child_process: SYN_RECV -> ESTAB
+        proto.wake(ln.wait_key)
+        return True
+
+    def _create_child(self, now: float) -> TcpSock:
+        """tcp_v4_syn_recv_sock -> tcp_create_openreq_child: a full socket in SYN_RECV past
+        our SYN (snd_una = ISS + 1), put on the accept queue (inet_csk_reqsk_queue_add)."""
+        ln = self.listener
+        proto = self.proto
+        self.drop()
+        child = proto.socket()
+        child.parent = ln
+        child.dead = True                            # an orphan until accept()
+        child.lport = ln.lport
+        child.owner = f"sk:tcp:{_pysocket.inet_ntoa(proto.st.ip)}:{ln.lport}:" \
+                      f"{_pysocket.inet_ntoa(self.rip)}:{self.rport}"
+        child.rip, child.rport = self.rip, self.rport
+        child.nodelay = ln.nodelay
+        child.rcvbuf, child.sndbuf = ln.rcvbuf, ln.sndbuf
+        child.hashed = self.key
+        proto.ehash[self.key] = child
+        child._init_conn(now)
+        child.irs = self.irs
+        child.rcv_nxt = child.rcv_wup = child.copied_seq = (self.irs + 1) & MASK
+        child._apply_syn_options(self.opts, self.ts_recent_stamp)
+        child.ts_recent, child.ts_recent_stamp = self.ts_recent, self.ts_recent_stamp
+        child.snd_wnd = child.max_window = self.syn_window
+        child.snd_wl1 = self.irs
+        child.iss = self.iss
+        child.ts_off = self.ts_off
+        child.snd_una = child.snd_nxt = child.write_seq = (self.iss + 1) & MASK
+        child.rcv_wnd = child.rcv_ssthresh = self.rcv_wnd
+        child.retransmits = self.num_retrans
+        child.total_retrans = self.num_retrans
+        child.state = SYN_RECV
+        if self.num_retrans == 0 and self.snt_synack is not None:
+            child._rtt_sample(now - self.snt_synack, now)   # tcp_synack_rtt_meas (Karn)
+        proto.mib["PassiveOpens"] += 1
+        ln.accept_queue.append(child)
+        return child
+
+
+def tcp_init(st, seed: int = 0) -> Tcp:
+    """Give ``st`` its TCP (``st.tcp``) and register it: inet_protos[IPPROTO_TCP], the
+    received buffers its sockets hold (``rx_holders``). Timers live on ``st.timers``."""
+    tcp = st.tcp = Tcp(st, seed)
+    st.inet_add_protocol(IPPROTO_TCP, tcp.tcp_v4_rcv)
+    st.rx_holders.append(tcp.rx_in_flight)
+    return tcp

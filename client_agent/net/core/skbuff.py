@@ -16,7 +16,7 @@ the accounting: what the frame would occupy in a kernel's page pool.
 
 from __future__ import annotations
 
-from ..bugs import BUGS as _BUGS
+from ...bugs import BUGS as _BUGS
 
 PAGE_SIZE = 4096
 SKB_TRUESIZE_OVERHEAD = 576

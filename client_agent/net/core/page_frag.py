@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import errno
 
-from ..bugs import BUGS as _BUGS
-from ..mm.gfp import GFP_ATOMIC
+from ...bugs import BUGS as _BUGS
+from ...mm.gfp import GFP_ATOMIC
 
 PAGE_SIZE = 4096
 
