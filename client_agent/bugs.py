@@ -24,7 +24,7 @@ test per switch showing the failure with the switch on and its absence with it o
                               Hook: net/core/dev.py ``netif_receive_skb()``.
     nfs_reconnect_unmarked    (§6.6, until 2022) the NFS transport does not set SOCK_MEMALLOC again on
                               the socket made by a reconnect: swap over NFS stalls under pressure.
-                              Hook: nfs/transport.py ``_connect()``.
+                              Hook: net/sunrpc/xprtsock.py ``XsUdp._connect()``.
 
 Cost: a hook is one attribute read of this module-level object, placed only on the path the bug
 lived on (never in the per-frame fast path for the ordinary case).

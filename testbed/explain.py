@@ -29,7 +29,7 @@ from bisect import bisect_left
 from collections import Counter
 
 NFS_PORT = 2049
-WINDOW = 16384  # client_agent/nfs/transport.py XID_KEPT
+WINDOW = 16384  # client_agent/net/sunrpc/xprt.py XID_KEPT
 
 # What exact attribution would need from the agent (client_agent/agent.py + net/stack.py; not ours):
 AGENT_FATE_RING = (

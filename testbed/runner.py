@@ -56,7 +56,7 @@ def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s
         if content == "file":
             from client_agent.mm.filemap import file_page_bytes as page_bytes
         else:
-            from client_agent.swap import page_bytes
+            from client_agent.mm.anon import page_bytes
     except ImportError:
         return {"verified": None, "mismatched": [], "read_errors": [],
                 "note": f"no page content function for {content!r}: slots read back but not compared"}

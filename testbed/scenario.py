@@ -45,7 +45,7 @@ DEFAULT_AGENT_CAPACITY_PPS = 25000
 # 10 ms = 800/s) and by the agent (real runs: ~750 pages/s measured, memalloc 3672 pages in ~5 s).
 # 2000 is a generous bound; the noise-capacity checks below use it.
 DEFAULT_SWAP_RATE_PPS = 2000
-# The receive/transmit model that runs (client_agent/net/stack.py, client_agent/nfs/transport.py):
+# The receive/transmit model that runs (client_agent/net/core/dev.py, client_agent/net/sunrpc/):
 # - receive allocates per frame, then demuxes it (no NAPI batch is allocated ahead of the demux:
 #   ``budget`` only bounds how many frames one poll handles), so a frame from the reserve is
 #   dropped at the demux (PFMemallocDrop) or queued before the next frame takes a page;

@@ -2,12 +2,16 @@
 
 What is composed, on one ``Loop`` with a ``ManualClock``:
 
-    [client_agent.Agent]  wire.a ==== WirePair (latency ``wire_latency_s`` each way) ==== wire.b
+    [client_agent.Host]   wire.a ==== WirePair (latency ``wire_latency_s`` each way) ==== wire.b
       pool, kswapd, NFS transport,                                   |            |
       workload, noise sinks                              NAS host: a second Stack   flood source:
                                                          (big pool) on 198.18.0.1,  frames from
                                                          NasCore(MemoryStore) on     198.18.0.3
                                                          UDP 2049                   (own MAC)
+
+The client is composed by ``client_agent.host.Host`` -- the same composition root the
+``client-agent`` process uses (``add_swap`` / ``add_file`` with an NFS device spec) -- so the
+simulation runs the agent's objects in the agent's order.
 
 The flood is injected on the NAS side of the wire (``wire.b.transmit``) as ready-made Ethernet
 frames from a third address and MAC, as a hub port would deliver them: the agent sees them exactly
@@ -24,7 +28,7 @@ of these (outcome ``timeout``).
 
 Why a reserve can be too small even with the cure (scenario memalloc-undersized): every swap
 RPC in flight pins one RPC buffer page taken with __GFP_MEMALLOC (rpc_malloc for a swapper
-task, client_agent/nfs/transport.py) until its reply is read, and every reply needs one more
+task, client_agent/net/sunrpc/xprt.py) until its reply is read, and every reply needs one more
 receive page, taken from the reserve while the flood keeps free pages at the GFP_ATOMIC floor
 (3*min/8). Receive allocates per frame and demuxes that frame before the next (no NAPI batch is
 held), transmit holds one fragment's page at a time. The worst case below the floor is therefore
@@ -46,17 +50,18 @@ import random
 import socket as _pysocket
 from collections import deque
 
-from client_agent.agent import Agent
+from client_agent.fs.nfs.nfs3proc import durability_counters
+from client_agent.host import Host
 from client_agent.loop import Loop, ManualClock
-from client_agent.mm.filemap import FileMapping, file_page_bytes
+from client_agent.mm.anon import PAGE_SIZE, page_bytes
+from client_agent.mm.filemap import file_page_bytes
 from client_agent.mm.gfp import GFP_ATOMIC
 from client_agent.mm.page_alloc import PageAllocator
-from client_agent.mm.vmscan import Kswapd
+from client_agent.mm.swapfile import SwapDevice
+
 from client_agent.net.stack import Stack
-from client_agent.nfs.transport import NfsTransport
 from client_agent.phy.fault import FaultInjector
 from client_agent.phy.wire_pair import WirePair
-from client_agent.swap import PAGE_SIZE, SwapDevice, page_bytes
 from client_agent.tasks import Scheduler
 from client_agent.wire.ethernet import ETH_P_IP, emit as eth_emit
 from client_agent.wire.ipv4 import IPPROTO_UDP, emit_header
@@ -165,9 +170,11 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     agent_dev = wire.a
     if p["fault_tx"]:
         agent_dev = _LoopFault(wire.a, f"fault_tx:{seed}", loop, **p["fault_tx"])
-    agent = Agent(loop, agent_dev, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
-                  min_free_kbytes=p["min_free_kbytes"],
-                  watermark_scale_factor=p["watermark_scale_factor"], seed=seed)
+    logs: list[tuple[float, str]] = []
+    agent = Host(loop, agent_dev, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
+                 min_free_kbytes=p["min_free_kbytes"],
+                 watermark_scale_factor=p["watermark_scale_factor"], seed=seed,
+                 log=lambda line: logs.append((round(loop.time(), 6), line)))
     alloc = agent.alloc
     agent.stack.policy.pfmemalloc_demux_drop = bool(p["pfmemalloc_demux_drop"])
     agent.stack.neigh.add_permanent(_pysocket.inet_aton(NAS_IP), MAC_NAS, 0.0)
@@ -245,33 +252,35 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
 
     # -- the agent's services -------------------------------------------------------------------
     for i in range(p["noise_sockets"]):
-        agent.udp_sink(NOISE_PORT0 + i, p["noise_reader"], p["noise_rcvbuf_bytes"])
-    logs: list[tuple[float, str]] = []
-    transport = NfsTransport(agent.stack, agent.sched, NAS_IP, 2049, slots=p["slots"],
-                             timeo_s=p["timeo_s"], retrans=p["retrans"],
-                             timeo_max_s=p["timeo_max_s"], wsize=p["wsize"],
-                             log=lambda line: logs.append((round(loop.time(), 6), line)),
-                             on_tx=agent.kick, seed=seed)
-    swap = SwapDevice(alloc, agent.sched, seed=seed)
-    kswapd = Kswapd(alloc, agent.sched, swap, max_writeback=p["max_writeback"])
+        agent.sink(NOISE_PORT0 + i, p["noise_reader"], p["noise_rcvbuf_bytes"])
+    device = {"kind": "nfs", "server": NAS_IP, "port": 2049, "export": "swap",
+              "image": "swap.img", "slots": p["slots"], "timeo_s": p["timeo_s"],
+              "retrans": p["retrans"], "timeo_max_s": p["timeo_max_s"], "wsize": p["wsize"],
+              "stable": p["stable"]}
     setup = {"nr_slots": None}
     fm = None
-    if consumer != "swap":
+    if consumer == "swap":
+        swap, activate = agent.add_swap(device, memalloc=bool(p["memalloc"]),
+                                        max_writeback=p["max_writeback"])
+    else:
         # A swapless client writing a file on the NAS: the one transport is the file mount's, and
         # only policy "extended" marks it SOCK_MEMALLOC (Linux marks swap transports only).
-        fm = FileMapping(alloc, agent.sched, seed=seed, dirty_ratio=p["dirty_ratio"],
-                         dirty_background_ratio=p["dirty_background_ratio"],
-                         log=lambda line: logs.append((round(loop.time(), 6), line)))
-        kswapd.filemap = fm
+        fm, activate = agent.add_file({**device, "image": "file.img"}, policy=p["policy"],
+                                      dirty_ratio=p["dirty_ratio"],
+                                      dirty_background_ratio=p["dirty_background_ratio"],
+                                      max_writeback=p["max_writeback"])
+        # no swap device: an idle one (never swapped on, not kswapd's) stands in for the report's
+        # "swap" fields and the timeline's swap columns, as before file consumers existed
+        swap = SwapDevice(agent.alloc, agent.sched, seed=seed)
+    transport = (fm or swap).backend.transport
+    kswapd = agent.kswapd
 
     def setup_task():
         if fm is not None:
-            setup["file_pages"] = yield from fm.attach(transport, "swap", "file.img",
-                                                       policy=p["policy"], stable=p["stable"])
+            setup["file_pages"] = yield from activate
             fm.start_workload(consumer, p["workload_pages"], p["workload_rate_pps"])
             return
-        setup["nr_slots"] = yield from swap.swapon(transport, "swap", "swap.img",
-                                                   memalloc=bool(p["memalloc"]), stable=p["stable"])
+        setup["nr_slots"] = yield from activate
         swap.start_workload(p["workload_pages"], p["workload_rate_pps"])
 
     agent.sched.spawn("swapon", setup_task())
@@ -420,7 +429,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "reserve_in_use_max": max(0, alloc.wmark_min - st["free_min"]),
         "zoneinfo": alloc.zoneinfo(), "atomic_floor": atomic_floor,
         "rpc": tsnap["counters"], "rpc_retrans": tsnap["counters"]["rpc_retrans"],
-        "swap": swap.snapshot(), "workload": dict(swap.workload),
+        "swap": swap.snapshot() if swap.backend is not None else {**durability_counters(),
+                                                                    **swap.snapshot()},
+        "workload": dict(swap.workload),
         "nr_slots": setup["nr_slots"],
         "pgalloc_pfmemalloc": snap_alloc["reserve"]["pgalloc_pfmemalloc"],
         "nas": {"writes": core.proc_calls.get("NFS3_WRITE", 0),

@@ -65,7 +65,7 @@ def nfs_view(snap: dict) -> dict:
     return {**nfs, **(nfs.get("counters") or {})}
 
 
-# The durability loop's counters (client_agent/nfs/transport.py durability_counters), kept per
+# The durability loop's counters (client_agent/fs/nfs/nfs3proc.py durability_counters), kept per
 # consumer: snapshot["swap"] or snapshot["filemap"].
 WRITEBACK_KEYS = ("writes", "commits", "resends", "verifier_changes", "shortwrite",
                   "committed_lt_stable", "delay", "rpcgarbage", "write_errors",

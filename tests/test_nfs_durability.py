@@ -12,10 +12,10 @@ import pytest
 from client_agent.loop import Loop, ManualClock
 from client_agent.mm.page_alloc import PageAllocator
 from client_agent.net.stack import Stack
-from client_agent.nfs import transport as tp
-from client_agent.nfs.transport import NfsTransport, WriteError, classify_reply, durability_counters
+from client_agent.fs.nfs import nfs3proc as tp
+from client_agent.fs.nfs.nfs3proc import NfsTransport, WriteError, classify_reply, durability_counters
 from client_agent.phy.wire_pair import WirePair
-from client_agent.swap import page_bytes
+from client_agent.mm.anon import page_bytes
 from client_agent.tasks import Scheduler
 from protocols import nfs3, rpc
 from protocols.xdr import Unpacker

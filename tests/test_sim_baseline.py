@@ -4,6 +4,12 @@ reshape). Every field of the fixture must be equal -- outcome, pswpout, PFMemall
 drop reasons, reserve low point, acked/verified pages, timings, RPC and NAS counters, leak checks --
 and the timeline and transport log must hash the same.
 
+Recorded differences (each explained; the figures themselves never changed):
+- logs of the swap scenarios: one more line at swapon, ``Adding 41216k swap on
+  198.18.0.1:/swap/swap.img``, since the simulation composes its client with the agent's own
+  ``Host`` (the agent always logged it). Checked when the fixture was patched: the other lines
+  hash exactly as before (commit "host.py: one composition root ...").
+
 CI runs seed 1 of every scenario (~40 s); all 45 runs (~2.5 min on one core):
     SIM_BASELINE_ALL=1 ./test.sh tests/test_sim_baseline.py -q
 or  .venv/bin/python scripts/sim_baseline.py

@@ -1,25 +1,11 @@
-"""NFSv3 client transport over the agent's own UDP stack (sunrpc xprtsock, UDP, hard mount).
+"""The NFSv3 client of one server: procedures over an RPC client (fs/nfs/nfs3proc.c, nfs3xdr.c,
+mount_clnt.c, write.c), hard mount.
 
-Invariants owned here:
-- Every call holds one slot of the slot table from send to completion; a task that finds no free
-  slot waits on ``WaitEvent(slot key)`` and is counted in ``backlog`` (xprt_backlog). At most
-  ``slots`` calls are on the wire, so the socket's ``rcvbuf`` = slots x truesize of one reply
-  (+ one for a late duplicate) is enough for every reply the table can provoke.
-- Every call also holds one page of RPC buffer (rpc_malloc: call header + reply buffer; the WRITE
-  data itself is the swapped page, referenced, not copied) from call_allocate to release. For a
-  swapper transport that allocation is __GFP_MEMALLOC, as ``rpc_malloc`` does for RPC_IS_SWAPPER
-  tasks: the slot table therefore pins up to ``slots`` reserve pages while replies are awaited --
-  one of the things min_free_kbytes must be sized for (see testbed/sim.py).
-- Hard mount (nfs(5)): a call is retransmitted on the same xid after ``timeo``; the timeout
-  doubles up to ``timeo_max_s``; after ``retrans`` retransmissions a major timeout resets the
-  timeout (xprt_adjust_timeout) and logs ``nfs: server X not responding, still trying`` once;
-  the first reply after that logs ``nfs: server X OK``. A call never fails with an I/O error.
-- A transmit that gets -ENOBUFS (no buffer at this context) is retried after
-  ``ENOBUFS_RETRY_S`` (call_transmit_status: rpc_delay) and counted ``rpc_enobufs``: never lost.
-- Replies are matched by xid; an unknown xid (a late duplicate, garbage) is counted
-  ``rpc_bad_xid`` and dropped. The receive task allocates nothing.
-- SOCK_MEMALLOC: ``set_memalloc(True)`` marks the socket (xs_set_memalloc, NFS swap only) and the
-  mark is re-applied on every ``reconnect()`` (a new socket); ``set_memalloc(False)`` clears it.
+``NfsTransport`` composes the RPC layers -- an ``XsUdp`` transport (net/sunrpc/xprtsock.py: the
+socket, SOCK_MEMALLOC on every socket, the receive task), its slot table and buffers
+(net/sunrpc/xprt.py) and an ``RpcClnt`` (net/sunrpc/clnt.py: calls, retransmission with the
+transport's timeout policy) -- and adds the NFS and MOUNT procedures. Its attributes keep the
+names they had when it was one class (``counters``, ``sk``, ``pending``, ``memalloc``, ...).
 
 Durability (``write_durably``, the page writeback of swap.py and mm/filemap.py) takes a WRITE or
 COMMIT reply as final only where Linux's v3 client does (fs/nfs/write.c, fs/nfs/nfs3proc.c,
@@ -58,30 +44,23 @@ Sans-I/O: time is the scheduler's ``now``; the socket is the agent stack's UdpSo
 
 from __future__ import annotations
 
-import errno as _errno
 import struct as _struct
-from collections import deque
 from typing import Callable, NamedTuple
 
 from protocols import mount as mnt
 from protocols import nfs3, rpc
 from protocols.xdr import Unpacker
 
-from ..bugs import BUGS as _BUGS
-from ..mm.gfp import GFP_NOFS, Gfp
-from ..net.core.skbuff import PAGE_SIZE, SKB_TRUESIZE_OVERHEAD
-from ..tasks import TIMEOUT, Sleep, WaitEvent
+from ...mm.page_io import WriteError, errno_number
+from ...net.sunrpc.clnt import ENOBUFS_RETRY_S, RpcClnt
+from ...net.sunrpc.xprt import ALLOC_RETRY_S, XID_KEPT
+from ...net.sunrpc.xprtsock import REPLY_TRUESIZE, XsUdp, udp_timeout
+from ...tasks import Sleep
 
-# call_transmit_status(): -ENOBUFS -> rpc_delay(task, HZ>>2), scaled down like timeo.
-ENOBUFS_RETRY_S = 0.05
-# call_allocate(): -ENOMEM -> rpc_delay(task, HZ>>4).
-ALLOC_RETRY_S = 0.0625 / 4
-# A reply to WRITE/COMMIT is one frame of one page; truesize as the stack charges it.
-REPLY_TRUESIZE = PAGE_SIZE + SKB_TRUESIZE_OVERHEAD
-# rpc_malloc's mask (GFP_NOFS without direct reclaim; + __GFP_MEMALLOC for a swapper transport),
-# computed once: enum.IntFlag operators cost a Python call each, per RPC.
-_RPC_GFP = GFP_NOFS & ~Gfp.DIRECT_RECLAIM
-_RPC_GFP_SWAPPER = _RPC_GFP | Gfp.MEMALLOC
+__all__ = ["ALLOC_RETRY_S", "ENOBUFS_RETRY_S", "REPLY_TRUESIZE", "XID_KEPT", "NfsError",
+           "NfsTransport", "Verdict", "WriteError", "classify_reply", "durability_counters",
+           "errno_number"]
+
 # A successful WRITE reply as every server sends it: MSG_ACCEPTED, AUTH_NONE/empty verifier,
 # SUCCESS, then nfsstat3 and the wcc pre-op attributes' presence (decode_write_reply otherwise).
 _WRITE_REPLY_HEAD = _struct.Struct(">IIIIIIII")
@@ -90,17 +69,13 @@ _WRITE_RES_OK = _struct.Struct(">II8s")       # count, committed, verifier
 _WCC_ATTR_BYTES = 24
 _FATTR_BYTES = nfs3._FATTR.size
 _WRITE_TAIL = _struct.Struct(">QIII")         # offset count stable data-length
-XID_KEPT = 16384   # > the pages of a whole scenario's writeback, for the drop explanations
 # include/linux/nfs_fs.h NFS_JUKEBOX_RETRY_TIME = 5 * HZ: NFS3ERR_JUKEBOX retried after this.
 NFS_JUKEBOX_RETRY_S = 5.0
 # net/sunrpc/sched.c rpc_init_task: tk_garb_retry = 2, tk_cred_retry = 2.
 RPC_GARB_RETRY = 2
 RPC_CRED_RETRY = 2
 # fs/nfs_common/common.c nfs_common_errtbl (nfs_stat_to_errno): the errno Linux makes of each
-# nfsstat3; an nfsstat3 not in the table is EIO. Kernel-internal errnos (include/linux/errno.h)
-# have no name in Python's errno module.
-_KERNEL_ERRNO = {"EBADHANDLE": 521, "ENOTSYNC": 522, "EBADCOOKIE": 523, "ENOTSUPP": 524,
-                 "ETOOSMALL": 525, "ESERVERFAULT": 526, "EBADTYPE": 527, "EJUKEBOX": 528}
+# nfsstat3; an nfsstat3 not in the table is EIO (numbers: mm/page_io.py errno_number).
 NFS3_ERRNO = {
     nfs3.NFS3ERR_PERM: "EPERM", nfs3.NFS3ERR_NOENT: "ENOENT", nfs3.NFS3ERR_IO: "EIO",
     nfs3.NFS3ERR_NXIO: "ENXIO", nfs3.NFS3ERR_ACCES: "EACCES", nfs3.NFS3ERR_EXIST: "EEXIST",
@@ -116,11 +91,6 @@ NFS3_ERRNO = {
 }
 
 
-def errno_number(name: str) -> int:
-    """Linux's number for an errno name ("EIO" -> 5, "EJUKEBOX" -> 528)."""
-    return _KERNEL_ERRNO.get(name) or getattr(_errno, name, _errno.EIO)
-
-
 # Verdicts of classify_reply: what the durability loop does with a reply.
 OK, GARBAGE, CRED, JUKEBOX, FATAL = "ok", "garbage", "cred", "jukebox", "fatal"
 
@@ -133,19 +103,6 @@ class Verdict(NamedTuple):
     reply: object = None
     reason: str = ""
     errno: str = ""
-
-
-class WriteError(NamedTuple):
-    """A page's writeback ended without the NAS holding it: ``errno`` name ("EIO", "ENOSPC", ...),
-    ``reason`` (protocol name), ``offset`` (bytes) and ``proc`` ("WRITE" or "COMMIT")."""
-    errno: str
-    reason: str
-    offset: int
-    proc: str
-
-    @property
-    def errno_number(self) -> int:
-        return errno_number(self.errno)
 
 
 def durability_counters() -> dict:
@@ -205,6 +162,8 @@ class NfsError(Exception):
 
 
 class NfsTransport:
+    """The NFS client of ``server_ip``: NFS and MOUNT procedures over one RPC client."""
+
     def __init__(self, stack, sched, server_ip: str, port: int = 2049, *, slots: int = 16,
                  timeo_s: float = 0.7, retrans: int = 3, timeo_max_s: float = 2.0,
                  wsize: int = 4096, log: Callable[[str], None] | None = None,
@@ -225,171 +184,33 @@ class NfsTransport:
         self.wsize = wsize
         self.jukebox_retry_s = jukebox_retry_s
         self.log = log or (lambda line: None)
-        self.on_tx = on_tx
-        self.memalloc = False
-        self.swapper = False            # RPC_TASK_SWAPPER: buffers get __GFP_MEMALLOC
-        self.not_responding = False
-        self._free_slots = deque(range(slots))
-        self._slot_key = ("rpc-slot", id(self))
-        self._xid = (seed * 2654435761 + 0x1000) & 0x7FFF0000
-        self.pending: dict[int, object] = {}
-        self.xids_sent: deque = deque(maxlen=XID_KEPT)
-        self.xids_replied: deque = deque(maxlen=XID_KEPT)
-        self.backlog = 0
-        self.counters = {"rpc_calls": 0, "rpc_retrans": 0, "rpc_major_timeouts": 0,
-                         "rpc_replies": 0, "rpc_bad_xid": 0, "rpc_enobufs": 0,
-                         "rpc_alloc_nomem": 0, "rpc_reconnects": 0, "backlog_waits": 0}
-        self.proc_counts: dict[str, int] = {}
         self._write_prefix: dict[bytes, bytes] = {}
-        self.closed = False
-        self.sk = None
-        self._connect()
-        self.rx_task = sched.spawn("rpciod-rx", self._rx_loop())
+        self.xprt = XsUdp(stack, sched, server_ip, port, slots=slots, seed=seed,
+                          timeout=udp_timeout(timeo_s, timeo_max_s, retrans), on_tx=on_tx)
+        self.clnt = RpcClnt(self.xprt, prog_name="nfs", log=self.log)
+        self.call = self.clnt.call
 
-    # -- socket ------------------------------------------------------------------------------
-    def _connect(self) -> None:
-        sk = self.stack.udp_socket()
-        sk.connect((self.server_ip, self.port))
-        sk.rcvbuf = (self.slots + 1) * REPLY_TRUESIZE
-        if self.memalloc and not _BUGS.nfs_reconnect_unmarked:   # bugs.py: the pre-2022 loss
-            sk.sk_set_memalloc()
-        self.sk = sk
-
-    def reconnect(self) -> None:
-        """xs_reconnect: a new socket; SOCK_MEMALLOC is set again if the transport had it."""
-        old = self.sk
-        self._connect()
-        old.close()                      # frees its queue; clears its SOCK_MEMALLOC
-        self.counters["rpc_reconnects"] += 1
-        self.sched.wake(("rpc-rx-sock", id(self)))
+    # -- the transport under it (names kept from when this was one class) ----------------------
+    sk = property(lambda self: self.xprt.sk)
+    memalloc = property(lambda self: self.xprt.memalloc)
+    swapper = property(lambda self: self.xprt.swapper)
+    closed = property(lambda self: self.xprt.closed)
+    pending = property(lambda self: self.xprt.pending)
+    counters = property(lambda self: self.xprt.counters)
+    backlog = property(lambda self: self.xprt.backlog)
+    rx_task = property(lambda self: self.xprt.rx_task)
+    not_responding = property(lambda self: self.clnt.not_responding)
+    proc_counts = property(lambda self: self.clnt.proc_counts)
 
     def set_memalloc(self, on: bool) -> None:
-        """xs_set_memalloc / sk_clear_memalloc on the current socket."""
-        self.memalloc = on
-        self.swapper = on
-        if on:
-            self.sk.sk_set_memalloc()
-        else:
-            self.sk.sk_clear_memalloc()
+        """xs_set_memalloc / sk_clear_memalloc (swap_activate's rpc_clnt_swap_activate)."""
+        self.xprt.set_memalloc(on)
+
+    def reconnect(self) -> None:
+        self.xprt.reconnect()
 
     def close(self) -> None:
-        self.closed = True
-        self.sk.close()
-        if self.rx_task.state not in ("done", "crashed", "killed"):
-            self.sched.kill(self.rx_task)
-
-    # -- receive -----------------------------------------------------------------------------
-    def _rx_loop(self):
-        while not self.closed:
-            sk = self.sk
-            got = yield from sk.recvfrom_wait()
-            if got is None:
-                continue                   # socket replaced (reconnect) or closed
-            data = got[0]
-            xid = rpc.peek_xid(data)
-            if xid is None or xid not in self.pending:
-                self.counters["rpc_bad_xid"] += 1
-                continue
-            self.pending.pop(xid)
-            self.counters["rpc_replies"] += 1
-            self.xids_replied.append(xid)
-            self.sched.wake(("rpc", id(self), xid), data)
-
-    # -- calls -------------------------------------------------------------------------------
-    def _next_xid(self) -> int:
-        self._xid = (self._xid + 1) & 0xFFFFFFFF
-        return self._xid
-
-    def _send(self, msg: bytes) -> int:
-        rc = self.sk.send(msg, self.sched.now)
-        if self.on_tx is not None:
-            self.on_tx()
-        return rc
-
-    def call(self, build: Callable[[int], bytes], label: str):
-        """Generator: ``reply_bytes = yield from t.call(lambda xid: msg, "WRITE")``."""
-        c = self.counters
-        while not self._free_slots:
-            self.backlog += 1
-            c["backlog_waits"] += 1
-            try:
-                yield WaitEvent(self._slot_key, reason=f"rpc slot ({label})")
-            except BaseException:
-                # Killed while waiting: a release may have woken this task alone (wake_one), so
-                # hand a free slot's wakeup on to the next waiter instead of losing it.
-                self.backlog -= 1
-                if self._free_slots and self.backlog:
-                    self.sched.wake_one(self._slot_key)
-                raise
-            self.backlog -= 1
-        slot = self._free_slots.popleft()
-        buf = None
-        xid = None
-        try:
-            # call_allocate: the RPC buffer page.
-            gfp = _RPC_GFP_SWAPPER if self.swapper else _RPC_GFP
-            while True:
-                buf = self.alloc.alloc(1, gfp, "rpc")
-                if buf is not None:
-                    break
-                c["rpc_alloc_nomem"] += 1
-                yield Sleep(self.sched.now + ALLOC_RETRY_S, reason=f"rpc_malloc ({label})")
-            xid = self._next_xid()
-            msg = build(xid)
-            key = ("rpc", id(self), xid)
-            self.pending[xid] = label
-            c["rpc_calls"] += 1
-            self.proc_counts[label] = self.proc_counts.get(label, 0) + 1
-            timeo = self.timeo_s
-            tries = 0
-            need_send = True
-            deadline = 0.0
-            while True:
-                if need_send:
-                    rc = self._send(msg)
-                    if rc < 0:
-                        c["rpc_enobufs"] += 1
-                        got = yield WaitEvent(key, until=self.sched.now + ENOBUFS_RETRY_S,
-                                              reason=f"rpc {label} xid {xid:#x} -ENOBUFS, retry")
-                        if got is TIMEOUT:
-                            continue
-                        reply = got
-                        break
-                    self.xids_sent.append(xid)
-                    need_send = False
-                    deadline = self.sched.now + timeo
-                got = yield WaitEvent(key, until=deadline, reason=f"rpc {label} xid {xid:#x}")
-                if got is not TIMEOUT:
-                    reply = got
-                    break
-                need_send = True
-                tries += 1
-                if tries > self.retrans:
-                    # xprt_adjust_timeout: major timeout, timeout back to its initial value.
-                    c["rpc_major_timeouts"] += 1
-                    tries = 0
-                    timeo = self.timeo_s
-                    if not self.not_responding:
-                        self.not_responding = True
-                        self.log(f"nfs: server {self.server_ip} not responding, still trying")
-                else:
-                    timeo = min(timeo * 2, self.timeo_max_s)
-                c["rpc_retrans"] += 1
-            if self.not_responding:
-                self.not_responding = False
-                self.log(f"nfs: server {self.server_ip} OK")
-            return reply
-        finally:
-            if xid is not None:
-                self.pending.pop(xid, None)
-            if buf is not None:
-                self.alloc.free(buf)
-            self._free_slots.append(slot)
-            # One slot freed: wake one waiter (xprt_release -> rpc_wake_up_next), not the whole
-            # backlog -- waking all of them (up to kswapd's 64 writebacks) cost ~5 generator
-            # resumptions per page written, most of them finding no slot and waiting again.
-            if self.backlog:
-                self.sched.wake_one(self._slot_key)
+        self.xprt.close()
 
     # -- procedures --------------------------------------------------------------------------
     def mount(self, export: str):
@@ -406,18 +227,30 @@ class NfsTransport:
             raise NfsError(f"MNT {path}: {mnt.STATUS_NAMES.get(res.status, res.status)}")
         return res.fh
 
+    def _proc(self, proc: int, args, what: str):
+        """Generator: one NFS call whose result must be NFS3_OK -> nfs3.Res; NfsError otherwise
+        (``what`` names the call in the error: "LOOKUP swap.img")."""
+        label = nfs3.PROC_NAMES[proc]
+        data = yield from self.call(lambda xid: nfs3.encode_call(xid, proc, args), label)
+        hdr, res = nfs3.decode_reply(proc, data)
+        if res is None:
+            raise NfsError(f"{what}: RPC {hdr.describe()}")
+        if res.status != nfs3.NFS3_OK:
+            raise NfsError(f"{what}: {nfs3.STATUS_NAMES.get(res.status, f'nfsstat3 {res.status}')}")
+        return res
+
     def lookup(self, dir_fh: bytes, name: str):
         """LOOKUP -> (fh, size_bytes or None)."""
-        args = nfs3.DiropArgs(dir_fh, name.encode())
-        data = yield from self.call(
-            lambda xid: nfs3.encode_call(xid, nfs3.NFSPROC3_LOOKUP, args), "LOOKUP")
-        hdr, res = nfs3.decode_reply(nfs3.NFSPROC3_LOOKUP, data)
-        if res is None:
-            raise NfsError(f"LOOKUP {name}: RPC {hdr.describe()}")
-        if res.status != nfs3.NFS3_OK:
-            raise NfsError(f"LOOKUP {name}: nfsstat3 {res.status}")
-        size = res.attr.size if res.attr is not None else None
-        return res.fh, size
+        res = yield from self._proc(nfs3.NFSPROC3_LOOKUP, nfs3.DiropArgs(dir_fh, name.encode()),
+                                    f"LOOKUP {name}")
+        return res.fh, (res.attr.size if res.attr is not None else None)
+
+    def read(self, fh: bytes, offset: int, count: int):
+        """READ -> the bytes (fewer than ``count`` only at end of file). Raises NfsError on
+        anything but NFS3_OK."""
+        res = yield from self._proc(nfs3.NFSPROC3_READ, nfs3.ReadArgs(fh, offset, count),
+                                    f"READ offset {offset}")
+        return bytes(res.data)
 
     def write(self, fh: bytes, offset: int, data: bytes, stable: int = nfs3.FILE_SYNC):
         """WRITE -> nfs3.WriteReply (count, committed, verf). Raises NfsError on anything but
@@ -554,16 +387,16 @@ class NfsTransport:
     def snapshot(self) -> dict:
         return {
             "server": f"{self.server_ip}:{self.port}",
-            "counters": dict(self.counters),
-            "proc": dict(self.proc_counts),
+            "counters": dict(self.xprt.counters),
+            "proc": dict(self.clnt.proc_counts),
             "slots": self.slots,
-            "slots_in_use": self.slots - len(self._free_slots),
-            "backlog": self.backlog,
-            "not_responding": self.not_responding,
+            "slots_in_use": self.xprt.slots_in_use,
+            "backlog": self.xprt.backlog,
+            "not_responding": self.clnt.not_responding,
             "memalloc": self.sk.memalloc if self.sk is not None else False,
-            "socket": self.sk.snapshot() if self.sk is not None else None,
-            "xids_sent": list(self.xids_sent),
-            "xids_replied": list(self.xids_replied),
+            "socket": self.xprt.socket_snapshot(),
+            "xids_sent": list(self.xprt.xids_sent),
+            "xids_replied": list(self.xprt.xids_replied),
         }
 
 
