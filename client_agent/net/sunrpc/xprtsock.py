@@ -86,6 +86,8 @@ class XsUdp(RpcXprt):
         """xs_set_memalloc / sk_clear_memalloc on the current socket."""
         self.memalloc = on
         self.swapper = on
+        if self.sk is None:
+            return
         if on:
             self.sk.sk_set_memalloc()
         else:
@@ -265,15 +267,8 @@ class XsTcp(RpcXprt):
         self._disconnect()
         self.sched.wake(self.sk.wait_key if self.sk is not None else self._kick_key)
 
-    def set_memalloc(self, on: bool) -> None:
-        """xs_set_memalloc on the current socket; every later socket gets it before connect."""
-        self.memalloc = on
-        self.swapper = on
-        if self.sk is not None:
-            if on:
-                self.sk.sk_set_memalloc()
-            else:
-                self.sk.sk_clear_memalloc()
+    # xs_set_memalloc on the current socket (if any); every later one gets it before connect
+    set_memalloc = XsUdp.set_memalloc
 
     def close(self) -> None:
         self.closed = True
