@@ -114,6 +114,7 @@ class NasServer:
         self.listeners: list[socket.socket] = []
         self._buf = bytearray(UDP_MAX_DATAGRAM_BYTES)
         self.running = True
+        self.aoe = None            # an AoePort when --aoe-interface is given: same loop, same store
         ports = [port] + ([pmap_port] if pmap_port else [])
         for p in ports:
             self._open(bind, p)
@@ -305,6 +306,8 @@ class NasServer:
         snap["server"] = dict(self.stats, tcp_connections=len(self.conns), port=self.port,
                               tcp_peers=len(self.conns_by_addr), partial_bytes=self.partial_bytes,
                               outbuf_bytes=self.outbuf_bytes, limits=self.limits())
+        if self.aoe is not None:
+            snap["aoe"] = self.aoe.snapshot()
         return snap
 
     def limits(self) -> dict:
@@ -336,10 +339,14 @@ class NasServer:
                 self.age_temp_xprts()
                 self._next_age = now + self.conn_age_period_s
             timeout = min(self._send_due(), max(0.0, self._next_age - now))
+            if self.aoe is not None:
+                timeout = min(timeout, max(0.0, self.aoe.send_due()))
             for key, mask in self.sel.select(timeout=timeout):
                 key.data(mask)
 
     def close(self) -> None:
+        if self.aoe is not None:
+            self.aoe.close()
         for c in list(self.conns.values()):
             self._close(c, "server_shutdown")
         for s in self.udp + self.listeners:

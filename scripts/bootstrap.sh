@@ -17,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the testbed and its tests use (peers, captures, the NFS baseline server).
-APT_PACKAGES=(tcpdump tshark libnfs-utils rpcbind iproute2 nfs-ganesha nfs-ganesha-vfs)
+APT_PACKAGES=(tcpdump tshark libnfs-utils rpcbind iproute2 nfs-ganesha nfs-ganesha-vfs vblade aoetools)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

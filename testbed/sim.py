@@ -60,7 +60,9 @@ from client_agent.mm.page_alloc import PageAllocator
 from client_agent.mm.swapfile import SwapDevice
 
 from client_agent.net.stack import Stack
+from client_agent.phy.device import ForwardsOnRx
 from client_agent.phy.fault import FaultInjector
+from client_agent.phy.pcap import PcapTap
 from client_agent.phy.wire_pair import WirePair
 from client_agent.tasks import Scheduler
 from client_agent.wire.ethernet import ETH_P_IP, emit as eth_emit
@@ -109,10 +111,13 @@ DEFAULTS = {
     # for the *_outside kinds, toward the agent otherwise; the export restricted to these networks
     # (None: open to all); the agent's net.ipv4.ipfrag_time.
     "hostile_events": (), "export_networks": None, "ipfrag_time_s": None,
+    # A pcap of the client's side of the in-memory wire (both directions, virtual timestamps):
+    # `testbed run NAME --sim` writes report/pcap/client.pcap. None: no capture.
+    "pcap_path": None,
 }
 
 
-class _LoopFault(FaultInjector):
+class _LoopFault(ForwardsOnRx, FaultInjector):
     """A FaultInjector on the manual-clock loop: it releases its held (delayed/reordered) frames
     by its own timers, and hides them from ``poll_at`` (the agent's timer path runs stack timers,
     not device receives, so a held frame must not look like a due receive)."""
@@ -120,14 +125,6 @@ class _LoopFault(FaultInjector):
     def __init__(self, inner, seed, loop, **kw) -> None:
         super().__init__(inner, seed, **kw)
         self._loop = loop
-
-    @property
-    def on_rx(self):
-        return self.inner.on_rx
-
-    @on_rx.setter
-    def on_rx(self, fn) -> None:
-        self.inner.on_rx = fn
 
     def transmit(self, frame: bytes, now: float) -> bool:
         super().transmit(frame, now)
@@ -170,6 +167,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     agent_dev = wire.a
     if p["fault_tx"]:
         agent_dev = _LoopFault(wire.a, f"fault_tx:{seed}", loop, **p["fault_tx"])
+    faulty_dev = agent_dev
+    if p["pcap_path"]:
+        agent_dev = PcapTap(agent_dev, p["pcap_path"])
     logs: list[tuple[float, str]] = []
     agent = Host(loop, agent_dev, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
                  min_free_kbytes=p["min_free_kbytes"],
@@ -465,7 +465,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     for svc in agent.services.values():
         svc["sock"].close()
     result["faults"] = {
-        "tx": dict(agent_dev.counters) if p["fault_tx"] else None,
+        "tx": dict(faulty_dev.counters) if p["fault_tx"] else None,
         "rx": dict(nas_dev.counters) if p["fault_rx"] else None,
         "nas_restarts": nas_state["restarts"], "nas_dropped_while_down": nas_state["dropped_down"],
         "flood_toggles": flood_state["toggles"],
@@ -480,6 +480,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     }
     # netns exit frees every reassembly queue (inet_frags_fini): their pages are not a leak
     stack.reasm.run_timers(float("inf"))
+    if p["pcap_path"]:
+        agent_dev.close()
     result["leaked_tasks"] = sorted(t.name for t in agent.sched.tasks.values())
     result["leaked_sockets"] = len(stack.sockets) + len(stack.udp_ports)
     result["memalloc_socks_after_swapoff"] = alloc.memalloc_socks

@@ -10,7 +10,9 @@ Recorded differences (each explained; the figures themselves never changed):
   ``Host`` (the agent always logged it). Checked when the fixture was patched: the other lines
   hash exactly as before (commit "host.py: one composition root ...").
 
-CI runs seed 1 of every scenario (~40 s); all 45 runs (~2.5 min on one core):
+Each case goes through the command line, ``testbed run NAME --sim --seed S``, and reads the
+report directory's sim_result.json (what testbed.sim.run_sim returned). CI runs seed 1 of every
+scenario (~25-40 s); all 45 runs (~2-2.5 min on one core):
     SIM_BASELINE_ALL=1 ./test.sh tests/test_sim_baseline.py -q
 or  .venv/bin/python scripts/sim_baseline.py
 """
@@ -38,8 +40,17 @@ def test_fixture_covers_every_builtin_scenario_and_seed():
 
 
 @pytest.mark.parametrize("name,seed", CASES, ids=[f"{n}-{s}" for n, s in CASES])
-def test_sim_matches_the_recorded_baseline(name, seed):
+def test_sim_matches_the_recorded_baseline(name, seed, tmp_path, capsys):
+    from testbed.cli import main
     old = BASELINE[f"{name}/{seed}"]
-    new = sim_baseline.record(name, seed)
+    out = tmp_path / "report"
+    rc = main(["run", name, "--sim", "--seed", str(seed), "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    new = sim_baseline.summarise(json.loads((out / "sim_result.json").read_text()))
     assert sim_baseline.diff(old, new) == []
-    assert new["outcome"] == old["outcome"]
+    entry = report["scenarios"][0]
+    assert entry["simulated"] and entry["seed"] == seed
+    assert entry["pages_written"] == old["acked_pages"] and entry["pages_verified"] == old["pages_verified"]
+    assert entry["counters"]["PFMemallocDrop"] == old["PFMemallocDrop"]
+    assert rc == (0 if entry["outcome"] == entry["expect"] else 1)
+    assert f"{name}: outcome {entry['outcome']}" in capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 import pytest
 
-from client_agent.net.ipfrag import IPQ_QSIZE
+from client_agent.net.ipv4.ip_fragment import IPQ_QSIZE
 from client_agent.phy.wire_pair import WirePair
 from client_agent.wire import arp, checksum, ethernet, icmp, ipv4, udp
 from test_stack_kit import A, B, IP_A, IP_B, MAC_A, MAC_B, kit, run, udp_frame  # noqa: F401

@@ -5,9 +5,9 @@
                     skb_pfmemalloc_protocol, taps, transmit, buffer accounting), sock.py (the
                     Sock base: rmem/truesize, SOCK_MEMALLOC, sk_gfp_mask, page frag, sk_filter --
                     the ONE pfmemalloc refusal), skbuff.py, drop.py (reasons, SNMP tables),
-                    timer.py (the protocol timer heap), page_frag.py
-    ipv4/           ip_input (inet_add_protocol table), ip_output, arp, icmp, udp
-    ipfrag.py       IPv4 reassembly;  neigh.py  the ARP neighbour table
+                    timer.py (the protocol timer heap), neighbour.py (the neighbour table),
+                    page_frag.py
+    ipv4/           ip_input (inet_add_protocol table), ip_output, ip_fragment, arp, icmp, udp
     sunrpc/         the RPC client: xprt (slots, xids, backlog), xprtsock (UDP), clnt
 
 Invariant: every receive buffer is paid for from the agent's page pool before its headers are

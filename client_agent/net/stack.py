@@ -18,14 +18,14 @@ from collections import deque
 
 from ..mm.gfp import GFP_NOWAIT
 from .core.dev import NAPI_BUDGET, PFMEMALLOC_PROTOCOLS, NetCore, StackPolicy
-from .ipfrag import Reassembler
+from .ipv4.ip_fragment import Reassembler
 from .ipv4 import inet_init
 from .ipv4 import arp as _arp
 from .ipv4 import icmp as _icmp
 from .ipv4 import ip_input as _ip_input
 from .ipv4 import ip_output as _ip_output
 from .ipv4.udp import UdpSocket
-from .neigh import NeighTable
+from .core.neighbour import NeighTable
 
 __all__ = ["NAPI_BUDGET", "PFMEMALLOC_PROTOCOLS", "Stack", "StackPolicy", "UdpSocket"]
 

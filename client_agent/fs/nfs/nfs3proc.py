@@ -23,13 +23,14 @@ net/sunrpc/clnt.c rpc_decode_header); every reply is first sorted by ``classify_
 - NFS3ERR_JUKEBOX on WRITE or COMMIT: the same call again after NFS_JUKEBOX_RETRY_TIME (5 s,
   ``jukebox_retry_s``), without limit (nfs3_async_handle_jukebox, counted ``delay`` = NFSIOS_DELAY).
 - GARBAGE_ARGS, SYSTEM_ERR, an unknown accept_stat, AUTH_BADCRED/BADVERF, a reply whose header does
-  not parse or whose length is not a multiple of 4: counted ``rpcgarbage`` (cl_stats->rpcgarbage)
+  not parse or whose length is not a multiple of 4, an accepted reply whose verifier is not
+  AUTH_NONE of length 0 (nul_validate, "bad reply verifier"): counted ``rpcgarbage`` (cl_stats->rpcgarbage)
   and the call sent again, at most RPC_GARB_RETRY (tk_garb_retry = 2) times per task, then EIO
   (EACCES for the auth ones). AUTH_REJECTEDCRED/REJECTEDVERF: RPC_CRED_RETRY (tk_cred_retry = 2)
   more tries, then EACCES.
 - Anything else is final for the page: PROG_UNAVAIL (EPFNOSUPPORT), PROG_MISMATCH and RPC_MISMATCH
   (EPROTONOSUPPORT), PROC_UNAVAIL (EOPNOTSUPP), AUTH_TOOWEAK (EACCES), an NFS result that does not
-  decode (nfs3xdr's -EIO), and every other nfsstat3 (NFS3ERR_IO, NOSPC, DQUOT, ROFS, STALE, FBIG, ...,
+  decode (nfs3xdr's -EIO; a WRITE ``committed`` above FILE_SYNC too, decode_write3resok), and every other nfsstat3 (NFS3ERR_IO, NOSPC, DQUOT, ROFS, STALE, FBIG, ...,
   mapped to errno as fs/nfs_common nfs_stat_to_errno does). ``write_durably`` then *returns* a
   ``WriteError`` (never raises): the caller ends the page's writeback with it (swap:
   sio_write_complete, the page stays dirty and resident; file: nfs_mapping_set_error) and the error
@@ -134,8 +135,15 @@ def classify_reply(msg, decode: Callable) -> Verdict:
         return Verdict(GARBAGE, None, f"unparsable reply ({e.kind})", "EIO")
     except (ValueError, _struct.error):                # the NFS result: nfs3xdr returns -EIO
         return Verdict(FATAL, None, "undecodable result", "EIO")
+    h = r.rpc_reply
+    if h.reply_stat == rpc.MSG_ACCEPTED and (h.verf[0] != rpc.AUTH_NONE or h.verf[1]):
+        # rpcauth_checkverf -> nul_validate (our calls are AUTH_NONE): a reply verifier that is
+        # not AUTH_NONE of length 0 is -EIO -> rpc_decode_header out_verifier -> out_garbage.
+        return Verdict(GARBAGE, None, "bad reply verifier", "EIO")
+    if r.rpc_ok and r.status == nfs3.NFS3_OK and not 0 <= r.committed <= nfs3.FILE_SYNC:
+        # decode_write3resok: committed > NFS_FILE_SYNC -> "NFS: bad stable_how value" -> -EIO.
+        return Verdict(FATAL, None, "undecodable result", "EIO")
     if not r.rpc_ok:
-        h = r.rpc_reply
         if h.reply_stat == rpc.MSG_ACCEPTED:
             a = h.accept_stat
             name = rpc.ACCEPT_STAT_NAMES.get(a, f"accept_stat {a}")

@@ -9,6 +9,7 @@
     skbuff.py     SkBuff: a frame's bytes and the pool pages that pay for them
     drop.py       drop reasons and the SNMP counter tables, named as Linux names them
     timer.py      Timer/TimerHeap: deadlines any protocol registers (plus table sources)
+    neighbour.py  NeighTable: NUD states, timers, bounded queues, GC (net/core/neighbour.c)
     page_frag.py  page-fragment caches (sk_page_frag), for the §6.3 history model
 
 Nothing here names a protocol above Ethernet except the EtherTypes skb_pfmemalloc_protocol lets

@@ -46,6 +46,9 @@ TESTBED_REASONS = (
     # ipfrag_high_thresh exceeded: inet_frag_find() refuses a queue, ip_defrag() kfree_skb()s
     # the fragment as NOT_SPECIFIED and counts ReasmFails.
     "FRAG_MEM_LIMIT",
+    # arp_process: an ARP whose target address is multicast or 127/8 (route_localnet 0) is
+    # freed (out_free_skb, NOT_SPECIFIED) before it can create or update a neighbour entry.
+    "ARP_BAD_TARGET",
 )
 
 DROP_REASONS = LINUX_REASONS + TESTBED_REASONS

@@ -7,7 +7,8 @@
     icmp.py         IPPROTO_ICMP: echo request/reply
     udp.py          IPPROTO_UDP: UdpSocket (a net.core.sock.Sock), port table, early demux
     tcp.py          IPPROTO_TCP: Tcp (demux, request sockets, tcp_mem) and TcpSock (a Sock)
-    (reassembly: net/ipfrag.py; neighbour table: net/neigh.py)
+    ip_fragment.py  reassembly (ip_defrag): queues, overlap rules, ipfrag memory, inet_peer
+    (the neighbour table ARP fills is net/core/neighbour.py)
 
 Adding a transport protocol: a module with ``xxx_init(stack)`` that calls
 ``stack.inet_add_protocol(IPPROTO_XXX, handler)``, defines its socket as a subclass of

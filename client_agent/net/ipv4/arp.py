@@ -1,9 +1,10 @@
 """ARP (RFC 826) for IPv4 over Ethernet: answer requests for our address, learn neighbours, ask
-for unresolved next hops (net/ipv4/arp.c). The neighbour table itself is net/neigh.py.
+for unresolved next hops (net/ipv4/arp.c). The neighbour table itself is net/core/neighbour.py.
 
 Invariants owned here:
 - ``arp_rcv`` is the ETH_P_ARP entry of the EtherType table (arp_process). A frame for another
-  MAC (PACKET_OTHERHOST) is consumed unread; a request for our address is answered
+  MAC (PACKET_OTHERHOST) is consumed unread; a target address that is multicast or 127/8 is
+  dropped ARP_BAD_TARGET before anything else; a request for our address is answered
   (neigh_event_ns makes the asker's entry STALE); any other ARP only updates an entry that
   exists, unless ``stack.arp_accept`` lets a gratuitous ARP or a reply create one. Reachability
   is asserted only by a reply to our MAC; override within locktime only for a gratuitous ARP. An
@@ -21,7 +22,7 @@ from ...wire.arp import ARPOP_REPLY, ARPOP_REQUEST, ArpPacket
 from ...wire.ethernet import BROADCAST, ETH_P_ARP, ZERO_MAC, emit as eth_emit
 from ..core.dev import PACKET_BROADCAST, PACKET_HOST, PACKET_OTHERHOST
 from ..core.skbuff import SkBuff
-from ..neigh import NUD_REACHABLE, NUD_STALE
+from ..core.neighbour import NUD_REACHABLE, NUD_STALE
 from .ip_input import LIMITED_BCAST
 
 ANY = b"\0\0\0\0"
@@ -37,6 +38,11 @@ def arp_rcv(st, skb, payload, pkt_type: int, now: float) -> None:
         st.consume_skb(skb, "arp")                    # arp_rcv: OTHERHOST -> consumeskb
         return
     sip, tip, op = arp.spa, arp.tpa, arp.op
+    if 224 <= tip[0] < 240 or tip[0] == 127:
+        # "Check for bad requests for 127.x.x.x and requests for multicast addresses. If
+        # this is one such, delete it." (route_localnet 0): out_free_skb, before any update.
+        st.kfree_skb(skb, "ARP_BAD_TARGET")
+        return
     neigh = st.neigh
     if sip == ANY:                                    # RFC 5227 probe: answer, learn nothing
         if op == ARPOP_REQUEST and tip == st.ip:

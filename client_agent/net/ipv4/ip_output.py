@@ -21,7 +21,7 @@ import struct as _struct
 from ...wire.ethernet import BROADCAST, ETH_P_IP, emit as eth_emit
 from ...wire.ipv4 import IP_DF, IP_MF, emit_header
 from ..core.skbuff import SkBuff
-from ..neigh import NUD_VALID
+from ..core.neighbour import NUD_VALID
 from .ip_input import LIMITED_BCAST
 
 _IP_HDR = _struct.Struct("!BBHHHBBH4s4s")

@@ -27,7 +27,7 @@ Invariants owned here:
   update, or a gratuitous ARP; a request to us always overrides, neigh_event_ns); an update to
   STALE with the same MAC leaves the state as it is; reaching a valid state from INCOMPLETE or
   FAILED sends the queued packets. Whether a packet creates an entry at all is arp_process's
-  decision (stack.py, arp_accept).
+  decision (net/ipv4/arp.py, arp_accept).
 
 Where this still differs from Linux: no DELAY/PROBE states and no NOARP -- a REACHABLE entry
 becomes STALE after ``reachable_time_s`` and a STALE entry is used as is until refreshed by ARP

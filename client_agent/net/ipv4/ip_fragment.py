@@ -66,7 +66,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from ..mm.gfp import GFP_ATOMIC, Gfp
+from ...mm.gfp import GFP_ATOMIC, Gfp
 
 IPFRAG_HIGH_THRESH = 4 * 1024 * 1024   # net.ipv4.ipfrag_high_thresh
 IPFRAG_TIME_S = 30.0                   # net.ipv4.ipfrag_time
