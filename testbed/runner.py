@@ -252,14 +252,14 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         if file_consumer:
             # a swapless client with one file on its own transport; the policy marks it or not
             sw = agent.call("fileon", server=nas_ip, port=NFS_PORT, export=EXPORT, image=FILE_IMAGE, slots=sc.slots,
-                            proto=sc.transport,
+                            proto=sc.transport, mount_port=NFS_PORT,
                             wsize=sc.wsize, timeo_s=sc.timeo_s, timeo_max_s=sc.timeo_max_s, retrans=sc.retrans,
                             memalloc=sc.policy == "extended", stable=sc.stable, dirty_ratio=sc.dirty_ratio,
                             dirty_background_ratio=sc.dirty_background_ratio)
             say(f"fileon: {sw}")
         else:
             sw = agent.call("swapon", server=nas_ip, port=NFS_PORT, export=EXPORT, image=IMAGE, slots=sc.slots,
-                            proto=sc.transport,
+                            proto=sc.transport, mount_port=NFS_PORT,
                             wsize=sc.wsize, timeo_s=sc.timeo_s, timeo_max_s=sc.timeo_max_s, retrans=sc.retrans,
                             memalloc=sc.memalloc, stable=sc.stable)
             say(f"swapon: {sw}")
