@@ -37,7 +37,7 @@ TESTBED_NET = ipaddress.ip_network("198.18.0.0/15")
 LAG_INVALID_S = 0.25
 # The NFS arguments swapon/fileon took before device specs (kept: setup scripts pass them).
 _NFS_ARGS = ("server", "port", "export", "image", "slots", "wsize", "timeo_s", "timeo_max_s",
-             "retrans", "stable")
+             "retrans", "stable", "proto", "mount_port")
 
 
 def _device_spec(req: dict, op: str, image: str) -> dict:

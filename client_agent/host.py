@@ -33,10 +33,13 @@ STABLE_HOWS = ("FILE_SYNC", "UNSTABLE", "DATA_SYNC")
 
 
 # ------------------------------------------------------------------------------ storage kinds
-NFS_SPEC_DEFAULTS = {"kind": "nfs", "server": None, "port": 2049, "export": "swap",
+NFS_SPEC_DEFAULTS = {"kind": "nfs", "server": None, "port": None, "export": "swap",
                      "image": "swap.img", "slots": 16, "wsize": 4096, "timeo_s": 0.5,
                      "timeo_max_s": 2.0, "retrans": 3, "stable": "FILE_SYNC", "xid_seed": None,
-                     "mount_port": None}
+                     "mount_port": None, "proto": "udp", "auth": None}
+# keys that may stay None: ports (None: 2049 over UDP, portmap GETPORT over TCP), auth (None:
+# AUTH_SYS over TCP, AUTH_NONE over UDP), the xid seed (None: the host's seed)
+_OPTIONAL_KEYS = ("xid_seed", "mount_port", "port", "auth")
 
 
 def _spec(spec: dict, defaults: dict) -> dict:
@@ -45,7 +48,7 @@ def _spec(spec: dict, defaults: dict) -> dict:
         raise ValueError(f"{spec.get('kind', '?')} device spec: unknown key(s) "
                          f"{', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
     out = {**defaults, **spec}
-    missing = [k for k, v in out.items() if v is None and k not in ("xid_seed", "mount_port")]
+    missing = [k for k, v in out.items() if v is None and k not in _OPTIONAL_KEYS]
     if missing:
         raise ValueError(f"{out['kind']} device spec needs {', '.join(missing)}")
     return out
@@ -58,12 +61,15 @@ def nfs_backend(host: "Host", spec: dict):
     s = _spec(spec, NFS_SPEC_DEFAULTS)
     if s["stable"] not in STABLE_HOWS:
         raise ValueError(f"stable must be FILE_SYNC, UNSTABLE or DATA_SYNC, got {s['stable']!r}")
+    if s["proto"] not in ("udp", "tcp"):
+        raise ValueError(f"proto must be udp or tcp, got {s['proto']!r}")
     if host.trace_replies:
-        host.trace_server_replies(s["port"])
+        host.trace_server_replies(s["port"] or 2049)
     t = NfsTransport(host.stack, host.sched, s["server"], s["port"], slots=s["slots"],
                      timeo_s=s["timeo_s"], retrans=s["retrans"], timeo_max_s=s["timeo_max_s"],
                      wsize=s["wsize"], log=host.log, on_tx=host.kick, mount_port=s["mount_port"],
-                     seed=host.seed if s["xid_seed"] is None else s["xid_seed"])
+                     seed=host.seed if s["xid_seed"] is None else s["xid_seed"],
+                     proto=s["proto"], auth=s["auth"])
     return NfsFile(t, s["export"], s["image"], s["stable"])
 
 

@@ -234,7 +234,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         device = {"kind": "nfs", "server": nas_ip, "port": NFS_PORT, "export": EXPORT,
                   "image": FILE_IMAGE if file_consumer else IMAGE, "slots": sc.slots, "wsize": sc.wsize,
                   "timeo_s": sc.timeo_s, "timeo_max_s": sc.timeo_max_s, "retrans": sc.retrans,
-                  "stable": sc.stable}
+                  "stable": sc.stable, "proto": sc.transport, "mount_port": NFS_PORT}
         # file consumers: a swapless client with one file on its own transport; the policy marks
         # it or not
         sw = agent.attach(consumer, device, memalloc=sc.memalloc, policy=getattr(sc, "policy", "linux"),

@@ -29,6 +29,9 @@ READERS = ("none", "fast", "ordinary")
 # "extended" (the file's transport too -- beyond Linux).
 CONSUMERS = ("swap", "mmap", "write")
 POLICIES = ("linux", "extended")
+# The NFS client's transport: tcp (every Linux since 5.6: CONFIG_NFS_DISABLE_UDP_SUPPORT) or udp
+# (the "Linux before 5.6" variant, nas-server's one-port layout).
+TRANSPORTS = ("udp", "tcp")
 PAGE_SIZE = 4096
 # An NFSv3 WRITE reply on the wire: RPC accepted-reply header 24 + nfsstat 4 + wcc_data
 # (pre_op_attr 4+24, post_op_attr 4+84) + count 4 + committed 4 + writeverf 8 = 160 bytes of RPC,
@@ -88,6 +91,7 @@ class Scenario:
     workload_rate_pps: int = 0
     stall_threshold_s: float = 6.0
     max_duration_s: float = 60.0
+    transport: str = "udp"
     consumer: str = "swap"
     policy: str = "linux"
     dirty_ratio: int = 20
@@ -123,7 +127,7 @@ _INT_RANGES = {
 _FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0), "nas_write_latency_ms": (0.0, 10_000.0),
                  "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
 _CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
-            "consumer": CONSUMERS, "policy": POLICIES}
+            "consumer": CONSUMERS, "policy": POLICIES, "transport": TRANSPORTS}
 
 
 def _check_value(src: str, key: str, value):

@@ -69,6 +69,8 @@ from testbed.watchdog import Watchdog
 from nas_server.core import NasCore
 from nas_server.store import MemoryStore
 
+from .nas_tcp import StackRpcServer
+
 SAMPLE_S = 0.1
 AGENT_IP, NAS_IP, NOISE_IP = "198.18.0.2", "198.18.0.1", "198.18.0.3"
 MAC_AGENT = b"\x02\x00\xc6\x12\x00\x02"
@@ -84,6 +86,9 @@ DEFAULTS = {
     "retrans": 3, "noise_sockets": 4, "noise_rcvbuf_bytes": 851968, "noise_reader": "ordinary",
     "flood_pps": 4000, "flood_size": 64, "workload_pages": 10240, "workload_rate_pps": 0,
     "stall_threshold_s": 6.0, "max_duration_s": 60.0,
+    # the NFS client's transport: udp (nas-server's one-port layout) or tcp (the NAS serves RPC
+    # over its own copy of the agent's TCP, testbed/nas_tcp.py; ports from its portmapper)
+    "transport": "udp",
     # simulation-only knobs
     "wire_latency_s": 0.0002,
     # The NAS as a disk: ``nas_threads`` nfsd threads, each request takes ``nas_service_s``
@@ -194,7 +199,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     nas_dev = wire.b
     if p["fault_rx"]:
         nas_dev = _LoopFault(wire.b, f"fault_rx:{seed}", loop, **p["fault_rx"])
-    nas = Stack(nas_alloc, nas_dev, MAC_NAS, NAS_IP, 24, nas_sched)
+    if p["transport"] not in ("udp", "tcp"):
+        raise ValueError(f"transport={p['transport']!r}: udp or tcp")
+    nas = Stack(nas_alloc, nas_dev, MAC_NAS, NAS_IP, 24, nas_sched, seed=seed + 1)
     nas.neigh.add_permanent(_pysocket.inet_aton(AGENT_IP), MAC_AGENT, 0.0)
     nas.neigh.add_permanent(_pysocket.inet_aton(NOISE_IP), MAC_NOISE, 0.0)
     if p["ipfrag_time_s"] is not None:
@@ -202,28 +209,36 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     nsk = nas.udp_socket()
     nsk.bind(("0.0.0.0", 2049))
     nsk.rcvbuf = 64 << 20
+    nas_tcp = StackRpcServer(nas) if p["transport"] == "tcp" else None
     nas_state = {"scheduled": False, "busy": 0, "epoch": 0, "down_until": -1.0, "restarts": 0,
-                 "dropped_down": 0}
+                 "dropped_down": 0, "timer_at": None}
     nas_queue: deque = deque()
     threads, service_s = p["nas_threads"], p["nas_service_s"]
 
-    def nas_done(data, addr, epoch=0):
+    def nas_done(data, addr, epoch=0, conn=None):
         if epoch != nas_state["epoch"]:
             return                      # accepted by a NAS process that was killed since
         now = loop.time()
-        for reply in core.handle(data, addr, now, "udp"):
-            nsk.sendto(reply, addr, now)
+        if conn is None:
+            for reply in core.handle(data, addr, now, "udp"):
+                nsk.sendto(reply, addr, now)
+        else:
+            for reply in core.handle(data, addr, now, "tcp"):
+                nas_tcp.reply(conn, reply, now)
+            nas_arm()
         nas_state["busy"] -= 1
         nas_dispatch()
 
     def nas_dispatch():
         while nas_queue and nas_state["busy"] < threads:
-            data, addr = nas_queue.popleft()
+            data, addr, *conn = nas_queue.popleft()
+            conn = conn[0] if conn else None
             nas_state["busy"] += 1
             if service_s > 0:
-                loop.call_at(loop.time() + service_s, nas_done, data, addr, nas_state["epoch"])
+                loop.call_at(loop.time() + service_s, nas_done, data, addr, nas_state["epoch"],
+                             conn)
             else:
-                nas_done(data, addr, nas_state["epoch"])
+                nas_done(data, addr, nas_state["epoch"], conn)
 
     def nas_poll():
         nas_state["scheduled"] = False
@@ -237,9 +252,24 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                 nas_state["dropped_down"] += 1      # no process bound to 2049: ICMP-less loss
                 continue
             nas_queue.append(got)
+        if nas_tcp is not None:
+            nas_queue.extend(nas_tcp.pump(now))
+            nas_arm()
         nas_dispatch()
         if more is not None and more <= now:
             schedule_nas()
+
+    def nas_timer():
+        nas_state["timer_at"] = None
+        nas_poll()
+
+    def nas_arm():
+        """The NAS stack's TCP timers (retransmit, delayed ACK) as a loop timer."""
+        d = nas.next_deadline()
+        at = nas_state["timer_at"]
+        if d is not None and (at is None or d < at):
+            nas_state["timer_at"] = d
+            loop.call_at(d, nas_timer)
 
     def schedule_nas():
         if not nas_state["scheduled"]:
@@ -252,6 +282,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     for i in range(p["noise_sockets"]):
         agent.sink(NOISE_PORT0 + i, p["noise_reader"], p["noise_rcvbuf_bytes"])
     device = {"kind": "nfs", "server": NAS_IP, "port": 2049, "export": "swap",
+              "proto": p["transport"],
               "image": "swap.img", "slots": p["slots"], "timeo_s": p["timeo_s"],
               "retrans": p["retrans"], "timeo_max_s": p["timeo_max_s"], "wsize": p["wsize"],
               "stable": p["stable"]}
@@ -318,6 +349,11 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         nas_state["epoch"] += 1
         nas_state["restarts"] += 1
         nas_state["down_until"] = now + p["nas_down_s"]
+        if nas_tcp is not None:
+            # the process dies: its connections reset, no listener while it is down
+            nas_tcp.restart(now)
+            loop.call_at(nas_state["down_until"], nas_tcp.listen)
+            nas_arm()
 
     for t, kind, frame in p["hostile_events"] or ():
         end = wire.a if kind.endswith("_outside") else wire.b     # wire.a.transmit reaches the NAS
@@ -461,8 +497,22 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                   "ArpCache": dict(stack.snmp["ArpCache"])},
         "nas": {"counters": dict(core.counters), "nfs_status": dict(core.nfs_status)},
     }
-    # netns exit frees every reassembly queue (inet_frags_fini): their pages are not a leak
+    if nas_tcp is not None:
+        ext = stack.snmp["TcpExt"]
+        result["tcp"] = {
+            "agent": {"Tcp": {k: v for k, v in stack.snmp["Tcp"].items() if v},
+                      "TcpExt": {k: v for k, v in ext.items() if v}},
+            "rpc": {k: transport.counters.get(k, 0) for k in
+                    ("connect_count", "connect_fails", "rpc_reconnects", "record_errors",
+                     "rpc_retrans", "rpc_major_timeouts")},
+            "nas_server": {k: v for k, v in nas_tcp.snapshot().items() if k != "connections"},
+            "nas": {"Tcp": {k: v for k, v in nas.snmp["Tcp"].items() if v}},
+        }
+    # netns exit frees every reassembly queue (inet_frags_fini) and every TCP socket still
+    # closing (orphans in FIN_WAIT/TIME_WAIT): their pages are not a leak
     stack.reasm.run_timers(float("inf"))
+    for sk in stack.tcp.sockets:
+        sk.abort(loop.time())
     if p["pcap_path"]:
         agent_dev.close()
     result["leaked_tasks"] = sorted(t.name for t in agent.sched.tasks.values())

@@ -1,7 +1,7 @@
 """The agent's network stack: one interface with one IPv4 address (a network namespace's worth).
 
 ``Stack`` is the device core (net/core/dev.py: NAPI receive, EtherType table, taps, buffer
-accounting, protocol timers) plus IPv4 (net/ipv4/: ARP, IP, ICMP, UDP), registered through the
+accounting, protocol timers) plus IPv4 (net/ipv4/: ARP, IP, ICMP, UDP, TCP), registered through the
 tables by ``inet_init``. It holds the per-namespace state the protocols share: the address and
 prefix, the neighbour table, the reassembly queues, the IP protocol table, the sockets.
 
@@ -51,7 +51,7 @@ class _NeighTimers:
 
 class Stack(NetCore):
     def __init__(self, alloc, dev, mac: bytes, ip, prefix_len: int, sched=None, *,
-                 gateway=None, taps=None) -> None:
+                 gateway=None, taps=None, seed: int = 0) -> None:
         super().__init__(alloc, dev, mac, sched, taps=taps)
         self.ip = _as_ip(ip)
         self.prefix_len = prefix_len
@@ -73,7 +73,7 @@ class Stack(NetCore):
         self.ping_replies: deque = deque(maxlen=4096)   # (src, ident, seq, data, now)
         self._ident = 0
         self.tx_gfp = GFP_NOWAIT                        # stack-originated sends (ping)
-        inet_init(self)
+        inet_init(self, seed)
 
     # -- tables ----------------------------------------------------------------------------
     def inet_add_protocol(self, proto: int, handler) -> None:
@@ -84,6 +84,10 @@ class Stack(NetCore):
         sk = UdpSocket(self)
         self.sockets.append(sk)
         return sk
+
+    def tcp_socket(self):
+        """A new TCP socket (net.ipv4.tcp.TcpSock)."""
+        return self.tcp.socket()
 
     def ping(self, dst, ident: int, seq: int, data=b"", now: float = 0.0) -> int:
         """Send an ICMP echo request (for tests and scenarios). 0 or a negative errno."""
@@ -108,6 +112,7 @@ class Stack(NetCore):
             "drop_reasons": {k: v for k, v in self.drop_reasons.items() if v},
             "rx_fate": dict(self.rx_fate),
             "sockets": [s.snapshot() for s in self.sockets],
+            "tcp": self.tcp.snapshot(),
             "neigh": self.neigh.snapshot(),
             "ipfrag": {"queues": len(self.reasm.queues), "fragments": self.reasm.queued(),
                        "mem_bytes": self.reasm.mem, "peers": len(self.reasm.peers)},

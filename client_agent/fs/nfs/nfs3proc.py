@@ -1,8 +1,9 @@
 """The NFSv3 client of one server: procedures over an RPC client (fs/nfs/nfs3proc.c, nfs3xdr.c,
 mount_clnt.c, write.c), hard mount.
 
-``NfsTransport`` composes the RPC layers -- an ``XsUdp`` transport (net/sunrpc/xprtsock.py: the
-socket, SOCK_MEMALLOC on every socket, the receive task), its slot table and buffers
+``NfsTransport`` composes the RPC layers -- an ``XsUdp`` or ``XsTcp`` transport
+(net/sunrpc/xprtsock.py: the socket, SOCK_MEMALLOC on every socket, the receive task; over TCP
+also the connection and its reconnects), its slot table and buffers
 (net/sunrpc/xprt.py) and an ``RpcClnt`` (net/sunrpc/clnt.py: calls, retransmission with the
 transport's timeout policy) -- and adds the NFS and MOUNT procedures. Its attributes keep the
 names they had when it was one class (``counters``, ``sk``, ``pending``, ``memalloc``, ...).
@@ -40,7 +41,12 @@ and one COMMIT covers many pages); a changed verifier rewrites the page at once 
 it for the next writeback pass); WRITE/COMMIT errors never go through a soft-mount timeout (hard
 mount only).
 
-Sans-I/O: time is the scheduler's ``now``; the socket is the agent stack's UdpSocket.
+Any standard NFSv3 server over TCP (``proto="tcp"``): the MOUNT and NFS ports from the server's
+portmapper (GETPORT, portmap v2 over TCP to 111) unless given, MNT on its own connection to
+mountd, FSINFO's wtmax/rtmax honoured, AUTH_SYS credentials (uid 0, gid 0, "client-agent").
+Over UDP the legacy nas-server layout stays: MOUNT on the NFS port, AUTH_NONE.
+
+Sans-I/O: time is the scheduler's ``now``; the socket is the agent stack's UDP or TCP socket.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from protocols.xdr import Unpacker
 from ...mm.page_io import WriteError, errno_number
 from ...net.sunrpc.clnt import ENOBUFS_RETRY_S, RpcClnt
 from ...net.sunrpc.xprt import ALLOC_RETRY_S, XID_KEPT
-from ...net.sunrpc.xprtsock import REPLY_TRUESIZE, XsUdp, udp_timeout
+from ...net.sunrpc.xprtsock import REPLY_TRUESIZE, XsTcp, XsUdp, tcp_timeout, udp_timeout
 from ...tasks import Sleep
 
 __all__ = ["ALLOC_RETRY_S", "ENOBUFS_RETRY_S", "REPLY_TRUESIZE", "XID_KEPT", "NfsError",
@@ -172,61 +178,154 @@ class NfsError(Exception):
 class NfsTransport:
     """The NFS client of ``server_ip``: NFS and MOUNT procedures over one RPC client."""
 
-    def __init__(self, stack, sched, server_ip: str, port: int = 2049, *, slots: int = 16,
+    def __init__(self, stack, sched, server_ip: str, port: int | None = 2049, *, slots: int = 16,
                  timeo_s: float = 0.7, retrans: int = 3, timeo_max_s: float = 2.0,
                  wsize: int = 4096, log: Callable[[str], None] | None = None,
                  mount_port: int | None = None, on_tx: Callable[[], None] | None = None,
-                 seed: int = 0, jukebox_retry_s: float = NFS_JUKEBOX_RETRY_S):
+                 seed: int = 0, jukebox_retry_s: float = NFS_JUKEBOX_RETRY_S,
+                 proto: str = "udp", auth: str | None = None):
         if slots < 1:
             raise ValueError(f"slots={slots}: a transport needs at least one slot")
+        if proto not in ("udp", "tcp"):
+            raise ValueError(f"proto must be udp or tcp, got {proto!r}")
+        auth = auth or ("sys" if proto == "tcp" else "none")
+        if auth not in ("none", "sys"):
+            raise ValueError(f"auth must be none or sys, got {auth!r}")
         self.stack = stack
         self.alloc = stack.alloc
         self.sched = sched
         self.server_ip = server_ip
-        self.port = port
-        self.mount_port = mount_port or port
+        self.proto = proto
+        # UDP keeps nas-server's one-port layout (MOUNT on the NFS port, 2049) unless told;
+        # TCP asks the server's portmapper (GETPORT) for every port it was not given
+        self.port = port if port is not None or proto == "tcp" else 2049
+        self.mount_port = mount_port or (self.port if proto == "udp" else None)
         self.slots = slots
         self.timeo_s = timeo_s
         self.retrans = retrans
         self.timeo_max_s = timeo_max_s
         self.wsize = wsize
+        self.rsize = wsize
+        self.fsinfo = None                       # (rtmax, wtmax) once FSINFO answered
         self.jukebox_retry_s = jukebox_retry_s
         self.log = log or (lambda line: None)
+        self.cred = rpc.auth_sys_cred(machinename=b"client-agent") if auth == "sys" \
+            else rpc.NULL_AUTH
         self._write_prefix: dict[bytes, bytes] = {}
-        self.xprt = XsUdp(stack, sched, server_ip, port, slots=slots, seed=seed,
-                          timeout=udp_timeout(timeo_s, timeo_max_s, retrans), on_tx=on_tx)
-        self.clnt = RpcClnt(self.xprt, prog_name="nfs", log=self.log)
+        self._seed = seed
+        self._on_tx = on_tx
+        self._memalloc = False
+        self.xprt = None
+        self.clnt = None
+        if proto == "udp":
+            self._attach(XsUdp(stack, sched, server_ip, self.port, slots=slots, seed=seed,
+                               timeout=udp_timeout(timeo_s, timeo_max_s, retrans), on_tx=on_tx))
+        elif self.port is not None:
+            self._attach(self._tcp_xprt(self.port, slots, memalloc=False))
+
+    def _attach(self, xprt) -> None:
+        self.xprt = xprt
+        self.clnt = RpcClnt(xprt, prog_name="nfs", log=self.log)
         self.call = self.clnt.call
 
+    def _tcp_xprt(self, port: int, slots: int, *, memalloc: bool, seed_off: int = 0):
+        return XsTcp(self.stack, self.sched, self.server_ip, port, slots=slots,
+                     seed=self._seed + seed_off, timeout=tcp_timeout(self.timeo_s, self.retrans),
+                     on_tx=self._on_tx, memalloc=memalloc)
+
+    def _oneshot(self, port: int, build: Callable[[int], bytes], label: str, seed_off: int):
+        """Generator: one call on its own short-lived TCP client (rpcbind's, mountd's)."""
+        xprt = self._tcp_xprt(port, 1, memalloc=False, seed_off=seed_off)
+        clnt = RpcClnt(xprt, prog_name=label.split()[0].lower(), log=self.log)
+        try:
+            return (yield from clnt.call(build, label))
+        finally:
+            xprt.close()
+
+    def getport(self, prog: int, vers: int):
+        """Generator: rpcb_getport -- portmap v2 GETPORT over TCP to port 111 -> the port
+        (NfsError if the program is not registered for TCP)."""
+        args = mnt.encode_mapping(mnt.Mapping(prog, vers, mnt.IPPROTO_TCP, 0))
+        data = yield from self._oneshot(
+            mnt.PMAP_PORT, lambda xid: rpc.encode_call(xid, mnt.PMAP_PROGRAM, mnt.PMAP_V2,
+                                                       mnt.PMAPPROC_GETPORT, args, self.cred),
+            "PMAP GETPORT", 101)
+        hdr = rpc.decode_reply(data)
+        if not hdr.ok:
+            raise NfsError(f"GETPORT {prog}/{vers}/tcp: RPC {hdr.describe()}")
+        port = Unpacker(data, hdr.body_offset).unpack_uint()
+        if not 0 < port < 65536:
+            raise NfsError(f"GETPORT {prog}/{vers}/tcp: program not registered on "
+                           f"{self.server_ip} (port {port}); give the port instead")
+        return port
+
     # -- the transport under it (names kept from when this was one class) ----------------------
-    sk = property(lambda self: self.xprt.sk)
-    memalloc = property(lambda self: self.xprt.memalloc)
-    swapper = property(lambda self: self.xprt.swapper)
-    closed = property(lambda self: self.xprt.closed)
-    pending = property(lambda self: self.xprt.pending)
-    counters = property(lambda self: self.xprt.counters)
-    backlog = property(lambda self: self.xprt.backlog)
-    rx_task = property(lambda self: self.xprt.rx_task)
-    not_responding = property(lambda self: self.clnt.not_responding)
-    proc_counts = property(lambda self: self.clnt.proc_counts)
+    sk = property(lambda self: self.xprt.sk if self.xprt else None)
+    memalloc = property(lambda self: self.xprt.memalloc if self.xprt else self._memalloc)
+    swapper = property(lambda self: self.xprt.swapper if self.xprt else self._memalloc)
+    closed = property(lambda self: self.xprt.closed if self.xprt else False)
+    pending = property(lambda self: self.xprt.pending if self.xprt else {})
+    counters = property(lambda self: self.xprt.counters if self.xprt else {})
+    backlog = property(lambda self: self.xprt.backlog if self.xprt else 0)
+    rx_task = property(lambda self: getattr(self.xprt, "rx_task", None) or self.xprt.task)
+    not_responding = property(lambda self: self.clnt.not_responding if self.clnt else False)
+    proc_counts = property(lambda self: self.clnt.proc_counts if self.clnt else {})
 
     def set_memalloc(self, on: bool) -> None:
-        """xs_set_memalloc / sk_clear_memalloc (swap_activate's rpc_clnt_swap_activate)."""
-        self.xprt.set_memalloc(on)
+        """xs_set_memalloc / sk_clear_memalloc (swap_activate's rpc_clnt_swap_activate); a
+        TCP transport not connected yet marks its socket before it connects."""
+        self._memalloc = on
+        if self.xprt is not None:
+            self.xprt.set_memalloc(on)
 
     def reconnect(self) -> None:
         self.xprt.reconnect()
 
     def close(self) -> None:
-        self.xprt.close()
+        if self.xprt is not None:
+            self.xprt.close()
 
     # -- procedures --------------------------------------------------------------------------
     def mount(self, export: str):
-        """MOUNT v3 MNT -> root file handle of the export."""
+        """MOUNT v3 MNT -> root file handle of the export. Over TCP (nfs_mount, as mount.nfs
+        does it): the MOUNT and NFS ports from portmap unless given, MNT on its own connection
+        to mountd, the NFS connection, then FSINFO (wtmax/rtmax bound wsize/rsize)."""
         path = export if export.startswith("/") else "/" + export
         args = mnt.encode_dirpath(path)
-        data = yield from self.call(lambda xid: rpc.encode_call(
-            xid, mnt.MOUNT_PROGRAM, mnt.MOUNT_V3, mnt.MOUNTPROC3_MNT, args), "MNT")
+        if self.proto == "udp":
+            data = yield from self.call(lambda xid: rpc.encode_call(
+                xid, mnt.MOUNT_PROGRAM, mnt.MOUNT_V3, mnt.MOUNTPROC3_MNT, args, self.cred), "MNT")
+        else:
+            if self.mount_port is None:
+                self.mount_port = yield from self.getport(mnt.MOUNT_PROGRAM, mnt.MOUNT_V3)
+            data = yield from self._oneshot(self.mount_port, lambda xid: rpc.encode_call(
+                xid, mnt.MOUNT_PROGRAM, mnt.MOUNT_V3, mnt.MOUNTPROC3_MNT, args, self.cred),
+                "MNT", 102)
+        fh = self._mnt_result(path, data)
+        if self.proto == "tcp":
+            if self.xprt is None:
+                if self.port is None:
+                    self.port = yield from self.getport(nfs3.NFS_PROGRAM, nfs3.NFS_V3)
+                self._attach(self._tcp_xprt(self.port, self.slots, memalloc=self._memalloc))
+            yield from self.fsinfo_call(fh)
+        return fh
+
+    def fsinfo_call(self, fh: bytes):
+        """FSINFO: the server's rtmax/wtmax bound rsize/wsize (nfs_server_set_fsinfo). The agent
+        moves whole pages, so a server whose limit is below a page cannot be used."""
+        res = yield from self._proc(nfs3.NFSPROC3_FSINFO, nfs3.FhArgs(fh), "FSINFO")
+        rtmax, _rtpref, _rtmult, wtmax = res.fsinfo[:4]
+        self.fsinfo = (rtmax, wtmax)
+        if wtmax and wtmax < self.wsize:
+            self.wsize = wtmax
+        if rtmax and rtmax < self.rsize:
+            self.rsize = rtmax
+        if self.wsize < 4096 or self.rsize < 4096:
+            raise NfsError(f"FSINFO: server {self.server_ip} allows rtmax={rtmax} wtmax={wtmax}; "
+                           f"the agent reads and writes whole 4096-byte pages")
+        return res
+
+    def _mnt_result(self, path: str, data) -> bytes:
         hdr = rpc.decode_reply(data)
         if not hdr.ok:
             raise NfsError(f"MNT {path}: RPC {hdr.describe()}")
@@ -239,7 +338,7 @@ class NfsTransport:
         """Generator: one NFS call whose result must be NFS3_OK -> nfs3.Res; NfsError otherwise
         (``what`` names the call in the error: "LOOKUP swap.img")."""
         label = nfs3.PROC_NAMES[proc]
-        data = yield from self.call(lambda xid: nfs3.encode_call(xid, proc, args), label)
+        data = yield from self.call(lambda xid: nfs3.encode_call(xid, proc, args, self.cred), label)
         hdr, res = nfs3.decode_reply(proc, data)
         if res is None:
             raise NfsError(f"{what}: RPC {hdr.describe()}")
@@ -278,7 +377,7 @@ class NfsTransport:
         # encoded once and each call joins xid, prefix, offset/count/stable, data, padding.
         prefix = self._write_prefix.get(fh)
         if prefix is None:
-            prefix = nfs3.encode_write_call(0, fh, 0, b"", stable)[4:-_WRITE_TAIL.size]
+            prefix = nfs3.encode_write_call(0, fh, 0, b"", stable, self.cred)[4:-_WRITE_TAIL.size]
             self._write_prefix = {fh: prefix}
         n = len(data)
         tail = _WRITE_TAIL.pack(offset, n, stable, n)
@@ -298,7 +397,7 @@ class NfsTransport:
     def _commit_call(self, fh: bytes, offset: int, count: int):
         args = nfs3.CommitArgs(fh, offset, count)
         msg = yield from self.call(
-            lambda xid: nfs3.encode_call(xid, nfs3.NFSPROC3_COMMIT, args), "COMMIT")
+            lambda xid: nfs3.encode_call(xid, nfs3.NFSPROC3_COMMIT, args, self.cred), "COMMIT")
         return msg
 
     def write_verdict(self, fh: bytes, offset: int, data: bytes, stable: int):
@@ -393,8 +492,14 @@ class NfsTransport:
 
     # -- observation -------------------------------------------------------------------------
     def snapshot(self) -> dict:
+        if self.xprt is None:
+            return {"server": f"{self.server_ip}:{self.port}", "proto": self.proto,
+                    "counters": {}, "proc": {}, "slots": self.slots, "slots_in_use": 0,
+                    "backlog": 0, "not_responding": False, "memalloc": self._memalloc,
+                    "socket": None, "xids_sent": [], "xids_replied": []}
         return {
             "server": f"{self.server_ip}:{self.port}",
+            "proto": self.proto, "mount_port": self.mount_port, "fsinfo": self.fsinfo,
             "counters": dict(self.xprt.counters),
             "proc": dict(self.clnt.proc_counts),
             "slots": self.slots,

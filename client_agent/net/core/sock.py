@@ -52,9 +52,11 @@ class Sock:
 
     # -- SOCK_MEMALLOC ---------------------------------------------------------------------
     def sk_set_memalloc(self) -> None:
-        """SOCK_MEMALLOC on; the socket's allocations add __GFP_MEMALLOC (sk_gfp_mask)."""
+        """SOCK_MEMALLOC on; the socket's allocations add __GFP_MEMALLOC (sk_gfp_mask), and so
+        does ``sk_allocation`` (``sk->sk_allocation |= __GFP_MEMALLOC``)."""
         if not self.memalloc:
             self.memalloc = True
+            self.sk_allocation = self.sk_allocation | Gfp.MEMALLOC
             self.stack.alloc.sk_memalloc_inc()
 
     def sk_clear_memalloc(self) -> None:
@@ -62,6 +64,7 @@ class Sock:
         stays until read."""
         if self.memalloc:
             self.memalloc = False
+            self.sk_allocation = self.sk_allocation & ~Gfp.MEMALLOC
             self.stack.alloc.sk_memalloc_dec()
 
     def sk_gfp_mask(self, gfp: int) -> int:

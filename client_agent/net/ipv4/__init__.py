@@ -6,10 +6,11 @@
     arp.py          arp_rcv (ETH_P_ARP handler), ARP requests and replies
     icmp.py         IPPROTO_ICMP: echo request/reply
     udp.py          IPPROTO_UDP: UdpSocket (a net.core.sock.Sock), port table, early demux
+    tcp.py          IPPROTO_TCP: Tcp (demux, request sockets, tcp_mem) and TcpSock (a Sock)
     ip_fragment.py  reassembly (ip_defrag): queues, overlap rules, ipfrag memory, inet_peer
     (the neighbour table ARP fills is net/core/neighbour.py)
 
-Adding a transport protocol (TCP next): a module with ``xxx_init(stack)`` that calls
+Adding a transport protocol: a module with ``xxx_init(stack)`` that calls
 ``stack.inet_add_protocol(IPPROTO_XXX, handler)``, defines its socket as a subclass of
 ``net.core.sock.Sock`` calling ``sk_filter`` before queueing, registers timers on
 ``stack.timers`` and its held buffers in ``stack.rx_holders``; then one line in ``inet_init``.
@@ -24,12 +25,15 @@ from ...wire.ipv4 import IPPROTO_ICMP
 from .arp import arp_rcv
 from .icmp import icmp_rcv
 from .ip_input import ip_rcv
+from .tcp import tcp_init
 from .udp import udp_init
 
 
-def inet_init(st) -> None:
-    """Register IPv4, ARP, ICMP and UDP in ``st``'s tables (af_inet.c's inet_init)."""
+def inet_init(st, seed: int = 0) -> None:
+    """Register IPv4, ARP, ICMP, UDP and TCP in ``st``'s tables (af_inet.c's inet_init);
+    ``seed`` keys TCP's ISN and timestamp offsets (RFC 6528) so runs replay."""
     st.dev_add_pack(ETH_P_IP, partial(ip_rcv, st))
     st.dev_add_pack(ETH_P_ARP, partial(arp_rcv, st))
     st.inet_add_protocol(IPPROTO_ICMP, partial(icmp_rcv, st))
     udp_init(st)
+    tcp_init(st, seed)

@@ -8,6 +8,9 @@ Invariants owned here:
   resets the timeout (xprt_adjust_timeout) and logs ``<prog>: server X not responding, still
   trying`` once; the first reply after that logs ``<prog>: server X OK``. A call never fails with
   an I/O error.
+- On a stream transport (TCP, ``xprt.stream``) a minor timeout sends nothing -- TCP recovers
+  lost segments; the call is sent again at a major timeout, or at once when the transport
+  reconnected (it wakes the call with ``XPRT_RESEND``: the request's connection is gone).
 - A transmit that gets -ENOBUFS (no buffer at this context) is retried after
   ``ENOBUFS_RETRY_S`` (call_transmit_status: rpc_delay) and counted ``rpc_enobufs``: never lost.
 - ``proc_counts`` counts calls by procedure label (nfsstat -c's per-procedure table).
@@ -20,6 +23,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ...tasks import TIMEOUT, WaitEvent
+from .xprt import XPRT_RESEND, XPRT_SEND
 
 # call_transmit_status(): -ENOBUFS -> rpc_delay(task, HZ>>2), scaled down like timeo.
 ENOBUFS_RETRY_S = 0.05
@@ -53,6 +57,7 @@ class RpcClnt:
             c["rpc_calls"] += 1
             self.proc_counts[label] = self.proc_counts.get(label, 0) + 1
             to = xprt.timeout
+            stream = xprt.stream
             timeo = to.initval_s
             tries = 0
             need_send = True
@@ -64,7 +69,7 @@ class RpcClnt:
                         c["rpc_enobufs"] += 1
                         got = yield WaitEvent(key, until=sched.now + ENOBUFS_RETRY_S,
                                               reason=f"rpc {label} xid {xid:#x} -ENOBUFS, retry")
-                        if got is TIMEOUT:
+                        if got is TIMEOUT or got is XPRT_RESEND or got is XPRT_SEND:
                             continue
                         reply = got
                         break
@@ -72,11 +77,21 @@ class RpcClnt:
                     need_send = False
                     deadline = sched.now + timeo
                 got = yield WaitEvent(key, until=deadline, reason=f"rpc {label} xid {xid:#x}")
+                if got is XPRT_RESEND or got is XPRT_SEND:
+                    need_send = True                   # (re)connected: on the new connection
+                    if got is XPRT_RESEND:
+                        c["rpc_retrans"] += 1
+                    continue
                 if got is not TIMEOUT:
                     reply = got
                     break
                 need_send = True
                 tries += 1
+                if stream and tries <= to.retries:
+                    need_send = False                  # minor timeout: TCP is retransmitting
+                    timeo = to.next(timeo)
+                    deadline = sched.now + timeo
+                    continue
                 if tries > to.retries:
                     # xprt_adjust_timeout: major timeout, timeout back to its initial value.
                     c["rpc_major_timeouts"] += 1

@@ -34,6 +34,11 @@ ALLOC_RETRY_S = 0.0625 / 4
 RPC_GFP = GFP_NOFS & ~Gfp.DIRECT_RECLAIM
 RPC_GFP_SWAPPER = RPC_GFP | Gfp.MEMALLOC
 XID_KEPT = 16384   # > the pages of a whole scenario's writeback, for the drop explanations
+# What a stream transport wakes a waiting call with after it reconnected: send it again
+# (xprt_wake_pending_tasks after a new connection; rq_connect_cookie != connect_cookie).
+XPRT_RESEND = object()
+# ... and a call that was queued while the transport had no connection: send it, first time.
+XPRT_SEND = object()
 
 
 @dataclass
@@ -54,7 +59,11 @@ class RpcTimeout:
 
 class RpcXprt:
     """Slot table, xids, pending calls, RPC buffers and the transport's statistics. Subclasses
-    (xprtsock.py) provide ``send_request(msg) -> rc``, ``set_memalloc(on)``, ``close()``."""
+    (xprtsock.py) provide ``send_request(msg) -> rc``, ``set_memalloc(on)``, ``close()``;
+    ``stream`` says whether the transport is connection-oriented (the client then resends only
+    at a major timeout or after a reconnect)."""
+
+    stream = False
 
     def __init__(self, alloc, sched, *, slots: int, seed: int, timeout: RpcTimeout) -> None:
         if slots < 1:
