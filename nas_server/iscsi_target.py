@@ -152,9 +152,33 @@ class IscsiConnection:
         self.closed = False
         self.close_reason = ""
         self._tx_digests = (False, False)
+        self.ping_ttt: int | None = None     # TTT of our last NOP-In ping
+        self.ping_unanswered = False         # no input since it was sent
 
     def initial(self) -> bytes:
         return b""
+
+    def buffered_bytes(self) -> int:
+        """Bytes held of unfinished input: a partial PDU (at most BHS + AHS + digests +
+        MaxRecvDataSegmentLength), login text (``MAX_LOGIN_TEXT_BYTES``) and the Data-Out received
+        so far of open write tasks (their buffers are bounded by ``MAX_TASK_BUFFER_BYTES``, past
+        which a command gets TASK SET FULL)."""
+        return self.reader.pending() + len(self.login_text) + sum(t.received for t in self.tasks.values())
+
+    def idle(self, now: float = 0.0) -> bytes | None:
+        """The driver's idle sweep found nothing received for a whole period. In login: None
+        (close). In full feature phase: a NOP-In ping (RFC 7143 11.19, ITT 0xffffffff, a new TTT,
+        StatSN not advanced) that a live initiator answers with a NOP-Out, as LIO's nopin timer
+        does; if the next sweep finds the connection still silent, None."""
+        if self.state != FULL_FEATURE or self.ping_ttt is not None and self.ping_unanswered:
+            self.c["close_idle_" + ("login" if self.state != FULL_FEATURE else "nopin_unanswered")] += 1
+            return None
+        self.ping_ttt, self.ping_unanswered = self.t.new_ttt(), True
+        self.c["nopin_pings"] += 1
+        out = bytearray()
+        self._send(out, iscsi.Pdu(iscsi.NOP_IN, Flags=iscsi.FLAG_F, ITT=iscsi.RESERVED_TAG, TTT=self.ping_ttt),
+                   status=False)
+        return bytes(out)
 
     # -- plumbing --------------------------------------------------------------------------------
     def _log(self, text: str) -> None:
@@ -170,7 +194,7 @@ class IscsiConnection:
         if p.opcode in (iscsi.NOP_IN, iscsi.SCSI_RESPONSE, iscsi.TASK_MGMT_RESPONSE, iscsi.LOGIN_RESPONSE,
                         iscsi.TEXT_RESPONSE, iscsi.SCSI_DATA_IN, iscsi.LOGOUT_RESPONSE, iscsi.R2T,
                         iscsi.ASYNC_MESSAGE, iscsi.REJECT):
-            p.StatSN = self.stat_sn if (status or p.opcode == iscsi.R2T) else 0
+            p.StatSN = self.stat_sn if (status or p.opcode in (iscsi.R2T, iscsi.NOP_IN)) else 0
             if status:
                 self.stat_sn = (self.stat_sn + 1) & 0xFFFFFFFF
             p.ExpCmdSN, p.MaxCmdSN = self.exp_cmd_sn, self.max_cmd_sn
@@ -205,6 +229,7 @@ class IscsiConnection:
             return b""
         out = bytearray()
         self.reader.buf += data
+        self.ping_unanswered = False
         try:
             while not self.closed:
                 try:
