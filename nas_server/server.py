@@ -172,8 +172,9 @@ class _Conn:
 class NasServer:
     def __init__(self, core: NasCore, bind: str = "0.0.0.0", port: int = 2049, pmap_port: int | None = 111,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, log=None, write_latency_s: float = 0.0,
-                 conn_age_period_s: float = CONN_AGE_PERIOD_S):
+                 conn_age_period_s: float = CONN_AGE_PERIOD_S, clock=time.monotonic):
         self.core = core
+        self.clock = clock  # seconds, monotonic; the only clock of the socket layer (tests inject one)
         # The appliance's service time for a UDP NFS call and an NBD/iSCSI request (its disk, its
         # queue): the reply leaves this long after the call was handled, without holding up other
         # calls (a timer heap, not a sleep), so the client's slot table -- not this process --
@@ -193,7 +194,7 @@ class NasServer:
         self.max_tcp_outbuf_total_bytes = MAX_TCP_OUTBUF_TOTAL_BYTES
         self.partial_bytes = 0  # every connection's unfinished input, all protocols
         self.outbuf_bytes = 0  # every connection's queued reply bytes, all protocols
-        self._next_age = time.monotonic() + conn_age_period_s
+        self._next_age = self.clock() + conn_age_period_s
         self._conn_warn_t = float("-inf")
         self.udp: list[socket.socket] = []
         self.listeners: list[socket.socket] = []
@@ -270,10 +271,10 @@ class NasServer:
             self.stats["udp_datagrams_in"] += 1
             msg = bytes(buf[:n])
             t0 = time.perf_counter()
-            replies = self.core.handle(msg, peer, time.monotonic(), "udp")
+            replies = self.core.handle(msg, peer, self.clock(), "udp")
             self.core.observe_latency(self.core.last_label, time.perf_counter() - t0)
             if self.write_latency_s > 0 and replies:
-                due = time.monotonic() + self.write_latency_s
+                due = self.clock() + self.write_latency_s
                 for r in replies:
                     self._seq += 1
                     heapq.heappush(self._delayed, (due, self._seq, s, r, peer))
@@ -313,7 +314,7 @@ class NasServer:
             svc.stats["tcp_accepted"] += 1
             greeting = c.core.initial()
             if greeting:
-                self._queue_reply(c, greeting, time.monotonic(), delay=False)
+                self._queue_reply(c, greeting, self.clock(), delay=False)
             self._flush(c)
 
     def _set_keepalive(self, sock: socket.socket) -> None:
@@ -328,7 +329,7 @@ class NasServer:
         """svc_check_conn_limits: make room by closing the oldest connection of the busiest address."""
         addr, held = svc.conns_by_addr.most_common(1)[0]
         victim = next(c for c in svc.conns.values() if c.peer[0] == addr)
-        now = time.monotonic()
+        now = self.clock()
         if now - self._conn_warn_t >= CONN_LIMIT_WARN_INTERVAL_S:
             self._conn_warn_t = now
             self.log(f"too many open connections ({svc.proto}: {len(svc.conns)}, max_connections "
@@ -343,7 +344,8 @@ class NasServer:
         connection that received nothing since the previous sweep is offered to its core's
         ``idle(now)`` (None: close it, ``tcp_close_idle``; bytes: a probe to send, the connection
         stays marked); the others are marked old. Returns how many were closed."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
+        self.stats["tcp_age_sweeps"] += 1
         closed = 0
         for c in self.all_conns():
             if not c.old:
@@ -403,11 +405,11 @@ class NasServer:
             except (BlockingIOError, InterruptedError):
                 data = None
             except OSError as e:
-                c.core.eof(time.monotonic())
+                c.core.eof(self.clock())
                 self._close(c, "reset" if e.errno in (errno.ECONNRESET, errno.ETIMEDOUT) else "recv_error")
                 return
             if data is not None:
-                now = time.monotonic()
+                now = self.clock()
                 if not data:
                     c.core.eof(now)
                     self._close(c, "peer_closed")
@@ -491,7 +493,7 @@ class NasServer:
     def _send_due(self, now: float | None = None) -> float:
         """Send the delayed replies that are due; return the select timeout until the next one."""
         q = self._delayed
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         while q and q[0][0] <= now:
             _due, _seq, s, r, peer = heapq.heappop(q)
             try:
@@ -515,7 +517,7 @@ class NasServer:
 
     def run(self, should_stop=lambda: False) -> None:
         while self.running and not should_stop():
-            now = time.monotonic()
+            now = self.clock()
             if now >= self._next_age:
                 self.age_temp_xprts(now)
                 self._next_age = now + self.conn_age_period_s

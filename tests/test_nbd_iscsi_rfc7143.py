@@ -91,3 +91,17 @@ def test_out_of_order_datasn_fails_the_task_once_its_data_is_in_as_rfc7143_7_8()
     (p,) = _pdus(conn.feed(_cmd(WRITE10_2, 10, 3, 1024, iscsi.CMD_W) + _data_out(10, 0, 0, b"d" * 512, False)
                            + _data_out(10, 1, 512, b"e" * 512, True)))
     assert p.Status == scsi.GOOD and img.read(100 * 512, 1024) == b"d" * 512 + b"e" * 512
+
+
+def test_idle_session_gets_a_nop_in_ping_and_is_closed_only_when_it_stays_silent():
+    """The server's idle sweep asks the core: a NOP-In ping (ITT 0xffffffff, a TTT, StatSN not
+    advanced, RFC 7143 11.19); a NOP-Out answer keeps the session; a second silent period closes."""
+    _img, conn = _session()
+    (ping,) = _pdus(conn.idle(0.0))
+    assert (ping.opcode, ping.ITT, ping.StatSN) == (iscsi.NOP_IN, iscsi.RESERVED_TAG, 1) and ping.TTT != iscsi.RESERVED_TAG
+    answer = iscsi.Pdu(iscsi.NOP_OUT, True, Flags=iscsi.FLAG_F, ITT=iscsi.RESERVED_TAG, TTT=ping.TTT, CmdSN=1)
+    assert conn.feed(iscsi.encode_pdu(answer)) == b""  # the answer: no reply, no Reject
+    (ping2,) = _pdus(conn.idle(1.0))  # answered: another period, another ping
+    assert ping2.StatSN == 1 and ping2.TTT != ping.TTT
+    assert conn.idle(2.0) is None  # not answered
+    assert conn.t.counters["nopin_pings"] == 2 and conn.t.counters["close_idle_nopin_unanswered"] == 1
