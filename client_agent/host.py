@@ -342,8 +342,11 @@ class Host:
             self.kswapd = Kswapd(self.alloc, self.sched, self.anon, max_writeback=max_writeback)
         return self.kswapd
 
-    def add_swap(self, spec: dict, *, memalloc: bool = True, max_writeback: int = 64):
+    def add_swap(self, spec: dict, *, memalloc: bool = True, max_writeback: int = 64,
+                 priority: int | None = None):
         """A swap device on the backend ``spec`` describes; kswapd started if it was not.
+        ``priority``: as ``swapon -p`` (kswapd writes to the highest first); default -1, -2, ...
+        in swapon order, as Linux numbers areas swapped on without one.
         Returns ``(device, activation)``: run ``activation`` (a generator, ``swapon``) in a task;
         it returns the number of slots."""
         from .mm.anon import AnonMemory
@@ -351,13 +354,25 @@ class Host:
         backend = self.storage(spec)
         if self.anon is None:
             self.anon = AnonMemory(self.alloc, self.sched, self.seed)
-        dev = SwapDevice(self.alloc, self.sched, log=self.log, anon=self.anon,
-                         priority=-1 - len(self.swap_devices))
+        if priority is None:
+            priority = -1 - sum(d.priority < 0 for d in self.swap_devices)
+        dev = SwapDevice(self.alloc, self.sched, log=self.log, anon=self.anon, priority=priority)
         dev.backend = backend
         self.swap_devices.append(dev)
         ks = self._ensure_kswapd(max_writeback)
         ks.add_swap(dev)
         return dev, dev.swapon(backend, memalloc=memalloc)
+
+    def remove_swap(self, dev) -> None:
+        """Forget a swap device whose activation failed (swapon(2) returned an error)."""
+        dev.swapoff()
+        if dev in self.swap_devices:
+            self.swap_devices.remove(dev)
+        if self.kswapd is not None and dev in self.kswapd.swap_devices:
+            self.kswapd.swap_devices.remove(dev)
+        close = getattr(dev.backend, "close", None)
+        if close is not None:
+            close()
 
     def add_file(self, spec: dict, *, policy: str = "linux", dirty_ratio: int = 20,
                  dirty_background_ratio: int = 10, max_writeback: int = 64, log=None):

@@ -127,7 +127,11 @@ def postprocess(out: str, entry: dict, timeline: list[dict], say=print) -> dict:
     nas_ip, cli_ip = str(hosts["nas"].address.ip), str(hosts["client"].address.ip)
     pc = (entry.get("pcaps") or {}).get("client")
     snap_path = os.path.join(sdir, "final_snapshot.json")
-    if pc and os.path.exists(pc) and os.path.exists(snap_path) and entry.get("t0_wall") is not None:
+    if entry.get("storage") == "aoe":
+        # the runner explained the AoE responses by tag (testbed/explain.py explain_aoe)
+        if os.path.exists(os.path.join(sdir, "aoe_explanations.txt")):
+            files["explanations"] = os.path.relpath(os.path.join(sdir, "aoe_explanations.txt"), out)
+    elif pc and os.path.exists(pc) and os.path.exists(snap_path) and entry.get("t0_wall") is not None:
         import json
         with open(snap_path) as f:
             final = json.load(f)
