@@ -395,6 +395,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             # the AoE target is down (nas-server or vblade): read its image file, not the protocol
             aoe_view = {"aoe_target": sc.aoe_target}
             if "vblade" in rig.procs:
+                aoe_view["vblade_argv"] = rig.procs["vblade"].record["argv"]
                 rig.stop("vblade")
             else:
                 aoe_view["target"] = (entry_extra["nas"].get("aoe") or {})
