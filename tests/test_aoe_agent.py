@@ -225,3 +225,30 @@ def test_aoe_device_spec_errors_are_one_line():
                          ({"kind": "aoe", "shelf": 1, "slot": 0, "server": "a"}, "unknown key(s) server")):
         with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             aoe_backend(H(), spec)
+
+
+def test_testbed_stat_aoe_view_names_the_counters_as_the_driver_does():
+    """`testbed stat aoe`: sysfs attributes and the debugfs file of aoeblk.c, from a device that
+    wrote one page; the testbed's own figures on testbed_* lines."""
+    from testbed import views
+    r = Rig().up()
+    w = r.dev.write_page(1, b"\x11" * 4096, r.now)
+    r.net.run(r.dev, r.now)
+    r.pump(lambda: w.done)
+    d = r.dev.snapshot()
+    snap = {"swap_devices": [{"active": True, "acked": 1, **d, "aoenet": dict(r.net.counters)}],
+            "stack": {"counters": dict(r.stack.counters)}}
+    text = views.render("aoe", snap)
+    lines = text.splitlines()
+    assert lines[:6] == [f"/sys/block/etherd!e{SHELF}.{SLOT}/state: up",
+                         f"/sys/block/etherd!e{SHELF}.{SLOT}/mac: {MAC_TGT.hex()}",
+                         f"/sys/block/etherd!e{SHELF}.{SLOT}/netif: {d['netif']}",
+                         f"/sys/block/etherd!e{SHELF}.{SLOT}/firmware-version: {d['firmware-version']}",
+                         f"/sys/block/etherd!e{SHELF}.{SLOT}/payload: 1024",
+                         f"/sys/kernel/debug/aoe/e{SHELF}.{SLOT}:"]
+    assert lines[6] == f"rttavg: {d['rttavg']} rttdev: {d['rttdev']}" and lines[8] == "maxbcnt: 1024"
+    t = d["target"]
+    assert lines[9] == f"{MAC_TGT.hex()}:{t['nout']}:{t['maxout']}:{t['nframes']}"
+    assert lines[10:14] == [f"\tssthresh:{t['ssthresh']}", "\ttaint:0", "\tr:0", "\tw:4"]   # 4 KiB = 4 frames
+    assert "testbed_retransmit 0" in lines and "testbed_rx_pfmemalloc_proto_drop 0" in lines
+    assert views.render("aoe", {"swap_devices": [{"active": True, "backend": "198.18.0.1:/swap/swap.img"}]}) == ""

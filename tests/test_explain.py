@@ -159,3 +159,24 @@ def test_aoe_responses_by_tag_with_their_fates(tmp_path):
     assert ex["dropped_tags"] == [2] and ex["rows"][1]["t_s"] == 0.1
     assert explain.summary_line(ex).startswith("4 AoE responses on the client's wire: 2 to aoenet_rcv, 1 dropped")
     assert "0x00000002" in explain.aoe_text_table("x", ex)
+
+
+def test_demo_aoe_table_of_its_own_counts_responses_by_tag():
+    """`testbed demo --aoe`: the AoE pair in its own titled table; "replies dropped" is AoE
+    responses dropped / on the wire (explain_aoe)."""
+    from testbed import demo
+    base = {"time_to_stall_s": 0.2, "time_to_recover_s": None, "reserve_low_pages": 191, "rpc_retrans": 0,
+            "counters": {"PFMemallocDrop": 24360, "rx_nobuf": 0}}
+    entries = [{**base, "name": "memalloc", "expect": "recovered", "outcome": "recovered", "pages_written": 5,
+                "pages_verified": 5},
+               {**base, "name": "aoe-linux", "expect": "deadlock", "outcome": "deadlock", "storage": "aoe",
+                "pages_written": 0, "pages_verified": 0,
+                "explanations": {"responses_on_wire": 164, "fates": {"delivered": 148, "dropped": 16}}}]
+    text = demo.format_table(entries)
+    nfs_part, aoe_part = text.split("\n\n" + demo.AOE_TABLE_TITLE + "\n")
+    assert "memalloc" in nfs_part and "aoe-linux" not in nfs_part
+    assert aoe_part.splitlines()[2].split()[:3] == ["aoe-linux", "deadlock", "deadlock"]
+    assert aoe_part.splitlines()[2].endswith("16/164")
+    assert len(demo._tables(entries[:1])["tables"]) == 2          # no AoE table without AoE entries
+    assert demo._tables(entries)["tables"][2] == {"title": demo.AOE_TABLE_TITLE, "scenarios": ["aoe-linux"],
+                                                  "beyond_linux": []}
