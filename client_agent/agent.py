@@ -9,8 +9,8 @@ Control protocol ops (newline-delimited JSON, see netns_setup/control.py): ``sna
 ``shutdown``; test services ``udp_echo``, ``udp_sink``, ``hog``, ``hog_free``, ``memalloc``;
 swap (docs/swap-contract.md): ``swapon`` (today's NFS arguments -- ``server``,
 ``port``, ``export``, ``image``, ``slots``, ``wsize``, ``timeo_s``, ``timeo_max_s``,
-``retrans``, ``stable`` -- or ``device``: a device spec), ``swapoff``, ``workload``,
-``swap_map``; file-backed consumers (docs/file-backed.md): ``fileon`` (the same two forms),
+``retrans``, ``stable`` -- or ``device``: a device spec; ``priority``: a further area beside
+those on), ``swapoff``, ``workload``, ``swap_map`` (both take an area's ``device`` index); file-backed consumers (docs/file-backed.md): ``fileon`` (the same two forms),
 ``file_workload``, ``file_map``. The ops' names and arguments are those of the first releases:
 users' setup scripts call them.
 """
