@@ -30,9 +30,13 @@ from .loop import Loop, MonotonicClock
 from .mm.gfp import GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, Gfp
 from .mm.page_alloc import PageAllocator
 from .net.stack import NAPI_BUDGET, Stack
+from .phy.ring import NICS
 from .tasks import Scheduler, WaitPages
 
 TESTBED_NET = ipaddress.ip_network("198.18.0.0/15")
+# The NIC and its offloads when the command line names none (benchmarks/README.md, "nic").
+DEFAULT_NIC = "socket"
+DEFAULT_OFFLOADS = "rx"
 SINK_READERS = ("none", "fast", "ordinary")
 HOG_GFP = {"kernel": GFP_KERNEL, "nowait": GFP_NOWAIT, "atomic": GFP_ATOMIC,
            "memalloc": GFP_ATOMIC | Gfp.MEMALLOC}
@@ -66,6 +70,9 @@ class Agent:
         self.filemap = None             # file-backed consumer (fileon), docs/file-backed.md
         self.file_transport = None
         self.sched.attach_loop(loop)
+        flush_tx = getattr(dev, "flush_tx", None)
+        if flush_tx is not None:
+            loop.before_wait.append(flush_tx)
         if hasattr(dev, "fileno"):
             loop.add_reader(dev, self._on_readable)
         elif hasattr(dev, "on_rx"):
@@ -472,6 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pcap", help="write what the stack's taps saw (pfmemalloc frames excluded, as in Linux)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", type=int, help="pin the agent to this CPU")
+    p.add_argument("--nic", default=DEFAULT_NIC, choices=NICS,
+                   help=f"how the veth is read and written (default {DEFAULT_NIC}): socket = recvmsg/send per frame, "
+                        "ring-v3 / ring-v2 = mmap'ed PACKET_RX_RING (TPACKET_V3 blocks / V2 slots) + PACKET_TX_RING, "
+                        "ring-v3-send = receive ring, one send() per frame")
+    p.add_argument("--offload", metavar="LIST", default=None,
+                   help="what the NIC does for the stack, ethtool -K names: tx (UDP checksum on transmit), rx (trust "
+                        "the kernel's checksum-valid reports), gro (accept merged frames; ring-v3), or none "
+                        f"(default {DEFAULT_OFFLOADS})")
     p.add_argument("--fault", metavar="SPEC", help="seeded faults on both directions of the NIC "
                    "(netem is not in this kernel), e.g. loss=0.05,dup=0.01,reorder=0.02,delay_ms=1,seed=7")
     return p
@@ -490,11 +505,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool_pages < 16:
         print(f"client-agent: --pool-pages {args.pool_pages} is too small (need >= 16)", file=sys.stderr)
         return 2
-    from .phy.afpacket import AfPacketDevice, AfPacketError
+    from .phy.afpacket import AfPacketError
+    from .phy.caps import parse_offloads
+    from .phy.ring import open_device
+    try:
+        offloads = parse_offloads(args.offload if args.offload is not None else DEFAULT_OFFLOADS)
+    except ValueError as e:
+        print(f"client-agent: --offload {args.offload!r}: {e}", file=sys.stderr)
+        return 2
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     try:
-        dev = AfPacketDevice(args.ifname)
+        dev = open_device(args.ifname, args.nic, offloads)
     except AfPacketError as e:
         print(f"client-agent: {e.strerror}", file=sys.stderr)
         return 1

@@ -41,6 +41,7 @@ from ..wire.ethernet import (BROADCAST, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_
                              emit as eth_emit)
 from ..wire.ipv4 import (IP_DF, IP_MF, IPPROTO_ICMP, IPPROTO_UDP, Ipv4Packet, emit_header)
 from ..wire.udp import UdpPacket, emit as udp_emit
+from ..phy.caps import device_caps
 from .drop import DROP_REASONS, snmp_tables
 from .ipfrag import Reassembler
 from .neigh import NUD_REACHABLE, NUD_STALE, NUD_VALID, NeighTable
@@ -105,6 +106,9 @@ class Stack:
         self._ident = 0
         self._next_port = EPHEMERAL_PORTS[0]
         self.tx_gfp = GFP_NOWAIT                        # stack-originated sends (ping)
+        # Does the device fill the UDP checksum (NETIF_F_HW_CSUM)? Asked once: the device and
+        # the stack must agree on which frames carry a partial checksum (phy/caps.py).
+        self.udp_tx_csum_offload = device_caps(dev).tx_csum
         self.fate_port = 0                              # see record_fate (0: off)
         self.fates: deque = deque(maxlen=FATE_RING)
 
@@ -180,14 +184,20 @@ class Stack:
     def rx_frame(self, item, now: float) -> None:
         """One frame from the device: allocate its buffer first, then look at it."""
         if type(item) is tuple:
-            frame, csum_ok = item
+            if len(item) == 2:
+                frame, csum_ok = item
+                n = (len(frame) + 4095) >> 12 or 1
+            else:
+                # a GRO'd frame: charged as the device says Linux's merged skb is (its truesize)
+                frame, csum_ok, n = item
+                n = n or (len(frame) + 4095) >> 12 or 1
         else:
             frame, csum_ok = item, False
+            n = (len(frame) + 4095) >> 12 or 1
         c = self.counters
         c["rx_packets"] += 1
         c["rx_bytes"] += len(frame)
         alloc = self.alloc
-        n = (len(frame) + 4095) >> 12 or 1
         pages = alloc.alloc(n, _RX_GFP_RESERVE if alloc.memalloc_socks else _RX_GFP, "rx")
         if pages is None:
             c["rx_nobuf"] += 1
@@ -515,12 +525,17 @@ class Stack:
         length = 8 + len(payload)
         sport = sk.local[1]
         dip, dport = dst
-        n = int.from_bytes(payload, "big")
-        if length & 1:
-            n <<= 8
-        c = (n + int.from_bytes(self.ip, "big") + int.from_bytes(dip, "big") + 17 + length
-             + sport + dport + length) % 0xFFFF or 0xFFFF
-        c = ~c & 0xFFFF or 0xFFFF
+        if self.udp_tx_csum_offload and 20 + length <= self.dev.mtu:
+            # The device fills it (phy/caps.py): CHECKSUM_PARTIAL as udp4_hwcsum leaves it --
+            # the pseudo-header sum, not complemented. A datagram IP fragments is summed here.
+            c = (int.from_bytes(self.ip, "big") + int.from_bytes(dip, "big") + 17 + length) % 0xFFFF or 0xFFFF
+        else:
+            n = int.from_bytes(payload, "big")
+            if length & 1:
+                n <<= 8
+            c = (n + int.from_bytes(self.ip, "big") + int.from_bytes(dip, "big") + 17 + length
+                 + sport + dport + length) % 0xFFFF or 0xFFFF
+            c = ~c & 0xFFFF or 0xFFFF
         seg = _UDP_HDR.pack(sport, dport, length, c) + payload
         rc = self._ip_output(dip, IPPROTO_UDP, seg, now, sk.sk_gfp_mask(sk.sk_allocation),
                              sk.owner)
