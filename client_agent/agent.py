@@ -479,14 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pcap", help="write what the stack's taps saw (pfmemalloc frames excluded, as in Linux)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", type=int, help="pin the agent to this CPU")
-    p.add_argument("--nic", default=DEFAULT_NIC, choices=NICS,
-                   help=f"how the veth is read and written (default {DEFAULT_NIC}): socket = recvmsg/send per frame, "
+    p.add_argument("--nic", default=os.environ.get("CLIENT_AGENT_NIC", DEFAULT_NIC), choices=NICS,
+                   help=f"how the veth is read and written (default $CLIENT_AGENT_NIC or {DEFAULT_NIC}): socket = recvmsg/send per frame, "
                         "ring-v3 / ring-v2 = mmap'ed PACKET_RX_RING (TPACKET_V3 blocks / V2 slots) + PACKET_TX_RING, "
                         "ring-v3-send = receive ring, one send() per frame")
-    p.add_argument("--offload", metavar="LIST", default=None,
+    p.add_argument("--offload", metavar="LIST", default=os.environ.get("CLIENT_AGENT_OFFLOAD"),
                    help="what the NIC does for the stack, ethtool -K names: tx (UDP checksum on transmit), rx (trust "
                         "the kernel's checksum-valid reports), gro (accept merged frames; ring-v3), or none "
-                        f"(default {DEFAULT_OFFLOADS})")
+                        f"(default $CLIENT_AGENT_OFFLOAD or {DEFAULT_OFFLOADS})")
     p.add_argument("--fault", metavar="SPEC", help="seeded faults on both directions of the NIC "
                    "(netem is not in this kernel), e.g. loss=0.05,dup=0.01,reorder=0.02,delay_ms=1,seed=7")
     return p

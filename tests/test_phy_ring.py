@@ -1,0 +1,173 @@
+"""The ring NIC's parts without a kernel: TPACKET_V3/V2 rings laid out in a bytearray as
+af_packet.c lays them out, the virtio-net header, the capabilities, and the stack's partial
+UDP checksum when the device offloads it."""
+
+import struct
+
+import pytest
+
+from client_agent.mm.page_alloc import PageAllocator
+from client_agent.net.stack import Stack
+from client_agent.phy.caps import NO_OFFLOADS, Checksum, device_caps, parse_offloads
+from client_agent.phy.ring import (BLK_STATUS_OFF, TP_STATUS_AVAILABLE, TP_STATUS_KERNEL, TP_STATUS_SEND_REQUEST,
+                                   TP_STATUS_USER, TP_STATUS_WRONG_FORMAT, V2_TX_DATA_OFF, RxRingV2, RxRingV3, TxRingV2)
+from client_agent.phy.vnet import (NO_OFFLOAD_HDR, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR, gro_pages, gso_segments,
+                                   tx_header)
+from client_agent.wire.udp import UdpPacket
+
+BS = 4096
+
+
+def _v3_block(buf, blk, frames, status=TP_STATUS_USER):
+    """Fill block ``blk`` as prb_open_block/prb_fill_curr_block/prb_close_block do."""
+    base = blk * BS
+    first = 48                                       # BLK_PLUS_PRIV(0)
+    off = base + first
+    for i, f in enumerate(frames):
+        mac = 82
+        nxt = (mac + len(f) + 7) & ~7 if i + 1 < len(frames) else 0
+        struct.pack_into("=IIIIIIHH", buf, off, nxt, 0, 0, len(f), len(f), TP_STATUS_USER | 8, mac, mac + 14)
+        buf[off + mac:off + mac + len(f)] = f
+        off += nxt
+    struct.pack_into("=III", buf, base + BLK_STATUS_OFF, status, len(frames), first)
+
+
+def test_v3_walks_blocks_in_order_and_releases_each_after_its_last_frame():
+    buf = bytearray(BS * 3)
+    ring = RxRingV3(buf, BS, 3)
+    _v3_block(buf, 0, [b"a" * 60, b"b" * 100])
+    _v3_block(buf, 1, [b"c" * 70])
+    got = []
+    for off, snap, ln, status, mac in ring.next_frames(2):
+        got.append(bytes(buf[off + mac:off + mac + snap]))
+        assert status & 8                             # TP_STATUS_CSUMNOTREADY seen per frame
+    assert got == [b"a" * 60, b"b" * 100]
+    assert struct.unpack_from("=I", buf, BLK_STATUS_OFF)[0] == TP_STATUS_KERNEL   # block 0 given back
+    assert struct.unpack_from("=I", buf, BS + BLK_STATUS_OFF)[0] == TP_STATUS_USER
+    got = [bytes(buf[o + m:o + m + s]) for o, s, _l, _st, m in ring.next_frames(64)]
+    assert got == [b"c" * 70] and ring.blocks == 2 and ring.blk == 2
+    assert list(ring.next_frames(64)) == [] and not ring.ready()   # block 2 is still the kernel's
+
+
+def test_v3_budget_splits_a_block_without_releasing_it_early():
+    buf = bytearray(BS * 2)
+    ring = RxRingV3(buf, BS, 2)
+    _v3_block(buf, 0, [bytes([i]) * 50 for i in range(5)])
+    assert len(list(ring.next_frames(3))) == 3
+    assert struct.unpack_from("=I", buf, BLK_STATUS_OFF)[0] == TP_STATUS_USER     # 2 frames still unread
+    assert ring.ready()
+    assert [buf[o + m] for o, _s, _l, _st, m in ring.next_frames(3)] == [3, 4]
+    assert struct.unpack_from("=I", buf, BLK_STATUS_OFF)[0] == TP_STATUS_KERNEL
+
+
+def test_v2_slots_wrap_around():
+    fs, nr = 2048, 4
+    buf = bytearray(fs * nr)
+    ring = RxRingV2(buf, BS, fs, nr)
+    for rnd in range(2):
+        for i in range(nr):
+            struct.pack_into("=IIIH", buf, i * fs, TP_STATUS_USER, 60, 60, 80)
+            buf[i * fs + 80] = rnd * 10 + i
+        assert [buf[o + m] for o, _s, _l, _st, m in ring.next_frames(64)] == [rnd * 10 + i for i in range(nr)]
+        assert all(struct.unpack_from("=I", buf, i * fs)[0] == TP_STATUS_KERNEL for i in range(nr))
+
+
+def test_tx_ring_fills_slots_and_refuses_one_the_kernel_still_holds():
+    fs, nr = 2048, 2
+    buf = bytearray(fs * nr)
+    ring = TxRingV2(buf, BS, fs, nr)
+    hdr = VNET_HDR.pack(1, 0, 42, 0, 34, 6)
+    assert ring.put(hdr, b"x" * 100)
+    assert struct.unpack_from("=II", buf, 0) == (TP_STATUS_SEND_REQUEST, 110)
+    assert bytes(buf[V2_TX_DATA_OFF:V2_TX_DATA_OFF + 110]) == hdr + b"x" * 100
+    assert ring.put(b"", b"y" * 10)
+    assert not ring.put(b"", b"z")                   # slot 0 not yet sent: the ring is full
+    struct.pack_into("=I", buf, 0, TP_STATUS_AVAILABLE)
+    assert ring.put(b"", b"z") and ring.head == 1
+    struct.pack_into("=I", buf, fs, TP_STATUS_WRONG_FORMAT)   # the kernel refused slot 1
+    assert ring.put(b"", b"w") and ring.wrong_format == 1
+
+
+def _udp_frame(payload_len, frag=0):
+    ip = bytes([0x45, 0, 0, 0, 0, 0, frag >> 8, frag & 0xFF, 64, 17, 0, 0]) + bytes(8)
+    return bytes(12) + b"\x08\x00" + ip + bytes(8 + payload_len)
+
+
+def test_tx_header_asks_the_kernel_for_the_udp_checksum_of_whole_datagrams_only():
+    flags, gso, hdr_len, gso_size, start, off = VNET_HDR.unpack(tx_header(_udp_frame(100), True))
+    assert (flags, gso, start, off) == (VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 34, 6) and hdr_len == 42
+    assert tx_header(_udp_frame(100, frag=0x2000), True) is NO_OFFLOAD_HDR       # MF: a first fragment
+    assert tx_header(_udp_frame(100, frag=0x00B9), True) is NO_OFFLOAD_HDR       # a later fragment
+    assert tx_header(_udp_frame(100), False) is NO_OFFLOAD_HDR
+    arp = bytes(12) + b"\x08\x06" + bytes(28)
+    assert tx_header(arp, True) is NO_OFFLOAD_HDR
+
+
+def test_gro_frames_are_charged_a_buffer_per_segment():
+    assert gso_segments(14 + 20 + 20 + 10 * 1448, 54, 1448) == 10
+    assert gro_pages(14 + 20 + 20 + 10 * 1448, 54, 1448) == 10   # Linux: each segment keeps its buffer
+    assert gro_pages(1000, 54, 0) == 1
+
+
+def test_parse_offloads():
+    caps = parse_offloads("tx,rx")
+    assert caps.tx_csum and caps.rx_csum and not caps.gro and caps.checksum.udp == Checksum.RX
+    assert caps.names() == ["tx", "rx"]
+    assert parse_offloads("none") == NO_OFFLOADS and parse_offloads("") == NO_OFFLOADS
+    with pytest.raises(ValueError, match="unknown offload 'lro'; known: tx, rx, gro, tso"):
+        parse_offloads("tx,lro")
+    with pytest.raises(ValueError, match="needs TCP"):
+        parse_offloads("tso")
+    assert device_caps(object()) == NO_OFFLOADS
+
+
+class _Dev:
+    mtu = 1500
+    mac = b"\x02\x00\x00\x00\x00\x02"
+
+    def __init__(self, caps):
+        self.caps = caps
+        self.sent = []
+
+    def transmit(self, frame, now):
+        self.sent.append(frame)
+        return True
+
+    def receive(self, now, budget):
+        return []
+
+    def poll_at(self):
+        return None
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_stack_leaves_a_partial_checksum_only_when_the_device_fills_it(offload):
+    dev = _Dev(parse_offloads("tx") if offload else NO_OFFLOADS)
+    alloc = PageAllocator(256)
+    st = Stack(alloc, dev, dev.mac, "198.18.0.2", 24)
+    st.neigh.add_permanent(bytes([198, 18, 0, 1]), b"\x02\x00\x00\x00\x00\x01", 0.0)
+    sk = st.udp_socket()
+    sk.bind(("0.0.0.0", 5000))
+    src, dst = bytes([198, 18, 0, 2]), bytes([198, 18, 0, 1])
+    for n in (100, 1472, 1473):
+        dev.sent.clear()
+        assert sk.sendto(bytes(range(256)) * (n // 256) + bytes(n % 256), ("198.18.0.1", 7), 0.0) >= 0
+        first = dev.sent[0]
+        ucsum = int.from_bytes(first[40:42], "big")
+        if offload and n <= 1472:
+            # CHECKSUM_PARTIAL: the pseudo-header sum; the kernel's sum over the segment completes it
+            pseudo = (int.from_bytes(src, "big") + int.from_bytes(dst, "big") + 17 + 8 + n) % 0xFFFF or 0xFFFF
+            assert len(dev.sent) == 1 and ucsum == pseudo
+            seg = bytearray(first[34:])
+            s = sum(int.from_bytes(seg[i:i + 2].ljust(2, b"\0"), "big") for i in range(0, len(seg), 2))
+            while s >> 16:
+                s = (s & 0xFFFF) + (s >> 16)
+            seg[6:8] = (~s & 0xFFFF or 0xFFFF).to_bytes(2, "big")
+            assert UdpPacket.new_checked(bytes(seg)).verify_checksum(src, dst)
+        elif n <= 1472:
+            assert UdpPacket.new_checked(first[34:]).verify_checksum(src, dst)
+        else:
+            assert len(dev.sent) == 2          # fragmented: the stack summed it whatever the device offers
+            whole = first[34:] + dev.sent[1][34:]
+            assert UdpPacket.new_checked(whole).verify_checksum(src, dst)
+    assert alloc.nr_free == alloc.nr_pages          # every transmit buffer went back to the pool
