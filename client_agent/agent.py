@@ -35,8 +35,8 @@ from .tasks import Scheduler, WaitPages
 
 TESTBED_NET = ipaddress.ip_network("198.18.0.0/15")
 # The NIC and its offloads when the command line names none (benchmarks/README.md, "nic").
-DEFAULT_NIC = "socket"
-DEFAULT_OFFLOADS = "rx"
+DEFAULT_NIC = "ring-v2"
+DEFAULT_OFFLOADS = "tx,rx"
 SINK_READERS = ("none", "fast", "ordinary")
 HOG_GFP = {"kernel": GFP_KERNEL, "nowait": GFP_NOWAIT, "atomic": GFP_ATOMIC,
            "memalloc": GFP_ATOMIC | Gfp.MEMALLOC}

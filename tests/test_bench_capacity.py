@@ -28,6 +28,14 @@ def test_absorbed_needs_no_drop_anywhere():
     assert not ok and why == f"sinks read {w.sink_read} of {w.received}"
 
 
+def test_a_backlog_at_the_end_of_the_window_is_not_absorbing():
+    w = _window(50000, limit=10**9)
+    w.backlog_at_stop = 4000                          # 80 ms of the flood still queued: fine
+    assert absorbed(w)[0]
+    w.backlog_at_stop = 60000                         # it only kept up thanks to its buffer
+    assert absorbed(w) == (False, "60000 frames still queued when the flood stopped")
+
+
 def test_climb_doubles_then_bisects_to_the_limit():
     asked = []
     lad = climb(lambda r: asked.append(r) or _window(r, limit=57000), 3)
@@ -47,3 +55,16 @@ def test_climb_stops_at_the_flood_and_says_so():
 def test_capacity_section_is_registered_and_needs_root():
     sec = bench.load_sections().get("capacity")
     assert sec.needs_root and "softnet" in sec.help
+
+
+def test_testbed_run_reads_the_agent_capacity_figure(tmp_path):
+    """`testbed run --bench FILE` takes the scenarios' agent_capacity_pps from this section."""
+    import json
+
+    from testbed.scenario import capacity_from_bench
+    doc = {"schema_version": 1, "sections": {"capacity": {"figures": [
+        {"name": "bare_capacity_pps", "value": 110000, "unit": "pps"},
+        {"name": "agent_capacity_pps", "value": 76000, "unit": "pps", "baseline": 110000}]}}}
+    p = tmp_path / "bench.json"
+    p.write_text(json.dumps(doc))
+    assert capacity_from_bench(str(p)) == 76000

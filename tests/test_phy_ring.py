@@ -171,3 +171,80 @@ def test_stack_leaves_a_partial_checksum_only_when_the_device_fills_it(offload):
             whole = first[34:] + dev.sent[1][34:]
             assert UdpPacket.new_checked(whole).verify_checksum(src, dst)
     assert alloc.nr_free == alloc.nr_pages          # every transmit buffer went back to the pool
+
+
+def _device_over(buf, caps, mtu=1500):
+    """A RingDevice reading a ring in ``buf`` (no socket): the receive path alone."""
+    from client_agent.phy.ring import RingDevice
+    dev = object.__new__(RingDevice)
+    dev.version, dev.caps, dev.mtu = 3, caps, mtu
+    dev._rx_view = memoryview(buf)
+    dev.rx = RxRingV3(dev._rx_view, BS, len(buf) // BS)
+    dev._filter_outgoing = False
+    dev._rx_vnet = caps.gro
+    dev._max_plain = mtu + 14 + 4
+    dev._csum_ok_mask = 8 | 0x80 if caps.rx_csum else 8
+    dev.counters = {k: 0 for k in ("rx_packets", "rx_bytes", "rx_csum_notready", "rx_ring_truncated",
+                                   "rx_gso_frames", "rx_gso_dropped", "rx_blocks")}
+    return dev
+
+
+def _v3_frame(buf, blk, frame, status, snaplen=None, vnet=None):
+    base = blk * BS
+    off, mac = base + 48, 92
+    struct.pack_into("=IIIIIIHH", buf, off, 0, 0, 0, len(frame) if snaplen is None else snaplen, len(frame),
+                     TP_STATUS_USER | status, mac, mac + 14)
+    buf[off + mac:off + mac + len(frame)] = frame
+    if vnet is not None:
+        buf[off + mac - 10:off + mac] = vnet
+    struct.pack_into("=III", buf, base + BLK_STATUS_OFF, TP_STATUS_USER, 1, 48)
+
+
+def test_ring_device_reports_checksum_state_as_the_caps_say():
+    for caps, status, want in ((parse_offloads("rx"), 0x80, True), (NO_OFFLOADS, 0x80, False),
+                               (NO_OFFLOADS, 8, True), (parse_offloads("rx"), 0, False)):
+        buf = bytearray(BS * 2)
+        dev = _device_over(buf, caps)
+        _v3_frame(buf, 0, b"f" * 100, status)
+        assert dev.receive(0.0, 64) == [(b"f" * 100, want)]
+        assert dev.counters["rx_csum_notready"] == (1 if status == 8 else 0)
+
+
+def test_ring_device_drops_a_truncated_frame_and_counts_it():
+    buf = bytearray(BS * 2)
+    dev = _device_over(buf, NO_OFFLOADS)
+    _v3_frame(buf, 0, b"t" * 300, 0, snaplen=200)
+    assert dev.receive(0.0, 64) == []
+    assert dev.counters["rx_ring_truncated"] == 1 and dev.counters["rx_packets"] == 0
+
+
+def test_ring_device_takes_a_gro_frame_only_with_gro_and_charges_it_per_segment():
+    big = b"g" * 3000                                 # longer than MTU 1500: a merged frame
+    vnet = VNET_HDR.pack(0, 1, 54, 1448, 0, 0)        # GSO_TCPV4: 1448 + 1448 + 50 bytes of payload
+    buf = bytearray(BS * 2)
+    dev = _device_over(buf, NO_OFFLOADS)
+    _v3_frame(buf, 0, big, 0, vnet=vnet)
+    assert dev.receive(0.0, 64) == [] and dev.counters["rx_gso_dropped"] == 1
+    buf = bytearray(BS * 2)
+    dev = _device_over(buf, parse_offloads("gro"))
+    _v3_frame(buf, 0, big, 0, vnet=vnet)
+    (item,) = dev.receive(0.0, 64)
+    assert item[0] == big and item[2] == 3 == gro_pages(3000, 54, 1448)
+    assert dev.counters["rx_gso_frames"] == 1 and dev.counters["rx_packets"] == 1
+
+
+def test_stack_charges_a_gro_frame_what_the_device_says():
+    from client_agent.wire.udp import emit as udp_emit
+    from client_agent.wire.ipv4 import emit_header
+    dev = _Dev(parse_offloads("gro"))
+    alloc = PageAllocator(256)
+    st = Stack(alloc, dev, dev.mac, "198.18.0.2", 24)
+    sk = st.udp_socket()
+    sk.bind(("0.0.0.0", 9000))
+    src, dst = bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2])
+    seg = udp_emit(src, dst, 1234, 9000, b"d" * 3000)
+    frame = dev.mac + b"\x02\x00\x00\x00\x00\x01\x08\x00" + emit_header(src, dst, 17, len(seg)) + seg
+    st.rx_frame((frame, True, 3), 0.0)
+    assert alloc.nr_pages - alloc.nr_free == 3       # one buffer per merged segment, not ceil(len/4096) = 1
+    data, _addr = sk.recvfrom()
+    assert data == b"d" * 3000 and alloc.nr_free == alloc.nr_pages

@@ -13,6 +13,12 @@ Invariants owned here:
 - The receive buffer is raised with ``SO_RCVBUFFORCE`` on this socket only; no global sysctl
   (``rmem_max``) is ever changed.
 
+- With the ``tx`` offload (phy/caps.py) the socket carries ``PACKET_VNET_HDR``: each
+  unfragmented UDP frame goes out with NEEDS_CSUM and the veth completes its checksum
+  (``VethTxChecksum``); receive then scatters the virtio header into its own buffer.
+
+``ring.RingDevice`` is the same device over mmap'ed rings; ``client-agent --nic`` chooses.
+
 The device performs no allocation from the agent's pool: the stack allocates each frame's pages
 (GFP_ATOMIC, before reading any header) when it takes the frame from ``receive()``.
 """

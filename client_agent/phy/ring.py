@@ -210,6 +210,63 @@ class TxRingV2:
         return True
 
 
+class TxSocket:
+    """The transmit half: a packet socket bound to ``ifname`` with protocol 0 (it never receives:
+    no second copy of every frame), ``PACKET_VNET_HDR`` when ``vnet``, a larger ``SO_SNDBUFFORCE``
+    (this socket only), and with ``ring`` a TPACKET_V2 ``PACKET_TX_RING`` of about ``slots`` slots
+    sized for ``mtu``. ``kick()`` is the one ``send()`` that hands every SEND_REQUEST slot to
+    ``tpacket_snd``; it returns True while slots are still queued (the socket's sndbuf was full)."""
+
+    def __init__(self, ifname: str, mtu: int, *, vnet: bool, ring: bool, slots: int = DEFAULT_TX_SLOTS) -> None:
+        self.ring = None
+        self._mm = self._view = None
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        geom = None
+        try:
+            if vnet:
+                s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            if ring:
+                s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+                fsize = _pow2_at_least(V2_TX_DATA_OFF + (VNET_HDR_LEN if vnet else 0) + mtu + 14 + 4)
+                bsize = max(fsize, PAGE)
+                bnr = max(slots // (bsize // fsize), 1)
+                geom = (bsize, fsize, bnr * (bsize // fsize))
+                s.setsockopt(SOL_PACKET, PACKET_TX_RING, _REQ.pack(bsize, bnr, fsize, geom[2]))
+            s.bind((ifname, 0))
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, DEFAULT_SNDBUF_BYTES)
+            except PermissionError:
+                pass
+            s.setblocking(False)
+            if geom is not None:
+                self._mm = mmap.mmap(s.fileno(), geom[0] * bnr, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                self._view = memoryview(self._mm)
+                self.ring = TxRingV2(self._view, *geom)
+        except OSError as e:
+            s.close()
+            raise AfPacketError(e.errno, f"cannot set up the transmit socket on {ifname!r}: {e.strerror}") from None
+        self.sock = s
+        self.mac = bytes(s.getsockname()[4][:6])
+
+    def kick(self) -> bool:
+        """One send(); raises OSError other than EAGAIN/EINTR. True: slots still queued."""
+        try:
+            self.sock.send(b"")
+        except (BlockingIOError, InterruptedError):
+            pass                                   # sndbuf full: the slots stay queued
+        return self.ring.last_status() == TP_STATUS_SEND_REQUEST
+
+    def close(self) -> None:
+        self.ring = None
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        self.sock.close()
+
+
 class RingDevice:
     """A veth through mmap'ed AF_PACKET rings. ``receive`` returns ``(frame, csum_unnecessary)``
     items, or ``(frame, csum_unnecessary, pages)`` for a GRO'd frame (``pages``: what Linux's
@@ -227,9 +284,10 @@ class RingDevice:
         self.ifname, self.version, self.caps = ifname, version, caps
         self._rx_vnet = caps.gro
         vnet_len = VNET_HDR_LEN if self._rx_vnet else 0
-        self._mm_rx = self._mm_tx = None
-        self._rx_view = self._tx_view = None
-        self.tx_sock = None
+        self._mm_rx = None
+        self._rx_view = None
+        self.tx = self.tx_ring = self.rx = None
+        self._kick = False
         self._veth_csum = None
 
         def rx_setup(sock: socket.socket) -> None:
@@ -267,9 +325,8 @@ class RingDevice:
                 self.rx = RxRingV2(self._rx_view, *self._rx_geom)
             self.sock.setblocking(False)
             self.mac = bytes(self.sock.getsockname()[4][:6])
-            self.tx_ring = None
-            if tx_ring or caps.tx_csum:
-                self._open_tx(tx_ring, tx_slots)
+            self.tx = TxSocket(ifname, self.mtu, vnet=caps.tx_csum, ring=tx_ring, slots=tx_slots)
+            self.tx_ring = self.tx.ring
             if caps.tx_csum:
                 self._veth_csum = VethTxChecksum(self.sock, ifname)
         except BaseException:
@@ -287,44 +344,6 @@ class RingDevice:
                          "tx_csum_partial": 0, "tx_sends": 0,
                          "tp_packets": 0, "tp_drops": 0, "tp_freeze_q_cnt": 0}
 
-    def _open_tx(self, ring: bool, slots: int) -> None:
-        vnet = self.caps.tx_csum
-        geom = None
-
-        def tx_setup(sock: socket.socket) -> None:
-            nonlocal geom
-            if not ring:
-                return
-            sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-            fsize = _pow2_at_least(V2_TX_DATA_OFF + (VNET_HDR_LEN if vnet else 0) + self.mtu + 14 + 4)
-            bsize = max(fsize, PAGE)
-            bnr = max(slots // (bsize // fsize), 1)
-            geom = (bsize, fsize, bnr * (bsize // fsize))
-            sock.setsockopt(SOL_PACKET, PACKET_TX_RING, _REQ.pack(bsize, bnr, fsize, geom[2]))
-
-        # protocol 0: bound to the veth for sending only -- no receive hook, no second copy of
-        # every frame (open_packet_socket binds ETH_P_ALL, so bind again with 0 first).
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        try:
-            if vnet:
-                s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-            tx_setup(s)
-            s.bind((self.ifname, 0))
-            try:
-                s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, DEFAULT_SNDBUF_BYTES)
-            except PermissionError:
-                pass
-            s.setblocking(False)
-        except OSError as e:
-            s.close()
-            raise AfPacketError(e.errno, f"cannot set up the transmit socket on {self.ifname!r}: {e.strerror}") from None
-        self.tx_sock = s
-        if geom is not None:
-            self._mm_tx = mmap.mmap(s.fileno(), geom[0] * (geom[2] // (geom[0] // geom[1])),
-                                    mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            self._tx_view = memoryview(self._mm_tx)
-            self.tx_ring = TxRingV2(self._tx_view, *geom)
-
     def fileno(self) -> int:
         return self.sock.fileno()
 
@@ -337,7 +356,9 @@ class RingDevice:
         max_plain = self._max_plain
         sll = V3_SLL_OFF if self.version == 3 else V2_SLL_OFF
         filt = self._filter_outgoing
-        blocks0 = getattr(self.rx, "blocks", 0)
+        blocks0 = self.rx.blocks
+        append = out.append
+        nbytes = notready = 0
         for off, snap, ln, status, mac in self.rx.next_frames(budget):
             if filt and view[off + sll + SLL_PKTTYPE] == socket.PACKET_OUTGOING:
                 continue
@@ -345,22 +366,23 @@ class RingDevice:
                 c["rx_ring_truncated"] += 1
                 continue
             a = off + mac
-            frame = bytes(view[a:a + snap])
-            csum_ok = bool(status & ok_mask)
-            c["rx_packets"] += 1
-            c["rx_bytes"] += snap
-            if status & TP_STATUS_CSUMNOTREADY:
-                c["rx_csum_notready"] += 1
-            if snap > max_plain:
-                if not self.caps.gro or not self._rx_vnet:
-                    c["rx_gso_dropped"] += 1
-                    continue
+            if snap <= max_plain:
+                append((bytes(view[a:a + snap]), status & ok_mask != 0))
+            elif not self._rx_vnet:
+                c["rx_gso_dropped"] += 1           # a merged frame on a NIC without gro
+                continue
+            else:
                 _flags, gso_type, hdr_len, gso_size, _cs, _co = VNET_HDR.unpack_from(view, a - VNET_HDR_LEN)
                 c["rx_gso_frames"] += 1
-                out.append((frame, csum_ok, gro_pages(snap, min(hdr_len, snap), gso_size) if gso_type else None))
-                continue
-            out.append((frame, csum_ok))
-        c["rx_blocks"] += getattr(self.rx, "blocks", 0) - blocks0
+                append((bytes(view[a:a + snap]), status & ok_mask != 0,
+                        gro_pages(snap, min(hdr_len, snap), gso_size) if gso_type else None))
+            nbytes += snap
+            if status & TP_STATUS_CSUMNOTREADY:
+                notready += 1
+        c["rx_packets"] += len(out)
+        c["rx_bytes"] += nbytes
+        c["rx_csum_notready"] += notready
+        c["rx_blocks"] += self.rx.blocks - blocks0
         return out
 
     # -- transmit -------------------------------------------------------------------------
@@ -372,9 +394,9 @@ class RingDevice:
         if ring is None:
             try:
                 if self._tx_hdr:
-                    self.tx_sock.sendmsg([hdr, frame])
+                    self.tx.sock.sendmsg([hdr, frame])
                 else:
-                    self.tx_sock.send(frame)
+                    self.tx.sock.send(frame)
             except OSError:
                 c["tx_errors"] += 1
                 return False
@@ -404,15 +426,13 @@ class RingDevice:
         if not self._kick:
             return
         self._queued = 0
+        self.counters["tx_sends"] += 1
         try:
-            self.tx_sock.send(b"")
-            self.counters["tx_sends"] += 1
-        except (BlockingIOError, InterruptedError):
-            pass                                   # sndbuf full: the slots stay queued, kicked again
+            # still queued (the socket's sndbuf was full): keep kicking from the loop
+            self._kick = self.tx.kick()
         except OSError:
             self.counters["tx_errors"] += 1
-        # Still queued (the socket's sndbuf was full): keep kicking from the loop.
-        self._kick = self.tx_ring.last_status() == TP_STATUS_SEND_REQUEST
+            self._kick = False
         wf = self.tx_ring.wrong_format
         if wf:
             self.counters["tx_errors"] += wf
@@ -436,26 +456,22 @@ class RingDevice:
         return {"tp_packets": c["tp_packets"], "tp_drops": c["tp_drops"], "tp_freeze_q_cnt": c["tp_freeze_q_cnt"]}
 
     def close(self) -> None:
-        if getattr(self, "tx_ring", None) is not None and self._kick:
+        if self.tx_ring is not None and self._kick:
             self.flush_tx()
         if self._veth_csum is not None:
             self._veth_csum.restore()
             self._veth_csum = None
-        for attr in ("rx", "tx_ring"):
-            if hasattr(self, attr):
-                setattr(self, attr, None)
-        for v in ("_rx_view", "_tx_view"):
-            if getattr(self, v) is not None:
-                getattr(self, v).release()
-                setattr(self, v, None)
-        for m in ("_mm_rx", "_mm_tx"):
-            if getattr(self, m) is not None:
-                getattr(self, m).close()
-                setattr(self, m, None)
-        if self.tx_sock is not None:
-            self.tx_sock.close()
-            self.tx_sock = None
-        if getattr(self, "sock", None) is not None:
+        self.rx = self.tx_ring = None
+        if self._rx_view is not None:
+            self._rx_view.release()
+            self._rx_view = None
+        if self._mm_rx is not None:
+            self._mm_rx.close()
+            self._mm_rx = None
+        if self.tx is not None:
+            self.tx.close()
+            self.tx = None
+        if getattr(self, "sock", None) is not None:      # absent when open_packet_socket failed
             self.sock.close()
 
 

@@ -21,6 +21,7 @@ figures are marked invalid (``met: false`` with a note), never silently kept.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -81,6 +82,7 @@ class Window:
     softnet_drops: int = 0
     wakeups: int | None = None   # bare loop only: selector wakeups (frames per wakeup = batching)
     sink_read: int | None = None  # agent only: datagrams its UDP sinks read (the whole stack climbed)
+    backlog_at_stop: int = 0      # sent but not yet read when the flood stopped (queued in socket/ring)
     note: str | None = None
 
     @property
@@ -166,6 +168,7 @@ def measure_window(proc: Any, rc: Any, flood: Any, kind: str, rate: int, window_
     flood.call("set", key="on", value=False)
     f1 = flood.call("snapshot")
     sent = f1["sent"] - f0["sent"]
+    w.backlog_at_stop = sent - (rc.call("snapshot")["device"]["rx_packets"] - s0["rx_packets"])
     # drain: until the receiver has everything, or its count stops moving
     deadline = time.monotonic() + DRAIN_MAX_S
     last, last_change = -1, time.monotonic()
@@ -274,58 +277,76 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
-@REGISTRY.register("rx", "receive-path CPU per frame: client agent vs a bare AF_PACKET loop (namespaces)", needs_root=True)
-def rx_section(ctx: BenchContext) -> SectionResult:
-    if os.geteuid() != 0:
-        raise BenchError("section rx needs root for network namespaces; run `sudo testbed bench --section rx`")
+@contextlib.contextmanager
+def flood_rig(ctx: BenchContext, tag: str, first_rate: int, *, ring: bool = False):
+    """A fresh default topology (``bench-<tag>-<hex>``, removed on exit) with the flood started in
+    ``noise`` (pinned to FLOOD_CPU, off until a window turns it on) toward the client, whose MAC a
+    permanent neighbour entry on ``noise`` gives (the bare loops answer no ARP). Yields
+    (RunState, the flood's open ControlClient). ``ring``: the same flood sent through a
+    PACKET_TX_RING (testbed.bench.ringflood) -- for rates one sendto per datagram cannot reach."""
     from netns_setup.control import ControlClient
     from netns_setup.lifecycle import teardown, up
     from netns_setup.process import ProcessStartError, start_process
     from netns_setup.state import control_socket_path
     from netns_setup.topology import default_topology
 
+    topo = default_topology()
+    client, noise = topo.host("client"), topo.host("noise")
+    st = up(topo, f"bench-{tag}-{secrets.token_hex(3)}")
+    try:
+        add_permanent_neighbours(st.host_netns("noise"), st.host_iface("noise"), [(str(client.address.ip), client.mac)])
+        fctl = control_socket_path(st.dir, f"flood-{tag}")
+        try:
+            flood_proc = start_process(
+                st, "noise",
+                [sys.executable, "-m", "testbed.bench.ringflood" if ring else "testbed.flood",
+                 *(["--ifname", st.host_iface("noise"), "--dst-mac", str(client.mac)] if ring else []),
+                 "--dst", str(client.address.ip),
+                 "--ports", ",".join(map(str, FLOOD_PORTS)), "--rate-pps", str(first_rate), "--size", str(PAYLOAD_BYTES),
+                 "--seed", str(ctx.seed), "--bind", str(noise.address.ip), "--start-off", "--control", fctl],
+                role="flood", ready=True, cpus=[FLOOD_CPU], cwd=REPO)
+        except ProcessStartError as e:
+            raise BenchError(f"the flood did not start: {e}") from None
+        try:
+            with ControlClient(fctl) as flood:
+                yield st, flood
+                flood.call("shutdown")
+            flood_proc.wait(3.0)
+        finally:
+            flood_proc.stop()
+    finally:
+        teardown(st)
+
+
+@REGISTRY.register("rx", "receive-path CPU per frame: client agent vs a bare AF_PACKET loop (namespaces)", needs_root=True)
+def rx_section(ctx: BenchContext) -> SectionResult:
+    if os.geteuid() != 0:
+        raise BenchError("section rx needs root for network namespaces; run `sudo testbed bench --section rx`")
+    from netns_setup.process import ProcessStartError
+    from netns_setup.topology import default_topology
+
     rates = QUICK_RATES_PPS if ctx.quick else FULL_RATES_PPS
     window_s = QUICK_WINDOW_S if ctx.quick else FULL_WINDOW_S
     topo = default_topology()
-    client, noise = topo.host("client"), topo.host("noise")
+    client = topo.host("client")
     res = SectionResult(params={"rates_pps": list(rates), "window_s": window_s, "payload_bytes": PAYLOAD_BYTES,
                                 "ports": list(FLOOD_PORTS), "seed": ctx.seed, "receiver_cpu": RECEIVER_CPU,
                                 "flood_cpu": FLOOD_CPU, "agent_pool_pages": AGENT_POOL_PAGES,
                                 "agent_sink_reader": AGENT_SINK_READER,
                                 "cpu_clock": "clock_getcpuclockid(pid), ns", **agent_nic_params()})
-    name = f"bench-rx-{secrets.token_hex(3)}"
-    st = up(topo, name)
-    try:
-        add_permanent_neighbours(st.host_netns("noise"), st.host_iface("noise"), [(str(client.address.ip), client.mac)])
-        fctl = control_socket_path(st.dir, "flood")
-        try:
-            flood_proc = start_process(
-                st, "noise",
-                [sys.executable, "-m", "testbed.flood", "--dst", str(client.address.ip),
-                 "--ports", ",".join(map(str, FLOOD_PORTS)), "--rate-pps", str(rates[0]), "--size", str(PAYLOAD_BYTES),
-                 "--seed", str(ctx.seed), "--bind", str(noise.address.ip), "--start-off", "--control", fctl],
-                role="flood", ready=True, cpus=[FLOOD_CPU], cwd=REPO)
-        except ProcessStartError as e:
-            raise BenchError(f"the flood did not start: {e}") from None
-        agent_missing = None if _agent_argv() else "client-agent is not available yet (no client_agent.agent): agent figures are null"
+    agent_missing = None if _agent_argv() else "client-agent is not available yet (no client_agent.agent): agent figures are null"
+    with flood_rig(ctx, "rx", rates[0]) as (st, flood):
         ifname = st.host_iface("client")
-        with ControlClient(fctl) as flood:
-            for rate in rates:
-                flood.call("set", key="rate_pps", value=rate)
-                bares = [_measure(st, flood, kind, rate, window_s, ifname, client.address_str, ctx.progress)
-                         for kind in BARE_LOOPS]
-                agent = None
-                if agent_missing is None:
-                    try:
-                        agent = _measure(st, flood, "agent", rate, window_s, ifname, client.address_str, ctx.progress)
-                    except ProcessStartError as e:
-                        agent_missing = f"client-agent did not start: {str(e).splitlines()[0]}"
-                _figures(res, rate, bares, agent, agent_missing)
-            flood.call("shutdown")
-        flood_proc.wait(3.0)
-        flood_proc.stop()
-    finally:
-        teardown(st)
+        for rate in rates:
+            bares = [_measure(st, flood, kind, rate, window_s, ifname, client.address_str, ctx.progress)
+                     for kind in BARE_LOOPS]
+            agent = None
+            if agent_missing is None:
+                try:
+                    agent = _measure(st, flood, "agent", rate, window_s, ifname, client.address_str, ctx.progress)
+                except ProcessStartError as e:
+                    agent_missing = f"client-agent did not start: {str(e).splitlines()[0]}"
+            _figures(res, rate, bares, agent, agent_missing)
     if agent_missing:
         res.params["agent"] = agent_missing
     return res
