@@ -48,8 +48,19 @@ def test_climb_doubles_then_bisects_to_the_limit():
 def test_climb_stops_at_the_flood_and_says_so():
     lad = climb(lambda r: _window(r, limit=10**9, flood_max=33000), 3)
     assert lad.flood_limited and lad.best == 33000
-    assert [a for a, *_ in lad.trials] == [10000, 20000, 40000]
+    assert [a for a, *_ in lad.trials] == [10000, 20000, 40000, 40000]    # short twice: once retried
     assert "flood-limited" in lad.note()
+
+
+def test_climb_retries_a_flood_that_fell_short_once():
+    stalls = iter([True])
+
+    def one_stall(r):
+        return _window(r, limit=57000, flood_max=5000 if next(stalls, False) else 10**9)
+
+    lad = climb(one_stall, 3)
+    assert not lad.flood_limited and lad.best == 55000
+    assert [a for a, *_ in lad.trials][:3] == [10000, 10000, 20000]
 
 
 def test_capacity_section_is_registered_and_needs_root():

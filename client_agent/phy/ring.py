@@ -77,7 +77,10 @@ V2_SLL_OFF = 32
 V2_TX_DATA_OFF = 32                           # tp_hdrlen - sizeof(struct sockaddr_ll) = 52 - 20
 SLL_PKTTYPE = 10                              # offsetof(struct sockaddr_ll, sll_pkttype)
 
-DEFAULT_RX_RING_BYTES = 8 << 20               # ~40k 106-byte frames (V3), ~4k 1500-byte ones
+DEFAULT_RX_RING_BYTES = 8 << 20               # V3: ~40k 106-byte frames, ~5k 1500-byte ones
+# V2 spends a whole slot (2 KiB at MTU 1500) on each frame: 16 MiB = 8192 slots, ~100 ms of an
+# 80 kpps flood (8 MiB ran out in a 50 ms stall of the agent at 80 kpps: tp_drops).
+DEFAULT_RX_RING_BYTES_V2 = 16 << 20
 DEFAULT_BLOCK_BYTES = 1 << 16                 # V3 block; 128 KiB with gro (a merged frame fits)
 DEFAULT_BLOCK_TOV_MS = 1                      # retire a partly filled block after 1 ms (1 jiffy at HZ=250: 4 ms)
 DEFAULT_TX_SLOTS = 256
@@ -273,7 +276,7 @@ class RingDevice:
     truesize of the merged skb is in pool pages, see vnet.gro_pages)."""
 
     def __init__(self, ifname: str, *, version: int = 3, offloads: DeviceCapabilities | None = None,
-                 mtu: int | None = None, rx_ring_bytes: int = DEFAULT_RX_RING_BYTES,
+                 mtu: int | None = None, rx_ring_bytes: int | None = None,
                  block_bytes: int | None = None, block_tov_ms: int = DEFAULT_BLOCK_TOV_MS,
                  tx_ring: bool = True, tx_slots: int = DEFAULT_TX_SLOTS) -> None:
         if version not in (2, 3):
@@ -282,6 +285,8 @@ class RingDevice:
         if caps.gro and version != 3:
             raise AfPacketError(errno.EINVAL, "offload gro needs the TPACKET_V3 ring (a merged frame is up to 64 KiB)")
         self.ifname, self.version, self.caps = ifname, version, caps
+        if rx_ring_bytes is None:
+            rx_ring_bytes = DEFAULT_RX_RING_BYTES if version == 3 else DEFAULT_RX_RING_BYTES_V2
         self._rx_vnet = caps.gro
         vnet_len = VNET_HDR_LEN if self._rx_vnet else 0
         self._mm_rx = None

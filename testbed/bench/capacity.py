@@ -14,9 +14,10 @@ agent with a ``fast`` sink on every port). For each receiver, one process, a lad
 - rates double from START_PPS until a window fails, then bisect between the last absorbed and the
   first failed rate (quick: 1 step, full: 3); capacity = the achieved flood rate of the highest
   absorbed window;
-- when the flood itself cannot reach a rate (achieved < 95 % of asked), the ladder stops and the
-  figure says the capacity is at least that (``flood-limited`` in its note): the flood, not the
-  receiver, was the limit.
+- when the flood itself cannot reach a rate (achieved < 95 % of asked) twice (one retry per
+  ladder: a flood preempted on the shared core), the ladder stops and the figure says the
+  capacity is at least that (``flood-limited`` in its note): the flood, not the receiver, was the
+  limit.
 
 Windows: quick 3 s, full 10 s. Figures: ``bare_capacity_pps`` (the recv_into loop),
 ``bare_ring_capacity_pps`` (the TPACKET_V3 ring loop, for comparison), ``agent_capacity_pps``
@@ -89,9 +90,16 @@ def climb(try_rate, bisect_steps: int, start: int = START_PPS, max_pps: int = MA
     lad = Ladder("")
     lo, hi = 0, None
     rate = start
+    retried = False
     while rate <= max_pps:
         w = try_rate(rate)
         ok, why = absorbed(w)
+        if w.achieved_pps < rate * FLOOD_REACHED and ok and not retried:
+            # the flood fell short once (preempted on a shared core): try that rate again
+            retried = True
+            lad.trials.append((rate, w.achieved_pps, ok, "flood short of the rate: again"))
+            w = try_rate(rate)
+            ok, why = absorbed(w)
         if w.achieved_pps < rate * FLOOD_REACHED:
             # the flood fell short: a pass says "at least"; a fail is still the receiver's
             lad.trials.append((rate, w.achieved_pps, ok, why or "flood short of the rate"))
