@@ -8,12 +8,17 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 
 if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "testbed: needs root for network namespaces and sudo is not installed; run $(basename "$0") as root (e.g. su -c '$0')" >&2
+        exit 1
+    fi
     echo "testbed: needs root for network namespaces; re-running under sudo" >&2
     exec sudo -E "$0" "$@"
 fi
 
 # Debian packages the testbed and its tests use (peers, captures, the NFS baseline server).
-APT_PACKAGES=(tcpdump tshark libnfs-utils rpcbind iproute2 nfs-ganesha nfs-ganesha-vfs)
+APT_PACKAGES=(tcpdump tshark libnfs-utils rpcbind iproute2 nfs-ganesha nfs-ganesha-vfs vblade aoetools
+              nbdkit nbd-server qemu-utils qemu-block-extra libnbd-bin tgt libiscsi-bin)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -29,6 +29,9 @@ READERS = ("none", "fast", "ordinary")
 # "extended" (the file's transport too -- beyond Linux).
 CONSUMERS = ("swap", "mmap", "write")
 POLICIES = ("linux", "extended")
+# The NFS client's transport: tcp (every Linux since 5.6: CONFIG_NFS_DISABLE_UDP_SUPPORT) or udp
+# (the "Linux before 5.6" variant, nas-server's one-port layout).
+TRANSPORTS = ("udp", "tcp")
 PAGE_SIZE = 4096
 # An NFSv3 WRITE reply on the wire: RPC accepted-reply header 24 + nfsstat 4 + wcc_data
 # (pre_op_attr 4+24, post_op_attr 4+84) + count 4 + committed 4 + writeverf 8 = 160 bytes of RPC,
@@ -45,7 +48,7 @@ DEFAULT_AGENT_CAPACITY_PPS = 25000
 # 10 ms = 800/s) and by the agent (real runs: ~750 pages/s measured, memalloc 3672 pages in ~5 s).
 # 2000 is a generous bound; the noise-capacity checks below use it.
 DEFAULT_SWAP_RATE_PPS = 2000
-# The receive/transmit model that runs (client_agent/net/stack.py, client_agent/nfs/transport.py):
+# The receive/transmit model that runs (client_agent/net/core/dev.py, client_agent/net/sunrpc/):
 # - receive allocates per frame, then demuxes it (no NAPI batch is allocated ahead of the demux:
 #   ``budget`` only bounds how many frames one poll handles), so a frame from the reserve is
 #   dropped at the demux (PFMemallocDrop) or queued before the next frame takes a page;
@@ -88,6 +91,7 @@ class Scenario:
     workload_rate_pps: int = 0
     stall_threshold_s: float = 6.0
     max_duration_s: float = 60.0
+    transport: str = "udp"
     consumer: str = "swap"
     policy: str = "linux"
     dirty_ratio: int = 20
@@ -123,7 +127,7 @@ _INT_RANGES = {
 _FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0), "nas_write_latency_ms": (0.0, 10_000.0),
                  "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
 _CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
-            "consumer": CONSUMERS, "policy": POLICIES}
+            "consumer": CONSUMERS, "policy": POLICIES, "transport": TRANSPORTS}
 
 
 def _check_value(src: str, key: str, value):
@@ -286,7 +290,7 @@ def figures(sc: Scenario) -> dict:
     """Watermarks and sizes, from the agent's own allocator and stack rules."""
     from client_agent.mm.gfp import GFP_ATOMIC
     from client_agent.mm.page_alloc import PageAllocator
-    from client_agent.net.skb import PAGE_SIZE as SKB_PAGE, SKB_TRUESIZE_OVERHEAD
+    from client_agent.net.core.skbuff import PAGE_SIZE as SKB_PAGE, SKB_TRUESIZE_OVERHEAD
 
     pa = PageAllocator(sc.pool_pages, sc.min_free_kbytes, sc.watermark_scale_factor)
     wmin, low, high = pa.wmark_min, pa.wmark_low, pa.wmark_high
@@ -294,7 +298,7 @@ def figures(sc: Scenario) -> dict:
     frame = ETH_HLEN + UDP_IP_HLEN + sc.flood_size
     pages_per_frame = max(1, math.ceil(frame / SKB_PAGE))
     truesize = pages_per_frame * SKB_PAGE + SKB_TRUESIZE_OVERHEAD
-    # client_agent/net/udp.py: a datagram is admitted while rmem_alloc <= rcvbuf before it, so a
+    # client_agent/net/ipv4/udp.py: a datagram is admitted while rmem_alloc <= rcvbuf before it, so a
     # socket holds floor(rcvbuf / truesize) + 1 datagrams.
     per_socket = sc.noise_rcvbuf_bytes // truesize + 1
     noise_pages = sc.noise_sockets * per_socket * pages_per_frame
@@ -307,15 +311,28 @@ def figures(sc: Scenario) -> dict:
             "reply_pages": reply_pages, "reassembly_pages": reasm_pages}
 
 
-def _fill(noise_target: int, sc: Scenario) -> tuple[float, int]:
+def _fill(noise_target: int, sc: Scenario) -> tuple[float, float]:
     """Time for the flood to pin ``noise_target`` net pages while kswapd hands pages back at up to
     ``swap_rate_pps`` (every page it frees below min goes to the next flood frame: readers and
-    workload are blocked there), and the noise pages that takes: (fill_s, flood_pps x fill_s)."""
+    workload are blocked there), and the noise pages that takes: (fill_s, flood_pps x fill_s).
+    A flood no faster than kswapd never fills: (math.inf, math.inf)."""
     net = sc.flood_pps - sc.swap_rate_pps
     if net <= 0:
-        return math.inf, 1 << 62
+        return math.inf, math.inf
     fill_s = noise_target / net
     return fill_s, math.ceil(sc.flood_pps * fill_s)
+
+
+NEVER = "never"      # a time that is infinite, as shown in check values (JSON has no infinity)
+INFINITE = "inf"     # a page count that is infinite, likewise
+
+
+def _seconds(x: float) -> float | str:
+    return NEVER if x == math.inf else round(x, 3)
+
+
+def _pages(x: float) -> int | str:
+    return INFINITE if x == math.inf else int(x)
 
 
 def preflight(sc: Scenario) -> tuple[list[Check], dict]:
@@ -331,14 +348,14 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
     # the flood only gets there if the noise queues hold what it must pin, plus every page kswapd
     # frees meanwhile (it goes to the next flood frame, not back to free).
     fill_s, need_pin = _fill(pin, sc)
-    f["fill_to_floor_s"] = round(fill_s, 3) if fill_s != math.inf else None
+    f["fill_to_floor_s"] = _seconds(fill_s)
     checks.append(Check(
         "flood_pins_free_at_atomic_floor",
         "noise_pages >= (min - atomic_floor) + swap_rate_pps * fill_s, "
         "fill_s = (min - atomic_floor) / (flood_pps - swap_rate_pps)",
         {"noise_pages": f["noise_pages"], "min": f["min"], "atomic_floor": f["atomic_floor"],
          "flood_pps": sc.flood_pps, "swap_rate_pps": sc.swap_rate_pps, "fill_s": f["fill_to_floor_s"],
-         "needed": need_pin, "sockets": sc.noise_sockets, "rcvbuf_bytes": sc.noise_rcvbuf_bytes,
+         "needed": _pages(need_pin), "sockets": sc.noise_sockets, "rcvbuf_bytes": sc.noise_rcvbuf_bytes,
          "truesize": f["flood_truesize"]},
         f["noise_pages"] >= need_pin, applies="deadlock,recovered"))
     if not sc.pfmemalloc_demux_drop and sc.memalloc:
@@ -350,7 +367,7 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
             "noise_pages >= min + swap_rate_pps * eat_s, eat_s = min / (flood_pps - swap_rate_pps)",
             {"noise_pages": f["noise_pages"], "min": f["min"], "flood_pps": sc.flood_pps,
              "swap_rate_pps": sc.swap_rate_pps,
-             "eat_s": round(eat_s, 3) if eat_s != math.inf else None, "needed": need_eat},
+             "eat_s": _seconds(eat_s), "needed": _pages(need_eat)},
             f["noise_pages"] >= need_eat, applies="deadlock"))
     # Below the atomic floor only ALLOC_NO_WATERMARKS allocations go: RPC buffers of swapper calls,
     # the transport's receive buffers (SOCK_MEMALLOC), transmit fragments under PF_MEMALLOC. Worst

@@ -5,7 +5,8 @@ Invariants owned here (docs/swap-contract.md, "Outcome rules"):
   ``stall_threshold_s``; the clock of the stall starts at the later of the last ``pswpout`` growth
   and the moment reclaim became needed, and the outcome is declared at the first sample at or past
   start + threshold -- never earlier.
-- ``recovered``: the workload is done and free > high, after a stall (free went below the GFP_ATOMIC
+- ``recovered``: the workload is done, free > high and no swap page is under writeback (the
+  snapshot's ``swap.writeback``, 0 when absent), after a stall (free went below the GFP_ATOMIC
   floor at some sample); ``completed``: the same without a stall.
 - File-backed consumers (snapshot["filemap"] active, docs/file-backed.md), as testbed.sim: progress
   is ``pswpout + nr_written``, a writer throttled in balance_dirty_pages counts as reclaim needed, and
@@ -14,7 +15,9 @@ Invariants owned here (docs/swap-contract.md, "Outcome rules"):
 - ``invalid``: a snapshot says it is not valid (tp_drops, loop lag) or the runner saw softnet drops.
 - The first outcome is final; ``finish()`` at the end of the budget gives ``unfinished`` when none
   was reached (the run proves nothing either way, so it never equals an ``expect``).
-Pure: fed ``(t, snapshot)``; no clock, no I/O, so it is tested on synthetic timelines.
+Pure: fed ``(t, snapshot)``; no clock, no I/O, so it is tested on synthetic timelines. It is the
+only place the outcome rules live: the runner feeds it the client's snapshots every 0.2 s, the
+simulation (testbed/sim.py) the same shape every 0.1 s of virtual time.
 """
 
 from __future__ import annotations
@@ -65,6 +68,20 @@ def nfs_view(snap: dict) -> dict:
     return {**nfs, **(nfs.get("counters") or {})}
 
 
+# The durability loop's counters (client_agent/fs/nfs/nfs3proc.py durability_counters), kept per
+# consumer: snapshot["swap"] or snapshot["filemap"].
+WRITEBACK_KEYS = ("writes", "commits", "resends", "verifier_changes", "shortwrite",
+                  "committed_lt_stable", "delay", "rpcgarbage", "write_errors",
+                  "write_error_reasons", "write_error_errnos")
+
+
+def writeback_view(snap: dict) -> dict:
+    """The consumer's NFS writeback counters: short writes, JUKEBOX delays, garbage replies and
+    the writes that ended with an error, by name (empty for an agent without them)."""
+    src = filemap(snap) or snap.get("swap") or {}
+    return {k: src[k] for k in WRITEBACK_KEYS if k in src}
+
+
 def workload_done(snap: dict) -> bool:
     fm = filemap(snap)
     if fm is not None:
@@ -73,13 +90,15 @@ def workload_done(snap: dict) -> bool:
 
 
 def settled(snap: dict) -> bool:
-    """Swap: free > high. A file's pages stay cached after fsync/msync, so for a file consumer
-    settled = kswapd asleep (no reclaim needed) and no file page under writeback (as testbed.sim)."""
+    """Swap: free > high and no swap page under writeback. A file's pages stay cached after
+    fsync/msync, so for a file consumer settled = kswapd asleep (no reclaim needed) and no file
+    page under writeback."""
     z = zone(snap)
     fm = filemap(snap)
     if fm is not None:
         return not reclaim_needed(snap) and not fm.get("nr_writeback")
-    return z.get("free") is not None and z.get("free") > z.get("high", 0)
+    return (z.get("free") is not None and z.get("free") > z.get("high", 0)
+            and not (snap.get("swap") or {}).get("writeback"))
 
 
 @dataclass
@@ -97,6 +116,11 @@ class Watchdog:
     _last_growth: float | None = None
     _reclaim_since: float | None = None
     _last_t: float | None = None
+
+    @property
+    def first_below_floor_s(self) -> float | None:
+        """When free (or its low-water mark) first went below the atomic floor, if it did."""
+        return self._first_below_floor
 
     def stall_start(self) -> float | None:
         if self._reclaim_since is None:
@@ -218,6 +242,12 @@ def hung_task_report(snap: dict, stall_threshold_s: float, missing_xids: list[in
         keys = ("rpc_calls", "rpc_retrans", "rpc_major_timeouts", "rpc_replies", "rpc_bad_xid", "backlog")
         out.append("nfs: " + " ".join(f"{k}:{nfs.get(k)}" for k in keys if k in nfs)
                    + (" -- server not responding, still trying" if nfs.get("not_responding") else ""))
+    wb = writeback_view(snap)
+    if wb.get("write_errors") or wb.get("shortwrite") or wb.get("delay") or wb.get("rpcgarbage"):
+        reasons = " ".join(f"{k}:{v}" for k, v in sorted((wb.get("write_error_reasons") or {}).items()))
+        out.append("nfs writeback: " + " ".join(f"{k}:{wb.get(k, 0)}" for k in
+                                                 ("shortwrite", "delay", "rpcgarbage", "write_errors"))
+                   + (f" -- pages whose writeback ended with an error, by reason: {reasons}" if reasons else ""))
     if missing_xids is not None:
         shown = " ".join(f"{x:#010x}" for x in missing_xids[:32])
         more = f" (+{len(missing_xids) - 32} more)" if len(missing_xids) > 32 else ""

@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -41,21 +40,13 @@ def bed():
 def _exchange_and_capture(dst, port, sizes, ifname, pcap_path):
     """In `nas`: capture the veth (AF_PACKET, this namespace only) while the kernel's UDP socket
     exchanges ``sizes`` with the agent's echo; write the capture as pcap."""
-    from client_agent.phy.pcap import PcapWriter
-    cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-    cap.bind((ifname, 3))
-    cap.settimeout(0.2)
-    frames, stop = [], threading.Event()
+    from capture_kit import veth_capture
+    with veth_capture(ifname, pcap_path) as frames:
+        out = _exchange(dst, port, sizes)
+    return out, max(len(f) for f, _ts in frames)
 
-    def capture():
-        while not stop.is_set():
-            try:
-                frames.append((cap.recv(65536), time.time()))
-            except socket.timeout:
-                pass
 
-    t = threading.Thread(target=capture)
-    t.start()
+def _exchange(dst, port, sizes):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(2.0)
     out = []
@@ -67,15 +58,8 @@ def _exchange_and_capture(dst, port, sizes, ifname, pcap_path):
             out.append((data == msg, addr[0], len(data)))
         time.sleep(0.2)
     finally:
-        stop.set()
-        t.join()
-        cap.close()
         s.close()
-    w = PcapWriter(pcap_path)
-    for f, ts in frames:
-        w.write(f, ts)
-    w.close()
-    return out, max(len(f) for f, _ts in frames)
+    return out
 
 
 @pytest.mark.parametrize("nic", ["ring-v3", "ring-v2", "socket"])

@@ -116,8 +116,10 @@ def test_parse_offloads():
     assert parse_offloads("none") == NO_OFFLOADS and parse_offloads("") == NO_OFFLOADS
     with pytest.raises(ValueError, match="unknown offload 'lro'; known: tx, rx, gro, tso"):
         parse_offloads("tx,lro")
-    with pytest.raises(ValueError, match="needs TCP"):
+    with pytest.raises(ValueError, match="needs 'tx'"):
         parse_offloads("tso")
+    tso = parse_offloads("tx,tso")
+    assert tso.tso and tso.tx_csum and tso.tx_csum_tcp and tso.names() == ["tx", "tso"]
     assert device_caps(object()) == NO_OFFLOADS
 
 

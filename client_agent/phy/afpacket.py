@@ -127,10 +127,12 @@ class AfPacketDevice:
             out.append((bytes(self._view[:n]), notready))
         return out
 
-    def transmit(self, frame: bytes, now: float) -> bool:
+    def transmit(self, frame: bytes, now: float, gso_size: int = 0) -> bool:
+        """One ``send``; with ``tx`` the virtio header first (NEEDS_CSUM; ``gso_size`` > 0: a TSO
+        frame the kernel segments, see vnet.tx_header)."""
         try:
             if self._vnet:
-                hdr = tx_header(frame, True)
+                hdr = tx_header(frame, True, gso_size)
                 self.sock.sendmsg([hdr, frame])
                 if hdr is not NO_OFFLOAD_HDR:
                     self.counters["tx_csum_partial"] += 1

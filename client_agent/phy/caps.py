@@ -21,9 +21,16 @@ named after Linux's netdev features as ``ethtool -k`` shows them:
   MTU) are accepted as one buffer, charged like Linux's GRO skb (one buffer per merged segment:
   ``truesize`` grows by each segment's). Off: such a frame is dropped and counted
   (``rx_gso_dropped``), as a host without GRO never receives one.
-- ``tso`` -- NETIF_F_TSO: not offered yet. The seam for TCP: with ``tso`` the stack would hand one
-  segment of up to 64 KiB with ``gso_type = VIRTIO_NET_HDR_GSO_TCPV4`` and ``gso_size = MSS``
-  (``vnet.VirtioNetHdr``) and the veth segments it; asking for it is an error today.
+- ``tx`` covers TCP as well (NETIF_F_HW_CSUM is protocol-generic): every TCP segment leaves the
+  stack with the pseudo-header sum in its checksum field and goes out with NEEDS_CSUM,
+  csum_offset = 16 (``offsetof(struct tcphdr, check)``); TCP segments are never IP-fragmented.
+- ``tso`` -- NETIF_F_TSO (needs ``tx``, as ethtool refuses TSO without a checksum feature): TCP
+  hands the device one segment of up to ``GSO_MAX_SIZE`` bytes covering several full-MSS
+  buffers of its write queue, with ``gso_size`` = MSS; the device sends it with
+  ``gso_type = VIRTIO_NET_HDR_GSO_TCPV4`` and the kernel segments it in C before the wire
+  (``validate_xmit_skb`` -> ``skb_gso_segment``, the veth's own TSO being off with its checksum
+  feature), so captures show per-MTU frames. The GSO buffer is charged to the pool as Linux's
+  GSO skb: its bytes in pages, once (not one buffer per wire frame).
 
 Invariant: a device without a ``caps`` attribute has ``NO_OFFLOADS`` (the stack does all of it),
 and a wrapper device (fault injection) exposes its inner device's ``caps`` unchanged -- the stack
@@ -70,12 +77,18 @@ class DeviceCapabilities:
         """True when the device fills the UDP checksum (the stack leaves a partial one)."""
         return not self.checksum.udp.tx()
 
+    @property
+    def tx_csum_tcp(self) -> bool:
+        """True when the device fills the TCP checksum (the stack leaves a partial one)."""
+        return not self.checksum.tcp.tx()
+
     def names(self) -> list[str]:
         return [n for n, on in (("tx", self.tx_csum), ("rx", self.rx_csum), ("gro", self.gro),
                                 ("tso", self.tso)) if on]
 
 
 NO_OFFLOADS = DeviceCapabilities()
+GSO_MAX_SIZE = 65536                 # netdev gso_max_size: the largest IP packet TCP hands a TSO device
 OFFLOAD_NAMES = ("tx", "rx", "gro", "tso")
 
 
@@ -89,9 +102,12 @@ def parse_offloads(text: str) -> DeviceCapabilities:
         if item not in OFFLOAD_NAMES:
             raise ValueError(f"unknown offload {item!r}; known: {', '.join(OFFLOAD_NAMES)} (or none)")
         if item == "tso":
-            raise ValueError("offload 'tso' needs TCP in the agent (not there yet); use tx, rx, gro")
+            if "tx" not in items:
+                raise ValueError("offload 'tso' needs 'tx' (TSO fills checksums: ethtool refuses it without "
+                                 "a checksum feature); use tx,tso")
+            caps = replace(caps, tso=True)
         if item == "tx":
-            caps = replace(caps, checksum=replace(caps.checksum, udp=Checksum.RX))
+            caps = replace(caps, checksum=replace(caps.checksum, udp=Checksum.RX, tcp=Checksum.RX))
         elif item == "rx":
             caps = replace(caps, rx_csum=True)
         elif item == "gro":

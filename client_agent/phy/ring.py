@@ -346,7 +346,7 @@ class RingDevice:
         self.counters = {"rx_packets": 0, "rx_bytes": 0, "rx_csum_notready": 0, "rx_ring_truncated": 0,
                          "rx_gso_frames": 0, "rx_gso_dropped": 0, "rx_blocks": 0,
                          "tx_packets": 0, "tx_bytes": 0, "tx_errors": 0, "tx_ring_full": 0,
-                         "tx_csum_partial": 0, "tx_sends": 0,
+                         "tx_csum_partial": 0, "tx_sends": 0, "tx_gso": 0,
                          "tp_packets": 0, "tp_drops": 0, "tp_freeze_q_cnt": 0}
 
     def fileno(self) -> int:
@@ -391,12 +391,18 @@ class RingDevice:
         return out
 
     # -- transmit -------------------------------------------------------------------------
-    def transmit(self, frame: bytes, now: float) -> bool:
+    def transmit(self, frame: bytes, now: float, gso_size: int = 0) -> bool:
+        """Queue ``frame`` (one ``send()`` per batch, see flush_tx). ``gso_size`` > 0: a TSO frame
+        (``caps.tso``), longer than a slot: the queued slots are sent first (order kept), then
+        the frame with its virtio header in one ``sendmsg`` -- one system call for the segments
+        the kernel cuts from it."""
         self._last_now = now
         c = self.counters
-        hdr = tx_header(frame, True) if self._tx_hdr else b""
+        hdr = tx_header(frame, True, gso_size) if self._tx_hdr else b""
         ring = self.tx_ring
-        if ring is None:
+        if ring is None or (gso_size and len(hdr) + len(frame) > ring.max_data):
+            if ring is not None and self._kick:
+                self.flush_tx()
             try:
                 if self._tx_hdr:
                     self.tx.sock.sendmsg([hdr, frame])
@@ -422,6 +428,8 @@ class RingDevice:
                 self.flush_tx()
         if hdr and hdr is not NO_OFFLOAD_HDR:
             c["tx_csum_partial"] += 1
+        if gso_size:
+            c["tx_gso"] += 1
         c["tx_packets"] += 1
         c["tx_bytes"] += len(frame)
         return True

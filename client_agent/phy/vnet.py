@@ -24,22 +24,32 @@ VIRTIO_NET_HDR_GSO_TCPV6 = 4
 VIRTIO_NET_HDR_GSO_UDP_L4 = 5
 VIRTIO_NET_HDR_GSO_ECN = 0x80
 UDP_CSUM_OFFSET = 6                      # offsetof(struct udphdr, check)
+TCP_CSUM_OFFSET = 16                     # offsetof(struct tcphdr, check)
 
 NO_OFFLOAD_HDR = bytes(VNET_HDR_LEN)     # flags 0, GSO_NONE: the frame is complete as it is
 
 
-def tx_header(frame, tx_csum: bool) -> bytes:
+def tx_header(frame, tx_csum: bool, gso_size: int = 0) -> bytes:
     """The header for ``frame`` on transmit.
 
-    With ``tx_csum`` and an unfragmented IPv4/UDP frame (MF clear, offset 0 -- the stack leaves
-    the pseudo-header sum in those only, see caps.py) it asks the kernel to finish the checksum:
-    NEEDS_CSUM, csum_start = 14 + IHL*4, csum_offset = 6, hdr_len = the headers. Anything else
-    goes out as it is (flags 0)."""
-    if (tx_csum and len(frame) >= 42 and frame[12] == 8 and frame[13] == 0 and frame[23] == 17
+    With ``tx_csum`` it asks the kernel to finish the checksum of an unfragmented IPv4/UDP
+    frame (MF clear, offset 0 -- the stack leaves the pseudo-header sum in those only, see
+    caps.py: csum_offset 6) and of every IPv4/TCP frame (csum_offset 16): NEEDS_CSUM,
+    csum_start = 14 + IHL*4, hdr_len = the headers. ``gso_size`` > 0 (a TCP frame only): a TSO
+    frame, ``gso_type = GSO_TCPV4`` -- the kernel cuts its payload into ``gso_size`` pieces
+    (tcp_gso_segment). Anything else goes out as it is (flags 0)."""
+    if (tx_csum and len(frame) >= 42 and frame[12] == 8 and frame[13] == 0
             and not (frame[20] & 0x3F) and not frame[21]):
         start = 14 + (frame[14] & 15) * 4
-        return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, start + 8, 0,
-                             start, UDP_CSUM_OFFSET)
+        proto = frame[23]
+        if proto == 17:
+            return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, start + 8, 0,
+                                 start, UDP_CSUM_OFFSET)
+        if proto == 6 and len(frame) >= start + 20:
+            hlen = start + (frame[start + 12] >> 4) * 4
+            return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                                 VIRTIO_NET_HDR_GSO_TCPV4 if gso_size else VIRTIO_NET_HDR_GSO_NONE,
+                                 hlen, gso_size, start, TCP_CSUM_OFFSET)
     return NO_OFFLOAD_HDR
 
 
