@@ -220,9 +220,11 @@ class TxSocket:
     sized for ``mtu``. ``kick()`` is the one ``send()`` that hands every SEND_REQUEST slot to
     ``tpacket_snd``; it returns True while slots are still queued (the socket's sndbuf was full)."""
 
-    def __init__(self, ifname: str, mtu: int, *, vnet: bool, ring: bool, slots: int = DEFAULT_TX_SLOTS) -> None:
+    def __init__(self, ifname: str, mtu: int, *, vnet: bool, ring: bool, slots: int = DEFAULT_TX_SLOTS,
+                 gso: bool = False) -> None:
         self.ring = None
         self._mm = self._view = None
+        self.gso_sock = None
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         geom = None
         try:
@@ -250,6 +252,26 @@ class TxSocket:
             raise AfPacketError(e.errno, f"cannot set up the transmit socket on {ifname!r}: {e.strerror}") from None
         self.sock = s
         self.mac = bytes(s.getsockname()[4][:6])
+        if gso and geom is not None:
+            # A socket with a TX ring sends only its ring (packet_sendmsg -> tpacket_snd ignores
+            # the message's own bytes), and a GSO frame is longer than a slot: TSO frames go
+            # through a second transmit socket, ring-less, with PACKET_VNET_HDR (packet_snd).
+            g = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            try:
+                g.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+                g.bind((ifname, 0))
+                try:
+                    g.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, DEFAULT_SNDBUF_BYTES)
+                except PermissionError:
+                    pass
+                g.setblocking(False)
+            except OSError as e:
+                g.close()
+                self.close()
+                raise AfPacketError(e.errno, f"cannot set up the TSO socket on {ifname!r}: {e.strerror}") from None
+            self.gso_sock = g
+        elif gso:
+            self.gso_sock = s
 
     def kick(self) -> bool:
         """One send(); raises OSError other than EAGAIN/EINTR. True: slots still queued."""
@@ -267,6 +289,9 @@ class TxSocket:
         if self._mm is not None:
             self._mm.close()
             self._mm = None
+        if self.gso_sock is not None and self.gso_sock is not self.sock:
+            self.gso_sock.close()
+        self.gso_sock = None
         self.sock.close()
 
 
@@ -330,7 +355,7 @@ class RingDevice:
                 self.rx = RxRingV2(self._rx_view, *self._rx_geom)
             self.sock.setblocking(False)
             self.mac = bytes(self.sock.getsockname()[4][:6])
-            self.tx = TxSocket(ifname, self.mtu, vnet=caps.tx_csum, ring=tx_ring, slots=tx_slots)
+            self.tx = TxSocket(ifname, self.mtu, vnet=caps.tx_csum, ring=tx_ring, slots=tx_slots, gso=caps.tso)
             self.tx_ring = self.tx.ring
             if caps.tx_csum:
                 self._veth_csum = VethTxChecksum(self.sock, ifname)
@@ -394,8 +419,8 @@ class RingDevice:
     def transmit(self, frame: bytes, now: float, gso_size: int = 0) -> bool:
         """Queue ``frame`` (one ``send()`` per batch, see flush_tx). ``gso_size`` > 0: a TSO frame
         (``caps.tso``), longer than a slot: the queued slots are sent first (order kept), then
-        the frame with its virtio header in one ``sendmsg`` -- one system call for the segments
-        the kernel cuts from it."""
+        the frame with its virtio header in one ``sendmsg`` on the ring-less TSO socket
+        (``TxSocket.gso_sock``) -- one system call for the segments the kernel cuts from it."""
         self._last_now = now
         c = self.counters
         hdr = tx_header(frame, True, gso_size) if self._tx_hdr else b""
@@ -404,7 +429,9 @@ class RingDevice:
             if ring is not None and self._kick:
                 self.flush_tx()
             try:
-                if self._tx_hdr:
+                if gso_size:
+                    self.tx.gso_sock.sendmsg([hdr, frame])
+                elif self._tx_hdr:
                     self.tx.sock.sendmsg([hdr, frame])
                 else:
                     self.tx.sock.send(frame)
