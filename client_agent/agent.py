@@ -35,7 +35,7 @@ from .phy.ring import NICS
 TESTBED_NET = ipaddress.ip_network("198.18.0.0/15")
 # The NIC and its offloads when the command line names none (benchmarks/README.md, "nic").
 DEFAULT_NIC = "ring-v2"
-DEFAULT_OFFLOADS = "tx,rx"
+DEFAULT_OFFLOADS = "tx,rx,tso,ufo"
 # A run is invalid when the loop was this late for a timer: the agent, not its memory, was the
 # bottleneck, and its drops would not be the ones under study.
 LAG_INVALID_S = 0.25
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload", metavar="LIST", default=os.environ.get("CLIENT_AGENT_OFFLOAD"),
                    help="what the NIC does for the stack, ethtool -K names: tx (UDP and TCP checksums on transmit), "
                         "rx (trust the kernel's checksum-valid reports), gro (accept merged frames; ring-v3), "
-                        "tso (TCP segmentation, needs tx), or none "
+                        "tso (TCP segmentation, needs tx), ufo (the kernel fragments UDP datagrams, needs tx), or none "
                         f"(default $CLIENT_AGENT_OFFLOAD or {DEFAULT_OFFLOADS})")
     p.add_argument("--fault", metavar="SPEC", help="seeded faults on both directions of the NIC "
                    "(netem is not in this kernel), e.g. loss=0.05,dup=0.01,reorder=0.02,delay_ms=1,seed=7")

@@ -175,6 +175,28 @@ def test_stack_leaves_a_partial_checksum_only_when_the_device_fills_it(offload):
     assert alloc.nr_free == alloc.nr_pages          # every transmit buffer went back to the pool
 
 
+def test_with_ufo_a_datagram_longer_than_the_mtu_leaves_as_one_buffer_the_kernel_fragments():
+    dev = _Dev(parse_offloads("tx,ufo"))
+    got = []
+    alloc = PageAllocator(256)
+    dev.transmit = lambda frame, now, gso_size=0: got.append((frame, gso_size, alloc.nr_pages - alloc.nr_free)) or True
+    st = Stack(alloc, dev, dev.mac, "198.18.0.2", 24)
+    st.neigh.add_permanent(bytes([198, 18, 0, 1]), b"\x02\x00\x00\x00\x00\x01", 0.0)
+    sk = st.udp_socket()
+    sk.bind(("0.0.0.0", 5000))
+    assert sk.sendto(b"u" * 4200, ("198.18.0.1", 7), 0.0) >= 0
+    ((frame, gso, in_use),) = got
+    assert gso == 1480 and len(frame) == 14 + 20 + 8 + 4200 and in_use == 2   # one GSO buffer: 2 pages
+    flags, gso_type, hdr_len, gso_size, start, off = VNET_HDR.unpack(tx_header(frame, True, gso))
+    assert (flags, gso_type, gso_size, start, off) == (VIRTIO_NET_HDR_F_NEEDS_CSUM, 3, 1480, 34, 6)
+    assert st.snmp["Ip"]["FragCreates"] == 0 and alloc.nr_free == alloc.nr_pages
+    pseudo = (int.from_bytes(bytes([198, 18, 0, 2]), "big") + int.from_bytes(bytes([198, 18, 0, 1]), "big")
+              + 17 + 4208) % 0xFFFF
+    assert int.from_bytes(frame[40:42], "big") == pseudo                     # partial: the kernel sums it
+    with pytest.raises(ValueError, match="needs 'tx'"):
+        parse_offloads("ufo")
+
+
 def _device_over(buf, caps, mtu=1500):
     """A RingDevice reading a ring in ``buf`` (no socket): the receive path alone."""
     from client_agent.phy.ring import RingDevice

@@ -31,6 +31,12 @@ named after Linux's netdev features as ``ethtool -k`` shows them:
   (``validate_xmit_skb`` -> ``skb_gso_segment``, the veth's own TSO being off with its checksum
   feature), so captures show per-MTU frames. The GSO buffer is charged to the pool as Linux's
   GSO skb: its bytes in pages, once (not one buffer per wire frame).
+- ``ufo`` -- NETIF_F_UFO as a packet socket may still use it (VIRTIO_NET_HDR_GSO_UDP, accepted
+  from tuntap and packet sockets since "net: accept UFO datagrams from tuntap and packet",
+  4.14; needs ``tx``): a UDP datagram longer than the MTU leaves the stack as one buffer with a
+  partial checksum and ``gso_size`` = the fragment payload ((MTU - 20) & ~7); the kernel
+  completes the checksum and IP-fragments it in C (``udp4_ufo_fragment``), so the wire carries
+  the same fragments ``ip_do_fragment`` would make. Charged as one GSO buffer.
 
 Invariant: a device without a ``caps`` attribute has ``NO_OFFLOADS`` (the stack does all of it),
 and a wrapper device (fault injection) exposes its inner device's ``caps`` unchanged -- the stack
@@ -71,6 +77,7 @@ class DeviceCapabilities:
     rx_csum: bool = False      # per-frame "checksum already valid" reports are trusted
     gro: bool = False
     tso: bool = False
+    ufo: bool = False
 
     @property
     def tx_csum(self) -> bool:
@@ -84,12 +91,12 @@ class DeviceCapabilities:
 
     def names(self) -> list[str]:
         return [n for n, on in (("tx", self.tx_csum), ("rx", self.rx_csum), ("gro", self.gro),
-                                ("tso", self.tso)) if on]
+                                ("tso", self.tso), ("ufo", self.ufo)) if on]
 
 
 NO_OFFLOADS = DeviceCapabilities()
 GSO_MAX_SIZE = 65536                 # netdev gso_max_size: the largest IP packet TCP hands a TSO device
-OFFLOAD_NAMES = ("tx", "rx", "gro", "tso")
+OFFLOAD_NAMES = ("tx", "rx", "gro", "tso", "ufo")
 
 
 def parse_offloads(text: str) -> DeviceCapabilities:
@@ -106,6 +113,11 @@ def parse_offloads(text: str) -> DeviceCapabilities:
                 raise ValueError("offload 'tso' needs 'tx' (TSO fills checksums: ethtool refuses it without "
                                  "a checksum feature); use tx,tso")
             caps = replace(caps, tso=True)
+        if item == "ufo":
+            if "tx" not in items:
+                raise ValueError("offload 'ufo' needs 'tx' (the kernel completes the checksum it leaves "
+                                 "partial); use tx,ufo")
+            caps = replace(caps, ufo=True)
         if item == "tx":
             caps = replace(caps, checksum=replace(caps.checksum, udp=Checksum.RX, tcp=Checksum.RX))
         elif item == "rx":

@@ -181,9 +181,9 @@ class BothWays(Device):
         self.mac, self.mtu = inner.mac, inner.mtu
         # The stack must see the real NIC's offloads (which frames carry a partial checksum),
         # and the loop must ring its transmit doorbell.
-        # TSO excepted: a fault injector acts per wire frame, and a GSO buffer is many of them.
+        # TSO/UFO excepted: a fault injector acts per wire frame, and a GSO buffer is many of them.
         from dataclasses import replace as _replace
-        self.caps = _replace(device_caps(inner), tso=False)
+        self.caps = _replace(device_caps(inner), tso=False, ufo=False)
         if hasattr(inner, "flush_tx"):
             self.flush_tx = inner.flush_tx
 

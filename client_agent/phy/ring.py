@@ -355,7 +355,7 @@ class RingDevice:
                 self.rx = RxRingV2(self._rx_view, *self._rx_geom)
             self.sock.setblocking(False)
             self.mac = bytes(self.sock.getsockname()[4][:6])
-            self.tx = TxSocket(ifname, self.mtu, vnet=caps.tx_csum, ring=tx_ring, slots=tx_slots, gso=caps.tso)
+            self.tx = TxSocket(ifname, self.mtu, vnet=caps.tx_csum, ring=tx_ring, slots=tx_slots, gso=caps.tso or caps.ufo)
             self.tx_ring = self.tx.ring
             if caps.tx_csum:
                 self._veth_csum = VethTxChecksum(self.sock, ifname)

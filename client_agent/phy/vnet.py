@@ -35,16 +35,18 @@ def tx_header(frame, tx_csum: bool, gso_size: int = 0) -> bytes:
     With ``tx_csum`` it asks the kernel to finish the checksum of an unfragmented IPv4/UDP
     frame (MF clear, offset 0 -- the stack leaves the pseudo-header sum in those only, see
     caps.py: csum_offset 6) and of every IPv4/TCP frame (csum_offset 16): NEEDS_CSUM,
-    csum_start = 14 + IHL*4, hdr_len = the headers. ``gso_size`` > 0 (a TCP frame only): a TSO
-    frame, ``gso_type = GSO_TCPV4`` -- the kernel cuts its payload into ``gso_size`` pieces
-    (tcp_gso_segment). Anything else goes out as it is (flags 0)."""
+    csum_start = 14 + IHL*4, hdr_len = the headers. ``gso_size`` > 0: a TSO frame
+    (``GSO_TCPV4``: the kernel cuts its payload into ``gso_size`` pieces, tcp_gso_segment) or a
+    UFO datagram (``GSO_UDP``: the kernel IP-fragments it, fragments of ``gso_size`` bytes,
+    udp4_ufo_fragment). Anything else goes out as it is (flags 0)."""
     if (tx_csum and len(frame) >= 42 and frame[12] == 8 and frame[13] == 0
             and not (frame[20] & 0x3F) and not frame[21]):
         start = 14 + (frame[14] & 15) * 4
         proto = frame[23]
         if proto == 17:
-            return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, start + 8, 0,
-                                 start, UDP_CSUM_OFFSET)
+            return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                                 VIRTIO_NET_HDR_GSO_UDP if gso_size else VIRTIO_NET_HDR_GSO_NONE,
+                                 start + 8, gso_size, start, UDP_CSUM_OFFSET)
         if proto == 6 and len(frame) >= start + 20:
             hlen = start + (frame[start + 12] >> 4) * 4
             return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM,

@@ -101,9 +101,9 @@ class Window:
 def agent_nic_params() -> dict:
     """Which NIC and offloads the agents of this run use (client-agent's defaults, or the
     CLIENT_AGENT_NIC / CLIENT_AGENT_OFFLOAD environment they inherit)."""
-    from client_agent.agent import DEFAULT_NIC, DEFAULT_OFFLOADS
-    return {"agent_nic": os.environ.get("CLIENT_AGENT_NIC", DEFAULT_NIC),
-            "agent_offload": os.environ.get("CLIENT_AGENT_OFFLOAD", DEFAULT_OFFLOADS)}
+    import client_agent.agent as agent_mod       # an agent before issue 18 had the socket NIC only
+    return {"agent_nic": os.environ.get("CLIENT_AGENT_NIC", getattr(agent_mod, "DEFAULT_NIC", "socket")),
+            "agent_offload": os.environ.get("CLIENT_AGENT_OFFLOAD", getattr(agent_mod, "DEFAULT_OFFLOADS", "rx"))}
 
 
 def _agent_argv() -> list[str] | None:

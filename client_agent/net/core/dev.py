@@ -92,6 +92,7 @@ class NetCore:
         self.tx_csum_udp = self.caps.tx_csum            # NETIF_F_HW_CSUM for UDP
         self.tx_csum_tcp = self.caps.tx_csum_tcp        # ... and for TCP
         self.tso = self.caps.tso                        # NETIF_F_TSO: TCPv4 GSO buffers
+        self.ufo = self.caps.ufo                        # UFO: UDP datagrams the kernel fragments
 
     # ================================================================== registration
     def dev_add_pack(self, ethertype: int, handler) -> None:
