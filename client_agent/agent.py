@@ -166,15 +166,14 @@ class Agent(Host):
         """Everything observable. ``traces=False`` leaves out the per-xid and per-frame records
         (tens of thousands of entries): the runner's 0.2 s samples do not need them, and encoding
         them five times a second would cost the agent the very CPU under study."""
-        snap = self._snapshot()
+        snap = self._snapshot(traces)
         if not traces:
-            snap.pop("nfs_frame_fates", None)
             for k in ("nfs", "file_nfs"):
                 if snap.get(k):
                     snap[k] = {f: v for f, v in snap[k].items() if f not in ("xids_sent", "xids_replied")}
         return snap
 
-    def _snapshot(self) -> dict:
+    def _snapshot(self, traces: bool = True) -> dict:
         dev = self.dev
         if hasattr(dev, "sample_stats"):
             dev.sample_stats()
@@ -190,8 +189,8 @@ class Agent(Host):
             "time_s": self.loop.time() - self.started_at,
             "device": dev_counters,
             "stack": self.stack.snapshot(),
-            "nfs_frame_fates": ([list(f) for f in self.reply_trace.fates]   # [ip_id, xid, fate]
-                                if self.reply_trace is not None else []),
+            **({"nfs_frame_fates": ([list(f) for f in self.reply_trace.fates]   # [ip_id, xid, fate]
+                                    if self.reply_trace is not None else [])} if traces else {}),
             "alloc": self.alloc.snapshot(),
             "tasks": self.sched.snapshot(),
             "services": {k: v["stats"] for k, v in self.services.items()},
