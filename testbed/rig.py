@@ -294,7 +294,7 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
     ``pswpout`` has started and ``warmup_s`` passed. Returns MiB/s and the counters."""
     t_end = time.monotonic() + max_wait_s
     while True:
-        s = agent.call("snapshot")
+        s = agent.call("snapshot", traces=False)   # no per-xid records: 0.2 s samples
         if s["alloc"]["vmstat"].get("pswpout", 0) > 0:
             break
         if time.monotonic() > t_end:
@@ -306,7 +306,7 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
     t0 = time.monotonic()
     cpu0 = process_cpu_s(pid) if pid else None
     while True:
-        s = agent.call("snapshot")
+        s = agent.call("snapshot", traces=False)   # no per-xid records: 0.2 s samples
         t = time.monotonic() - t0
         samples.append((t, s["swap"]["acked"], s["alloc"]["vmstat"].get("pswpout", 0),
                         s["nfs"].get("rpc_retrans", 0) if s.get("nfs") else 0, s["workload"]["done"], s))
@@ -324,13 +324,15 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
             "cpu_pct": None if cpu0 is None else (cpu1 - cpu0) / (time.monotonic() - t0) * 100}
 
 
-def refclient_write(nas_ip: str, image: str, total_bytes: int, window: int, seed: int, cpu: int | None) -> dict:
-    """Inside a host with a kernel address: the reference client's FILE_SYNC 4 KiB writes."""
+def refclient_write(nas_ip: str, image: str, total_bytes: int, window: int, seed: int, cpu: int | None,
+                    transport: str = "udp") -> dict:
+    """Inside a host with a kernel address: the reference client's FILE_SYNC 4 KiB writes over
+    a kernel ``transport`` socket (udp | tcp)."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     from protocols import nfs3
     from nas_server.refclient import RefClient
-    with RefClient(nas_ip, NFS_PORT, "udp") as c:
+    with RefClient(nas_ip, NFS_PORT, transport) as c:
         root = c.mount("/" + EXPORT)
         fh, _ = c.lookup(root, image)
         r = c.write_pages(fh, total_bytes, PAGE, seed, nfs3.FILE_SYNC, window)

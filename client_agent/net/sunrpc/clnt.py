@@ -49,7 +49,9 @@ class RpcClnt:
         xid = None
         sched = xprt.sched
         try:
-            buf = yield from xprt.alloc_buffer(label)  # call_allocate
+            buf = xprt.try_alloc_buffer()              # call_allocate, without a generator
+            if buf is None:                            # when the pool grants the page at once
+                buf = yield from xprt.alloc_buffer(label)
             xid = xprt.next_xid()
             msg = build(xid)
             key = ("rpc", id(xprt), xid)

@@ -119,6 +119,11 @@ class RpcXprt:
         return self.slots - len(self._free_slots)
 
     # -- buffers (call_allocate / rpc_malloc) --------------------------------------------------
+    def try_alloc_buffer(self):
+        """The call's RPC buffer page if the pool grants it now, else None (call_allocate's
+        first attempt; ``alloc_buffer`` retries). Not a generator: no task step for the common case."""
+        return self.alloc.alloc(1, RPC_GFP_SWAPPER if self.swapper else RPC_GFP, "rpc")
+
     def alloc_buffer(self, label: str):
         """Generator: the call's RPC buffer page, retried after ALLOC_RETRY_S while refused."""
         gfp = RPC_GFP_SWAPPER if self.swapper else RPC_GFP
