@@ -42,6 +42,9 @@ class StackRpcServer:
         self.listen()
 
     def listen(self) -> None:
+        """Listen on every port (again after a restart); a no-op while already listening."""
+        if self.listeners:
+            return
         for port in self.ports:
             ln = self.stack.tcp_socket()
             ln.bind(("0.0.0.0", port))

@@ -88,7 +88,7 @@ DEFAULTS = {
     "stall_threshold_s": 6.0, "max_duration_s": 60.0,
     # the NFS client's transport: udp (nas-server's one-port layout) or tcp (the NAS serves RPC
     # over its own copy of the agent's TCP, testbed/nas_tcp.py; ports from its portmapper)
-    "transport": "udp",
+    "transport": "tcp",
     # simulation-only knobs
     "wire_latency_s": 0.0002,
     # The NAS as a disk: ``nas_threads`` nfsd threads, each request takes ``nas_service_s``
@@ -352,7 +352,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         if nas_tcp is not None:
             # the process dies: its connections reset, no listener while it is down
             nas_tcp.restart(now)
-            loop.call_at(nas_state["down_until"], nas_tcp.listen)
+            # back at the end of the LAST restart's down time (restarts may overlap)
+            loop.call_at(nas_state["down_until"],
+                         lambda: nas_tcp.listen() if loop.time() >= nas_state["down_until"] else None)
             nas_arm()
 
     for t, kind, frame in p["hostile_events"] or ():

@@ -1595,6 +1595,8 @@ class TcpSock(Sock):
             self._ack_snd_una(seg, now)
             self._set_state(ESTABLISHED)
             self._established(now)
+            if proto.st.rx_trace_hooks:               # observers learn where the stream starts
+                proto.st.rx_trace(seg.skb.data, "synack:" + self.owner)
             if seg.data:
                 self._data_queue(seg, now)            # data on a SYN-ACK: rare, in order
             else:
@@ -2176,6 +2178,8 @@ class TcpSock(Sock):
         r = RxSeg(skb, self.rcv_nxt, end, data[off:], fin)
         self._charge_rx(r)
         self.receive_queue.append(r)
+        if proto.st.rx_trace_hooks:                # drop-monitor observers (net/sunrpc/trace.py)
+            proto.st.rx_trace(skb.data, "queued:" + self.owner)
         self.rcv_nxt = end
         self.counters["bytes_received"] += len(r.data)
         self.counters["data_segs_in"] += 1
@@ -2227,6 +2231,8 @@ class TcpSock(Sock):
         r = RxSeg(skb, seq, end, seg.data, bool(seg.flags & FIN))
         self._charge_rx(r)
         self.ofo.insert(i, r)
+        if proto.st.rx_trace_hooks:
+            proto.st.rx_trace(skb.data, "queued:" + self.owner)
         self.ofo_seqs.insert(i, seq)
         # drop the ones it covers entirely
         k = i + 1
