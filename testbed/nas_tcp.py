@@ -51,6 +51,15 @@ class StackRpcServer:
             ln.listen(self.backlog)
             self.listeners.append(ln)
 
+    def reset_connections(self, now: float) -> int:
+        """Abort every connection (RST), keep listening; how many were reset."""
+        n = len(self.conns)
+        for c in self.conns:
+            c.sk.abort(now)
+        self.counters["reset"] = self.counters.get("reset", 0) + n
+        self.conns = []
+        return n
+
     def restart(self, now: float) -> None:
         """The server process died: listeners closed, every connection reset (RST)."""
         for c in self.conns:

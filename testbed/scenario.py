@@ -120,6 +120,13 @@ class Scenario:
     # Seeded packet faults on both directions of the client's NIC on real packets (client-agent
     # --fault; netem is not in this kernel), e.g. "loss=0.05,dup=0.01,seed=7". Empty: none.
     client_faults: str = ""
+    # A NAS that is not nas-server (docs/tcp.md "Another NAS"): a shell command the runner starts
+    # in the nas namespace with NAS_IP, NAS_DATA (the export directory, image files created in it)
+    # and NAS_RUN (scratch) set; it must serve NFSv3 over TCP with MOUNT and NFS registered with
+    # portmap on NAS_IP (e.g. scripts/nas-ganesha.sh). Empty: nas-server. ``nas_export``: the path
+    # the client mounts (empty: NAS_DATA for a command NAS, "swap" for nas-server).
+    nas_command: str = ""
+    nas_export: str = ""
     # Runner's own: the agent's receive capacity (frames/s), see `testbed bench`; NAPI budget.
     agent_capacity_pps: int = DEFAULT_AGENT_CAPACITY_PPS
     budget: int = 64
@@ -208,6 +215,12 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
         raise ScenarioError(f"{src}: memalloc: {sc.memalloc} with consumer={sc.consumer} policy={sc.policy}; "
                             f"for a file consumer the policy marks its transport: write memalloc = "
                             f"{str(sc.policy == 'extended').lower()}")
+    if sc.nas_command and sc.transport != "tcp":
+        raise ScenarioError(f"{src}: nas_command: another NAS is reached over TCP with its ports from "
+                            f"portmap; set transport = \"tcp\" (got {sc.transport!r})")
+    if sc.nas_export and not sc.nas_command:
+        raise ScenarioError(f"{src}: nas_export: {sc.nas_export!r} is for a NAS named by nas_command; "
+                            f"nas-server exports \"swap\" -- remove nas_export or set nas_command")
     if sc.wsize % PAGE_SIZE:
         raise ScenarioError(f"{src}: wsize: {sc.wsize} is not a multiple of {PAGE_SIZE}; swap writes whole pages")
     return sc

@@ -34,8 +34,11 @@ Invariants owned here:
   (``Tcp.reqsk_mem``); it lives at most tcp_synack_retries SYN-ACK timeouts (63 s).
 - Transmit contexts: ACKs, window probes, RSTs, SYN-ACKs and FIN-only segments at
   ``sk_gfp_mask(GFP_ATOMIC)``; new data first into the write queue at ``sk_allocation``, then
-  sent at ``sk_gfp_mask(GFP_ATOMIC)``; retransmissions at plain GFP_ATOMIC (the reserve only
-  through a PF_MEMALLOC context). A failed ACK allocation sends nothing and retries on the
+  sent at ``sk_gfp_mask(GFP_ATOMIC)``; retransmissions at GFP_ATOMIC as clones of the queued
+  buffer (skb_clone through its fclone companion: no page allocated -- a retransmission never
+  waits for memory, as in Linux, where only the header is cloned); a retransmission that still
+  fails (an unresolved next hop without memory) is retried after TCP_RESOURCE_PROBE_INTERVAL
+  (TCPRetransFail). A failed ACK allocation sends nothing and retries on the
   delayed-ACK timer after TCP_DELACK_MAX.
 - Counters are /proc/net/snmp ``Tcp:`` and /proc/net/netstat ``TcpExt:`` names; every segment
   handed to ``tcp_v4_rcv`` ends in exactly one ``kfree_skb(reason)`` or ``consume_skb``, now or
@@ -274,9 +277,12 @@ class Tcp:
         """Every TCP socket of the stack (listeners, children, orphans), in creation order."""
         return [s for s in self.st.sockets if s.kind == "tcp"]
 
-    def ip_output(self, dst: bytes, segment: bytes, now: float, gfp: int, owner: str) -> int:
-        """ip_queue_xmit for TCP: DF set (path MTU discovery), 0 or -errno."""
-        return ip_queue_xmit(self.st, dst, IPPROTO_TCP, segment, now, gfp, owner, df=True)
+    def ip_output(self, dst: bytes, segment: bytes, now: float, gfp: int, owner: str,
+                  clone_of=None) -> int:
+        """ip_queue_xmit for TCP: DF set (path MTU discovery), 0 or -errno; ``clone_of``: the
+        queued buffer's pages a retransmission is cloned from (no allocation)."""
+        return ip_queue_xmit(self.st, dst, IPPROTO_TCP, segment, now, gfp, owner, df=True,
+                             clone_of=clone_of)
 
     # ------------------------------------------------------------------ ISN, ports
     def _hash32(self, tag: bytes, *parts) -> int:
@@ -1194,8 +1200,9 @@ class TcpSock(Sock):
             return b""
         return opt_established(ts, sack)
 
-    def _xmit(self, seq: int, flags: int, payload, now: float, gfp: int) -> int:
-        """tcp_transmit_skb: header from the current state, one frame at ``gfp``."""
+    def _xmit(self, seq: int, flags: int, payload, now: float, gfp: int, clone_of=None) -> int:
+        """tcp_transmit_skb: header from the current state, one frame at ``gfp`` (or a clone of
+        the queued buffer's pages ``clone_of``)."""
         proto = self.proto
         syn = bool(flags & SYN)
         opts = self._options(now, syn, len(payload))
@@ -1211,7 +1218,7 @@ class TcpSock(Sock):
             win = min(self.rcv_wnd, 65535)
         seg = emit(proto.st.ip, self.rip, self.lport, self.rport, seq, ack, flags, win, opts,
                    payload)
-        rc = proto.ip_output(self.rip, seg, now, gfp, self.owner)
+        rc = proto.ip_output(self.rip, seg, now, gfp, self.owner, clone_of)
         if rc < 0:
             return rc
         proto.mib["OutSegs"] += 1
@@ -1363,9 +1370,13 @@ class TcpSock(Sock):
 
     def _send_skb(self, skb: TxSkb, now: float, new: bool) -> int:
         """One transmission of a queued buffer: new data at sk_gfp_mask(GFP_ATOMIC),
-        retransmissions at plain GFP_ATOMIC (tcp_retransmit_skb)."""
+        retransmissions at GFP_ATOMIC (tcp_retransmit_skb) as a clone of the queued buffer:
+        skb_clone takes the buffer's fclone companion, free again once the previous
+        transmission completed, so a retransmission allocates no page (``clone_of``; a frame at
+        GFP_ATOMIC only when the next hop is unresolved)."""
         gfp = self.sk_gfp_mask(_GFP_ATOMIC) if new else _GFP_ATOMIC
-        rc = self._xmit(skb.seq, self._seg_flags(skb, new), skb.data, now, gfp)
+        rc = self._xmit(skb.seq, self._seg_flags(skb, new), skb.data, now, gfp,
+                        None if new else skb.pages)
         if rc < 0:
             return rc
         skb.sent_time = now

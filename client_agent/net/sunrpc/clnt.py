@@ -13,7 +13,8 @@ Invariants owned here:
   reconnected (it wakes the call with ``XPRT_RESEND``: the request's connection is gone).
 - A soft call (``call(..., soft=True)``: RPC_TASK_SOFT | RPC_TASK_SOFTCONN, as rpcbind's client
   makes its calls) fails instead: ``RpcSoftError`` at its first major timeout (-ETIMEDOUT), or at
-  once when a connect attempt fails (-ECONNREFUSED / connect timeout: call_connect_status).
+  once when a connect attempt is refused (RST to the SYN: -ECONNREFUSED, call_connect_status); a
+  connect attempt that timed out (a lost SYN) is retried until the major timeout.
 - A transmit that gets -ENOBUFS (no buffer at this context) is retried after
   ``ENOBUFS_RETRY_S`` (call_transmit_status: rpc_delay) and counted ``rpc_enobufs``: never lost.
 - ``proc_counts`` counts calls by procedure label (nfsstat -c's per-procedure table).
@@ -93,8 +94,8 @@ class RpcClnt:
                 if got is XPRT_CONNFAIL:
                     if soft:
                         c["rpc_soft_errors"] = c.get("rpc_soft_errors", 0) + 1
-                        raise RpcSoftError("ECONNREFUSED", f"{self.prog_name} {label}: cannot connect to "
-                                           f"{xprt.server_ip} port {xprt.port} (refused or timed out)")
+                        raise RpcSoftError("ECONNREFUSED", f"{self.prog_name} {label}: connection to "
+                                           f"{xprt.server_ip} port {xprt.port} refused")
                     continue                           # a hard call waits for the next attempt
                 if got is XPRT_RESEND or got is XPRT_SEND:
                     need_send = True                   # (re)connected: on the new connection

@@ -210,8 +210,9 @@ class XsTcp(RpcXprt):
                 break
         if not sk.established:
             self.counters["connect_fails"] += 1
-            for xid in list(self.pending):          # soft-connect calls give up (SOFTCONN)
-                sched.wake(self.reply_key(xid), XPRT_CONNFAIL)
+            if sk.sk_err == _errno.ECONNREFUSED:    # RST to our SYN: soft-connect calls give up
+                for xid in list(self.pending):      # (a timed-out attempt is retried: a lost SYN
+                    sched.wake(self.reply_key(xid), XPRT_CONNFAIL)   # must not end a soft call)
             return False
         self.connected = True
         self.connect_cookie += 1
