@@ -376,13 +376,15 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
             "cpu_pct": None if cpu0 is None else (cpu1 - cpu0) / (time.monotonic() - t0) * 100}
 
 
-def refclient_write(nas_ip: str, image: str, total_bytes: int, window: int, seed: int, cpu: int | None) -> dict:
-    """Inside a host with a kernel address: the reference client's FILE_SYNC 4 KiB writes."""
+def refclient_write(nas_ip: str, image: str, total_bytes: int, window: int, seed: int, cpu: int | None,
+                    transport: str = "udp") -> dict:
+    """Inside a host with a kernel address: the reference client's FILE_SYNC 4 KiB writes over a
+    kernel UDP or TCP socket (``transport``; nas-server's one-port layout: MOUNT on 2049)."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     from protocols import nfs3
     from nas_server.refclient import RefClient
-    with RefClient(nas_ip, NFS_PORT, "udp") as c:
+    with RefClient(nas_ip, NFS_PORT, transport) as c:
         root = c.mount("/" + EXPORT)
         fh, _ = c.lookup(root, image)
         r = c.write_pages(fh, total_bytes, PAGE, seed, nfs3.FILE_SYNC, window)

@@ -26,7 +26,8 @@ from testbed.cli import main
 
 EXPECTED = {
     "writeback": ["mtu1500.refclient_mib_per_s", "mtu1500.agent_mib_per_s",
-                  "mtu9000.refclient_mib_per_s", "mtu9000.agent_mib_per_s"],
+                  "mtu9000.refclient_mib_per_s", "mtu9000.agent_mib_per_s",
+                  "tcp.mtu1500.refclient_mib_per_s", "tcp.mtu1500.agent_mib_per_s"],
     "recovery": ["quiet.writeback_mib_per_s", "flood.writeback_mib_per_s", "flood.reserve_to_high_s"],
     "memory": ["start.rss_mib", "after_flood.rss_mib", "after_flood.rss_over_pool_mib", "scapy_imported"],
     "scale": ["hosts2.up_s", "hosts2.down_s", "hosts16.up_s", "hosts16.down_s", "hosts64.up_s", "hosts64.down_s",
