@@ -35,6 +35,7 @@ NOISE_PORT_BASE = 9001
 NFS_PORT = 2049
 EXPORT = "swap"
 IMAGE = "swap.img"
+AOE_IMAGE = "aoe.img"     # storage = "aoe" (docs/aoe.md): the AoE device's image, beside swap.img
 FILE_IMAGE = "file.img"   # file-backed consumers (docs/file-backed.md): beside swap.img, sized alike
 # The image: one 4 KiB slot per workload page, + 25% + 4 MiB, so the swap device never fills
 # before the workload does (a full device would stall pswpout for a reason that is not the deadlock).
@@ -96,6 +97,44 @@ def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s
                     mismatched.append({"slot": slot, "page_id": pid, "generation": gen})
             i = j
     return {"verified": verified, "mismatched": mismatched, "read_errors": errors[:32]}
+
+
+def verify_image(path: str, acked: dict, seed: int, page_size: int) -> dict:
+    """Read every acked slot of an AoE swap area straight from its image file (independently of
+    AoE, after the target stopped) and compare with page_bytes()."""
+    from client_agent.mm.anon import page_bytes
+    verified, mismatched = 0, []
+    with open(path, "rb") as f:
+        for s, (pid, gen) in sorted((int(s), v) for s, v in acked.items()):
+            f.seek(s * page_size)
+            if f.read(page_size) == page_bytes(seed, int(pid), int(gen)):
+                verified += 1
+            elif len(mismatched) < 32:
+                mismatched.append({"slot": s, "page_id": pid, "generation": gen})
+    return {"verified": verified, "mismatched": mismatched, "read_errors": [],
+            "method": f"read from the image file {os.path.basename(path)} after the target stopped"}
+
+
+def aoe_counters(snap: dict) -> dict:
+    """The AoE figures of an agent snapshot: the area's driver view (aoe_* counters as the Linux
+    driver names them), responses dropped at the protocol filter, their fates by name."""
+    from collections import Counter
+    c = snap.get("stack", {}).get("counters", {})
+    sw = snap.get("swap") or {}
+    return {"rx_pfmemalloc_proto_drop": c.get("rx_pfmemalloc_proto_drop", 0),
+            "aoe_rsp_fates": dict(Counter(f for _t, f in snap.get("aoe_rsp_fates") or ())),
+            "device": {k: sw.get(k) for k in ("device", "state", "policy", "memalloc", "flush", "payload", "rttavg",
+                                          "rttdev", "rto_us", "kicked", "counters", "drops", "aoenet", "target")
+                       if k in sw}}
+
+
+def aoe_explain(pcap: str, final: dict, hosts: dict, t0_wall: float | None) -> dict | None:
+    from testbed.explain import aoe_responses, explain_aoe
+    try:
+        rsp = aoe_responses(pcap, hosts["nas"].mac, hosts["client"].mac)
+    except OSError:
+        return None
+    return explain_aoe(rsp, final, t0_wall=t0_wall or 0.0)
 
 
 # ------------------------------------------------------------------ pcap: NAS replies by xid
@@ -197,6 +236,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
     from testbed.rig import Rig, RigError
 
     say = log or (lambda m: print(f"testbed run: {m}", file=sys.stderr, flush=True))
+    aoe = getattr(sc, "storage", "nfs") == "aoe"
     topo = default_topology()
     hosts = {h.name: h for h in topo.hosts}
     nas_ip, cli_ip, noise_ip = (str(hosts[n].address.ip) for n in ("nas", "client", "noise"))
@@ -220,9 +260,14 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         # is the scenario's stated nas_write_latency_ms, not the host disk's fdatasync -- and the
         # permanent neighbour entries for the client on the nas and noise hosts
         images = [(IMAGE, image_mib)] + ([(FILE_IMAGE, image_mib)] if file_consumer else [])
+        if aoe:
+            # docs/aoe.md: the AoE device on aoe.img, a small NFS swap area (swap.img) beside it
+            images = [(AOE_IMAGE, image_mib)] + ([(IMAGE, f"{sc.nfs_swap_pages * 4}K")] if sc.nfs_swap_pages else [])
         rig = Rig(topo, "r", name=name, images=images, nas_on_tmpfs=True,
                   nas_write_latency_ms=sc.nas_write_latency_ms,
                   export_networks=export_networks or "198.18.0.0/24", say=say,
+                  aoe={"image": AOE_IMAGE, "shelf": sc.aoe_shelf, "slot": sc.aoe_slot, "target": sc.aoe_target,
+                       "service_ms": sc.aoe_service_ms, "bufcnt": sc.aoe_bufcnt} if aoe else None,
                   nas_command=getattr(sc, "nas_command", "") or None)
         other_nas = rig.nas_command is not None
         nas_export = (getattr(sc, "nas_export", "") or rig.nas_export_dir) if other_nas else None
@@ -249,8 +294,17 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                   "stable": sc.stable, "proto": sc.transport, "mount_port": None if other_nas else NFS_PORT}
         # file consumers: a swapless client with one file on its own transport; the policy marks
         # it or not
-        sw = agent.attach(consumer, device, memalloc=sc.memalloc, policy=getattr(sc, "policy", "linux"),
-                          dirty_ratio=sc.dirty_ratio, dirty_background_ratio=sc.dirty_background_ratio)
+        if aoe:
+            # the AoE area first (priority -1: kswapd's first choice), then the marked NFS area
+            # (priority -2), as testbed/sim.py composes them
+            sw = agent.attach("swap", {"kind": "aoe", "shelf": sc.aoe_shelf, "slot": sc.aoe_slot,
+                                       "policy": sc.policy}, memalloc=sc.memalloc)
+            if sc.nfs_swap_pages:
+                entry_extra["nfs_swapon"] = agent.call("swapon", device=device, memalloc=True)
+                say(f"swapon (NFS, beside the AoE area): {entry_extra['nfs_swapon']}")
+        else:
+            sw = agent.attach(consumer, device, memalloc=sc.memalloc, policy=getattr(sc, "policy", "linux"),
+                              dirty_ratio=sc.dirty_ratio, dirty_background_ratio=sc.dirty_background_ratio)
         say(f"{'fileon' if file_consumer else 'swapon'}: {sw}")
         agent.set("pfmemalloc_demux_drop", sc.pfmemalloc_demux_drop)
 
@@ -306,6 +360,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         final = agent.snapshot(traces=True)
         entry_extra["final_t"] = round(time.monotonic() - t0, 3)
         swap_map = agent.workload_map()
+        nfs_swap_map = agent.call("swap_map", device=entry_extra["nfs_swapon"]["device"]) \
+            if "nfs_swapon" in entry_extra else None
         entry_extra["agent_shutdown"] = agent.stop()
         rig.stop("agent:client")
         for cap in caps.values():
@@ -329,11 +385,18 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         acked = swap_map.get("acked", {})
         # read back from noise; with a restricted export (hostile runs keep noise outside it) from the
         # NAS host itself, whose own address the caller includes in export_networks
-        ver = run_in_netns(st.host_netns("noise" if export_networks is None else "nas"), _verify_slots, nas_ip, acked, swap_map.get("seed", sc.seed),
-                           swap_map.get("page_size", 4096), timeout_s=max(60.0, len(acked) / 200),
-                           image=FILE_IMAGE if file_consumer else IMAGE,
-                           content="file" if file_consumer else "swap", export=nas_export)
-        ver["wall_s"] = round(time.monotonic() - t_ver, 2)
+        if not aoe:
+            ver = run_in_netns(st.host_netns("noise" if export_networks is None else "nas"), _verify_slots, nas_ip, acked,
+                               swap_map.get("seed", sc.seed), swap_map.get("page_size", 4096),
+                               timeout_s=max(60.0, len(acked) / 200), image=FILE_IMAGE if file_consumer else IMAGE,
+                               content="file" if file_consumer else "swap", export=nas_export)
+        elif nfs_swap_map is not None:
+            nacked = nfs_swap_map.get("acked", {})
+            nver = run_in_netns(st.host_netns("noise" if export_networks is None else "nas"), _verify_slots, nas_ip,
+                                nacked, nfs_swap_map.get("seed", sc.seed), nfs_swap_map.get("page_size", 4096),
+                                timeout_s=60.0, image=IMAGE)
+            entry_extra["nfs_swap"] = {"pages_written": len(nacked), "pages_verified": nver.get("verified"),
+                                       "verification": nver}
         if other_nas:
             entry_extra["nas"] = {"command": rig.nas_command, "export": nas_export,
                                   "ports_from_portmap": {"nfs": rig.nas_ports[0], "mount": rig.nas_ports[1]}}
@@ -345,6 +408,25 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                 except ControlError:
                     pass
         rig.stop("nas")
+        if aoe:
+            # the AoE target is down (nas-server or vblade): read its image file, not the protocol
+            aoe_view = {"aoe_target": sc.aoe_target}
+            if "vblade" in rig.procs:
+                aoe_view["vblade_argv"] = rig.procs["vblade"].record["argv"]
+                rig.stop("vblade")
+            else:
+                aoe_view["target"] = (entry_extra["nas"].get("aoe") or {})
+            ver = verify_image(rig.aoe_image_path, acked, swap_map.get("seed", sc.seed), swap_map.get("page_size", 4096))
+            aoe_view.update(aoe_counters(final))
+            entry_extra["aoe"] = aoe_view
+            ex = aoe_explain(caps["client"].path, final, rig.hosts, entry_extra.get("t0_wall"))
+            if ex is not None:
+                rep.write_json(os.path.join(out, "aoe_explanations.json"), ex)
+                from testbed.explain import aoe_text_table
+                with open(os.path.join(out, "aoe_explanations.txt"), "w") as f:
+                    f.write(aoe_text_table(sc.name, ex))
+                entry_extra["explanations"] = {k: v for k, v in ex.items() if k != "rows"}
+        ver["wall_s"] = round(time.monotonic() - t_ver, 2)
         wnote = None if missing_xids is not None else \
             "NAS replies by xid: snapshot()['nfs'] has no xids_replied (agent predates the contract field)"
         text = "\n".join([f"outcome: {wd.outcome} ({'; '.join(wd.reasons)})",
@@ -381,8 +463,10 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
             "parameters": sc.to_dict(), "run_name": name, ("fileon" if file_consumer else "swapon"): sw,
             "consumer": consumer, "policy": getattr(sc, "policy", "linux"),
-            # extended policy: file writeback's transport SOCK_MEMALLOC, which Linux does not do
-            "beyond_linux": beyond_linux,
+            # extended policy: file writeback's transport SOCK_MEMALLOC, which Linux does not do;
+            # for AoE: the marked target's frames pass skb_pfmemalloc_protocol
+            "beyond_linux": beyond_linux or (aoe and sc.policy == "extended"),
+            "storage": "aoe" if aoe else "nfs",
             "pcaps": {h: cap.path for h, cap in caps.items()}, **entry_extra,
             **({"during": dctx["record"]} if during is not None else {}),
             "_timeline": timeline,
