@@ -438,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
             ctl.close()
         if pcap is not None:
             pcap.close()
+        if not summary:                  # SIGTERM: the last snapshot before the device goes
+            try:
+                summary.update(agent.snapshot())
+            except Exception as e:  # noqa: BLE001 -- the device must still be closed
+                print(f"client-agent: final snapshot failed: {type(e).__name__}: {e}", file=sys.stderr)
         dev.close()
     snap = summary or agent.snapshot()
     c = snap["stack"]["counters"]

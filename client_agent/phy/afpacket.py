@@ -149,7 +149,10 @@ class AfPacketDevice:
         return None
 
     def sample_stats(self) -> dict:
-        """Read PACKET_STATISTICS (the kernel resets it on read) and accumulate tp_packets/tp_drops."""
+        """Read PACKET_STATISTICS (the kernel resets it on read) and accumulate tp_packets/tp_drops.
+        After ``close()`` the totals so far (a snapshot taken during shutdown must not raise)."""
+        if self.sock.fileno() < 0:
+            return {"tp_packets": self.counters["tp_packets"], "tp_drops": self.counters["tp_drops"]}
         raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
         packets, drops = _STATS.unpack(raw)
         self.counters["tp_packets"] += packets

@@ -18,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="report directory (default: ./reports/demo-<timestamp>)")
     p.add_argument("--seed", type=int, help="override every scenario's seed")
     p.add_argument("--quick", action="store_true", help="shorter time caps (a run that neither deadlocks nor recovers ends sooner)")
+    p.add_argument("--transport", choices=("tcp", "udp"),
+                   help="every scenario's NFS transport (default: the scenarios' own, tcp; udp is the Linux-before-5.6 configuration)")
     p.add_argument("--aoe", action="store_true",
                    help="run only the swap-over-AoE pair (aoe-linux, aoe-extended) into an AoE table (docs/aoe.md)")
     p.set_defaults(func=run)
@@ -30,7 +32,8 @@ def run(args) -> int:
     from testbed.cli import UserError
 
     try:
-        loaded = demo.load_all(args.seed, args.quick, demo.AOE_SCENARIOS if args.aoe else demo.ALL_SCENARIOS)
+        names = demo.AOE_SCENARIOS if args.aoe else demo.ALL_SCENARIOS
+        loaded = demo.load_all(args.seed, args.quick, names, transport=args.transport)
     except scn.ScenarioError as e:
         raise UserError(str(e)) from None
     bad = [(sc, c) for sc, checks, _ in loaded for c in scn.failing(sc, checks)]

@@ -34,8 +34,11 @@ Invariants owned here:
   (``Tcp.reqsk_mem``); it lives at most tcp_synack_retries SYN-ACK timeouts (63 s).
 - Transmit contexts: ACKs, window probes, RSTs, SYN-ACKs and FIN-only segments at
   ``sk_gfp_mask(GFP_ATOMIC)``; new data first into the write queue at ``sk_allocation``, then
-  sent at ``sk_gfp_mask(GFP_ATOMIC)``; retransmissions at plain GFP_ATOMIC (the reserve only
-  through a PF_MEMALLOC context). A failed ACK allocation sends nothing and retries on the
+  sent at ``sk_gfp_mask(GFP_ATOMIC)``; retransmissions at GFP_ATOMIC as clones of the queued
+  buffer (skb_clone through its fclone companion: no page allocated -- a retransmission never
+  waits for memory, as in Linux, where only the header is cloned); a retransmission that still
+  fails (an unresolved next hop without memory) is retried after TCP_RESOURCE_PROBE_INTERVAL
+  (TCPRetransFail). A failed ACK allocation sends nothing and retries on the
   delayed-ACK timer after TCP_DELACK_MAX.
 - Counters are /proc/net/snmp ``Tcp:`` and /proc/net/netstat ``TcpExt:`` names; every segment
   handed to ``tcp_v4_rcv`` ends in exactly one ``kfree_skb(reason)`` or ``consume_skb``, now or
@@ -276,11 +279,12 @@ class Tcp:
         return [s for s in self.st.sockets if s.kind == "tcp"]
 
     def ip_output(self, dst: bytes, segment: bytes, now: float, gfp: int, owner: str,
-                  gso_size: int = 0) -> int:
+                  gso_size: int = 0, clone_of=None) -> int:
         """ip_queue_xmit for TCP: DF set (path MTU discovery), 0 or -errno. ``gso_size``: a TSO
-        segment the device cuts into pieces of that many payload bytes."""
+        segment the device cuts into pieces of that many payload bytes; ``clone_of``: the queued
+        buffer's pages a retransmission is cloned from (no allocation)."""
         return ip_queue_xmit(self.st, dst, IPPROTO_TCP, segment, now, gfp, owner, df=True,
-                             gso_size=gso_size)
+                             gso_size=gso_size, clone_of=clone_of)
 
     # ------------------------------------------------------------------ ISN, ports
     def _hash32(self, tag: bytes, *parts) -> int:
@@ -1199,10 +1203,12 @@ class TcpSock(Sock):
             return b""
         return opt_established(ts, sack)
 
-    def _xmit(self, seq: int, flags: int, payload, now: float, gfp: int, gso_segs: int = 1) -> int:
-        """tcp_transmit_skb: header from the current state, one frame at ``gfp``. ``gso_segs`` > 1:
-        ``payload`` is that many MSS-sized pieces handed to a TSO device as one segment
-        (tcp_skb_pcount: OutSegs counts every piece, as Linux does)."""
+    def _xmit(self, seq: int, flags: int, payload, now: float, gfp: int, gso_segs: int = 1,
+              clone_of=None) -> int:
+        """tcp_transmit_skb: header from the current state, one frame at ``gfp`` (or a clone of
+        the queued buffer's pages ``clone_of``). ``gso_segs`` > 1: ``payload`` is that many
+        MSS-sized pieces handed to a TSO device as one segment (tcp_skb_pcount: OutSegs counts
+        every piece, as Linux does)."""
         proto = self.proto
         syn = bool(flags & SYN)
         opts = self._options(now, syn, len(payload) if gso_segs == 1 else self.mss_cache)
@@ -1220,7 +1226,7 @@ class TcpSock(Sock):
         seg = emit(st.ip, self.rip, self.lport, self.rport, seq, ack, flags, win, opts,
                    payload, csum_partial=st.tx_csum_tcp)
         rc = proto.ip_output(self.rip, seg, now, gfp, self.owner,
-                             self.mss_cache if gso_segs > 1 else 0)
+                             gso_size=self.mss_cache if gso_segs > 1 else 0, clone_of=clone_of)
         if rc < 0:
             return rc
         proto.mib["OutSegs"] += gso_segs
@@ -1415,9 +1421,13 @@ class TcpSock(Sock):
 
     def _send_skb(self, skb: TxSkb, now: float, new: bool) -> int:
         """One transmission of a queued buffer: new data at sk_gfp_mask(GFP_ATOMIC),
-        retransmissions at plain GFP_ATOMIC (tcp_retransmit_skb)."""
+        retransmissions at GFP_ATOMIC (tcp_retransmit_skb) as a clone of the queued buffer:
+        skb_clone takes the buffer's fclone companion, free again once the previous
+        transmission completed, so a retransmission allocates no page (``clone_of``; a frame at
+        GFP_ATOMIC only when the next hop is unresolved)."""
         gfp = self.sk_gfp_mask(_GFP_ATOMIC) if new else _GFP_ATOMIC
-        rc = self._xmit(skb.seq, self._seg_flags(skb, new), skb.data, now, gfp)
+        rc = self._xmit(skb.seq, self._seg_flags(skb, new), skb.data, now, gfp,
+                        clone_of=None if new else skb.pages)
         if rc < 0:
             return rc
         skb.sent_time = now
@@ -1647,6 +1657,8 @@ class TcpSock(Sock):
             self._ack_snd_una(seg, now)
             self._set_state(ESTABLISHED)
             self._established(now)
+            if proto.st.rx_trace_hooks:               # observers learn where the stream starts
+                proto.st.rx_trace(seg.skb.data, "synack:" + self.owner)
             if seg.data:
                 self._data_queue(seg, now)            # data on a SYN-ACK: rare, in order
             else:
@@ -2228,6 +2240,8 @@ class TcpSock(Sock):
         r = RxSeg(skb, self.rcv_nxt, end, data[off:], fin)
         self._charge_rx(r)
         self.receive_queue.append(r)
+        if proto.st.rx_trace_hooks:                # drop-monitor observers (net/sunrpc/trace.py)
+            proto.st.rx_trace(skb.data, "queued:" + self.owner)
         self.rcv_nxt = end
         self.counters["bytes_received"] += len(r.data)
         self.counters["data_segs_in"] += 1
@@ -2279,6 +2293,8 @@ class TcpSock(Sock):
         r = RxSeg(skb, seq, end, seg.data, bool(seg.flags & FIN))
         self._charge_rx(r)
         self.ofo.insert(i, r)
+        if proto.st.rx_trace_hooks:
+            proto.st.rx_trace(skb.data, "queued:" + self.owner)
         self.ofo_seqs.insert(i, seq)
         # drop the ones it covers entirely
         k = i + 1

@@ -39,6 +39,9 @@ XID_KEPT = 16384   # > the pages of a whole scenario's writeback, for the drop e
 XPRT_RESEND = object()
 # ... and a call that was queued while the transport had no connection: send it, first time.
 XPRT_SEND = object()
+# xprt_wake_pending_tasks(xprt, -ECONNREFUSED/-ETIMEDOUT) after a failed connect: a hard call goes
+# on waiting for the next attempt; a soft one with RPC_TASK_SOFTCONN fails (call_connect_status)
+XPRT_CONNFAIL = object()
 
 
 @dataclass
