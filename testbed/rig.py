@@ -31,8 +31,8 @@ from testbed.rig_errors import RigError
 
 BenchError = RigError       # the name the bench sections knew it by
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout: scripts/, scenarios/
+REPO = PROJECT   # the checkout: the services' PYTHONPATH and working directory
 NFS_PORT = 2049
 EXPORT = "swap"
 AGENT_CPU = 0
