@@ -46,12 +46,14 @@ def _topologies(res: SectionResult, say) -> None:
     from netns_setup.topology import generate_topology
 
     ns0, links0 = set(nsutil.list_netns()), _root_links()
+    made: set[str] = set()   # the namespaces these runs created (others' runs may come and go meanwhile)
     for h in HOSTS:
         topo = generate_topology(h - 1, noise=False)
         name = f"bscale{h}-{os.urandom(2).hex()}"
         t0 = time.monotonic()
-        lifecycle.up(topo, name)
+        st = lifecycle.up(topo, name)
         t1 = time.monotonic()
+        made |= {o["name"] for o in st.data["objects"] if o["kind"] == "netns"}
         lifecycle.down(name)
         t2 = time.monotonic()
         say(f"  scale: {h} hosts up {t1 - t0:.2f} s, down {t2 - t1:.2f} s")
@@ -59,7 +61,7 @@ def _topologies(res: SectionResult, say) -> None:
         res.add(f"hosts{h}.up_s", round(t1 - t0, 3), "s", target=target, notes=f"{len(topo.hosts) + 1} namespaces")
         res.add(f"hosts{h}.down_s", round(t2 - t1, 3), "s", target=target)
     ns1, links1 = set(nsutil.list_netns()), _root_links()
-    leaked = sorted(ns1 - ns0)
+    leaked = sorted((ns1 - ns0) & made)
     res.add("leaked_netns", len(leaked), "namespaces", target="value == 0",
             notes=f"left behind: {', '.join(leaked[:5])}" if leaked else None)
     res.add("leaked_root_links", links1 - links0, "links", target="value == 0",
