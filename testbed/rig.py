@@ -38,6 +38,10 @@ AGENT_CPU = 0
 OTHER_CPU = 1
 PAGE = 4096
 NAS_DATA_ROOT = "/dev/shm"
+NBD_PORT = 10809
+ISCSI_PORT = 3260
+BLOCK_TARGET_ARGS = {"nbd": ["--nbd", "--nbd-port", str(NBD_PORT)],
+                     "iscsi": ["--iscsi", "--iscsi-port", str(ISCSI_PORT)]}
 # Bench profiles: when set, sections that start agents profile one of them into this directory.
 PROFILE_DIR_ENV = "TESTBED_BENCH_PROFILE_DIR"
 
@@ -61,11 +65,13 @@ def _mac(h: Any) -> str:
 class Rig:
     """``up`` a topology, start a nas-server exporting ``swap`` with ``images`` ([(name, MiB)]),
     and start clients, the flood and captures on demand. ``export_networks``: the export's ACL
-    (default: the NAS's own network); ``name``: the run name (default ``b<tag><hex>``)."""
+    (default: the NAS's own network); ``name``: the run name (default ``b<tag><hex>``);
+    ``block_targets``: "nbd" / "iscsi" -- nas-server serves the images over them too."""
 
     def __init__(self, topo: Any, tag: str, *, images: list[tuple[str, int]], nas_on_tmpfs: bool = True,
                  nas_write_latency_ms: float = 0.0, say: Callable[[str], None] = lambda _m: None,
-                 export_networks: str | None = None, name: str | None = None):
+                 export_networks: str | None = None, name: str | None = None,
+                 block_targets: tuple[str, ...] = ()):
         from netns_setup import lifecycle
         from netns_setup.control import ControlClient
         from netns_setup.state import control_socket_path
@@ -96,6 +102,11 @@ class Rig:
                              *[f"--create-image={EXPORT}/{img}:{mib}M" for img, mib in images],
                              "--bind", self.nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
                              "--control", ctl, "--write-latency-ms", str(nas_write_latency_ms)]
+            # the same images as block devices (nas-server --nbd / --iscsi) when a run needs them
+            for proto in block_targets:
+                if proto not in BLOCK_TARGET_ARGS:
+                    raise RigError(f"block target {proto!r} unknown; known: {', '.join(BLOCK_TARGET_ARGS)}")
+                self.nas_argv += BLOCK_TARGET_ARGS[proto]
             self._start_nas()
             self.ctls["nas"] = ControlClient(ctl, timeout_s=10.0)
             pairs = [(str(self.hosts[c].address.ip), _mac(self.hosts[c])) for c in self.clients]

@@ -62,33 +62,63 @@ def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s
         return {"verified": None, "mismatched": [], "read_errors": [],
                 "note": f"no page content function for {content!r}: slots read back but not compared"}
     image = image or IMAGE
-    slots = sorted((int(s), int(v[0]), int(v[1])) for s, v in acked.items())
-    verified, mismatched, errors = 0, [], []
     with RefClient(nas_ip, NFS_PORT, "udp", timeout_s=timeout_s) as rc:
         root = rc.mount("/" + EXPORT)
         fh, _ = rc.lookup(root, image)
-        i = 0
-        while i < len(slots):
-            # read runs of up to 8 consecutive slots in one READ
-            j = i + 1
-            while j < len(slots) and j - i < 8 and slots[j][0] == slots[j - 1][0] + 1:
-                j += 1
-            first = slots[i][0]
-            try:
-                data = rc.read(fh, first * page_size, (j - i) * page_size)
-            except Exception as e:  # noqa: BLE001 -- recorded per slot, the run goes on
-                errors.append(f"slot {first}: {e}")
-                i = j
-                continue
-            for k in range(i, j):
-                slot, pid, gen = slots[k]
-                off = (slot - first) * page_size
-                if data[off:off + page_size] == page_bytes(seed, pid, gen):
-                    verified += 1
-                elif len(mismatched) < 32:
-                    mismatched.append({"slot": slot, "page_id": pid, "generation": gen})
+        return _compare_slots(acked, lambda off, n: rc.read(fh, off, n), seed, page_size, page_bytes)
+
+
+def _compare_slots(acked: dict, read, seed: int, page_size: int, page_bytes) -> dict:
+    """Read runs of up to 8 consecutive acked slots with ``read(offset, length)`` and compare each
+    page with ``page_bytes(seed, page_id, generation)``; a read error is recorded per run."""
+    slots = sorted((int(s), int(v[0]), int(v[1])) for s, v in acked.items())
+    verified, mismatched, errors = 0, [], []
+    i = 0
+    while i < len(slots):
+        j = i + 1
+        while j < len(slots) and j - i < 8 and slots[j][0] == slots[j - 1][0] + 1:
+            j += 1
+        first = slots[i][0]
+        try:
+            data = read(first * page_size, (j - i) * page_size)
+        except Exception as e:  # noqa: BLE001 -- recorded per slot, the run goes on
+            errors.append(f"slot {first}: {e}")
             i = j
+            continue
+        for k in range(i, j):
+            slot, pid, gen = slots[k]
+            off = (slot - first) * page_size
+            if data[off:off + page_size] == page_bytes(seed, pid, gen):
+                verified += 1
+            elif len(mismatched) < 32:
+                mismatched.append({"slot": slot, "page_id": pid, "generation": gen})
+        i = j
     return {"verified": verified, "mismatched": mismatched, "read_errors": errors[:32]}
+
+
+def _verify_block(storage: str, nas_ip: str, acked: dict, seed: int, page_size: int, name: str,
+                  timeout_s: float = 20.0) -> dict:
+    """Read every acked slot back through a client that is not the agent: nas_server.blockrefclient
+    (the protocol's state machine on kernel sockets) over NBD (export ``name``) or iSCSI (target
+    ``name``, LUN 0), 8 consecutive slots per request, and compare with page_bytes()."""
+    from client_agent.mm.anon import page_bytes
+    from nas_server.blockrefclient import IscsiRefClient, NbdRefClient
+    from testbed.rig import ISCSI_PORT, NBD_PORT
+    if storage == "nbd":
+        c = NbdRefClient(nas_ip, NBD_PORT, name.encode(), structured=False, timeout_s=timeout_s)
+        read = c.read
+    else:
+        c = IscsiRefClient(nas_ip, ISCSI_PORT, name, timeout_s=timeout_s)
+        bs = c.capacity()[1]
+        read = lambda off, n: c.read(off // bs, n // bs, block_bytes=bs)  # noqa: E731
+    try:
+        out = _compare_slots(acked, read, seed, page_size, page_bytes)
+    finally:
+        if storage == "nbd":
+            c.close()
+        else:
+            c.logout()
+    return {**out, "reader": f"nas_server.blockrefclient over {storage}"}
 
 
 # ------------------------------------------------------------------ pcap: NAS replies by xid
@@ -199,6 +229,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
     consumer = getattr(sc, "consumer", "swap")
     file_consumer = consumer != "swap"
     beyond_linux = file_consumer and getattr(sc, "policy", "linux") == "extended"
+    storage = getattr(sc, "storage", "nfs")
 
     agent = None
     timeline: list[dict] = []
@@ -215,7 +246,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         images = [(IMAGE, image_mib)] + ([(FILE_IMAGE, image_mib)] if file_consumer else [])
         rig = Rig(topo, "r", name=name, images=images, nas_on_tmpfs=True,
                   nas_write_latency_ms=sc.nas_write_latency_ms,
-                  export_networks=export_networks or "198.18.0.0/24", say=say)
+                  export_networks=export_networks or "198.18.0.0/24", say=say,
+                  block_targets=(storage,) if storage != "nfs" else ())
         st = rig.st
         say(f"topology {name} up (run dir {st.dir}); scenario {sc.name}, expect {sc.expect}, seed {sc.seed}")
         ctl = {"nas": rig.control_path("nas"), "agent": rig.control_path("agent-client"),
@@ -235,6 +267,9 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                   "image": FILE_IMAGE if file_consumer else IMAGE, "slots": sc.slots, "wsize": sc.wsize,
                   "timeo_s": sc.timeo_s, "timeo_max_s": sc.timeo_max_s, "retrans": sc.retrans,
                   "stable": sc.stable, "proto": sc.transport, "mount_port": NFS_PORT}
+        if storage != "nfs":
+            from testbed.nas_block import block_device_spec
+            device = block_device_spec(storage, nas_ip, EXPORT, IMAGE, queue_depth=sc.slots)
         # file consumers: a swapless client with one file on its own transport; the policy marks
         # it or not
         sw = agent.attach(consumer, device, memalloc=sc.memalloc, policy=getattr(sc, "policy", "linux"),
@@ -316,10 +351,15 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         acked = swap_map.get("acked", {})
         # read back from noise; with a restricted export (hostile runs keep noise outside it) from the
         # NAS host itself, whose own address the caller includes in export_networks
-        ver = run_in_netns(st.host_netns("noise" if export_networks is None else "nas"), _verify_slots, nas_ip, acked, swap_map.get("seed", sc.seed),
-                           swap_map.get("page_size", 4096), timeout_s=max(60.0, len(acked) / 200),
-                           image=FILE_IMAGE if file_consumer else IMAGE,
-                           content="file" if file_consumer else "swap")
+        reader_ns = st.host_netns("noise" if export_networks is None else "nas")
+        if storage != "nfs":
+            ver = run_in_netns(reader_ns, _verify_block, storage, nas_ip, acked, swap_map.get("seed", sc.seed),
+                               swap_map.get("page_size", 4096), device["export" if storage == "nbd" else "target"])
+        else:
+            ver = run_in_netns(reader_ns, _verify_slots, nas_ip, acked, swap_map.get("seed", sc.seed),
+                               swap_map.get("page_size", 4096), timeout_s=max(60.0, len(acked) / 200),
+                               image=FILE_IMAGE if file_consumer else IMAGE,
+                               content="file" if file_consumer else "swap")
         ver["wall_s"] = round(time.monotonic() - t_ver, 2)
         with ControlClient(ctl["nas"]) as nc:
             entry_extra["nas"] = nc.call("snapshot")

@@ -32,6 +32,9 @@ POLICIES = ("linux", "extended")
 # The NFS client's transport: tcp (every Linux since 5.6: CONFIG_NFS_DISABLE_UDP_SUPPORT) or udp
 # (the "Linux before 5.6" variant, nas-server's one-port layout).
 TRANSPORTS = ("udp", "tcp")
+# The storage protocol the swap device speaks: NFS (over ``transport``), NBD or iSCSI (both over
+# TCP; the agent's drivers/block/nbd.py, drivers/scsi/iscsi_tcp.py; nas-server --nbd / --iscsi).
+STORAGES = ("nfs", "nbd", "iscsi")
 PAGE_SIZE = 4096
 # An NFSv3 WRITE reply on the wire: RPC accepted-reply header 24 + nfsstat 4 + wcc_data
 # (pre_op_attr 4+24, post_op_attr 4+84) + count 4 + committed 4 + writeverf 8 = 160 bytes of RPC,
@@ -59,6 +62,19 @@ DEFAULT_SWAP_RATE_PPS = 2000
 #   page) until rpciod reads it.
 RPC_BUFFER_PAGES = 1
 TX_FRAME_PAGES = 1
+# Block protocols over the agent's TCP (client_agent/net/ipv4/tcp.py, drivers/tcp_block.py): a
+# request's bytes sit in TCP's retransmit queue, one page per segment (the project's transmit
+# model), until ACKed; its reply is one receive segment (one page) until the driver's receive
+# task reads it. MSS at MTU 1500 with timestamps: 1500 - 20 - 20 - 12.
+TCP_MSS = 1448
+# NBD (proto.md): a request header is 28 bytes (+ the WRITE's data); a simple reply 16 bytes.
+NBD_REQUEST_HEADER_BYTES = 28
+NBD_SIMPLE_REPLY_BYTES = 16
+# iSCSI (RFC 7143): every PDU has a 48-byte Basic Header Segment; a WRITE's 4096 bytes ride as
+# immediate data of the SCSI Command PDU (ImmediateData=Yes, InitialR2T=No: open-iscsi's and
+# nas-server's values), so a write receives only the SCSI Response (48 bytes); with InitialR2T=Yes
+# an R2T (48 bytes) would come first and the data go in a Data-Out PDU (48 + 4096).
+ISCSI_BHS_BYTES = 48
 
 
 class ScenarioError(ValueError):
@@ -92,6 +108,7 @@ class Scenario:
     stall_threshold_s: float = 6.0
     max_duration_s: float = 60.0
     transport: str = "udp"
+    storage: str = "nfs"
     consumer: str = "swap"
     policy: str = "linux"
     dirty_ratio: int = 20
@@ -127,7 +144,8 @@ _INT_RANGES = {
 _FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0), "nas_write_latency_ms": (0.0, 10_000.0),
                  "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
 _CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
-            "consumer": CONSUMERS, "policy": POLICIES, "transport": TRANSPORTS}
+            "consumer": CONSUMERS, "policy": POLICIES, "transport": TRANSPORTS,
+            "storage": STORAGES}
 
 
 def _check_value(src: str, key: str, value):
@@ -191,6 +209,9 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
         raise ScenarioError(f"{src}: memalloc: {sc.memalloc} with consumer={sc.consumer} policy={sc.policy}; "
                             f"for a file consumer the policy marks its transport: write memalloc = "
                             f"{str(sc.policy == 'extended').lower()}")
+    if sc.storage != "nfs" and sc.consumer != "swap":
+        raise ScenarioError(f"{src}: consumer: {sc.consumer!r} with storage={sc.storage}; a block device "
+                            f"backs swap only here: write consumer = \"swap\" or storage = \"nfs\"")
     if sc.wsize % PAGE_SIZE:
         raise ScenarioError(f"{src}: wsize: {sc.wsize} is not a multiple of {PAGE_SIZE}; swap writes whole pages")
     return sc
@@ -305,10 +326,18 @@ def figures(sc: Scenario) -> dict:
     reply_pages = max(1, math.ceil(WRITE_REPLY_FRAME_BYTES / SKB_PAGE))
     reply_frags = max(1, math.ceil((WRITE_REPLY_FRAME_BYTES - ETH_HLEN - 20) / (MTU - 20)))
     reasm_pages = sc.slots * reply_frags if reply_frags > 1 else 0
+    if sc.storage == "nbd":
+        request_bytes, reply_bytes, r2t = NBD_REQUEST_HEADER_BYTES + PAGE_SIZE, NBD_SIMPLE_REPLY_BYTES, 0
+    else:
+        request_bytes, reply_bytes, r2t = ISCSI_BHS_BYTES + PAGE_SIZE, ISCSI_BHS_BYTES, 0
+    request_tx_pages = math.ceil(request_bytes / TCP_MSS)
+    request_rx_pages = 1 + r2t
     return {"min": wmin, "low": low, "high": high, "atomic_floor": atomic_floor,
             "flood_truesize": truesize, "flood_pages_per_frame": pages_per_frame,
             "datagrams_per_noise_socket": per_socket, "noise_pages": noise_pages,
-            "reply_pages": reply_pages, "reassembly_pages": reasm_pages}
+            "reply_pages": reply_pages, "reassembly_pages": reasm_pages,
+            "request_bytes": request_bytes, "request_tx_pages": request_tx_pages,
+            "reply_bytes": reply_bytes, "r2t_pages": r2t, "request_rx_pages": request_rx_pages}
 
 
 def _fill(noise_target: int, sc: Scenario) -> tuple[float, float]:
@@ -373,24 +402,35 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
     # the transport's receive buffers (SOCK_MEMALLOC), transmit fragments under PF_MEMALLOC. Worst
     # case at one instant: every slot holds its buffer and its reply waits on the socket, plus the
     # one transmit frame being built (and reassembly queues if a reply were fragmented).
-    need = (sc.slots * (RPC_BUFFER_PAGES + f["reply_pages"]) + TX_FRAME_PAGES
-            + f["reassembly_pages"])
-    reserve_ok = f["atomic_floor"] >= need
-    if sc.memalloc and sc.pfmemalloc_demux_drop:
+    if sc.storage == "nfs":
+        need = (sc.slots * (RPC_BUFFER_PAGES + f["reply_pages"]) + TX_FRAME_PAGES
+                + f["reassembly_pages"])
+        name = "reserve_covers_slot_table"
+        formula = "slots * (rpc_buffer_pages + reply_pages) + tx_frame_pages + reassembly_pages"
         vals = {"atomic_floor": f["atomic_floor"], "slots": sc.slots,
                 "rpc_buffer_pages": RPC_BUFFER_PAGES, "reply_pages": f["reply_pages"],
                 "tx_frame_pages": TX_FRAME_PAGES, "reassembly_pages": f["reassembly_pages"],
                 "needed": need}
-        checks.append(Check(
-            "reserve_covers_slot_table",
-            "atomic_floor >= slots * (rpc_buffer_pages + reply_pages) + tx_frame_pages + reassembly_pages",
-            vals, reserve_ok, applies="recovered,completed"))
+    else:
+        # NBD / iSCSI: every request in flight (``slots`` = the queue depth) holds its segments
+        # in TCP's retransmit queue until ACKed and one receive page for its reply (NBD: reply
+        # header; iSCSI: SCSI Response, + an R2T with InitialR2T=Yes); plus the ACK being sent.
+        need = sc.slots * (f["request_tx_pages"] + f["request_rx_pages"]) + TX_FRAME_PAGES
+        name = "reserve_covers_queue_depth"
+        formula = ("slots * (ceil(request_bytes / mss) + reply_pages + r2t_pages) + tx_frame_pages")
+        vals = {"atomic_floor": f["atomic_floor"], "slots": sc.slots, "storage": sc.storage,
+                "request_bytes": f["request_bytes"], "mss": TCP_MSS,
+                "request_tx_pages": f["request_tx_pages"], "reply_bytes": f["reply_bytes"],
+                "reply_pages": 1, "r2t_pages": f["r2t_pages"], "tx_frame_pages": TX_FRAME_PAGES,
+                "needed": need}
+    reserve_ok = f["atomic_floor"] >= need
+    if sc.memalloc and sc.pfmemalloc_demux_drop:
+        checks.append(Check(name, f"atomic_floor >= {formula}", vals, reserve_ok,
+                            applies="recovered,completed"))
         # A necessary condition only: below it a deadlock is possible, not certain (buffers are
         # recycled page for page as calls complete; the sim recovers at floor 12, deadlocks at 6).
-        checks.append(Check(
-            "reserve_undersized",
-            "atomic_floor < slots * (rpc_buffer_pages + reply_pages) + tx_frame_pages + reassembly_pages",
-            dict(vals), not reserve_ok, applies="deadlock"))
+        checks.append(Check("reserve_undersized", f"atomic_floor < {formula}", dict(vals),
+                            not reserve_ok, applies="deadlock"))
     cap = sc.agent_capacity_pps // 4
     checks.append(Check("flood_within_agent_capacity", "flood_pps <= agent_capacity_pps / 4",
                         {"flood_pps": sc.flood_pps, "agent_capacity_pps": sc.agent_capacity_pps, "limit": cap},
