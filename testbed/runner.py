@@ -121,6 +121,21 @@ def _verify_block(storage: str, nas_ip: str, acked: dict, seed: int, page_size: 
     return {**out, "reader": f"nas_server.blockrefclient over {storage}"}
 
 
+BLOCK_VIEW_KEYS = {
+    "nbd": ("NBD_CMD_WRITE", "NBD_CMD_FLAG_FUA", "NBD_CMD_FLUSH", "NBD_CMD_READ", "via"),
+    "iscsi": ("scsicmd_pdus", "scsirsp_pdus", "dataout_pdus", "r2t_pdus", "datain_pdus", "noptx_pdus",
+              "noprx_pdus", "timeout_err", "WRITE_10"),
+}
+BLOCK_COMMON_KEYS = ("connect_count", "reconnects", "requests_requeued", "request_timeouts", "protocol_errors")
+
+
+def block_view(snap: dict, storage: str) -> dict:
+    """The block device's counters from an agent snapshot's swap device (``snap["swap"]`` merges
+    the backend's snapshot): the protocol's own names plus the reconnect/requeue figures."""
+    sw = snap.get("swap") or {}
+    return {k: sw.get(k) for k in BLOCK_VIEW_KEYS.get(storage, ()) + BLOCK_COMMON_KEYS if k in sw}
+
+
 # ------------------------------------------------------------------ pcap: NAS replies by xid
 def nfs_reply_xids(pcap_path: str, nas_ip: str, client_ip: str, port: int = NFS_PORT) -> list[int]:
     """xids of ONC RPC replies from nas_ip:port to client_ip in a classic pcap (Ethernet), fragments
@@ -393,6 +408,10 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             counters["filemap"] = {k: v for k, v in final["filemap"].items() if k != "workload"}
         # short writes, JUKEBOX delays, garbage replies, write errors by name (issue 12 kind A)
         counters["nfs_writeback"] = writeback_view(final)
+        if storage != "nfs":
+            # the block device's counters as the protocol's tools name them (nbd: NBD_CMD_*;
+            # iscsi: struct iscsi_stats, SCSI opcodes), from the swap device's snapshot
+            counters[storage] = block_view(final, storage)
         return {
             "name": sc.name, "outcome": wd.outcome, "seed": sc.seed, "expect": sc.expect,
             "time_to_stall_s": wd.time_to_stall_s, "time_to_recover_s": wd.time_to_recover_s,
@@ -403,7 +422,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "preflight": [ch.to_json() for ch in checks], "counters": counters, "watchdog": text,
             "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
             "parameters": sc.to_dict(), "run_name": name, ("fileon" if file_consumer else "swapon"): sw,
-            "consumer": consumer, "policy": getattr(sc, "policy", "linux"),
+            "consumer": consumer, "policy": getattr(sc, "policy", "linux"), "storage": storage,
             # extended policy: file writeback's transport SOCK_MEMALLOC, which Linux does not do
             "beyond_linux": beyond_linux,
             "pcaps": {h: cap.path for h, cap in caps.items()}, **entry_extra,

@@ -19,6 +19,7 @@ from client_agent.tasks import Scheduler
 from nas_server.iscsi_target import IscsiTarget
 from nas_server.nbd_target import NbdTarget
 from nas_server.store import MemoryStore
+from testbed import scenario as S
 from testbed.nas_block import ISCSI_PORT, NBD_PORT, StackBlockServer, block_device_spec
 
 A, N = "198.18.0.2", "198.18.0.1"
@@ -212,3 +213,29 @@ def test_iscsi_nop_ping_timeout_reconnects():
     rig.loop.run_until(lambda: dev.counters["timeout_err"] >= 1, 10.0)
     assert dev.counters["timeout_err"] == 1 and dev.state in ("down", "connecting")
     dev.close()
+
+
+def test_storage_view_prints_iscsiadm_and_nbd_counters_and_demo_table_names_protocols():
+    from testbed import demo, views
+    snap = {"swap": {"backend": "198.18.0.1:3260/iqn.x:swap.swap.img/0", "scsicmd_pdus": 7,
+                     "scsirsp_pdus": 7, "txdata_octets": 28672, "reconnects": 1}}
+    text = views.storage(snap)
+    assert "iSCSI SNMP:\n\ttxdata_octets: 28672\n" in text and "\tscsicmd_pdus: 7\n" in text
+    assert "\treconnects: 1\n" in text
+    text = views.storage({"swap": {"backend": "n:10809/swap/swap.img", "NBD_CMD_WRITE": 5,
+                                   "NBD_CMD_FLAG_FUA": 5, "via": "NBD_OPT_GO", "NBD_EIO": 1}})
+    assert "\tNBD_CMD_WRITE: 5\n" in text and "\tNBD_EIO: 1\n" in text and "NBD_OPT_GO" in text
+    e = {"name": "nbd-memalloc", "expect": "recovered", "outcome": "recovered", "storage": "nbd",
+         "time_to_stall_s": None, "time_to_recover_s": 5.2, "pages_written": 10, "pages_verified": 10,
+         "reserve_low_pages": 160, "rpc_retrans": None, "parameters": {"transport": "tcp"},
+         "counters": {"PFMemallocDrop": 9, "rx_nobuf": 0,
+                      "nbd": {"NBD_CMD_WRITE": 10, "requests_requeued": 0}}}
+    t = demo.format_protocol_table([e, {**e, "name": "nfs-tcp-memalloc", "storage": "nfs",
+                                        "rpc_retrans": 3, "counters": {"nfs": {"rpc_calls": 12}}}])
+    lines = t.splitlines()
+    assert lines[0] == demo.PROTOCOL_TABLE_TITLE
+    assert lines[3].startswith("NBD ") and "NBD_CMD_WRITE 10" in lines[3] and "requeued 0" in lines[3]
+    assert lines[4].startswith("NFS/TCP ") and "rpc_retrans 3" in lines[4] and "rpc_calls 12" in lines[4]
+    # every row of the demo is a real, preflight-clean scenario
+    for sc, checks, _ in demo.load_all(None, True, demo.PROTOCOL_ROWS):
+        assert S.failing(sc, checks) == [], sc.name

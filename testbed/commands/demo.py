@@ -1,5 +1,6 @@
-"""`testbed demo [--out DIR] [--seed N] [--quick]`: the four swap scenarios, side by side, then the
-file-backed pair (file-mmap-linux, file-mmap-extended) in a second table; one report.
+"""`testbed demo [--out DIR] [--seed N] [--quick] [--protocols]`: the four swap scenarios, side by side,
+then the file-backed pair (file-mmap-linux, file-mmap-extended) in a second table; one report.
+``--protocols``: instead, every storage protocol under the same flood (testbed.demo.PROTOCOL_ROWS).
 
 Exit status: 0 every outcome == expect; 1 one differs (or a run failed); 2 usage or preflight
 errors (nothing was created).
@@ -17,6 +18,9 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="report directory (default: ./reports/demo-<timestamp>)")
     p.add_argument("--seed", type=int, help="override every scenario's seed")
     p.add_argument("--quick", action="store_true", help="shorter time caps (a run that neither deadlocks nor recovers ends sooner)")
+    p.add_argument("--protocols", action="store_true",
+                   help="instead: every storage protocol under the same flood (NFS/TCP, NFS/UDP, NBD, iSCSI; "
+                        "no-reserve and memalloc rows), one table")
     p.set_defaults(func=run)
 
 
@@ -27,7 +31,7 @@ def run(args) -> int:
     from testbed.cli import UserError
 
     try:
-        loaded = demo.load_all(args.seed, args.quick)
+        loaded = demo.load_all(args.seed, args.quick, demo.PROTOCOL_ROWS if args.protocols else demo.ALL_SCENARIOS)
     except scn.ScenarioError as e:
         raise UserError(str(e)) from None
     bad = [(sc, c) for sc, checks, _ in loaded for c in scn.failing(sc, checks)]
@@ -38,10 +42,10 @@ def run(args) -> int:
     out = rep.prepare(args.out or demo.default_out_dir())
     print(f"testbed demo: report directory {out}", file=sys.stderr, flush=True)
     with known_errors(), sigterm_as_interrupt():
-        entries, wall = demo.run_demo(out, loaded)
+        entries, wall = demo.run_demo(out, loaded, protocols=args.protocols)
     ok = all(e["outcome"] == e["expect"] for e in entries)
     print()
-    print(demo.format_table(entries))
+    print(demo.format_protocol_table(entries) if args.protocols else demo.format_table(entries))
     print()
     from testbed.explain import summary_line
     for e in entries:

@@ -50,12 +50,14 @@ class _CountingInitiator(IscsiInitiator):
 
     def _send(self, p):
         self.stats[iscsi.STATS_NAMES[p.opcode]] += 1
+        self.stats["txdata_octets"] += len(p.data)
         super()._send(p)
 
     def _pdu(self, p, events):
         name = iscsi.STATS_NAMES.get(p.opcode)
         if name:
             self.stats[name] += 1
+        self.stats["rxdata_octets"] += len(p.data)
         super()._pdu(p, events)
 
 
@@ -91,7 +93,7 @@ class IscsiDevice(TcpBlockDevice):
         self.params = None
         self.last_rx = 0.0
         self.nop_sent_at: float | None = None
-        self.counters.update({k: 0 for k in (*iscsi.STATS_NAMES.values(),
+        self.counters.update({k: 0 for k in (*iscsi.STATS_NAMES.values(), "txdata_octets", "rxdata_octets",
                                              "timeout_err", "unit_attention_retries",
                                              "busy_retries")})
 
