@@ -183,7 +183,9 @@ def postprocess(out: str, entry: dict, timeline: list[dict], say=print) -> dict:
     nas_ip, cli_ip = str(hosts["nas"].address.ip), str(hosts["client"].address.ip)
     pc = (entry.get("pcaps") or {}).get("client")
     snap_path = os.path.join(sdir, "final_snapshot.json")
-    if pc and os.path.exists(pc) and os.path.exists(snap_path) and entry.get("t0_wall") is not None:
+    # the reply-fate explanations read NFS replies off the pcap: for NFS runs only
+    if (pc and os.path.exists(pc) and os.path.exists(snap_path) and entry.get("t0_wall") is not None
+            and entry.get("storage", "nfs") == "nfs"):
         import json
         with open(snap_path) as f:
             final = json.load(f)

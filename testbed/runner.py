@@ -96,19 +96,21 @@ def _compare_slots(acked: dict, read, seed: int, page_size: int, page_bytes) -> 
     return {"verified": verified, "mismatched": mismatched, "read_errors": errors[:32]}
 
 
-def _verify_block(storage: str, nas_ip: str, acked: dict, seed: int, page_size: int, name: str,
+def _verify_block(storage: str, nas_ip: str, acked: dict, seed: int, page_size: int, device: dict,
                   timeout_s: float = 20.0) -> dict:
     """Read every acked slot back through a client that is not the agent: nas_server.blockrefclient
-    (the protocol's state machine on kernel sockets) over NBD (export ``name``) or iSCSI (target
-    ``name``, LUN 0), 8 consecutive slots per request, and compare with page_bytes()."""
+    (the protocol's state machine on kernel sockets) from the device's target (NBD export or
+    iSCSI target + LUN of the device spec), 8 consecutive slots per request, and compare with
+    page_bytes()."""
     from client_agent.mm.anon import page_bytes
     from nas_server.blockrefclient import IscsiRefClient, NbdRefClient
-    from testbed.rig import ISCSI_PORT, NBD_PORT
     if storage == "nbd":
-        c = NbdRefClient(nas_ip, NBD_PORT, name.encode(), structured=False, timeout_s=timeout_s)
+        c = NbdRefClient(nas_ip, device["port"], device["export"].encode(), structured=False,
+                         timeout_s=timeout_s)
         read = c.read
     else:
-        c = IscsiRefClient(nas_ip, ISCSI_PORT, name, timeout_s=timeout_s)
+        c = IscsiRefClient(nas_ip, device["port"], device["target"], lun=device.get("lun", 0),
+                           timeout_s=timeout_s)
         bs = c.capacity()[1]
         read = lambda off, n: c.read(off // bs, n // bs, block_bytes=bs)  # noqa: E731
     try:
@@ -245,6 +247,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
     file_consumer = consumer != "swap"
     beyond_linux = file_consumer and getattr(sc, "policy", "linux") == "extended"
     storage = getattr(sc, "storage", "nfs")
+    third_party = None if getattr(sc, "target", "nas-server") == "nas-server" else sc.target
 
     agent = None
     timeline: list[dict] = []
@@ -262,7 +265,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         rig = Rig(topo, "r", name=name, images=images, nas_on_tmpfs=True,
                   nas_write_latency_ms=sc.nas_write_latency_ms,
                   export_networks=export_networks or "198.18.0.0/24", say=say,
-                  block_targets=(storage,) if storage != "nfs" else ())
+                  block_targets=(storage,) if storage != "nfs" and third_party is None else ())
         st = rig.st
         say(f"topology {name} up (run dir {st.dir}); scenario {sc.name}, expect {sc.expect}, seed {sc.seed}")
         ctl = {"nas": rig.control_path("nas"), "agent": rig.control_path("agent-client"),
@@ -285,6 +288,10 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         if storage != "nfs":
             from testbed.nas_block import block_device_spec
             device = block_device_spec(storage, nas_ip, EXPORT, IMAGE, queue_depth=sc.slots)
+            if third_party is not None:
+                # the same image file served by nbdkit / qemu-nbd / tgtd instead of nas-server
+                device.update(rig.start_block_target(third_party, IMAGE, latency_ms=sc.nas_write_latency_ms))
+                say(f"{third_party} serves {EXPORT}/{IMAGE}: {device}")
         # file consumers: a swapless client with one file on its own transport; the policy marks
         # it or not
         sw = agent.attach(consumer, device, memalloc=sc.memalloc, policy=getattr(sc, "policy", "linux"),
@@ -369,7 +376,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         reader_ns = st.host_netns("noise" if export_networks is None else "nas")
         if storage != "nfs":
             ver = run_in_netns(reader_ns, _verify_block, storage, nas_ip, acked, swap_map.get("seed", sc.seed),
-                               swap_map.get("page_size", 4096), device["export" if storage == "nbd" else "target"])
+                               swap_map.get("page_size", 4096), device)
         else:
             ver = run_in_netns(reader_ns, _verify_slots, nas_ip, acked, swap_map.get("seed", sc.seed),
                                swap_map.get("page_size", 4096), timeout_s=max(60.0, len(acked) / 200),
@@ -423,6 +430,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
             "parameters": sc.to_dict(), "run_name": name, ("fileon" if file_consumer else "swapon"): sw,
             "consumer": consumer, "policy": getattr(sc, "policy", "linux"), "storage": storage,
+            "target": getattr(sc, "target", "nas-server"),
             # extended policy: file writeback's transport SOCK_MEMALLOC, which Linux does not do
             "beyond_linux": beyond_linux,
             "pcaps": {h: cap.path for h, cap in caps.items()}, **entry_extra,

@@ -35,6 +35,10 @@ TRANSPORTS = ("udp", "tcp")
 # The storage protocol the swap device speaks: NFS (over ``transport``), NBD or iSCSI (both over
 # TCP; the agent's drivers/block/nbd.py, drivers/scsi/iscsi_tcp.py; nas-server --nbd / --iscsi).
 STORAGES = ("nfs", "nbd", "iscsi")
+# Who serves the block device on real packets: nas-server (--nbd / --iscsi), or a third-party target
+# on the NAS host serving the same image file (testbed.rig.Rig.start_block_target). The simulation
+# always runs nas-server's target core.
+TARGETS = {"nas-server": STORAGES, "nbdkit": ("nbd",), "qemu-nbd": ("nbd",), "tgtd": ("iscsi",)}
 PAGE_SIZE = 4096
 # An NFSv3 WRITE reply on the wire: RPC accepted-reply header 24 + nfsstat 4 + wcc_data
 # (pre_op_attr 4+24, post_op_attr 4+84) + count 4 + committed 4 + writeverf 8 = 160 bytes of RPC,
@@ -109,6 +113,7 @@ class Scenario:
     max_duration_s: float = 60.0
     transport: str = "udp"
     storage: str = "nfs"
+    target: str = "nas-server"
     consumer: str = "swap"
     policy: str = "linux"
     dirty_ratio: int = 20
@@ -145,7 +150,7 @@ _FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0), "nas_w
                  "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
 _CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
             "consumer": CONSUMERS, "policy": POLICIES, "transport": TRANSPORTS,
-            "storage": STORAGES}
+            "storage": STORAGES, "target": tuple(TARGETS)}
 
 
 def _check_value(src: str, key: str, value):
@@ -212,6 +217,10 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
     if sc.storage != "nfs" and sc.consumer != "swap":
         raise ScenarioError(f"{src}: consumer: {sc.consumer!r} with storage={sc.storage}; a block device "
                             f"backs swap only here: write consumer = \"swap\" or storage = \"nfs\"")
+    if sc.storage not in TARGETS[sc.target]:
+        ok = [t for t, st in TARGETS.items() if sc.storage in st]
+        raise ScenarioError(f"{src}: target: {sc.target!r} does not serve storage={sc.storage}; "
+                            f"pick one of {', '.join(ok)}")
     if sc.wsize % PAGE_SIZE:
         raise ScenarioError(f"{src}: wsize: {sc.wsize} is not a multiple of {PAGE_SIZE}; swap writes whole pages")
     return sc

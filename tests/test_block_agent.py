@@ -239,3 +239,15 @@ def test_storage_view_prints_iscsiadm_and_nbd_counters_and_demo_table_names_prot
     # every row of the demo is a real, preflight-clean scenario
     for sc, checks, _ in demo.load_all(None, True, demo.PROTOCOL_ROWS):
         assert S.failing(sc, checks) == [], sc.name
+
+
+def test_scenario_names_its_storage_and_a_third_party_target_that_serves_it():
+    sc = S.load("nbd-memalloc", {"target": "nbdkit"})
+    assert (sc.storage, sc.target) == ("nbd", "nbdkit")
+    with pytest.raises(S.ScenarioError, match="target: 'tgtd' does not serve storage=nbd; pick one of "
+                                               "nas-server, nbdkit, qemu-nbd"):
+        S.load("nbd-memalloc", {"target": "tgtd"})
+    with pytest.raises(S.ScenarioError, match="storage: 'aoe' is not one of nfs, nbd, iscsi"):
+        S.load("memalloc", {"storage": "aoe"})
+    with pytest.raises(S.ScenarioError, match="consumer: 'mmap' with storage=iscsi"):
+        S.load("file-mmap-linux", {"storage": "iscsi"})
