@@ -232,7 +232,7 @@ class Rig:
     def start_block_target(self, kind: str, image: str, *, latency_ms: float = 0.0) -> dict:
         """A third-party target on the NAS host serving nas-server's image ``EXPORT/image`` (the same
         file: read back over NFS or the target itself): ``nbdkit`` (file plugin, its delay filter
-        giving ``latency_ms`` per write and flush), ``qemu-nbd`` (-t, cache none), or ``tgtd``
+        giving ``latency_ms`` per write: wdelay), ``qemu-nbd`` (-t, cache none), or ``tgtd``
         (LUN 1 of one target, backing store the file). Returns the device spec's target part
         (``port``, ``export`` or ``target`` + ``lun``). The process is ``procs["target"]``."""
         from netns_setup.process import ProcessStartError, start_process
@@ -242,7 +242,7 @@ class Rig:
         if kind == "nbdkit":
             ms = f"{latency_ms:g}ms"
             argv = ["nbdkit", "-f", "-i", ip, "-p", str(NBD_PORT), "--filter=delay", "file", path,
-                    f"wdelay={ms}", f"delay-flush={ms}"]
+                    f"wdelay={ms}"]
             spec = {"port": NBD_PORT, "export": ""}
         elif kind == "qemu-nbd":
             argv = ["qemu-nbd", "-f", "raw", "-x", "swap", "-b", ip, "-p", str(NBD_PORT), "-t",
