@@ -251,3 +251,12 @@ def test_scenario_names_its_storage_and_a_third_party_target_that_serves_it():
         S.load("memalloc", {"storage": "aoe"})
     with pytest.raises(S.ScenarioError, match="consumer: 'mmap' with storage=iscsi"):
         S.load("file-mmap-linux", {"storage": "iscsi"})
+
+
+@pytest.mark.parametrize("storage", ["nbd", "iscsi"])
+def test_chaos_over_block_storage_restarts_the_target_mid_write_and_loses_nothing(storage):
+    from testbed import chaos
+    row = chaos.run_one(1, 4, storage)       # memalloc, dup + a target restart (campaign seed 1)
+    assert row["scenario"] == f"{storage}-memalloc" and row["ok"], row["problems"]
+    assert row["faults"]["nas_restart"] >= 1 and row["lost"] == 0 and row["written"] > 0
+    assert row["result"]["block"]["agent"]["reconnects"] >= 1
