@@ -9,8 +9,8 @@ Control protocol ops (newline-delimited JSON, see netns_setup/control.py): ``sna
 ``shutdown``; test services ``udp_echo``, ``udp_sink``, ``hog``, ``hog_free``, ``memalloc``;
 swap (docs/swap-contract.md): ``swapon`` (today's NFS arguments -- ``server``,
 ``port``, ``export``, ``image``, ``slots``, ``wsize``, ``timeo_s``, ``timeo_max_s``,
-``retrans``, ``stable`` -- or ``device``: a device spec), ``swapoff``, ``workload``,
-``swap_map``; file-backed consumers (docs/file-backed.md): ``fileon`` (the same two forms),
+``retrans``, ``stable`` -- or ``device``: a device spec; ``priority``: a further area beside
+those on), ``swapoff``, ``workload``, ``swap_map`` (both take an area's ``device`` index); file-backed consumers (docs/file-backed.md): ``fileon`` (the same two forms),
 ``file_workload``, ``file_map``. The ops' names and arguments are those of the first releases:
 users' setup scripts call them.
 """
@@ -56,6 +56,14 @@ def _device_spec(req: dict, op: str, image: str) -> dict:
     return {"kind": "nfs", "image": image, **{k: req[k] for k in _NFS_ARGS if k in req}}
 
 
+def _area(spec: dict) -> str:
+    """The swap area a device spec names, as its backend's ``describe()`` reads (swapon(2)
+    answers EBUSY for an area already on)."""
+    if spec.get("kind", "nfs") == "aoe":
+        return f"e{spec.get('shelf')}.{spec.get('slot')}"
+    return f"{spec.get('server')}:/{spec.get('export', 'swap')}/{spec.get('image')}"
+
+
 class Agent(Host):
     """A host driven through control ops. ``swap``/``transport``/``filemap``/``file_transport``
     name the last swap device and file mapping and their NFS clients (snapshot keys)."""
@@ -78,27 +86,56 @@ class Agent(Host):
         return self._bad(self.set_sock_memalloc, port, on)
 
     # -- swap (docs/swap-contract.md) ----------------------------------------------------------
-    def swapon(self, device: dict, memalloc: bool = True, timeout_s: float = 30.0) -> dict:
-        """swapon(2) on the device ``device`` describes (a device spec, host.py)."""
-        if self.swap is not None and self.swap.active:
-            raise BadRequest("swap is already on; swapoff first")
-        swap, act = self._bad(self.add_swap, device, memalloc=bool(memalloc))
-        self.swap = swap
-        self.transport = getattr(swap.backend, "transport", None)
+    def swapon(self, device: dict, memalloc: bool = True, timeout_s: float = 30.0,
+               priority: int | None = None) -> dict:
+        """swapon(2) on the device ``device`` describes (a device spec, host.py). Linux allows
+        many swap areas: a swapon while one is on adds another (``priority`` as ``swapon -p``;
+        default -1, -2, ... in swapon order, so the first is used first). ``self.swap`` stays the
+        first active area (the workload's and ``swap_map``'s default); ``self.transport`` is the
+        first area's with an NFS client. Returns ``nr_slots``, ``device`` (the area's index in
+        swapon order, for ``swap_map``/``swapoff``), ``priority`` (and ``fh`` for NFS)."""
+        if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)
+                                     or not -1 <= priority <= 32767):
+            raise BadRequest(f"priority must be an integer -1..32767 (swapon -p), got {priority!r}")
+        area = _area(device)
+        for i, d in enumerate(self.swap_devices):
+            if d.active and d.backend is not None and d.backend.describe() == area:
+                raise BadRequest(f"swapon: {d.backend.describe()} is already on (device {i}); "
+                                 f"swapoff first")
+        swap, act = self._bad(self.add_swap, device, memalloc=bool(memalloc), priority=priority)
         task = self.run_task("swapon", act, timeout_s)
         if task.state != "done":
+            self.remove_swap(swap)
             raise BadRequest(f"swapon {swap.backend.describe()} did not finish: {task.state} "
                              f"{task.error or ''} (is the NAS up and exporting it?)")
-        out = {"nr_slots": task.result}
+        if self.swap is None or not self.swap.active:
+            self.swap = swap
+        if self.transport is None and getattr(swap.backend, "transport", None) is not None:
+            self.transport = swap.backend.transport
+        out = {"nr_slots": task.result, "device": self.swap_devices.index(swap),
+               "priority": swap.priority}
         fh = getattr(swap.backend, "fh", None)
         if fh is not None:
             out["fh"] = fh.hex()
         return out
 
-    def swapoff(self) -> dict:
+    def _swap_device(self, device):
+        if device is None:
+            if self.swap is None:
+                raise BadRequest("swap is not on")
+            return self.swap
+        if not isinstance(device, int) or isinstance(device, bool) or not 0 <= device < len(self.swap_devices):
+            raise BadRequest(f"device must be a swap area index 0..{len(self.swap_devices) - 1} "
+                             f"(swapon's answer), got {device!r}")
+        return self.swap_devices[device]
+
+    def swapoff(self, device: int | None = None) -> dict:
+        """swapoff one area (``device``, swapon's index) or, without it, every area."""
         if self.swap is None:
             raise BadRequest("swap is not on")
-        return {"memalloc_socks": self.swap.swapoff()}
+        for d in ([self._swap_device(device)] if device is not None else self.swap_devices):
+            d.swapoff()
+        return {"memalloc_socks": self.alloc.memalloc_socks}
 
     def workload(self, pages: int, seed: int | None = None, rate_pps: float = 0) -> dict:
         if self.swap is None:
@@ -108,10 +145,11 @@ class Agent(Host):
         self.swap.anon.start_workload(int(pages), float(rate_pps or 0))
         return {"started": True}
 
-    def swap_map(self) -> dict:
-        if self.swap is None:
-            raise BadRequest("swap is not on")
-        return self.swap.map_json()
+    def swap_map(self, device: int | None = None) -> dict:
+        """Every durably acknowledged slot of one area (default: the first), with its backend."""
+        d = self._swap_device(device)
+        return {**d.map_json(), "backend": d.backend.describe() if d.backend is not None else None,
+                "kind": getattr(d.backend, "kind", None)}
 
     # -- file-backed consumers (docs/file-backed.md) -------------------------------------------
     def fileon(self, device: dict, memalloc: bool = False, dirty_ratio: int = 20,
@@ -165,6 +203,7 @@ class Agent(Host):
         snap = self._snapshot()
         if not traces:
             snap.pop("nfs_frame_fates", None)
+            snap.pop("aoe_rsp_fates", None)
             for k in ("nfs", "file_nfs"):
                 if snap.get(k):
                     snap[k] = {f: v for f, v in snap[k].items() if f not in ("xids_sent", "xids_replied")}
@@ -188,6 +227,9 @@ class Agent(Host):
             "stack": self.stack.snapshot(),
             "nfs_frame_fates": ([list(f) for f in self.reply_trace.fates]   # [ip_id, xid, fate]
                                 if self.reply_trace is not None else []),
+            # every AoE response's fate by tag (drivers/block/aoenet.py AoeRspTrace): [tag, fate]
+            "aoe_rsp_fates": ([list(f) for f in self.aoe_trace.fates]
+                              if self.aoe_trace is not None else []),
             "alloc": self.alloc.snapshot(),
             "tasks": self.sched.snapshot(),
             "services": {k: v["stats"] for k, v in self.services.items()},
@@ -247,10 +289,10 @@ class Agent(Host):
             "memalloc": lambda r: self.memalloc(need(r, "port"), bool(r.get("on", True))),
             "swapon": lambda r: self.swapon(_device_spec(r, "swapon", "swap.img"),
                                             bool(r.get("memalloc", True)),
-                                            r.get("timeout_s", 30.0)),
-            "swapoff": lambda r: self.swapoff(),
+                                            r.get("timeout_s", 30.0), r.get("priority")),
+            "swapoff": lambda r: self.swapoff(r.get("device")),
             "workload": lambda r: self.workload(need(r, "pages"), r.get("seed"), r.get("rate_pps", 0)),
-            "swap_map": lambda r: self.swap_map(),
+            "swap_map": lambda r: self.swap_map(r.get("device")),
             "fileon": lambda r: self.fileon(_device_spec(r, "fileon", "file.img"),
                                             bool(r.get("memalloc", False)),
                                             **opts(r, "dirty_ratio", "dirty_background_ratio",

@@ -115,8 +115,34 @@ def iscsi_backend(host: "Host", spec: dict):
                        log=host.log, on_tx=host.kick)
 
 
+AOE_SPEC_DEFAULTS = {"kind": "aoe", "shelf": None, "slot": None, "policy": "linux", "mtu": 1500,
+                     "flush": True, "aoe_deadsecs": 180, "aoe_maxout": 64,
+                     "activate_timeout_s": 10.0}
+
+
+def aoe_backend(host: "Host", spec: dict):
+    """A ``drivers.block.aoeblk.AoeBlk``: the AoE device ``e<shelf>.<slot>`` on the host's stack
+    (its frames through the EtherType table). ``policy`` linux (as the Linux driver: nothing
+    marked) or extended (beyond Linux: the target's reserve-backed frames pass the protocol
+    filter, its frames may use the reserve)."""
+    from .drivers.block.aoeblk import POLICIES, AoeBlk
+    s = _spec(spec, AOE_SPEC_DEFAULTS)
+    for k, hi in (("shelf", 65534), ("slot", 254)):
+        if isinstance(s[k], bool) or not isinstance(s[k], int) or not 0 <= s[k] <= hi:
+            raise ValueError(f"aoe device spec: {k} must be an integer 0..{hi}, got {s[k]!r}")
+    if s["policy"] not in POLICIES:
+        raise ValueError(f"aoe device spec: policy must be linux or extended, got {s['policy']!r}")
+    if host.trace_replies:
+        from .drivers.block.aoenet import aoe_rsp_trace
+        host.aoe_trace = aoe_rsp_trace(host.stack)
+    return AoeBlk(host.stack, host.sched, host.loop.time, s["shelf"], s["slot"], mtu=int(s["mtu"]),
+                  policy=s["policy"], flush_writes=bool(s["flush"]),
+                  aoe_deadsecs=int(s["aoe_deadsecs"]), aoe_maxout=int(s["aoe_maxout"]),
+                  activate_timeout_s=float(s["activate_timeout_s"]), on_tx=host.kick)
+
+
 STORAGE_KINDS: dict[str, Callable] = {"nfs": nfs_backend, "nbd": nbd_backend,
-                                      "iscsi": iscsi_backend}
+                                      "iscsi": iscsi_backend, "aoe": aoe_backend}
 
 
 def swap_snapshot(dev) -> dict:
@@ -151,6 +177,7 @@ class Host:
         self.log = log or (lambda line: self.nfs_log.append((self.loop.time(), line)))
         self.trace_replies = trace_replies
         self.reply_trace = None
+        self.aoe_trace = None               # drivers.block.aoenet.AoeRspTrace, with an AoE device
         self.anon = None                    # mm.anon.AnonMemory, created with the first swap device
         self.kswapd = None
         self.swap_devices: list = []
@@ -358,8 +385,11 @@ class Host:
             self.kswapd = Kswapd(self.alloc, self.sched, self.anon, max_writeback=max_writeback)
         return self.kswapd
 
-    def add_swap(self, spec: dict, *, memalloc: bool = True, max_writeback: int = 64):
+    def add_swap(self, spec: dict, *, memalloc: bool = True, max_writeback: int = 64,
+                 priority: int | None = None):
         """A swap device on the backend ``spec`` describes; kswapd started if it was not.
+        ``priority``: as ``swapon -p`` (kswapd writes to the highest first); default -1, -2, ...
+        in swapon order, as Linux numbers areas swapped on without one.
         Returns ``(device, activation)``: run ``activation`` (a generator, ``swapon``) in a task;
         it returns the number of slots."""
         from .mm.anon import AnonMemory
@@ -367,13 +397,25 @@ class Host:
         backend = self.storage(spec)
         if self.anon is None:
             self.anon = AnonMemory(self.alloc, self.sched, self.seed)
-        dev = SwapDevice(self.alloc, self.sched, log=self.log, anon=self.anon,
-                         priority=-1 - len(self.swap_devices))
+        if priority is None:
+            priority = -1 - sum(d.priority < 0 for d in self.swap_devices)
+        dev = SwapDevice(self.alloc, self.sched, log=self.log, anon=self.anon, priority=priority)
         dev.backend = backend
         self.swap_devices.append(dev)
         ks = self._ensure_kswapd(max_writeback)
         ks.add_swap(dev)
         return dev, dev.swapon(backend, memalloc=memalloc)
+
+    def remove_swap(self, dev) -> None:
+        """Forget a swap device whose activation failed (swapon(2) returned an error)."""
+        dev.swapoff()
+        if dev in self.swap_devices:
+            self.swap_devices.remove(dev)
+        if self.kswapd is not None and dev in self.kswapd.swap_devices:
+            self.kswapd.swap_devices.remove(dev)
+        close = getattr(dev.backend, "close", None)
+        if close is not None:
+            close()
 
     def add_file(self, spec: dict, *, policy: str = "linux", dirty_ratio: int = 20,
                  dirty_background_ratio: int = 10, max_writeback: int = 64, log=None):

@@ -61,12 +61,16 @@ class Task:
     lun: int
     edtl: int
     want_bytes: int                      # bytes of Data-Out the command takes
+    need_bytes: int = 0                  # bytes to receive: want_bytes, or more when unsolicited data past it comes
+    unsolicited_end: int = 0             # immediate + unsolicited Data-Out end at this offset
     buf: bytearray | None = None
     received: int = 0                    # bytes placed (no overlap is accepted)
     ranges: list = field(default_factory=list)
     next_r2t_offset: int = 0
-    r2ts: dict = field(default_factory=dict)  # TTT -> (offset, length, received in it)
+    r2ts: dict = field(default_factory=dict)  # TTT -> [offset, length, received in it, next DataSN]
     r2tsn: int = 0
+    unsolicited_datasn: int = 0          # DataSN the next unsolicited Data-Out must carry
+    unsolicited_open: bool = False       # unsolicited Data-Out still to come (its last has the F bit)
     failed: tuple | None = None         # (sense key, asc) to report once data stops
 
 
@@ -148,9 +152,33 @@ class IscsiConnection:
         self.closed = False
         self.close_reason = ""
         self._tx_digests = (False, False)
+        self.ping_ttt: int | None = None     # TTT of our last NOP-In ping
+        self.ping_unanswered = False         # no input since it was sent
 
     def initial(self) -> bytes:
         return b""
+
+    def buffered_bytes(self) -> int:
+        """Bytes held of unfinished input: a partial PDU (at most BHS + AHS + digests +
+        MaxRecvDataSegmentLength), login text (``MAX_LOGIN_TEXT_BYTES``) and the Data-Out received
+        so far of open write tasks (their buffers are bounded by ``MAX_TASK_BUFFER_BYTES``, past
+        which a command gets TASK SET FULL)."""
+        return self.reader.pending() + len(self.login_text) + sum(t.received for t in self.tasks.values())
+
+    def idle(self, now: float = 0.0) -> bytes | None:
+        """The driver's idle sweep found nothing received for a whole period. In login: None
+        (close). In full feature phase: a NOP-In ping (RFC 7143 11.19, ITT 0xffffffff, a new TTT,
+        StatSN not advanced) that a live initiator answers with a NOP-Out, as LIO's nopin timer
+        does; if the next sweep finds the connection still silent, None."""
+        if self.state != FULL_FEATURE or self.ping_ttt is not None and self.ping_unanswered:
+            self.c["close_idle_" + ("login" if self.state != FULL_FEATURE else "nopin_unanswered")] += 1
+            return None
+        self.ping_ttt, self.ping_unanswered = self.t.new_ttt(), True
+        self.c["nopin_pings"] += 1
+        out = bytearray()
+        self._send(out, iscsi.Pdu(iscsi.NOP_IN, Flags=iscsi.FLAG_F, ITT=iscsi.RESERVED_TAG, TTT=self.ping_ttt),
+                   status=False)
+        return bytes(out)
 
     # -- plumbing --------------------------------------------------------------------------------
     def _log(self, text: str) -> None:
@@ -166,7 +194,7 @@ class IscsiConnection:
         if p.opcode in (iscsi.NOP_IN, iscsi.SCSI_RESPONSE, iscsi.TASK_MGMT_RESPONSE, iscsi.LOGIN_RESPONSE,
                         iscsi.TEXT_RESPONSE, iscsi.SCSI_DATA_IN, iscsi.LOGOUT_RESPONSE, iscsi.R2T,
                         iscsi.ASYNC_MESSAGE, iscsi.REJECT):
-            p.StatSN = self.stat_sn if (status or p.opcode == iscsi.R2T) else 0
+            p.StatSN = self.stat_sn if (status or p.opcode in (iscsi.R2T, iscsi.NOP_IN)) else 0
             if status:
                 self.stat_sn = (self.stat_sn + 1) & 0xFFFFFFFF
             p.ExpCmdSN, p.MaxCmdSN = self.exp_cmd_sn, self.max_cmd_sn
@@ -201,6 +229,7 @@ class IscsiConnection:
             return b""
         out = bytearray()
         self.reader.buf += data
+        self.ping_unanswered = False
         try:
             while not self.closed:
                 try:
@@ -219,8 +248,7 @@ class IscsiConnection:
                     task = self.tasks.get(e.pdu.ITT) if e.pdu is not None and e.pdu.opcode == iscsi.SCSI_DATA_OUT \
                         else None
                     if task is not None:
-                        task.failed = (scsi.ABORTED_COMMAND, scsi.ASC_PROTOCOL_SERVICE_CRC_ERROR)
-                        self._finish_failed(out, task)
+                        self._dataout_failed(task, e.pdu, out)
                     continue
                 if p is None:
                     break
@@ -452,7 +480,10 @@ class IscsiConnection:
         """Data-In PDUs (status collapsed into the last) or a SCSI Response."""
         p = task.pdu
         edtl = task.edtl
-        if status == scsi.GOOD and data_in and p.Flags & iscsi.CMD_R:
+        # Data-In only when there are bytes to carry: with ExpectedDataTransferLength 0 the status
+        # goes in a SCSI Response with the overflow residual (an empty Data-In is legal in RFC 7143
+        # but libiscsi's initiator fails the connection on one; LIO and tgt send a SCSI Response).
+        if status == scsi.GOOD and data_in and edtl and p.Flags & iscsi.CMD_R:
             sent = data_in[:edtl]
             flags_res, residual = 0, 0
             if len(data_in) < edtl:
@@ -484,6 +515,8 @@ class IscsiConnection:
             done = task.want_bytes if p.Flags & iscsi.CMD_W else len(data_in)
             if done < edtl:
                 flags, residual = flags | iscsi.RSP_U, edtl - done
+            elif done > edtl:  # RFC 7143 11.4.5: the bytes the command would have moved beyond EDTL
+                flags, residual = flags | iscsi.RSP_O, done - edtl
         data = len(sense).to_bytes(2, "big") + sense if sense else b""
         self._send(out, iscsi.Pdu(iscsi.SCSI_RESPONSE, Flags=flags, Response=iscsi.RESPONSE_COMPLETED, Status=status,
                                   ITT=p.ITT, ExpDataSN=task.r2tsn, ResidualCount=residual, data=data))
@@ -532,17 +565,23 @@ class IscsiConnection:
             if p.Flags & iscsi.CMD_W and task.edtl:  # data the command does not take: counted, ignored
                 self.c["dataout_unwanted_cmds"] += 1
             return self._respond(out, task, status, data, sense)
-        if self.task_bytes + want > MAX_TASK_BUFFER_BYTES:
+        # Without InitialR2T and with F clear, unsolicited Data-Out follows up to FirstBurstLength
+        # or ExpectedDataTransferLength (immediate data included, RFC 7143 13.14); R2Ts ask for the
+        # rest of what the command takes. When EDTL is larger than the command takes (an
+        # underflow, RFC 7143 11.4.5.1), the unsolicited bytes past it are received and discarded,
+        # and the response carries the U bit with the residual.
+        unsolicited = not self.params.InitialR2T and not p.Flags & iscsi.FLAG_F
+        task.unsolicited_end = max(len(p.data), min(self.params.FirstBurstLength, task.edtl) if unsolicited else 0)
+        task.need_bytes = max(want, task.unsolicited_end)
+        if self.task_bytes + task.need_bytes > MAX_TASK_BUFFER_BYTES:
             return self._respond(out, task, scsi.TASK_SET_FULL, b"", b"")
-        task.buf = bytearray(want)
-        self.task_bytes += want
+        task.buf = bytearray(task.need_bytes)
+        self.task_bytes += task.need_bytes
         self.tasks[p.ITT] = task
         if p.data:
             self._place(task, 0, p.data)
-        # Without InitialR2T and with F clear, unsolicited Data-Out follows up to FirstBurstLength
-        # (immediate data included, RFC 7143 13.14); R2Ts ask for the rest.
-        unsolicited = not self.params.InitialR2T and not p.Flags & iscsi.FLAG_F
-        task.next_r2t_offset = max(len(p.data), min(self.params.FirstBurstLength, want) if unsolicited else 0)
+        task.next_r2t_offset = task.unsolicited_end
+        task.unsolicited_open = task.unsolicited_end > len(p.data)
         self._progress(task, out, now)
 
     def _place(self, task: Task, offset: int, data: bytes) -> bool:
@@ -559,9 +598,9 @@ class IscsiConnection:
 
     def _progress(self, task: Task, out: bytearray, now: float) -> None:
         """Execute a task whose data is complete, else keep MaxOutstandingR2T R2Ts out."""
-        if task.received == task.want_bytes:
+        if task.received == task.need_bytes:
             self.tasks.pop(task.pdu.ITT, None)
-            data_out = bytes(task.buf)
+            data_out = bytes(task.buf[: task.want_bytes])
             self._drop_task_buffer(task)
             status, data, sense = self.disk.execute(task.cdb, data_out, now)
             return self._respond(out, task, status, data, sense)
@@ -569,7 +608,7 @@ class IscsiConnection:
             off = task.next_r2t_offset
             n = min(self.params.MaxBurstLength, task.want_bytes - off)
             ttt = self.t.new_ttt()
-            task.r2ts[ttt] = [off, n, 0]
+            task.r2ts[ttt] = [off, n, 0, 0]  # offset, length, bytes received, next DataSN
             self._send(out, iscsi.Pdu(iscsi.R2T, Flags=iscsi.FLAG_F, LUN=task.pdu.LUN, ITT=task.pdu.ITT, TTT=ttt,
                                       R2TSN=task.r2tsn, BufferOffset=off, DesiredDataTransferLength=n), status=False)
             task.r2tsn += 1
@@ -586,27 +625,64 @@ class IscsiConnection:
         key, asc = task.failed
         self._check(out, task, key, asc, "task failed during its data transfer")
 
+    def _dataout_failed(self, task: Task, p: iscsi.Pdu, out: bytearray) -> None:
+        """A Data-Out lost to a digest error, or implied lost by an out-of-order DataSN (RFC 7143
+        7.8.2). At ERL 0 the task ends with CHECK CONDITION, ABORTED COMMAND / PROTOCOL SERVICE CRC
+        ERROR, sent only once all its data has arrived -- the F bit of the unsolicited sequence and
+        of every outstanding R2T's (7.8.1); no further R2T is sent and no further data is placed."""
+        if task.failed is None:
+            task.failed = (scsi.ABORTED_COMMAND, scsi.ASC_PROTOCOL_SERVICE_CRC_ERROR)
+            self.c["dataout_failed_tasks"] += 1
+        self._end_sequence(task, p)
+        if not task.unsolicited_open and not task.r2ts:
+            self._finish_failed(out, task)
+
+    @staticmethod
+    def _end_sequence(task: Task, p: iscsi.Pdu) -> None:
+        if p.Flags & iscsi.FLAG_F:
+            if p.TTT == iscsi.RESERVED_TAG:
+                task.unsolicited_open = False
+            else:
+                task.r2ts.pop(p.TTT, None)
+
     def _data_out(self, p: iscsi.Pdu, out: bytearray, now: float) -> None:
         task = self.tasks.get(p.ITT)
         if task is None:
             return self._drop("dataout_unknown_task", f"Data-Out ITT {p.ITT:#x} for no open write")
+        if task.failed is not None:
+            self._drop("dataout_failed_task", f"Data-Out ITT {p.ITT:#x} DataSN {p.DataSN} of a failed task")
+            return self._dataout_failed(task, p, out)
         if p.TTT == iscsi.RESERVED_TAG:
-            limit = 0 if self.params.InitialR2T else min(self.params.FirstBurstLength, task.want_bytes)
+            limit = 0 if self.params.InitialR2T else task.unsolicited_end
             if p.BufferOffset + len(p.data) > limit:
                 return self._reject(out, iscsi.REJECT_PROTOCOL_ERROR, p,
                                     f"unsolicited Data-Out at {p.BufferOffset}+{len(p.data)} past FirstBurstLength {limit}")
             r2t = None
+            expected = task.unsolicited_datasn
         else:
             r2t = task.r2ts.get(p.TTT)
             if r2t is None or not (r2t[0] <= p.BufferOffset and p.BufferOffset + len(p.data) <= r2t[0] + r2t[1]):
                 return self._reject(out, iscsi.REJECT_INVALID_PDU_FIELD, p,
                                     f"Data-Out TTT {p.TTT:#x} offset {p.BufferOffset}+{len(p.data)} matches no R2T")
+            expected = r2t[3]
+        # RFC 7143 11.7.5: DataSN counts the Data-Out PDUs of one sequence (the unsolicited one, or
+        # one R2T's) from 0. An out-of-order DataSN means an earlier Data-Out was lost to a digest
+        # error (7.8.2), handled as one: at ERL 0 the task fails once its data is in (7.8.1).
+        if p.DataSN != expected:
+            self._drop("dataout_datasn_error", f"Data-Out ITT {p.ITT:#x} DataSN {p.DataSN}, expected {expected}")
+            return self._dataout_failed(task, p, out)
+        if r2t is None:
+            task.unsolicited_datasn = (expected + 1) & 0xFFFFFFFF
+        else:
+            r2t[3] = (expected + 1) & 0xFFFFFFFF
         if not self._place(task, p.BufferOffset, p.data):
             return self._reject(out, iscsi.REJECT_INVALID_PDU_FIELD, p,
                                 f"Data-Out offset {p.BufferOffset}+{len(p.data)} overlaps or overruns "
-                                f"{task.want_bytes} bytes")
+                                f"{task.need_bytes} bytes")
         if r2t is not None:
             r2t[2] += len(p.data)
             if r2t[2] == r2t[1]:
                 del task.r2ts[p.TTT]
+        elif p.Flags & iscsi.FLAG_F:
+            task.unsolicited_open = False
         self._progress(task, out, now)

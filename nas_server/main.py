@@ -120,9 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="PATH", help="Unix socket for the control protocol")
     p.add_argument("--ready-fd", type=int, metavar="N", help="write one byte to fd N once listening")
     p.add_argument("--max-connections", type=int, default=256,
-                   help="TCP connections at most; a new one past it closes the oldest (Linux svc_check_conn_limits)")
+                   help="TCP connections at most per protocol (NFS, NBD, iSCSI); a new one past it closes the oldest "
+                        "of the address holding the most (Linux svc_check_conn_limits)")
     p.add_argument("--conn-age-period", type=float, default=360.0, metavar="SECONDS",
-                   help="close TCP connections idle for a whole period, checked every period (Linux: 360)")
+                   help="close TCP connections idle for a whole period, checked every period (Linux: 360); "
+                        "an iSCSI session is pinged (NOP-In) first, an NBD session in transmission is kept")
     p.add_argument("--max-images", type=int, default=1024,
                    help="images the store may hold; CREATE of a new name past it answers NFS3ERR_NOSPC")
     p.add_argument("--log-rate", type=int, default=50, help="log lines per second at most")

@@ -168,6 +168,21 @@ class NbdConnection:
         else:
             self._close("peer_closed")
 
+    def buffered_bytes(self) -> int:
+        """Bytes held of an unfinished message: a request header, an option or a WRITE payload
+        (at most ``nbd.REQUEST_BYTES + max_payload_bytes``; one message, never more)."""
+        return len(self.buf)
+
+    def idle(self, now: float = 0.0) -> bytes | None:
+        """The driver's idle sweep found nothing received for a whole period: None -- close it --
+        during the handshake (as qemu-nbd's ``--handshake-limit``); in transmission b"" -- keep it:
+        NBD has no ping, a swap device may be idle for long, and nbd-server, nbdkit and qemu-nbd
+        never close an idle session (a dead peer is found by TCP keepalive instead)."""
+        if self.state == TRANSMISSION:
+            return b""
+        self.t.counters["close_handshake_idle"] += 1
+        return None
+
     # -- internals -------------------------------------------------------------------------------
     def _log(self, text: str) -> None:
         if self.t.log is not None:

@@ -307,7 +307,7 @@ def campaign(runs: int = 20, seed: int = 1, real: int = 0, out: str | None = Non
     rows = []
     t0 = time.monotonic()
     for i in range(runs):
-        row = run_one(seed, i, storage)
+        row = run_one(seed, i) if storage == "nfs" else run_one(seed, i, storage)
         full = row.pop("result", None)
         if not row["ok"] and out:
             with open(os.path.join(out, f"run-{i}.json"), "w") as f:
@@ -315,7 +315,8 @@ def campaign(runs: int = 20, seed: int = 1, real: int = 0, out: str | None = Non
         rows.append(row)
         say(format_row(row))
     for k in range(real):
-        row = run_real(seed, k, out or os.path.join("reports", f"chaos-{seed}"), storage)
+        rdir = out or os.path.join("reports", f"chaos-{seed}")
+        row = run_real(seed, k, rdir) if storage == "nfs" else run_real(seed, k, rdir, storage)
         if row["ok"]:
             _drop_pcaps(row.get("report"))
         rows.append(row)

@@ -27,6 +27,11 @@ SCENARIOS = ("no-reserve", "reserve-no-filter", "memalloc", "memalloc-undersized
 FILE_SCENARIOS = ("file-mmap-linux", "file-mmap-extended")
 FILE_TABLE_TITLE = "file-backed writeback under the same flood"
 ALL_SCENARIOS = SCENARIOS + FILE_SCENARIOS
+# `testbed demo --aoe` (docs/aoe.md): swap over AoE beside a protected NFS swap, Linux's driver
+# (deadlock) and beyond Linux (recovered), in a table of their own until the "every storage
+# protocol" table lands
+AOE_SCENARIOS = ("aoe-linux", "aoe-extended")
+AOE_TABLE_TITLE = "swap over AoE under the same flood"
 # Wall-time caps (the scenarios' own max_duration_s is for a lone `testbed run`): a deadlock run ends
 # when the watchdog decides (stall_threshold_s after the stall), a recovery in seconds; the cap only
 # bounds a run that does neither, so that the four stay within ~2 minutes.
@@ -102,7 +107,8 @@ def table_rows(entries: list[dict]) -> list[tuple[str, ...]]:
                      f"{_fmt(e['pages_written'])}/{_fmt(e['pages_verified'])}",
                      _fmt(e["counters"].get("PFMemallocDrop")), _fmt(e["counters"].get("rx_nobuf")),
                      _fmt(e["reserve_low_pages"]), _fmt(e["rpc_retrans"]),
-                     f"{ex.get('fates', {}).get('dropped', 0)}/{ex.get('replies_on_wire', 0)}" if ex else "-"))
+                     f"{ex.get('fates', {}).get('dropped', 0)}/{ex.get('replies_on_wire', ex.get('responses_on_wire', 0))}"
+                     if ex else "-"))
     return rows
 
 
@@ -118,7 +124,7 @@ def protocol_label(e: dict) -> str:
     st = e.get("storage") or (e.get("parameters") or {}).get("storage", "nfs")
     if st == "nfs":
         return "NFS/" + (e.get("parameters") or {}).get("transport", "udp").upper()
-    return {"nbd": "NBD", "iscsi": "iSCSI"}.get(st, st)
+    return {"nbd": "NBD", "iscsi": "iSCSI", "aoe": "AoE"}.get(st, st)
 
 
 def _requests(e: dict) -> tuple[str, str]:
@@ -147,12 +153,19 @@ def format_protocol_table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def is_aoe(e: dict) -> bool:
+    return e.get("storage") == "aoe" or e["name"] in AOE_SCENARIOS
+
+
 def format_table(entries: list[dict]) -> str:
-    """The swap scenarios' table, then (when the demo ran them) the file-backed one under its title."""
-    swap, files = [e for e in entries if not is_file(e)], [e for e in entries if is_file(e)]
+    """The swap scenarios' table, then (when the demo ran them) the file-backed one and the AoE one
+    under their titles (for AoE, "replies dropped" counts AoE responses, by tag)."""
+    swap = [e for e in entries if not is_file(e) and not is_aoe(e)]
     text = _table(swap) if swap else ""
-    if files:
-        text += ("\n\n" if text else "") + FILE_TABLE_TITLE + "\n" + _table(files)
+    for title, part in ((FILE_TABLE_TITLE, [e for e in entries if is_file(e)]),
+                        (AOE_TABLE_TITLE, [e for e in entries if is_aoe(e)])):
+        if part:
+            text += ("\n\n" if text else "") + title + "\n" + _table(part)
     return text
 
 
@@ -183,8 +196,12 @@ def postprocess(out: str, entry: dict, timeline: list[dict], say=print) -> dict:
     nas_ip, cli_ip = str(hosts["nas"].address.ip), str(hosts["client"].address.ip)
     pc = (entry.get("pcaps") or {}).get("client")
     snap_path = os.path.join(sdir, "final_snapshot.json")
+    if entry.get("storage") == "aoe":
+        # the runner explained the AoE responses by tag (testbed/explain.py explain_aoe)
+        if os.path.exists(os.path.join(sdir, "aoe_explanations.txt")):
+            files["explanations"] = os.path.relpath(os.path.join(sdir, "aoe_explanations.txt"), out)
     # the reply-fate explanations read NFS replies off the pcap: for NFS runs only
-    if (pc and os.path.exists(pc) and os.path.exists(snap_path) and entry.get("t0_wall") is not None
+    elif (pc and os.path.exists(pc) and os.path.exists(snap_path) and entry.get("t0_wall") is not None
             and entry.get("storage", "nfs") == "nfs"):
         import json
         with open(snap_path) as f:
@@ -210,9 +227,13 @@ def postprocess(out: str, entry: dict, timeline: list[dict], say=print) -> dict:
 def _tables(entries: list[dict]) -> dict:
     """report.json's demo.tables: which entries form which table (scenarios[] keeps every entry)."""
     return {"tables": [
-        {"title": "swap over NFS under a flood", "scenarios": [e["name"] for e in entries if not is_file(e)]},
+        {"title": "swap over NFS under a flood", "scenarios": [e["name"] for e in entries
+                                                               if not is_file(e) and not is_aoe(e)]},
         {"title": FILE_TABLE_TITLE, "scenarios": [e["name"] for e in entries if is_file(e)],
-         "beyond_linux": [e["name"] for e in entries if is_file(e) and e.get("beyond_linux")]}]}
+         "beyond_linux": [e["name"] for e in entries if is_file(e) and e.get("beyond_linux")]}]
+        + ([{"title": AOE_TABLE_TITLE, "scenarios": [e["name"] for e in entries if is_aoe(e)],
+             "beyond_linux": [e["name"] for e in entries if is_aoe(e) and e.get("beyond_linux")]}]
+           if any(is_aoe(e) for e in entries) else [])}
 
 
 def run_demo(out: str, loaded: list, *, say=None, protocols: bool = False) -> tuple[list[dict], float]:
@@ -273,7 +294,8 @@ def run_demo(out: str, loaded: list, *, say=None, protocols: bool = False) -> tu
         f.write(fmt(entries) + "\n")
     with open(os.path.join(out, "explanations.txt"), "w") as f:
         for e in entries:
-            p = os.path.join(out, "scenarios", e["name"], "explanations.txt")
+            rel = (e.get("files") or {}).get("explanations")     # NFS replies by xid, AoE responses by tag
+            p = os.path.join(out, rel) if rel else os.path.join(out, "scenarios", e["name"], "explanations.txt")
             if os.path.exists(p):
                 with open(p) as g:
                     f.write(g.read() + "\n")

@@ -190,6 +190,8 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
 
 
 def summary_line(ex: dict) -> str:
+    if "responses_on_wire" in ex:
+        return aoe_summary_line(ex)
     f = ex["fates"]
     parts = [f"{ex['replies_on_wire']} NFS replies on the client's wire: {f.get('delivered', 0)} delivered"]
     if f.get("duplicate"):
@@ -214,4 +216,78 @@ def text_table(name: str, ex: dict, max_rows: int = 200) -> str:
         out.append(f"... {len(shown) - max_rows} more in explanations.json")
     if not shown:
         out.append("(every reply was delivered)")
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ AoE responses by tag (docs/aoe.md)
+ETH_P_AOE = 0x88A2
+AOE_LAYER = {"PFMEMALLOC": "protocol filter (skb_pfmemalloc_protocol)",
+             "UNHANDLED_PROTO": "protocol filter (skb_pfmemalloc_protocol)",
+             "NOMEM": "NIC (rx_nobuf)", "AOE_DROP": "aoenet_rcv (driver)"}
+AOE_CMD = {0: "ATA", 1: "config"}
+
+
+def aoe_responses(pcap_path: str, target_mac: str, client_mac: str) -> list[dict]:
+    """Every AoE response (EtherType 0x88A2, R flag) from ``target_mac`` to ``client_mac`` in a
+    classic pcap: ``{ts, tag, cmd, error, size}`` in arrival order (AoE r11 §2: ver/flags, error,
+    major, minor, command, tag)."""
+    src, dst = bytes.fromhex(target_mac.replace(":", "")), bytes.fromhex(client_mac.replace(":", ""))
+    out = []
+    for ts, fr in _pcap_frames(pcap_path):
+        if len(fr) < 24 or fr[12:14] != b"\x88\xa2" or fr[6:12] != src or fr[0:6] != dst or not fr[14] & 0x08:
+            continue
+        out.append({"ts": ts, "tag": struct.unpack_from("!I", fr, 20)[0], "cmd": AOE_CMD.get(fr[19], str(fr[19])),
+                    "error": fr[15] if fr[14] & 0x04 else 0, "size": len(fr)})
+    return out
+
+
+def explain_aoe(responses: list[dict], final_snap: dict, *, t0_wall: float) -> dict:
+    """One row per AoE response on the client's wire with its fate, exact, from the agent's
+    per-response record by tag (``snapshot()["aoe_rsp_fates"]``: ``[tag, fate]``, fate
+    ``aoenet_rcv`` -- handed to the driver -- or the drop reason: PFMEMALLOC at the protocol
+    filter, NOMEM at the NIC, AOE_DROP in the driver). A tag the record no longer holds (its
+    ring keeps the last 32768) is ``unknown``."""
+    fates: dict[int, list[str]] = {}
+    for tag, fate in final_snap.get("aoe_rsp_fates") or ():
+        fates.setdefault(int(tag), []).append(fate)
+    rows = []
+    for r in responses:
+        row = {"t_s": round(r["ts"] - t0_wall, 4), "tag": r["tag"], "cmd": r["cmd"], "size": r["size"]}
+        got = fates.get(r["tag"])
+        if not got:
+            row.update(fate="unknown", reason="not in the agent's response record (ring or after the snapshot)",
+                       layer="-")
+        else:
+            f = got.pop(0)
+            if f == "aoenet_rcv":
+                row.update(fate="delivered", reason="-", layer="aoenet_rcv")
+            else:
+                row.update(fate="dropped", reason=f, layer=AOE_LAYER.get(f, "stack"))
+        rows.append(row)
+    drops = Counter(f"{r['reason']} @ {r['layer']}" for r in rows if r["fate"] == "dropped")
+    return {"responses_on_wire": len(rows), "fates": dict(Counter(r["fate"] for r in rows)),
+            "drops_by_reason": dict(drops),
+            "dropped_tags": [r["tag"] for r in rows if r["fate"] == "dropped"][:4096],
+            "method": "AoE tags on the client's pcap matched to the agent's per-response fate record (exact)",
+            "rows": rows}
+
+
+def aoe_summary_line(ex: dict) -> str:
+    f = ex["fates"]
+    return (f"{ex['responses_on_wire']} AoE responses on the client's wire: {f.get('delivered', 0)} to aoenet_rcv"
+            + (f", {f['dropped']} dropped (" + ", ".join(
+                f"{v} {k}" for k, v in sorted(ex["drops_by_reason"].items(), key=lambda kv: -kv[1])) + ")"
+               if f.get("dropped") else "") + (f", {f['unknown']} unknown" if f.get("unknown") else ""))
+
+
+def aoe_text_table(name: str, ex: dict, max_rows: int = 200) -> str:
+    head = f"== {name}: {aoe_summary_line(ex)}"
+    out = [head, f"{'t (s)':>8}  {'tag':>10}  {'cmd':<6}  {'fate':<9}  {'reason':<12}  layer"]
+    shown = [r for r in ex["rows"] if r["fate"] != "delivered"]
+    for r in shown[:max_rows]:
+        out.append(f"{r['t_s']:8.3f}  {r['tag']:#010x}  {r['cmd']:<6}  {r['fate']:<9}  {r['reason'][:12]:<12}  {r['layer']}")
+    if len(shown) > max_rows:
+        out.append(f"... {len(shown) - max_rows} more in aoe_explanations.json")
+    if not shown:
+        out.append("(every AoE response reached aoenet_rcv)")
     return "\n".join(out) + "\n"

@@ -76,14 +76,20 @@ def _mac(h: Any) -> str:
 
 
 class Rig:
-    """``up`` a topology, start a nas-server exporting ``swap`` with ``images`` ([(name, MiB)]),
-    and start clients, the flood and captures on demand. ``export_networks``: the export's ACL
-    (default: the NAS's own network); ``name``: the run name (default ``b<tag><hex>``);
-    ``block_targets``: "nbd" / "iscsi" -- nas-server serves the images over them too."""
+    """``up`` a topology, start a nas-server exporting ``swap`` with ``images`` ([(name, MiB or a
+    size such as "256K")]), and start clients, the flood and captures on demand. ``export_networks``:
+    the export's ACL (default: the NAS's own network); ``name``: the run name (default ``b<tag><hex>``);
+    ``block_targets``: "nbd" / "iscsi" -- nas-server serves the images over them too.
 
-    def __init__(self, topo: Any, tag: str, *, images: list[tuple[str, int]], nas_on_tmpfs: bool = True,
+    ``aoe`` (docs/aoe.md): serve one of ``images`` as the AoE device e<shelf>.<slot> on the NAS's
+    interface -- ``{"image", "shelf", "slot", "target", "service_ms", "bufcnt"}``; target
+    ``nas-server`` (its own AoE target, ``--aoe-interface``/``--aoe-disk``) or ``vblade`` (started
+    in the nas namespace on the image file, ``-s``: O_SYNC, since vblade's FLUSH CACHE does not
+    sync). ``aoe_image_path`` is then the image file, for reading back after the run."""
+
+    def __init__(self, topo: Any, tag: str, *, images: list[tuple[str, int | str]], nas_on_tmpfs: bool = True,
                  nas_write_latency_ms: float = 0.0, say: Callable[[str], None] = lambda _m: None,
-                 export_networks: str | None = None, name: str | None = None,
+                 export_networks: str | None = None, name: str | None = None, aoe: dict | None = None,
                  block_targets: tuple[str, ...] = ()):
         from netns_setup import lifecycle
         from netns_setup.control import ControlClient
@@ -114,7 +120,8 @@ class Rig:
             ctl = control_socket_path(self.st.dir, "nas")
             self.nas_argv = [sys.executable, "-m", "nas_server.main", "--data-dir", data,
                              "--export", f"{EXPORT}:{export_networks or self.hosts['nas'].address.network}",
-                             *[f"--create-image={EXPORT}/{img}:{mib}M" for img, mib in images],
+                             *[f"--create-image={EXPORT}/{img}:{mib}{'M' if isinstance(mib, int) else ''}"
+                               for img, mib in images],
                              "--bind", self.nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
                              "--control", ctl, "--write-latency-ms", str(nas_write_latency_ms)]
             # the same images as block devices (nas-server --nbd / --iscsi) when a run needs them
@@ -122,7 +129,16 @@ class Rig:
                 if proto not in BLOCK_TARGET_ARGS:
                     raise RigError(f"block target {proto!r} unknown; known: {', '.join(BLOCK_TARGET_ARGS)}")
                 self.nas_argv += BLOCK_TARGET_ARGS[proto]
+            self.aoe = dict(aoe) if aoe else None
+            self.aoe_image_path = os.path.join(data, EXPORT, aoe["image"]) if aoe else None
+            if aoe and aoe.get("target", "nas-server") == "nas-server":
+                self.nas_argv += ["--aoe-interface", self.st.host_iface("nas"),
+                                  "--aoe-disk", f"{aoe['shelf']}.{aoe['slot']}={EXPORT}/{aoe['image']}",
+                                  "--aoe-service-ms", str(aoe.get("service_ms", 0.0)),
+                                  "--aoe-bufcnt", str(aoe.get("bufcnt", 16))]
             self._start_nas()
+            if aoe and aoe.get("target") == "vblade":
+                self.start_vblade()
             self.ctls["nas"] = ControlClient(ctl, timeout_s=10.0)
             pairs = [(str(self.hosts[c].address.ip), _mac(self.hosts[c])) for c in self.clients]
             for h in ("nas", "noise"):
@@ -139,6 +155,21 @@ class Rig:
                                               cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
         except ProcessStartError as e:
             raise RigError(f"nas-server did not start: {str(e).splitlines()[0]}") from None
+
+    def start_vblade(self) -> None:
+        """vblade (Debian's AoE target) in the nas namespace on the AoE image: ``-s`` opens it
+        O_SYNC (its FLUSH CACHE is a no-op, so only O_SYNC makes an acknowledged write durable)."""
+        from netns_setup.process import ProcessStartError, start_process
+        a = self.aoe
+        vblade = shutil.which("vblade") or "/usr/sbin/vblade"
+        argv = [vblade, "-s", *(["-b", str(a["bufcnt"])] if a.get("bufcnt") else []),
+                str(a["shelf"]), str(a["slot"]), self.st.host_iface("nas"), self.aoe_image_path]
+        try:
+            # vblade says "pid N: e<shelf>.<slot>, <n> sectors O_RDWR" once its socket is open
+            self.procs["vblade"] = start_process(self.st, "nas", argv, role="vblade", ready_line=b"sectors",
+                                                 cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
+        except ProcessStartError as e:
+            raise RigError(f"vblade did not start: {str(e).splitlines()[0]} (Debian package vblade)") from None
 
     def restart_nas(self) -> None:
         """SIGKILL + restart on the same data directory: UNSTABLE data and the DRC are lost, the

@@ -35,6 +35,7 @@ NOISE_PORT_BASE = 9001
 NFS_PORT = 2049
 EXPORT = "swap"
 IMAGE = "swap.img"
+AOE_IMAGE = "aoe.img"     # storage = "aoe" (docs/aoe.md): the AoE device's image, beside swap.img
 FILE_IMAGE = "file.img"   # file-backed consumers (docs/file-backed.md): beside swap.img, sized alike
 # The image: one 4 KiB slot per workload page, + 25% + 4 MiB, so the swap device never fills
 # before the workload does (a full device would stall pswpout for a reason that is not the deadlock).
@@ -123,6 +124,7 @@ def _verify_block(storage: str, nas_ip: str, acked: dict, seed: int, page_size: 
     return {**out, "reader": f"nas_server.blockrefclient over {storage}"}
 
 
+BLOCK_STORAGES = ("nbd", "iscsi")      # block devices over TCP (docs/block.md)
 BLOCK_VIEW_KEYS = {
     "nbd": ("NBD_CMD_WRITE", "NBD_CMD_FLAG_FUA", "NBD_CMD_FLUSH", "NBD_CMD_READ", "via"),
     "iscsi": ("scsicmd_pdus", "scsirsp_pdus", "dataout_pdus", "r2t_pdus", "datain_pdus", "noptx_pdus",
@@ -136,6 +138,44 @@ def block_view(snap: dict, storage: str) -> dict:
     the backend's snapshot): the protocol's own names plus the reconnect/requeue figures."""
     sw = snap.get("swap") or {}
     return {k: sw.get(k) for k in BLOCK_VIEW_KEYS.get(storage, ()) + BLOCK_COMMON_KEYS if k in sw}
+
+
+def verify_image(path: str, acked: dict, seed: int, page_size: int) -> dict:
+    """Read every acked slot of an AoE swap area straight from its image file (independently of
+    AoE, after the target stopped) and compare with page_bytes()."""
+    from client_agent.mm.anon import page_bytes
+    verified, mismatched = 0, []
+    with open(path, "rb") as f:
+        for s, (pid, gen) in sorted((int(s), v) for s, v in acked.items()):
+            f.seek(s * page_size)
+            if f.read(page_size) == page_bytes(seed, int(pid), int(gen)):
+                verified += 1
+            elif len(mismatched) < 32:
+                mismatched.append({"slot": s, "page_id": pid, "generation": gen})
+    return {"verified": verified, "mismatched": mismatched, "read_errors": [],
+            "method": f"read from the image file {os.path.basename(path)} after the target stopped"}
+
+
+def aoe_counters(snap: dict) -> dict:
+    """The AoE figures of an agent snapshot: the area's driver view (aoe_* counters as the Linux
+    driver names them), responses dropped at the protocol filter, their fates by name."""
+    from collections import Counter
+    c = snap.get("stack", {}).get("counters", {})
+    sw = snap.get("swap") or {}
+    return {"rx_pfmemalloc_proto_drop": c.get("rx_pfmemalloc_proto_drop", 0),
+            "aoe_rsp_fates": dict(Counter(f for _t, f in snap.get("aoe_rsp_fates") or ())),
+            "device": {k: sw.get(k) for k in ("device", "state", "policy", "memalloc", "flush", "payload", "rttavg",
+                                          "rttdev", "rto_us", "kicked", "counters", "drops", "aoenet", "target")
+                       if k in sw}}
+
+
+def aoe_explain(pcap: str, final: dict, hosts: dict, t0_wall: float | None) -> dict | None:
+    from testbed.explain import aoe_responses, explain_aoe
+    try:
+        rsp = aoe_responses(pcap, hosts["nas"].mac, hosts["client"].mac)
+    except OSError:
+        return None
+    return explain_aoe(rsp, final, t0_wall=t0_wall or 0.0)
 
 
 # ------------------------------------------------------------------ pcap: NAS replies by xid
@@ -237,6 +277,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
     from testbed.rig import Rig, RigError
 
     say = log or (lambda m: print(f"testbed run: {m}", file=sys.stderr, flush=True))
+    aoe = getattr(sc, "storage", "nfs") == "aoe"
     topo = default_topology()
     hosts = {h.name: h for h in topo.hosts}
     nas_ip, cli_ip, noise_ip = (str(hosts[n].address.ip) for n in ("nas", "client", "noise"))
@@ -262,10 +303,15 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         # is the scenario's stated nas_write_latency_ms, not the host disk's fdatasync -- and the
         # permanent neighbour entries for the client on the nas and noise hosts
         images = [(IMAGE, image_mib)] + ([(FILE_IMAGE, image_mib)] if file_consumer else [])
+        if aoe:
+            # docs/aoe.md: the AoE device on aoe.img, a small NFS swap area (swap.img) beside it
+            images = [(AOE_IMAGE, image_mib)] + ([(IMAGE, f"{sc.nfs_swap_pages * 4}K")] if sc.nfs_swap_pages else [])
         rig = Rig(topo, "r", name=name, images=images, nas_on_tmpfs=True,
                   nas_write_latency_ms=sc.nas_write_latency_ms,
                   export_networks=export_networks or "198.18.0.0/24", say=say,
-                  block_targets=(storage,) if storage != "nfs" and third_party is None else ())
+                  block_targets=(storage,) if storage in BLOCK_STORAGES and third_party is None else (),
+                  aoe={"image": AOE_IMAGE, "shelf": sc.aoe_shelf, "slot": sc.aoe_slot, "target": sc.aoe_target,
+                       "service_ms": sc.aoe_service_ms, "bufcnt": sc.aoe_bufcnt} if aoe else None)
         st = rig.st
         say(f"topology {name} up (run dir {st.dir}); scenario {sc.name}, expect {sc.expect}, seed {sc.seed}")
         ctl = {"nas": rig.control_path("nas"), "agent": rig.control_path("agent-client"),
@@ -285,7 +331,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                   "image": FILE_IMAGE if file_consumer else IMAGE, "slots": sc.slots, "wsize": sc.wsize,
                   "timeo_s": sc.timeo_s, "timeo_max_s": sc.timeo_max_s, "retrans": sc.retrans,
                   "stable": sc.stable, "proto": sc.transport, "mount_port": NFS_PORT}
-        if storage != "nfs":
+        if storage in BLOCK_STORAGES:
             from testbed.nas_block import block_device_spec
             device = block_device_spec(storage, nas_ip, EXPORT, IMAGE, queue_depth=sc.slots)
             if third_party is not None:
@@ -294,8 +340,17 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                 say(f"{third_party} serves {EXPORT}/{IMAGE}: {device}")
         # file consumers: a swapless client with one file on its own transport; the policy marks
         # it or not
-        sw = agent.attach(consumer, device, memalloc=sc.memalloc, policy=getattr(sc, "policy", "linux"),
-                          dirty_ratio=sc.dirty_ratio, dirty_background_ratio=sc.dirty_background_ratio)
+        if aoe:
+            # the AoE area first (priority -1: kswapd's first choice), then the marked NFS area
+            # (priority -2), as testbed/sim.py composes them
+            sw = agent.attach("swap", {"kind": "aoe", "shelf": sc.aoe_shelf, "slot": sc.aoe_slot,
+                                       "policy": sc.policy}, memalloc=sc.memalloc)
+            if sc.nfs_swap_pages:
+                entry_extra["nfs_swapon"] = agent.call("swapon", device=device, memalloc=True)
+                say(f"swapon (NFS, beside the AoE area): {entry_extra['nfs_swapon']}")
+        else:
+            sw = agent.attach(consumer, device, memalloc=sc.memalloc, policy=getattr(sc, "policy", "linux"),
+                              dirty_ratio=sc.dirty_ratio, dirty_background_ratio=sc.dirty_background_ratio)
         say(f"{'fileon' if file_consumer else 'swapon'}: {sw}")
         agent.set("pfmemalloc_demux_drop", sc.pfmemalloc_demux_drop)
 
@@ -351,6 +406,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         final = agent.snapshot(traces=True)
         entry_extra["final_t"] = round(time.monotonic() - t0, 3)
         swap_map = agent.workload_map()
+        nfs_swap_map = agent.call("swap_map", device=entry_extra["nfs_swapon"]["device"]) \
+            if "nfs_swapon" in entry_extra else None
         entry_extra["agent_shutdown"] = agent.stop()
         rig.stop("agent:client")
         for cap in caps.values():
@@ -374,15 +431,21 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         # read back from noise; with a restricted export (hostile runs keep noise outside it) from the
         # NAS host itself, whose own address the caller includes in export_networks
         reader_ns = st.host_netns("noise" if export_networks is None else "nas")
-        if storage != "nfs":
+        if storage in BLOCK_STORAGES:
             ver = run_in_netns(reader_ns, _verify_block, storage, nas_ip, acked, swap_map.get("seed", sc.seed),
                                swap_map.get("page_size", 4096), device)
-        else:
-            ver = run_in_netns(reader_ns, _verify_slots, nas_ip, acked, swap_map.get("seed", sc.seed),
-                               swap_map.get("page_size", 4096), timeout_s=max(60.0, len(acked) / 200),
-                               image=FILE_IMAGE if file_consumer else IMAGE,
+        elif not aoe:
+            ver = run_in_netns(reader_ns, _verify_slots, nas_ip, acked,
+                               swap_map.get("seed", sc.seed), swap_map.get("page_size", 4096),
+                               timeout_s=max(60.0, len(acked) / 200), image=FILE_IMAGE if file_consumer else IMAGE,
                                content="file" if file_consumer else "swap")
-        ver["wall_s"] = round(time.monotonic() - t_ver, 2)
+        elif nfs_swap_map is not None:
+            nacked = nfs_swap_map.get("acked", {})
+            nver = run_in_netns(reader_ns, _verify_slots, nas_ip,
+                                nacked, nfs_swap_map.get("seed", sc.seed), nfs_swap_map.get("page_size", 4096),
+                                timeout_s=60.0, image=IMAGE)
+            entry_extra["nfs_swap"] = {"pages_written": len(nacked), "pages_verified": nver.get("verified"),
+                                       "verification": nver}
         with ControlClient(ctl["nas"]) as nc:
             entry_extra["nas"] = nc.call("snapshot")
             try:
@@ -390,6 +453,25 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             except ControlError:
                 pass
         rig.stop("nas")
+        if aoe:
+            # the AoE target is down (nas-server or vblade): read its image file, not the protocol
+            aoe_view = {"aoe_target": sc.aoe_target}
+            if "vblade" in rig.procs:
+                aoe_view["vblade_argv"] = rig.procs["vblade"].record["argv"]
+                rig.stop("vblade")
+            else:
+                aoe_view["target"] = (entry_extra["nas"].get("aoe") or {})
+            ver = verify_image(rig.aoe_image_path, acked, swap_map.get("seed", sc.seed), swap_map.get("page_size", 4096))
+            aoe_view.update(aoe_counters(final))
+            entry_extra["aoe"] = aoe_view
+            ex = aoe_explain(caps["client"].path, final, rig.hosts, entry_extra.get("t0_wall"))
+            if ex is not None:
+                rep.write_json(os.path.join(out, "aoe_explanations.json"), ex)
+                from testbed.explain import aoe_text_table
+                with open(os.path.join(out, "aoe_explanations.txt"), "w") as f:
+                    f.write(aoe_text_table(sc.name, ex))
+                entry_extra["explanations"] = {k: v for k, v in ex.items() if k != "rows"}
+        ver["wall_s"] = round(time.monotonic() - t_ver, 2)
         wnote = None if missing_xids is not None else \
             "NAS replies by xid: snapshot()['nfs'] has no xids_replied (agent predates the contract field)"
         text = "\n".join([f"outcome: {wd.outcome} ({'; '.join(wd.reasons)})",
@@ -415,7 +497,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             counters["filemap"] = {k: v for k, v in final["filemap"].items() if k != "workload"}
         # short writes, JUKEBOX delays, garbage replies, write errors by name (issue 12 kind A)
         counters["nfs_writeback"] = writeback_view(final)
-        if storage != "nfs":
+        if storage in BLOCK_STORAGES:
             # the block device's counters as the protocol's tools name them (nbd: NBD_CMD_*;
             # iscsi: struct iscsi_stats, SCSI opcodes), from the swap device's snapshot
             counters[storage] = block_view(final, storage)
@@ -431,8 +513,9 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "parameters": sc.to_dict(), "run_name": name, ("fileon" if file_consumer else "swapon"): sw,
             "consumer": consumer, "policy": getattr(sc, "policy", "linux"), "storage": storage,
             "target": getattr(sc, "target", "nas-server"),
-            # extended policy: file writeback's transport SOCK_MEMALLOC, which Linux does not do
-            "beyond_linux": beyond_linux,
+            # extended policy: file writeback's transport SOCK_MEMALLOC, which Linux does not do;
+            # for AoE: the marked target's frames pass skb_pfmemalloc_protocol
+            "beyond_linux": beyond_linux or (aoe and sc.policy == "extended"),
             "pcaps": {h: cap.path for h, cap in caps.items()}, **entry_extra,
             **({"during": dctx["record"]} if during is not None else {}),
             "_timeline": timeline,

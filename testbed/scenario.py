@@ -32,12 +32,18 @@ POLICIES = ("linux", "extended")
 # The NFS client's transport: tcp (every Linux since 5.6: CONFIG_NFS_DISABLE_UDP_SUPPORT) or udp
 # (the "Linux before 5.6" variant, nas-server's one-port layout).
 TRANSPORTS = ("udp", "tcp")
-# The storage protocol the swap device speaks: NFS (over ``transport``), NBD or iSCSI (both over
-# TCP; the agent's drivers/block/nbd.py, drivers/scsi/iscsi_tcp.py; nas-server --nbd / --iscsi).
-STORAGES = ("nfs", "nbd", "iscsi")
-# Who serves the block device on real packets: nas-server (--nbd / --iscsi), or a third-party target
-# on the NAS host serving the same image file (testbed.rig.Rig.start_block_target). The simulation
-# always runs nas-server's target core.
+# The swap device's storage: an NFS file (over ``transport``); an NBD export or iSCSI LUN (both over
+# the agent's TCP, drivers/block/nbd.py, drivers/scsi/iscsi_tcp.py; nas-server --nbd / --iscsi;
+# docs/block.md); or an AoE device e<aoe_shelf>.<aoe_slot> (docs/aoe.md) served by nas-server's AoE
+# target (or a third-party target: aoe_target = "vblade"), with ``nfs_swap_pages`` of NFS swap beside
+# it (SOCK_MEMALLOC, so memalloc sockets exist); for AoE, ``policy`` linux is the Linux driver,
+# extended lets the marked target's frames use the reserve.
+STORAGES = ("nfs", "nbd", "iscsi", "aoe")
+BLOCK_STORAGES = ("nbd", "iscsi")
+AOE_TARGETS = ("nas-server", "vblade")
+# Who serves an NBD / iSCSI device on real packets (``target``): nas-server (--nbd / --iscsi), or a
+# third-party target on the NAS host serving the same image file (testbed.rig.Rig.start_block_target).
+# The simulation always runs nas-server's target core.
 TARGETS = {"nas-server": STORAGES, "nbdkit": ("nbd",), "qemu-nbd": ("nbd",), "tgtd": ("iscsi",)}
 PAGE_SIZE = 4096
 # An NFSv3 WRITE reply on the wire: RPC accepted-reply header 24 + nfsstat 4 + wcc_data
@@ -112,12 +118,18 @@ class Scenario:
     stall_threshold_s: float = 6.0
     max_duration_s: float = 60.0
     transport: str = "udp"
-    storage: str = "nfs"
-    target: str = "nas-server"
     consumer: str = "swap"
     policy: str = "linux"
     dirty_ratio: int = 20
     dirty_background_ratio: int = 10
+    storage: str = "nfs"
+    target: str = "nas-server"          # who serves an NBD / iSCSI device on real packets (TARGETS)
+    aoe_shelf: int = 1
+    aoe_slot: int = 0
+    aoe_service_ms: float = 4.0
+    aoe_bufcnt: int = 16
+    aoe_target: str = "nas-server"
+    nfs_swap_pages: int = 0
     # The NAS appliance's service time per UDP call (nas-server --write-latency-ms). Stated, so a
     # run's writeback rate does not depend on what fdatasync costs on the host's disk; the NAS
     # data itself lives on tmpfs. The sim models the same with its own nfsd threads.
@@ -145,12 +157,14 @@ _INT_RANGES = {
     "flood_pps": (0, 10_000_000), "flood_size": (12, 1472), "workload_pages": (1, 1 << 24),
     "workload_rate_pps": (0, 10_000_000), "agent_capacity_pps": (1, 100_000_000), "budget": (1, 4096),
     "swap_rate_pps": (0, 100_000_000), "dirty_ratio": (1, 100), "dirty_background_ratio": (0, 100),
+    "aoe_shelf": (0, 65534), "aoe_slot": (0, 254), "aoe_bufcnt": (1, 65535), "nfs_swap_pages": (0, 1 << 20),
 }
 _FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0), "nas_write_latency_ms": (0.0, 10_000.0),
+                 "aoe_service_ms": (0.0, 10_000.0),
                  "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
 _CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
             "consumer": CONSUMERS, "policy": POLICIES, "transport": TRANSPORTS,
-            "storage": STORAGES, "target": tuple(TARGETS)}
+            "storage": STORAGES, "target": tuple(TARGETS), "aoe_target": AOE_TARGETS}
 
 
 def _check_value(src: str, key: str, value):
@@ -214,13 +228,16 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
         raise ScenarioError(f"{src}: memalloc: {sc.memalloc} with consumer={sc.consumer} policy={sc.policy}; "
                             f"for a file consumer the policy marks its transport: write memalloc = "
                             f"{str(sc.policy == 'extended').lower()}")
-    if sc.storage != "nfs" and sc.consumer != "swap":
+    if sc.storage in BLOCK_STORAGES and sc.consumer != "swap":
         raise ScenarioError(f"{src}: consumer: {sc.consumer!r} with storage={sc.storage}; a block device "
                             f"backs swap only here: write consumer = \"swap\" or storage = \"nfs\"")
     if sc.storage not in TARGETS[sc.target]:
         ok = [t for t, st in TARGETS.items() if sc.storage in st]
         raise ScenarioError(f"{src}: target: {sc.target!r} does not serve storage={sc.storage}; "
                             f"pick one of {', '.join(ok)}")
+    if sc.storage == "aoe" and sc.consumer != "swap":
+        raise ScenarioError(f"{src}: storage: aoe with consumer={sc.consumer}; the AoE device is a swap "
+                            f"device: write consumer = \"swap\"")
     if sc.wsize % PAGE_SIZE:
         raise ScenarioError(f"{src}: wsize: {sc.wsize} is not a multiple of {PAGE_SIZE}; swap writes whole pages")
     return sc
@@ -411,7 +428,7 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
     # the transport's receive buffers (SOCK_MEMALLOC), transmit fragments under PF_MEMALLOC. Worst
     # case at one instant: every slot holds its buffer and its reply waits on the socket, plus the
     # one transmit frame being built (and reassembly queues if a reply were fragmented).
-    if sc.storage == "nfs":
+    if sc.storage in ("nfs", "aoe"):
         need = (sc.slots * (RPC_BUFFER_PAGES + f["reply_pages"]) + TX_FRAME_PAGES
                 + f["reassembly_pages"])
         name = "reserve_covers_slot_table"
@@ -433,13 +450,32 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
                 "reply_pages": 1, "r2t_pages": f["r2t_pages"], "tx_frame_pages": TX_FRAME_PAGES,
                 "needed": need}
     reserve_ok = f["atomic_floor"] >= need
-    if sc.memalloc and sc.pfmemalloc_demux_drop:
+    if sc.memalloc and sc.pfmemalloc_demux_drop and sc.storage != "aoe":
         checks.append(Check(name, f"atomic_floor >= {formula}", vals, reserve_ok,
                             applies="recovered,completed"))
         # A necessary condition only: below it a deadlock is possible, not certain (buffers are
         # recycled page for page as calls complete; the sim recovers at floor 12, deadlocks at 6).
         checks.append(Check("reserve_undersized", f"atomic_floor < {formula}", dict(vals),
                             not reserve_ok, applies="deadlock"))
+    if sc.storage == "aoe":
+        # AoE has no socket: with Linux's driver a reserve-backed 0x88A2 frame is dropped at
+        # skb_pfmemalloc_protocol whenever a memalloc socket exists (here: the NFS swap beside
+        # it), so under the flood every AoE response the atomic floor refuses is lost.
+        checks.append(Check(
+            "aoe_responses_dropped_at_protocol_filter",
+            "policy == linux and nfs_swap_pages > 0 (memalloc_socks > 0: AoE responses from the reserve are dropped)",
+            {"policy": sc.policy, "nfs_swap_pages": sc.nfs_swap_pages},
+            sc.policy == "linux" and sc.nfs_swap_pages > 0, applies="deadlock"))
+        # Beyond Linux: the marked target's responses pass; below the atomic floor each one takes a
+        # receive page from the reserve and each request a transmit page, freed as soon as the
+        # driver handled / the device took the frame; at most aoe_bufcnt frames are out.
+        aoe_need = sc.aoe_bufcnt * f["reply_pages"] + TX_FRAME_PAGES
+        checks.append(Check(
+            "reserve_covers_aoe_window",
+            "policy == extended and atomic_floor >= aoe_bufcnt * reply_pages + tx_frame_pages",
+            {"policy": sc.policy, "atomic_floor": f["atomic_floor"], "aoe_bufcnt": sc.aoe_bufcnt,
+             "reply_pages": f["reply_pages"], "tx_frame_pages": TX_FRAME_PAGES, "needed": aoe_need},
+            sc.policy == "extended" and f["atomic_floor"] >= aoe_need, applies="recovered"))
     cap = sc.agent_capacity_pps // 4
     checks.append(Check("flood_within_agent_capacity", "flood_pps <= agent_capacity_pps / 4",
                         {"flood_pps": sc.flood_pps, "agent_capacity_pps": sc.agent_capacity_pps, "limit": cap},

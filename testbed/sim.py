@@ -93,8 +93,8 @@ DEFAULTS = {
     # over its own copy of the agent's TCP, testbed/nas_tcp.py; ports from its portmapper)
     "transport": "udp",
     # the storage protocol: nfs (over ``transport``), nbd or iscsi (the NAS serves nas-server's
-    # NBD / iSCSI target cores over its own copy of the agent's TCP, testbed/nas_block.py)
-    "storage": "nfs",
+    # NBD / iSCSI target cores over its own copy of the agent's TCP, testbed/nas_block.py), or
+    # aoe (below)
     # simulation-only knobs
     "wire_latency_s": 0.0002,
     # The NAS as a disk: ``nas_threads`` nfsd threads, each request takes ``nas_service_s``
@@ -123,6 +123,14 @@ DEFAULTS = {
     # A pcap of the client's side of the in-memory wire (both directions, virtual timestamps):
     # `testbed run NAME --sim` writes report/pcap/client.pcap. None: no capture.
     "pcap_path": None,
+    # AoE (docs/aoe.md): ``storage`` nfs or aoe. With aoe the swap device is the AoE device
+    # e<aoe_shelf>.<aoe_slot> served by the NAS's AoE target core (nas_server/aoe_target.py, each
+    # request ``aoe_service_s``, at most ``aoe_bufcnt`` in service) on the same wire, ``policy``
+    # linux (the Linux driver) or extended (beyond Linux); ``nfs_swap_pages`` > 0 adds a small
+    # NFS swap device beside it (lower priority, SOCK_MEMALLOC as Linux marks it) so memalloc
+    # sockets exist on the host.
+    "storage": "nfs", "aoe_shelf": 1, "aoe_slot": 0, "aoe_service_s": 0.004, "aoe_bufcnt": 16,
+    "nfs_swap_pages": 0,
 }
 
 
@@ -183,7 +191,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     agent = Host(loop, agent_dev, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
                  min_free_kbytes=p["min_free_kbytes"],
                  watermark_scale_factor=p["watermark_scale_factor"], seed=seed,
-                 log=lambda line: logs.append((round(loop.time(), 6), line)))
+                 log=lambda line: logs.append((round(loop.time(), 6), line)),
+                 trace_replies=p["storage"] == "aoe")
     alloc = agent.alloc
     agent.stack.policy.pfmemalloc_demux_drop = bool(p["pfmemalloc_demux_drop"])
     agent.stack.neigh.add_permanent(_pysocket.inet_aton(NAS_IP), MAC_NAS, 0.0)
@@ -192,7 +201,19 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     image_pages = p["image_pages"] or p["workload_pages"] + 64
     store = MemoryStore()
     store.add_export("swap", [ipaddress.ip_network(n) for n in p["export_networks"] or ()])
-    img = store.create_image("swap", "swap.img", image_pages * PAGE_SIZE)
+    if p.get("aoe_service_ms") is not None:
+        p["aoe_service_s"] = p["aoe_service_ms"] / 1000.0
+    if p["storage"] not in ("nfs", "nbd", "iscsi", "aoe"):
+        raise ValueError(f"storage={p['storage']!r}: nfs, nbd, iscsi or aoe")
+    aoe = p["storage"] == "aoe"
+    block = p["storage"] in ("nbd", "iscsi")
+    if aoe and p["consumer"] != "swap":
+        raise ValueError("storage=aoe: the AoE device is a swap device; use consumer=swap")
+    img = store.create_image("swap", "swap.img", (p["nfs_swap_pages"] if aoe else image_pages) * PAGE_SIZE
+                             ) if not aoe or p["nfs_swap_pages"] else None
+    nfs_img = img
+    if aoe:
+        img = store.create_image("swap", "aoe.img", image_pages * PAGE_SIZE)
     consumer = p["consumer"]
     if consumer not in ("swap", "mmap", "write") or p["policy"] not in ("linux", "extended"):
         raise ValueError(f"consumer={consumer!r} policy={p['policy']!r}: consumer is swap, mmap "
@@ -208,9 +229,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     if p["transport"] not in ("udp", "tcp"):
         raise ValueError(f"transport={p['transport']!r}: udp or tcp")
     storage = p["storage"]
-    if storage not in ("nfs", "nbd", "iscsi"):
-        raise ValueError(f"storage={storage!r}: nfs, nbd or iscsi")
-    if storage != "nfs" and consumer != "swap":
+    if block and consumer != "swap":
         raise ValueError(f"storage={storage!r} serves swap only; consumer={consumer!r} needs nfs")
     nas = Stack(nas_alloc, nas_dev, MAC_NAS, NAS_IP, 24, nas_sched, seed=seed + 1)
     nas.neigh.add_permanent(_pysocket.inet_aton(AGENT_IP), MAC_AGENT, 0.0)
@@ -220,7 +239,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     nsk = nas.udp_socket()
     nsk.bind(("0.0.0.0", 2049))
     nsk.rcvbuf = 64 << 20
-    nas_tcp = StackRpcServer(nas) if p["transport"] == "tcp" and storage == "nfs" else None
+    nas_tcp = StackRpcServer(nas) if p["transport"] == "tcp" and not block else None
     nas_blk = block_target = None
     if storage == "nbd":
         block_target = NbdTarget(store)
@@ -302,6 +321,20 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             loop.call_soon(nas_poll)
 
     wire.b.on_rx = schedule_nas
+    aoe_target = None
+    if aoe:
+        from nas_server.aoe_target import AoeTarget
+        from protocols.aoe import ETH_P_AOE
+        aoe_target = AoeTarget(MAC_NAS, 1500, bufcnt=p["aoe_bufcnt"], service_time_s=p["aoe_service_s"])
+        aoe_target.add_disk(p["aoe_shelf"], p["aoe_slot"], img, "swap/aoe.img")
+
+        def nas_aoe_rcv(skb, payload, pkt_type, now):
+            replies = aoe_target.handle(skb.data, now)
+            nas.consume_skb(skb, "aoe_target")
+            for at, fr in replies:
+                loop.call_at(at, lambda f=fr: nas_dev.transmit(f, loop.time()))
+
+        nas.dev_add_pack(ETH_P_AOE, nas_aoe_rcv)
 
     # -- the agent's services -------------------------------------------------------------------
     for i in range(p["noise_sockets"]):
@@ -311,11 +344,19 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
               "image": "swap.img", "slots": p["slots"], "timeo_s": p["timeo_s"],
               "retrans": p["retrans"], "timeo_max_s": p["timeo_max_s"], "wsize": p["wsize"],
               "stable": p["stable"]}
-    if storage != "nfs":
+    if block:
         device = block_device_spec(storage, NAS_IP, "swap", "swap.img", queue_depth=p["slots"])
     setup = {"nr_slots": None}
     fm = None
-    if consumer == "swap":
+    nfs_swap = nfs_activate = None
+    if aoe:
+        swap, activate = agent.add_swap({"kind": "aoe", "shelf": p["aoe_shelf"], "slot": p["aoe_slot"],
+                                         "policy": p["policy"]}, memalloc=bool(p["memalloc"]),
+                                        max_writeback=p["max_writeback"])
+        if p["nfs_swap_pages"]:
+            nfs_swap, nfs_activate = agent.add_swap(device, memalloc=True,
+                                                    max_writeback=p["max_writeback"])
+    elif consumer == "swap":
         swap, activate = agent.add_swap(device, memalloc=bool(p["memalloc"]),
                                         max_writeback=p["max_writeback"])
     else:
@@ -329,7 +370,11 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         # "swap" fields and the timeline's swap columns, as before file consumers existed
         swap = SwapDevice(agent.alloc, agent.sched, seed=seed)
     backend = (fm or swap).backend
-    transport = backend.transport if storage == "nfs" else backend
+    if aoe:
+        transport = nfs_swap.backend.transport if nfs_swap is not None else None
+    else:
+        transport = backend if block else backend.transport    # a block device is its own transport
+    swaps = [d for d in (swap, nfs_swap) if d is not None]
     kswapd = agent.kswapd
 
     def setup_task():
@@ -337,6 +382,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             setup["file_pages"] = yield from activate
             fm.start_workload(consumer, p["workload_pages"], p["workload_rate_pps"])
             return
+        if nfs_activate is not None:
+            setup["nfs_slots"] = yield from nfs_activate
         setup["nr_slots"] = yield from activate
         swap.start_workload(p["workload_pages"], p["workload_rate_pps"])
 
@@ -414,13 +461,14 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             "low": alloc.wmark_low, "high": alloc.wmark_high,
             "reserve_in_use": max(0, alloc.wmark_min - low_point),
             "nr_writeback": v["nr_writeback"], "pswpout": v["pswpout"],
-            "acked": len(swap.swap_map), "workload_allocated": swap.workload["allocated"],
+            "acked": sum(len(d.swap_map) for d in swaps), "workload_allocated": swap.workload["allocated"],
             "drops": {k: n for k, n in stack.drop_reasons.items() if n},
         })
         snap = {"alloc": {"zoneinfo": {"free": free, "low": alloc.wmark_low, "high": alloc.wmark_high},
                           "vmstat": v, "kswapd": {"wanted": alloc.kswapd_wanted},
                           "reserve": {"atomic_floor": atomic_floor, "nr_free_lowwater": low_point}},
-                "workload": swap.workload, "swap": {"writeback": len(swap.writeback)}}
+                "workload": swap.workload,
+                "swap": {"writeback": sum(len(d.writeback) for d in swaps)}}
         if fm is not None:
             snap["filemap"] = {"active": True, "throttled_writers": fm.throttled_writers,
                                "nr_writeback": len(fm.writeback), "workload": fm.workload}
@@ -445,6 +493,14 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         else:
             failures += 1
 
+    nfs_verified = nfs_failures = 0
+    if nfs_swap is not None:
+        for slot, (page_id, gen) in nfs_swap.swap_map.items():
+            if nfs_img.read(slot * PAGE_SIZE, PAGE_SIZE) == page_bytes(seed, page_id, gen):
+                nfs_verified += 1
+            else:
+                nfs_failures += 1
+
     fverified = ffailures = 0
     if fm is not None:
         for index, gen in fm.acked.items():
@@ -457,7 +513,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     reserve_low = min(alloc.nr_pages if wd.reserve_low_pages is None else wd.reserve_low_pages,
                       alloc.nr_pages)
     snap_alloc = alloc.snapshot()
-    tsnap = transport.snapshot() if storage == "nfs" else {"counters": {"rpc_retrans": 0}}
+    tsnap = transport.snapshot() if transport is not None and not block else {"counters": {"rpc_retrans": 0}}
     c = stack.counters
     result = {
         "name": p["name"], "seed": seed, "outcome": outcome,
@@ -493,6 +549,20 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "timeline": timeline,
     }
 
+    if aoe:
+        d = swap.backend.dev
+        aoe_trace = agent.aoe_trace.fates if agent.aoe_trace is not None else ()
+        result.update({
+            "storage": "aoe", "policy": p["policy"], "beyond_linux": p["policy"] == "extended",
+            "memalloc_socks": alloc.memalloc_socks,
+            "aoe": swap.backend.snapshot(), "aoe_target": aoe_target.snapshot(),
+            "rx_pfmemalloc_proto_drop": c["rx_pfmemalloc_proto_drop"],
+            "aoe_rsp_fates": dict(__import__("collections").Counter(f for _t, f in aoe_trace)),
+            "nfs_swap": ({"acked_pages": len(nfs_swap.swap_map), "pages_verified": nfs_verified,
+                          "verify_failures": nfs_failures, "nr_slots": setup.get("nfs_slots")}
+                         if nfs_swap is not None else None),
+            "aoe_retransmit": d.counters.get("retransmit", 0),
+        })
     if fm is not None:
         result.update({
             "consumer": consumer, "policy": p["policy"],
@@ -505,13 +575,18 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         })
 
     # -- teardown and leak check -----------------------------------------------------------------
-    swap.swapoff()
+    for d in swaps:
+        d.swapoff()
     kswapd.stop()
-    swap.release()
+    for d in swaps:
+        d.release()
+    if aoe:
+        swap.backend.close()
     if fm is not None:
         fm.detach()
         fm.release()
-    transport.close()
+    if transport is not None:
+        transport.close()
     for task in list(agent.sched.tasks.values()):
         agent.sched.kill(task)
     for svc in agent.services.values():
@@ -530,7 +605,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                   "ArpCache": dict(stack.snmp["ArpCache"])},
         "nas": {"counters": dict(core.counters), "nfs_status": dict(core.nfs_status)},
     }
-    if storage != "nfs":
+    if block:
         # the block device's own counters (nbd: NBD_CMD_*; iscsi: iscsi_stats) and the target's
         result["block"] = {"agent": {k: v for k, v in transport.snapshot().items() if k != "socket"},
                            "nas_server": nas_blk.snapshot()}

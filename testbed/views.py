@@ -1,5 +1,6 @@
-"""Linux-style views of an agent snapshot: nstat, /proc/vmstat, /proc/zoneinfo, ss -m -u -a, and the
-swap device's storage protocol counters (iscsiadm -s, nbdinfo, mountstats).
+"""Linux-style views of an agent snapshot: nstat, /proc/vmstat, /proc/zoneinfo, ss -m -u -a, the
+swap device's storage protocol counters (iscsiadm -s, nbdinfo, mountstats), and the aoe driver's
+sysfs attributes and debugfs file for every AoE swap area.
 
 Invariant owned here: every view prints the snapshot's own values, named and laid out as the Linux
 tool prints them, so a kernel engineer can read it (and a parser written for the real tool parses
@@ -11,7 +12,7 @@ Pure: snapshot dict in, text out.
 
 from __future__ import annotations
 
-VIEWS = ("nstat", "vmstat", "zoneinfo", "ss", "storage")
+VIEWS = ("nstat", "vmstat", "zoneinfo", "ss", "storage", "aoe")
 
 # nstat prints "<name padded to 32><value padded to 20><rate %6.1f>" (iproute2 misc/nstat.c).
 _NSTAT_TABLES = ("Ip", "Icmp", "Udp", "TcpExt")
@@ -147,7 +148,46 @@ def storage(snap: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+# sysfs attributes of /sys/block/etherd!eX.Y/ (drivers/block/aoe/aoeblk.c aoedisk_attrs), in order
+_AOE_SYSFS = ("state", "mac", "netif", "firmware-version", "payload")
+# what the driver reports outside sysfs/debugfs, as the testbed's own lines: /dev/etherd/err's
+# "retransmit"/"unexpected rsp" messages counted, the frames rexmit_timer gave up on (lost),
+# the core's drops by reason, and skb_pfmemalloc_protocol's refusals of 0x88A2 frames
+_AOE_TESTBED = ("retransmit", "unexpected_rsp")
+
+
+def aoe_devices(snap: dict) -> list[dict]:
+    """The AoE swap areas of a snapshot (their driver view: AoeDev.snapshot + aoenet counters)."""
+    return [d for d in snap.get("swap_devices") or () if "firmware-version" in d and "device" in d]
+
+
+def aoe(snap: dict) -> str:
+    """Per AoE device: ``/sys/block/etherd!eX.Y/<attr>: value`` lines, then the debugfs file
+    ``/sys/kernel/debug/aoe/eX.Y`` as aoe_debugfs_show prints it (rttavg/rttdev in µs, kicked,
+    maxbcnt, then per target ``<mac>:<nout>:<maxout>:<nframes>`` and its tab-indented ssthresh,
+    taint, r, w and interface) -- the pointer and refcount lines (nskbpool, ref, falloc, ffree)
+    have no counterpart here and are left out -- then ``testbed_*`` lines. Empty without AoE."""
+    out = []
+    drop = (snap.get("stack") or {}).get("counters", {}).get("rx_pfmemalloc_proto_drop", 0)
+    for d in aoe_devices(snap):
+        name = d["device"]
+        out += [f"/sys/block/etherd!{name}/{a}: {d.get(a)}" for a in _AOE_SYSFS]
+        out.append(f"/sys/kernel/debug/aoe/{name}:")
+        out += [f"rttavg: {d.get('rttavg')} rttdev: {d.get('rttdev')}", f"kicked: {d.get('kicked')}",
+                f"maxbcnt: {d.get('maxbcnt')}"]
+        t = d.get("target")
+        if t:
+            out += [f"{t['addr']}:{t['nout']}:{t['maxout']}:{t['nframes']}", f"\tssthresh:{t['ssthresh']}",
+                    f"\ttaint:{t['taint']}", f"\tr:{t['r']}", f"\tw:{t['w']}", f"\t{d.get('netif')}"]
+        c = d.get("counters") or {}
+        out += [f"testbed_{k} {int(c.get(k, 0))}" for k in _AOE_TESTBED]
+        out.append(f"testbed_lost {int((t or {}).get('lost', 0))}")
+        out += [f"testbed_drop_{k} {int(v)}" for k, v in sorted((d.get("drops") or {}).items())]
+        out.append(f"testbed_rx_pfmemalloc_proto_drop {int(drop)}")
+    return "".join(line + "\n" for line in out)
+
+
 def render(view: str, snap: dict, prev: dict | None = None, dt_s: float | None = None) -> str:
     if view == "nstat":
         return nstat(snap, prev, dt_s)
-    return {"vmstat": vmstat, "zoneinfo": zoneinfo, "ss": ss, "storage": storage}[view](snap)
+    return {"vmstat": vmstat, "zoneinfo": zoneinfo, "ss": ss, "storage": storage, "aoe": aoe}[view](snap)

@@ -90,15 +90,16 @@ def workload_done(snap: dict) -> bool:
 
 
 def settled(snap: dict) -> bool:
-    """Swap: free > high and no swap page under writeback. A file's pages stay cached after
+    """Swap: free > high and no swap page under writeback on any area. A file's pages stay cached after
     fsync/msync, so for a file consumer settled = kswapd asleep (no reclaim needed) and no file
     page under writeback."""
     z = zone(snap)
     fm = filemap(snap)
     if fm is not None:
         return not reclaim_needed(snap) and not fm.get("nr_writeback")
+    areas = snap.get("swap_devices") or [snap.get("swap") or {}]    # every swap area (AoE + NFS)
     return (z.get("free") is not None and z.get("free") > z.get("high", 0)
-            and not (snap.get("swap") or {}).get("writeback"))
+            and not any(a.get("writeback") for a in areas))
 
 
 @dataclass

@@ -15,16 +15,19 @@ from testbed.nas_tcp import StackRpcServer
 MAC_A, MAC_B = b"\x02\0\0\0\0\x0a", b"\x02\0\0\0\0\x0b"
 
 
-def agent_and_nas(image: str, pages: int, *, pool_pages: int = 1024, seed: int = 4, handle=None):
+def agent_and_nas(image: str, pages: int, *, pool_pages: int = 1024, seed: int = 4, handle=None,
+                  more_images: tuple = ()):
     """(loop, agent, img): the agent at 198.18.0.2, the NAS at 198.18.0.1 exporting ``swap`` with
     one image of ``pages`` pages; ``img`` is the MemoryStore image (read back to verify).
     ``handle(core_handle, call, src, now) -> [replies]``, if given, stands between the wire and
-    NasCore.handle: a test intercepts or rewrites calls and replies there."""
+    NasCore.handle: a test intercepts or rewrites calls and replies there. ``more_images``:
+    [(name, pages)] beside it, reached as ``agent.test_images[name]``."""
     loop = Loop(ManualClock())
     w = WirePair(loop, latency_s=0.0005, mac_a=MAC_A, mac_b=MAC_B)
     agent = Agent(loop, w.a, ip="198.18.0.2", prefix_len=24, pool_pages=pool_pages, seed=seed)
     agent.stack.neigh.add_permanent(socket.inet_aton("198.18.0.1"), MAC_B)
-    serve, _store, img = _nas(w.b, image, pages, handle)
+    serve, store, img = _nas(w.b, image, pages, handle)
+    agent.test_images = {name: store.create_image("swap", name, n * 4096) for name, n in more_images}
     w.b.on_rx = lambda: loop.call_soon(lambda: serve(loop.time(), 256))
     return loop, agent, img
 

@@ -247,8 +247,10 @@ def test_scenario_names_its_storage_and_a_third_party_target_that_serves_it():
     with pytest.raises(S.ScenarioError, match="target: 'tgtd' does not serve storage=nbd; pick one of "
                                                "nas-server, nbdkit, qemu-nbd"):
         S.load("nbd-memalloc", {"target": "tgtd"})
-    with pytest.raises(S.ScenarioError, match="storage: 'aoe' is not one of nfs, nbd, iscsi"):
-        S.load("memalloc", {"storage": "aoe"})
+    with pytest.raises(S.ScenarioError, match="storage: 'nvme' is not one of nfs, nbd, iscsi, aoe"):
+        S.load("memalloc", {"storage": "nvme"})
+    with pytest.raises(S.ScenarioError, match="target: 'nbdkit' does not serve storage=aoe"):
+        S.load("memalloc", {"storage": "aoe", "target": "nbdkit"})
     with pytest.raises(S.ScenarioError, match="consumer: 'mmap' with storage=iscsi"):
         S.load("file-mmap-linux", {"storage": "iscsi"})
 

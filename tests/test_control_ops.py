@@ -94,3 +94,36 @@ def test_file_ops_with_todays_arguments():
     assert len(_call(h, "file_map")["acked"]) == 100
     assert _call(h, "snapshot")["filemaps"][0]["backend"] == "198.18.0.1:/swap/file.img"
     file_teardown(agent)
+
+
+def test_a_second_swap_area_beside_the_first_with_priorities():
+    """Linux swaps to many areas (swapon -p): a second swapon adds one; kswapd writes to the
+    highest priority first; the same area twice is refused (EBUSY); swap_map/swapoff take the
+    area's index (docs/aoe.md: the small marked NFS area beside the AoE one)."""
+    loop, agent, img = agent_and_nas("swap.img", 512, more_images=[("small.img", 64)])
+    small = agent.test_images["small.img"]
+    h = agent.handlers(lambda: None)
+    first = _call(h, "swapon", device={"kind": "nfs", "server": "198.18.0.1", "image": "swap.img"})
+    assert first == {"nr_slots": 512, "device": 0, "priority": -1, "fh": first["fh"]}
+    with pytest.raises(BadRequest, match=r"198.18.0.1:/swap/swap.img is already on \(device 0\)"):
+        _call(h, "swapon", device={"kind": "nfs", "server": "198.18.0.1", "image": "swap.img"})
+    with pytest.raises(BadRequest, match="priority must be an integer -1..32767"):
+        _call(h, "swapon", device={"kind": "nfs", "server": "198.18.0.1", "image": "small.img"}, priority="high")
+    second = _call(h, "swapon", device={"kind": "nfs", "server": "198.18.0.1", "image": "small.img"}, priority=5)
+    assert second["device"] == 1 and second["priority"] == 5 and second["nr_slots"] == 64
+    assert agent.swap is agent.swap_devices[0]                  # the workload's and swap_map's default
+    assert agent.kswapd.swap_devices == [agent.swap_devices[1], agent.swap_devices[0]]   # by priority
+    assert _call(h, "workload", pages=1200, seed=4) == {"started": True}
+    assert loop.run_until(lambda: agent.swap.workload["done"] and not any(d.writeback for d in agent.swap_devices), 60.0)
+    m_small, m_big = _call(h, "swap_map", device=1), _call(h, "swap_map", device=0)
+    assert m_small["backend"] == "198.18.0.1:/swap/small.img" and m_small["kind"] == "nfs"
+    assert len(m_small["acked"]) == 64                          # the higher-priority area filled first
+    assert len(m_big["acked"]) > 0 and _call(h, "swap_map") == m_big
+    for image, m in ((small, m_small), (img, m_big)):
+        assert all(image.read(int(s) * 4096, 4096) == page_bytes(4, p, g) for s, (p, g) in m["acked"].items())
+    snap = _call(h, "snapshot", traces=False)
+    assert [d["backend"] for d in snap["swap_devices"]] == ["198.18.0.1:/swap/swap.img", "198.18.0.1:/swap/small.img"]
+    with pytest.raises(BadRequest, match=r"device must be a swap area index 0..1"):
+        _call(h, "swap_map", device=2)
+    assert _call(h, "swapoff", device=1)["memalloc_socks"] == 1
+    assert _call(h, "swapoff") == {"memalloc_socks": 0}

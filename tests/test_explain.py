@@ -133,3 +133,50 @@ def test_stack_records_the_fate_of_every_frame_from_the_nfs_port():
     assert len({ip_id for ip_id, _x, _f in trace.fates}) == 3
     nfs.sk_clear_memalloc()
     kit.finish()
+
+
+def test_aoe_responses_by_tag_with_their_fates(tmp_path):
+    """AoE responses (R flag) from the target's MAC to the client's on the pcap, matched by tag to
+    the agent's per-response record; requests, other MACs and other EtherTypes are not rows."""
+    from scapy.all import Raw
+    tgt, cli = "02:00:c6:12:00:01", "02:00:c6:12:00:02"
+
+    def aoe(tag, flags=0x18, src=tgt, dst=cli, cmd=0):
+        return Ether(src=src, dst=dst, type=0x88A2) / Raw(bytes([flags, 0, 0, 1, 0, cmd]) + struct.pack("!I", tag) + bytes(40))
+
+    frames = [aoe(1), aoe(2), aoe(3, cmd=1), aoe(4), aoe(5, flags=0x10),             # 5: a request
+              aoe(6, src="02:00:c6:12:00:09"), Ether(src=tgt, dst=cli, type=0x0800) / Raw(bytes(46))]
+    for i, f in enumerate(frames):
+        f.time = 100.0 + i / 10
+    path = str(tmp_path / "aoe.pcap")
+    wrpcap(path, frames)
+    rsp = explain.aoe_responses(path, tgt, cli)
+    assert [r["tag"] for r in rsp] == [1, 2, 3, 4] and rsp[2]["cmd"] == "config"
+    snap = {"aoe_rsp_fates": [[1, "aoenet_rcv"], [2, "PFMEMALLOC"], [3, "aoenet_rcv"]]}
+    ex = explain.explain_aoe(rsp, snap, t0_wall=100.0)
+    assert ex["fates"] == {"delivered": 2, "dropped": 1, "unknown": 1}
+    assert ex["drops_by_reason"] == {"PFMEMALLOC @ protocol filter (skb_pfmemalloc_protocol)": 1}
+    assert ex["dropped_tags"] == [2] and ex["rows"][1]["t_s"] == 0.1
+    assert explain.summary_line(ex).startswith("4 AoE responses on the client's wire: 2 to aoenet_rcv, 1 dropped")
+    assert "0x00000002" in explain.aoe_text_table("x", ex)
+
+
+def test_demo_aoe_table_of_its_own_counts_responses_by_tag():
+    """`testbed demo --aoe`: the AoE pair in its own titled table; "replies dropped" is AoE
+    responses dropped / on the wire (explain_aoe)."""
+    from testbed import demo
+    base = {"time_to_stall_s": 0.2, "time_to_recover_s": None, "reserve_low_pages": 191, "rpc_retrans": 0,
+            "counters": {"PFMemallocDrop": 24360, "rx_nobuf": 0}}
+    entries = [{**base, "name": "memalloc", "expect": "recovered", "outcome": "recovered", "pages_written": 5,
+                "pages_verified": 5},
+               {**base, "name": "aoe-linux", "expect": "deadlock", "outcome": "deadlock", "storage": "aoe",
+                "pages_written": 0, "pages_verified": 0,
+                "explanations": {"responses_on_wire": 164, "fates": {"delivered": 148, "dropped": 16}}}]
+    text = demo.format_table(entries)
+    nfs_part, aoe_part = text.split("\n\n" + demo.AOE_TABLE_TITLE + "\n")
+    assert "memalloc" in nfs_part and "aoe-linux" not in nfs_part
+    assert aoe_part.splitlines()[2].split()[:3] == ["aoe-linux", "deadlock", "deadlock"]
+    assert aoe_part.splitlines()[2].endswith("16/164")
+    assert len(demo._tables(entries[:1])["tables"]) == 2          # no AoE table without AoE entries
+    assert demo._tables(entries)["tables"][2] == {"title": demo.AOE_TABLE_TITLE, "scenarios": ["aoe-linux"],
+                                                  "beyond_linux": []}

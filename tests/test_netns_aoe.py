@@ -6,6 +6,9 @@
 - nas-server's AoE target answering aoetools' userspace probes (``aoeping`` IDENTIFY over raw
   sockets, ``aoecfg`` config set/read), which need no kernel module, and the same initiator.
 - tshark decodes every AoE frame of both captures, with no malformed frame.
+- 2,000 seeded malformed frames (tests/test_aoe_fuzz.py's cases, readdressed) into the running
+  nas-server through its AF_PACKET socket: every AoE one counted once, none an internal error or a
+  write, the image file unchanged, the process alive, then a clean read of what was written before.
 Everything created (namespaces, veth, processes, files) is removed in the fixtures' finally.
 """
 
@@ -122,11 +125,11 @@ def test_initiator_against_vblade(net):
 
 
 class Nas:
-    def __init__(self, net):
+    def __init__(self, net, name="nas"):
         self.net = net
-        self.data_dir = os.path.join(net.run_dir, "nas")
-        self.control = os.path.join(net.run_dir, "nas.sock")
-        self.log = os.path.join(net.run_dir, "nas.log")
+        self.data_dir = os.path.join(net.run_dir, name)
+        self.control = os.path.join(net.run_dir, f"{name}.sock")
+        self.log = os.path.join(net.run_dir, f"{name}.log")
 
     def start(self):
         r, w = os.pipe()
@@ -186,3 +189,76 @@ def test_nas_target_answers_aoetools_probes_and_the_initiator(net):
     assert not any(k.startswith("drop_") or k == "internal_error" for k in snap["dispositions"]), snap["dispositions"]
     seen = assert_tshark_decodes(cap, min_frames=2 * PAGES * 9)
     assert {"0x24", "0x34", "0xea", "0xec"} <= set(seen["ata_cmds"]), seen
+
+
+def test_malformed_frames_into_the_running_nas_server_then_a_clean_read(net):
+    """The real process, its socket and loop (the 100,000-frame run is the core's, in-memory:
+    tests/test_aoe_fuzz.py): 2,000 seeded malformed frames from the client's side of the veth."""
+    import socket
+    from aoe_wire_kit import MAC_INI, MAC_TGT, SHELF, SLOT
+    from netns_setup.nsutil import link_mtu_mac
+    from test_aoe_fuzz import Rng, target_case
+    n_frames = 2000
+    nas = Nas(net, "nasfuzz")
+    nas.start()
+    try:
+        drv = driver(net, 2, 1)
+        try:
+            drv.activate(timeout_s=10)
+            pages = write_read_verify(drv, seed=11)
+        finally:
+            drv.close()
+        with open(os.path.join(nas.data_dir, "swap", "img"), "rb") as f:
+            before = hashlib.sha256(f.read()).hexdigest()
+        s0 = nas.snapshot()
+        with nsutil.entered(net.client_ns):
+            mtu, cli_mac = link_mtu_mac(net.client_if)
+            with nsutil.entered(net.server_ns):
+                _mtu, nas_mac = link_mtu_mac(net.server_if)
+            sk = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            sk.bind((net.client_if, 0))
+        rng, sent, aoe_sent, unsendable = Rng(20261130), 0, 0, 0
+        try:
+            while sent < n_frames:
+                _cat, f, _allowed = target_case(rng)
+                # readdress the core fuzz's frames to this target (MAC, e2.1) and from this client
+                if f[0:6] == MAC_TGT:
+                    f = nas_mac + f[6:]
+                if f[6:12] == MAC_INI:
+                    f = f[:6] + cli_mac + f[12:]
+                if len(f) >= 19 and f[16:19] == bytes([0, SHELF, SLOT]):
+                    f = f[:16] + b"\x00\x02\x01" + f[19:]
+                if not 14 <= len(f) <= 14 + mtu:
+                    unsendable += 1                     # no Ethernet header, or beyond the MTU: the kernel refuses it
+                    continue
+                sk.send(f)
+                sent += 1
+                aoe_sent += f[12:14] == b"\x88\xa2"
+                if sent % 50 == 0:
+                    time.sleep(0.002)                   # paced: the target's socket buffer, not the point
+        finally:
+            sk.close()
+        time.sleep(0.5)
+        s1 = nas.snapshot()
+        assert nas.proc.poll() is None                  # no crash
+        got = s1["frames_in"] - s0["frames_in"]
+        assert sent == n_frames
+        assert got + (s1["port"]["tp_drops"] - s0["port"]["tp_drops"]) == aoe_sent and got > n_frames // 2
+        d = {k: v - s0["dispositions"].get(k, 0) for k, v in s1["dispositions"].items() if v != s0["dispositions"].get(k, 0)}
+        assert sum(d.values()) == got                   # every frame counted exactly once
+        assert "internal_error" not in d and "ata_write" not in d, d
+        with open(os.path.join(nas.data_dir, "swap", "img"), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == before
+        # a clean read afterwards: what was written before the storm, byte for byte
+        drv = driver(net, 2, 1)
+        try:
+            drv.activate(timeout_s=10)
+            reads = [drv.dev.read_page(i, time.monotonic()) for i in range(PAGES)]
+            drv.wait(reads)
+        finally:
+            drv.close()
+        assert all(r.status == 0 for r in reads) and [bytes(r.data) for r in reads] == pages
+        print(f"nas-server: {sent} malformed frames sent ({aoe_sent} AoE; {unsendable} shorter than a header or "
+              f"longer than the MTU not sent), {got} counted by the target: {dict(sorted(d.items()))}")
+    finally:
+        nas.stop()

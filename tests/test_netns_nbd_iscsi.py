@@ -176,13 +176,37 @@ def test_iscsi_test_cu_conformance_subset(nas):
     suites = ("SCSI.TestUnitReady,SCSI.Inquiry,SCSI.ReadCapacity10,SCSI.ReadCapacity16,SCSI.ReportLuns,"
               "SCSI.Read10,SCSI.Read16,SCSI.Write10,SCSI.Write16,SCSI.SynchronizeCache10,SCSI.SynchronizeCache16,"
               "SCSI.ModeSense6")
+    run, passed, failed, out = _iscsi_test_cu(nas, suites, 300)
+    assert failed == 0 and passed >= 35, out[-6000:]
+
+
+def _iscsi_test_cu(nas, suites: str, timeout_s: float) -> tuple[int, int, int, str]:
+    """Run libiscsi's iscsi-test-cu on LUN 0: (tests run, passed, failed, its output)."""
     p = nas.net.run(nas.net.client_ns, ["iscsi-test-cu", "-d", "-n", "-t", suites,
-                                        f"iscsi://{nas.net.server_ip}/{IQN}/0"], timeout_s=300)
+                                        f"iscsi://{nas.net.server_ip}/{IQN}/0"], timeout_s=timeout_s)
     out = p.stdout.decode()
     tests = [ln.split() for ln in out.splitlines() if ln.strip().startswith("tests")]
     assert tests, out[-3000:]
-    _, run, total, passed, failed, _inactive = tests[-1][:6]
-    assert int(failed) == 0 and int(passed) >= 35, out[-6000:]
+    _, run, _total, passed, failed, _inactive = tests[-1][:6]
+    return int(run), int(passed), int(failed), out
+
+
+ISCSI_FAMILY = ("iSCSI.iSCSIcmdsn,iSCSI.iSCSIdatasn,iSCSI.iSCSIResiduals.Read10Invalid,iSCSI.iSCSIResiduals.Read10Residuals,"
+                "iSCSI.iSCSIResiduals.Read12Residuals,iSCSI.iSCSIResiduals.Read16Residuals,"
+                "iSCSI.iSCSIResiduals.WriteVerify10Residuals,iSCSI.iSCSIResiduals.WriteVerify12Residuals,"
+                "iSCSI.iSCSIResiduals.WriteVerify16Residuals,iSCSI.iSCSITMF.AbortTaskSimpleAsync")
+
+
+def test_iscsi_test_cu_iscsi_family(nas):
+    """libiscsi's iSCSI-layer tests (CmdSN window, DataSN order, residuals, ABORT TASK): all 11 pass
+    (the READ12 and WRITE AND VERIFY residual tests pass as skipped: the LU does not offer them).
+    Left out: Write10/16Residuals (they expect GOOD for a WRITE whose EDTL is smaller than the
+    command's data; the target answers CHECK CONDITION as LIO does) and LUNResetSimpleAsync (Debian's
+    libiscsi 1.19 asserts a flag before the TMF completes, fixed upstream in 5553d6b)."""
+    run, passed, failed, out = _iscsi_test_cu(nas, ISCSI_FAMILY, 120)
+    assert (run, failed, passed) == (11, 0, 11), out[-6000:]
+    c = nas.snapshot()["iscsi"]["counters"]
+    assert c["drop_cmdsn_outside_window"] >= 2 and c["drop_dataout_datasn_error"] >= 4, c
 
 
 def test_own_clients_against_nas_server_fua_flush_and_restart(nas):

@@ -250,7 +250,9 @@ def test_two_names_coexist_and_collisions_are_refused(runroot):
     assert ours(a) == [] and ours(b) == []
 
 
-def test_64_hosts_up_and_down_within_10_s(runroot):
+def test_64_hosts_up_and_down(runroot):
+    """66 hosts come up and go down completely; the wall time is printed here and measured as a
+    target (<= 10 s) by `testbed bench --section scale`, never asserted in a test."""
     name = uname("s")
     topo = generate_topology(64)
     t0 = time.monotonic()
@@ -267,7 +269,6 @@ def test_64_hosts_up_and_down_within_10_s(runroot):
         down_s = time.monotonic() - t1
     print(f"\n64 clients (66 hosts): up {up_s:.2f} s, down {down_s:.2f} s")
     assert ours(name) == []
-    assert up_s <= 10 and down_s <= 10
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -46,6 +46,8 @@ class Kswapd:
     def add_swap(self, dev) -> None:
         if dev not in self.swap_devices:
             self.swap_devices.append(dev)
+            # swap_avail_heads: highest priority first, swapon order among equals
+            self.swap_devices.sort(key=lambda d: -d.priority)
         if self.anon is None:
             self.anon = dev.anon
 

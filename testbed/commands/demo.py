@@ -1,5 +1,6 @@
-"""`testbed demo [--out DIR] [--seed N] [--quick] [--protocols]`: the four swap scenarios, side by side,
-then the file-backed pair (file-mmap-linux, file-mmap-extended) in a second table; one report.
+"""`testbed demo [--out DIR] [--seed N] [--quick] [--aoe | --protocols]`: the four swap scenarios, side by
+side, then the file-backed pair (file-mmap-linux, file-mmap-extended) in a second table; one report.
+``--aoe``: only the swap-over-AoE pair (aoe-linux, aoe-extended), in a table of its own.
 ``--protocols``: instead, every storage protocol under the same flood (testbed.demo.PROTOCOL_ROWS).
 
 Exit status: 0 every outcome == expect; 1 one differs (or a run failed); 2 usage or preflight
@@ -18,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="report directory (default: ./reports/demo-<timestamp>)")
     p.add_argument("--seed", type=int, help="override every scenario's seed")
     p.add_argument("--quick", action="store_true", help="shorter time caps (a run that neither deadlocks nor recovers ends sooner)")
+    p.add_argument("--aoe", action="store_true",
+                   help="run only the swap-over-AoE pair (aoe-linux, aoe-extended) into an AoE table (docs/aoe.md)")
     p.add_argument("--protocols", action="store_true",
                    help="instead: every storage protocol under the same flood (NFS/TCP, NFS/UDP, NBD, iSCSI; "
                         "no-reserve and memalloc rows), one table")
@@ -31,7 +34,10 @@ def run(args) -> int:
     from testbed.cli import UserError
 
     try:
-        loaded = demo.load_all(args.seed, args.quick, demo.PROTOCOL_ROWS if args.protocols else demo.ALL_SCENARIOS)
+        if args.aoe and args.protocols:
+            raise UserError("--aoe and --protocols each choose the demo's scenarios; give one of them")
+        names = demo.PROTOCOL_ROWS if args.protocols else demo.AOE_SCENARIOS if args.aoe else demo.ALL_SCENARIOS
+        loaded = demo.load_all(args.seed, args.quick, names)
     except scn.ScenarioError as e:
         raise UserError(str(e)) from None
     bad = [(sc, c) for sc, checks, _ in loaded for c in scn.failing(sc, checks)]

@@ -94,7 +94,8 @@ def run(args) -> int:
     else:
         raise UserError("say where the snapshot comes from: --report DIR (a testbed run/demo report) or --live --name RUN")
     for n, snap, prev, dt in items:
-        for v in which:
+        # "all" shows the aoe view only for a snapshot with an AoE swap area
+        for v in [v for v in which if v != "aoe" or args.view == "aoe" or views.aoe_devices(snap)]:
             if len(items) > 1 or len(which) > 1:
                 print(f"==> {n}: {v} <==")
             print(views.render(v, snap, prev, dt), end="")

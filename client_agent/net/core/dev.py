@@ -10,7 +10,8 @@ Invariants owned here (kernel-mechanism.md §1-4):
 - A pfmemalloc frame is processed entirely inside a PF_MEMALLOC scope (so the ARP reply or ICMP
   reply it causes can be built from the reserve), skips ``taps`` (ptype_all), and is dropped
   PFMEMALLOC unless its EtherType is one ``skb_pfmemalloc_protocol`` accepts (ARP/IPv4/IPv6/
-  VLAN). Past that point the only pfmemalloc refusal is the receiving socket's ``sk_filter``
+  VLAN) -- or, beyond Linux, one a protocol's ``ptype_memalloc`` entry admits (policy
+  ``extended``: a marked AoE target, drivers/block/aoenet.py). Past that point the only pfmemalloc refusal is the receiving socket's ``sk_filter``
   (net/core/sock.py).
 - EtherType dispatch is a table (``dev_add_pack(ethertype, handler)``, ptype_base): a protocol
   registers ``handler(skb, payload, pkt_type, now)`` with ``pkt_type`` PACKET_HOST /
@@ -80,6 +81,9 @@ class NetCore:
                          "tx_packets": 0, "tx_bytes": 0, "tx_nobuf": 0, "tx_errors": 0,
                          "PFMemallocDrop": 0, "rx_pfmemalloc_proto_drop": 0}
         self.ptype_base: dict[int, object] = {}         # EtherType -> handler (dev_add_pack)
+        # EtherType -> allowed(frame): beyond Linux (policy "extended"), a protocol that is no
+        # socket (AoE) may let a marked peer's reserve-backed frames past skb_pfmemalloc_protocol
+        self.ptype_memalloc: dict[int, object] = {}
         self.fast_rx = None                             # one early demux, see the module docstring
         self.rx_trace_hooks: list = []                  # callables(frame, fate)
         self.timers = TimerHeap()
@@ -191,7 +195,8 @@ class NetCore:
             for tap in self.taps:
                 tap(frame, now)
         ethertype = frame[12] << 8 | frame[13]
-        if skb.pfmemalloc and not skb_pfmemalloc_protocol(ethertype):
+        if skb.pfmemalloc and not skb_pfmemalloc_protocol(ethertype) and not (
+                ethertype in self.ptype_memalloc and self.ptype_memalloc[ethertype](frame)):
             # bugs.pfmemalloc_drop_unnamed: before SKB_DROP_REASON_PFMEMALLOC (2025) this drop
             # was reported as an unhandled protocol
             self.counters["rx_pfmemalloc_proto_drop"] += 1   # which layer: skb_pfmemalloc_protocol

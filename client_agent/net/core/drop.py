@@ -49,6 +49,10 @@ TESTBED_REASONS = (
     # arp_process: an ARP whose target address is multicast or 127/8 (route_localnet 0) is
     # freed (out_free_skb, NOT_SPECIFIED) before it can create or update a neighbour entry.
     "ARP_BAD_TARGET",
+    # aoenet_rcv's exit path for a frame the AoE driver does not use (a request, another device,
+    # an unknown tag, a malformed header...): Linux frees it with dev_kfree_skb (a consume, no
+    # reason); the driver's own reason is in its ``drops`` (drivers/block/aoe.py).
+    "AOE_DROP",
 )
 
 DROP_REASONS = LINUX_REASONS + TESTBED_REASONS
