@@ -276,7 +276,9 @@ class Rig:
                     f"wdelay={ms}"]
             spec = {"port": NBD_PORT, "export": ""}
         elif kind == "qemu-nbd":
-            argv = ["qemu-nbd", "-f", "raw", "-x", "swap", "-b", ip, "-p", str(NBD_PORT), "-t",
+            # -e 2: the agent's connection may still count when the reader connects (a stopped
+            # agent sends no FIN: its TCP is in the process)
+            argv = ["qemu-nbd", "-f", "raw", "-x", "swap", "-b", ip, "-p", str(NBD_PORT), "-t", "-e", "2",
                     "--cache=none", path]
             spec = {"port": NBD_PORT, "export": "swap"}
         elif kind == "tgtd":

@@ -98,7 +98,7 @@ def _compare_slots(acked: dict, read, seed: int, page_size: int, page_bytes) -> 
 
 
 def _verify_block(storage: str, nas_ip: str, acked: dict, seed: int, page_size: int, device: dict,
-                  timeout_s: float = 20.0) -> dict:
+                  sock_timeout_s: float = 20.0) -> dict:
     """Read every acked slot back through a client that is not the agent: nas_server.blockrefclient
     (the protocol's state machine on kernel sockets) from the device's target (NBD export or
     iSCSI target + LUN of the device spec), 8 consecutive slots per request, and compare with
@@ -107,11 +107,11 @@ def _verify_block(storage: str, nas_ip: str, acked: dict, seed: int, page_size: 
     from nas_server.blockrefclient import IscsiRefClient, NbdRefClient
     if storage == "nbd":
         c = NbdRefClient(nas_ip, device["port"], device["export"].encode(), structured=False,
-                         timeout_s=timeout_s)
+                         timeout_s=sock_timeout_s)
         read = c.read
     else:
         c = IscsiRefClient(nas_ip, device["port"], device["target"], lun=device.get("lun", 0),
-                           timeout_s=timeout_s)
+                           timeout_s=sock_timeout_s)
         bs = c.capacity()[1]
         read = lambda off, n: c.read(off // bs, n // bs, block_bytes=bs)  # noqa: E731
     try:
@@ -433,7 +433,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         reader_ns = st.host_netns("noise" if export_networks is None else "nas")
         if storage in BLOCK_STORAGES:
             ver = run_in_netns(reader_ns, _verify_block, storage, nas_ip, acked, swap_map.get("seed", sc.seed),
-                               swap_map.get("page_size", 4096), device)
+                               swap_map.get("page_size", 4096), device, timeout_s=max(60.0, len(acked) / 200))
         elif not aoe:
             ver = run_in_netns(reader_ns, _verify_slots, nas_ip, acked,
                                swap_map.get("seed", sc.seed), swap_map.get("page_size", 4096),
