@@ -262,3 +262,17 @@ def test_chaos_over_block_storage_restarts_the_target_mid_write_and_loses_nothin
     assert row["scenario"] == f"{storage}-memalloc" and row["ok"], row["problems"]
     assert row["faults"]["nas_restart"] >= 1 and row["lost"] == 0 and row["written"] > 0
     assert row["result"]["block"]["agent"]["reconnects"] >= 1
+
+
+def test_nbd_export_name_handshake_when_go_is_not_used():
+    # nbd-client's fallback path (a server answering NBD_REP_ERR_UNSUP to GO takes the same one)
+    rig = Rig("nbd")
+    dev = rig.device(use_go=False)
+
+    def io():
+        pages = yield from dev.activate()
+        return pages, (yield from dev.write_page(0, lambda: _page(7)))
+
+    assert rig.run(io()) == (64, None)
+    assert dev.counters["via"] == "NBD_OPT_EXPORT_NAME" and rig.img.read(0, PAGE_SIZE) == _page(7)
+    assert rig.target.counters["NBD_OPT_EXPORT_NAME"] == 1 and rig.target.counters["NBD_OPT_GO"] == 0
