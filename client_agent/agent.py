@@ -30,8 +30,16 @@ from netns_setup.control import BadRequest, ControlServer, signal_ready
 from .host import STABLE_HOWS, Host, swap_snapshot
 from .loop import Loop, MonotonicClock
 from .net.core.dev import NAPI_BUDGET
+from .phy.ring import NICS
 
 TESTBED_NET = ipaddress.ip_network("198.18.0.0/15")
+# The NIC and its offloads when the command line names none (benchmarks/README.md, "nic").
+DEFAULT_NIC = "ring-v2"
+# tso/ufo are not defaults: a GSO buffer is one allocation of several pages, so a transmit in
+# kswapd's PF_MEMALLOC context dips that much further into the reserve than a one-page frame
+# (the no-reserve scenario's "never below the floor" holds for one-page buffers only); a scenario
+# or a bench run asks for them (--offload tx,rx,tso,ufo / $CLIENT_AGENT_OFFLOAD).
+DEFAULT_OFFLOADS = "tx,rx"
 # A run is invalid when the loop was this late for a timer: the agent, not its memory, was the
 # bottleneck, and its drops would not be the ones under study.
 LAG_INVALID_S = 0.25
@@ -200,16 +208,14 @@ class Agent(Host):
         """Everything observable. ``traces=False`` leaves out the per-xid and per-frame records
         (tens of thousands of entries): the runner's 0.2 s samples do not need them, and encoding
         them five times a second would cost the agent the very CPU under study."""
-        snap = self._snapshot()
+        snap = self._snapshot(traces)
         if not traces:
-            snap.pop("nfs_frame_fates", None)
-            snap.pop("aoe_rsp_fates", None)
             for k in ("nfs", "file_nfs"):
                 if snap.get(k):
                     snap[k] = {f: v for f, v in snap[k].items() if f not in ("xids_sent", "xids_replied")}
         return snap
 
-    def _snapshot(self) -> dict:
+    def _snapshot(self, traces: bool = True) -> dict:
         dev = self.dev
         if hasattr(dev, "sample_stats"):
             dev.sample_stats()
@@ -225,11 +231,11 @@ class Agent(Host):
             "time_s": self.loop.time() - self.started_at,
             "device": dev_counters,
             "stack": self.stack.snapshot(),
-            "nfs_frame_fates": ([list(f) for f in self.reply_trace.fates]   # [ip_id, xid, fate]
-                                if self.reply_trace is not None else []),
-            # every AoE response's fate by tag (drivers/block/aoenet.py AoeRspTrace): [tag, fate]
-            "aoe_rsp_fates": ([list(f) for f in self.aoe_trace.fates]
-                              if self.aoe_trace is not None else []),
+            **({"nfs_frame_fates": ([list(f) for f in self.reply_trace.fates]   # [ip_id, xid, fate]
+                                    if self.reply_trace is not None else []),
+                # every AoE response's fate by tag (drivers/block/aoenet.py AoeRspTrace): [tag, fate]
+                "aoe_rsp_fates": ([list(f) for f in self.aoe_trace.fates]
+                                  if self.aoe_trace is not None else [])} if traces else {}),
             "alloc": self.alloc.snapshot(),
             "tasks": self.sched.snapshot(),
             "services": {k: v["stats"] for k, v in self.services.items()},
@@ -333,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pcap", help="write what the stack's taps saw (pfmemalloc frames excluded, as in Linux)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", type=int, help="pin the agent to this CPU")
+    p.add_argument("--nic", default=os.environ.get("CLIENT_AGENT_NIC", DEFAULT_NIC), choices=NICS,
+                   help=f"how the veth is read and written (default $CLIENT_AGENT_NIC or {DEFAULT_NIC}): socket = recvmsg/send per frame, "
+                        "ring-v3 / ring-v2 = mmap'ed PACKET_RX_RING (TPACKET_V3 blocks / V2 slots) + PACKET_TX_RING, "
+                        "ring-v3-send = receive ring, one send() per frame")
+    p.add_argument("--offload", metavar="LIST", default=os.environ.get("CLIENT_AGENT_OFFLOAD"),
+                   help="what the NIC does for the stack, ethtool -K names: tx (UDP and TCP checksums on transmit), "
+                        "rx (trust the kernel's checksum-valid reports), gro (accept merged frames; ring-v3), "
+                        "tso (TCP segmentation, needs tx), ufo (the kernel fragments UDP datagrams, needs tx), or none "
+                        f"(default $CLIENT_AGENT_OFFLOAD or {DEFAULT_OFFLOADS})")
     p.add_argument("--fault", metavar="SPEC", help="seeded faults on both directions of the NIC "
                    "(netem is not in this kernel), e.g. loss=0.05,dup=0.01,reorder=0.02,delay_ms=1,seed=7")
     return p
@@ -351,11 +366,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool_pages < 16:
         print(f"client-agent: --pool-pages {args.pool_pages} is too small (need >= 16)", file=sys.stderr)
         return 2
-    from .phy.afpacket import AfPacketDevice, AfPacketError
+    from .phy.afpacket import AfPacketError
+    from .phy.caps import parse_offloads
+    from .phy.ring import open_device
+    try:
+        offloads = parse_offloads(args.offload if args.offload is not None else DEFAULT_OFFLOADS)
+    except ValueError as e:
+        print(f"client-agent: --offload {args.offload!r}: {e}", file=sys.stderr)
+        return 2
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     try:
-        dev = AfPacketDevice(args.ifname)
+        dev = open_device(args.ifname, args.nic, offloads)
     except AfPacketError as e:
         print(f"client-agent: {e.strerror}", file=sys.stderr)
         return 1
@@ -416,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
             ctl.close()
         if pcap is not None:
             pcap.close()
+        if not summary:                  # SIGTERM: the last snapshot before the device goes
+            try:
+                summary.update(agent.snapshot())
+            except Exception as e:  # noqa: BLE001 -- the device must still be closed
+                print(f"client-agent: final snapshot failed: {type(e).__name__}: {e}", file=sys.stderr)
         dev.close()
     snap = summary or agent.snapshot()
     c = snap["stack"]["counters"]

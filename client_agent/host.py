@@ -183,6 +183,10 @@ class Host:
         self.swap_devices: list = []
         self.filemaps: list = []
         self.sched.attach_loop(loop)
+        flush_tx = getattr(dev, "flush_tx", None)
+        if flush_tx is not None:
+            # a TX ring's doorbell: one send() per loop turn for every frame queued (xmit_more)
+            loop.before_wait.append(flush_tx)
         if hasattr(dev, "fileno"):
             loop.add_reader(dev, self._on_readable)
         elif hasattr(dev, "on_rx"):

@@ -111,6 +111,9 @@ class Loop:
         self._ready: deque[TimerHandle] = deque()
         self._seq = itertools.count()
         self._stopping = False
+        # Called before each wait on the selector: a device's transmit doorbell (a TX ring's one
+        # send() for every frame queued since the last wait -- the end of a batch, as xmit_more).
+        self.before_wait: list[Callable[[], Any]] = []
         # Figures for the run-validity self-check.
         self.iterations = 0
         self.fd_events = 0
@@ -183,6 +186,9 @@ class Loop:
         timers = self._timers
         while timers and timers[0].cancelled:          # lazy deletion of cancelled timers
             heapq.heappop(timers)
+
+        for fn in self.before_wait:
+            fn()
 
         # 1. How long may we wait? Not at all if callbacks are ready; else until the first
         #    timer, cut short by run_until's deadline; None = until a file is ready.

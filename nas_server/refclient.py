@@ -48,6 +48,12 @@ def page_data(seed: int, offset: int, n: int) -> bytes:
     return random.Random(seed * 1_000_003 + offset).randbytes(n)
 
 
+def portmap_ports(host: str, transport: str = "tcp", timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int]:
+    """(NFS v3 port, MOUNT v3 port) of ``host`` from its portmapper (port 111)."""
+    with RefClient(host, mnt.PMAP_PORT, transport, timeout_s=timeout_s) as pm:
+        return pm.getport(nfs3.NFS_PROGRAM, nfs3.NFS_V3), pm.getport(mnt.MOUNT_PROGRAM, mnt.MOUNT_V3)
+
+
 class RefClient:
     def __init__(self, host: str, port: int = 2049, transport: str = "udp", *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  retries: int = DEFAULT_RETRIES, mount_port: int | None = None, uid: int = 0, gid: int = 0):
@@ -185,6 +191,17 @@ class RefClient:
         return nfs3.decode_res(proc, u)
 
     # -- operations ------------------------------------------------------------------------------
+    def getport(self, prog: int, vers: int) -> int:
+        """Portmap v2 GETPORT (RFC 1833) for ``prog``/``vers`` over this client's transport --
+        call it on a client of port 111. RuntimeError if the program is not registered."""
+        proto = mnt.IPPROTO_TCP if self.transport == "tcp" else mnt.IPPROTO_UDP
+        _, u = self.call(mnt.PMAP_PROGRAM, mnt.PMAP_V2, mnt.PMAPPROC_GETPORT,
+                         mnt.encode_mapping(mnt.Mapping(prog, vers, proto, 0)))
+        port = u.unpack_uint()
+        if not 0 < port < 65536:
+            raise RuntimeError(f"GETPORT {prog}/{vers}/{self.transport} on {self.host}: not registered")
+        return port
+
     def mount(self, path: str) -> bytes:
         if self.mount_port != self.port:  # e.g. nfs-ganesha's mountd port: a short-lived second client
             with RefClient(self.host, self.mount_port, self.transport, timeout_s=self.timeout_s) as m:

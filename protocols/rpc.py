@@ -12,6 +12,7 @@ Sans-I/O: bytes in, bytes (or header objects) out.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from dataclasses import dataclass, field
 
@@ -365,3 +366,108 @@ class RecordReassembler:
         if pos:
             del buf[:pos]
         return out
+
+
+class RecordXidScanner:
+    """An observer's view of RPC records in ONE direction of a TCP stream: which segment carried
+    the start of which record (its xid and msg_type), as a capture or a drop monitor sees the
+    segments -- retransmitted, duplicated, out of order, dropped by the receiver or not.
+
+    RFC 5531 §11 record marking: each fragment starts with a 4-byte header (last-fragment bit,
+    31-bit length); a record's first fragment starts with the xid (then msg_type). Record starts
+    can only be found by walking the stream in sequence order from the SYN, so:
+
+    - ``syn(seq)``: the stream starts at ``seq + 1`` (a new SYN restarts the scan);
+    - ``segment(seq, payload, tag)`` -> ``[(tag, xid, msg_type), ...]``: the record starts this
+      segment completes: a start belongs to the segment holding its 12th byte (record mark, xid,
+      msg_type). New in-order bytes are parsed (and any buffered out-of-order segments they make
+      contiguous, each start reported with the tag of its own segment); a segment (partly) at or
+      below the parsed point (a retransmission or a duplicate) reports the known starts whose
+      12th byte it holds, with its own tag; a segment beyond a hole is buffered (at most
+      ``max_ooo`` of them) and reports once the hole is filled.
+    - Without a SYN nothing is reported (the record boundaries are unknown).
+
+    Sequence numbers are taken relative to the SYN (32-bit wrap), so one stream is good for
+    4 GiB. Bounded: at most ``max_ooo`` buffered segments and ``max_starts`` remembered starts;
+    the bytes kept are those of one record header at most, plus the buffered segments."""
+
+    def __init__(self, max_ooo: int = 256, max_starts: int = 8192) -> None:
+        self.max_ooo = max_ooo
+        self.max_starts = max_starts
+        self.isn: int | None = None
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.rcv = 0                # relative seq of the next in-order byte
+        self.hdr = 0                # relative seq of the next fragment header
+        self.first = True           # that fragment starts a record
+        self.tail = bytearray()     # stream bytes from ``hdr`` up to ``rcv`` (< 12)
+        self.ooo: dict[int, tuple[bytes, object]] = {}
+        self.starts: list[tuple[int, int, int]] = []   # (relative seq, xid, msg_type), ascending
+
+    def syn(self, seq: int) -> None:
+        self.isn = (seq + 1) & 0xFFFFFFFF
+        self.reset_counters()
+
+    def segment(self, seq: int, payload, tag) -> list[tuple[object, int, int]]:
+        if self.isn is None or not payload:
+            return []
+        rel = (seq - self.isn) & 0xFFFFFFFF
+        if rel >= 0x80000000:                       # before the stream's start: stray
+            return []
+        end = rel + len(payload)
+        out: list = []
+        if rel > self.rcv:
+            if len(self.ooo) < self.max_ooo and rel not in self.ooo:
+                self.ooo[rel] = (bytes(payload), tag)
+            return out
+        if rel < self.rcv:                          # (partly) seen before: known starts inside it
+            self._known(rel, payload, tag, out)
+        if end > self.rcv:
+            self._parse(bytes(payload[self.rcv - rel:]), tag, out)
+            while self.ooo:
+                nxt = [k for k in self.ooo if k <= self.rcv]
+                if not nxt:
+                    break
+                for k in sorted(nxt):
+                    data, t = self.ooo.pop(k)
+                    if k + len(data) > self.rcv:
+                        self._parse(data[self.rcv - k:], t, out)
+        return out
+
+    def _known(self, rel: int, payload, tag, out: list) -> None:
+        """Known starts whose 12th byte (the one that completed them) lies in [rel, end)."""
+        end = min(rel + len(payload), self.rcv)
+        lo = bisect.bisect_left(self.starts, (rel - 11,))
+        for s, xid, mtype in self.starts[lo:]:
+            if s + 11 >= end:
+                break
+            out.append((tag, xid, mtype))
+
+    def _parse(self, data: bytes, tag, out: list) -> None:
+        start = self.rcv
+        self.rcv += len(data)
+        if self.hdr >= self.rcv:                    # inside a fragment's body: nothing to read
+            return
+        if self.hdr > start:                        # the header begins inside this data
+            self.tail = bytearray(data[self.hdr - start:])
+        else:
+            self.tail += data
+        while True:
+            need = 12 if self.first else 4
+            if len(self.tail) < need:
+                return
+            mark = _RM.unpack_from(self.tail, 0)[0]
+            if self.first:
+                xid, mtype = struct.unpack_from(">II", self.tail, 4)
+                out.append((tag, xid, mtype))
+                self.starts.append((self.hdr, xid, mtype))
+                if len(self.starts) > self.max_starts:
+                    del self.starts[:len(self.starts) - self.max_starts]
+            self.first = bool(mark & LAST_FRAGMENT)
+            step = 4 + (mark & MAX_FRAGMENT_BYTES)
+            self.hdr += step
+            if step >= len(self.tail):              # the next header is at or past rcv
+                self.tail = bytearray()
+                return
+            del self.tail[:step]

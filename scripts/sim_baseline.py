@@ -44,7 +44,7 @@ def summarise(result: dict) -> dict:
 def record(name: str, seed: int) -> dict:
     from testbed import scenario as S
     from testbed.sim import run_sim
-    return summarise(run_sim(S.load(name).to_dict(), seed))
+    return summarise(run_sim(S.load(name, {"transport": "udp"}).to_dict(), seed))
 
 
 def diff(old, new, path="") -> list[str]:

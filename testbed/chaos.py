@@ -21,14 +21,19 @@ replays exactly from (campaign seed, index)):
                                  (the NAS's transmissions): up to 20 % loss, 5 % dup/reorder, 2 ms
   nas_restart                    MemoryStore.crash() + DRC lost + requests in service dropped + down
                                  0.2-0.6 s, 1-2 times; half of these runs write UNSTABLE (COMMIT with a
-                                 changed verifier must resend)
+                                 changed verifier must resend); over TCP every connection is reset
+                                 and nothing listens while down (reconnect under memory pressure)
+  rst                            the NAS resets every TCP connection (RST) 1-3 times, listening on:
+                                 the client reconnects with xs_connect's backoff and resends
   flood_toggle                   the flood alternates on/off
   pool_edge                      pool/reserve at an edge: tiny pool, min_free_kbytes 64 or 1/4 of the
                                  pool, 1 or 64 RPC slots
   wsize8k                        wsize 8192 (each WRITE is six IP fragments: loss hits whole calls)
-Real runs (``--real K``, root): the memalloc scenario (scaled), faults keyed by packet counts the
-agent reports: NAS SIGKILL + restart on the same data dir once the transport sent N calls, flood
-off/on when the agent received M frames; pcaps kept for a failed run.
+Real runs (``--real K``, root): the memalloc scenario (scaled; NFS over TCP), faults keyed by packet
+counts the agent reports: NAS SIGKILL + restart on the same data dir once the transport sent N calls
+(every connection gone: reconnect under memory pressure), the NAS kernel's RST of its NFS
+connections (``ss -K``) once it sent M more, flood off/on when the agent received K frames; pcaps
+kept for a failed run.
 In-memory runs are scaled (``SCALE``): a run costs well under a second.
 """
 
@@ -44,7 +49,7 @@ import traceback
 from testbed.scenario import SCENARIO_DIR
 
 SCENARIOS = ("memalloc", "no-reserve", "reserve-no-filter", "memalloc-undersized")
-FAULT_KINDS = ("loss", "dup", "reorder", "delay", "nas_restart", "flood_toggle", "pool_edge", "wsize8k")
+FAULT_KINDS = ("loss", "dup", "reorder", "delay", "nas_restart", "rst", "flood_toggle", "pool_edge", "wsize8k")
 PRESERVING = frozenset({"dup", "reorder", "delay"})
 EXTRA_P = 0.25
 # A quarter of the pool and of the workload, half the flood and the reserve: the same physics
@@ -97,6 +102,8 @@ def plan(campaign_seed: int, i: int, storage: str = "nfs") -> dict:
         p["nas_down_s"] = rng.choice((0.2, 0.4, 0.6))
         if rng.random() < 0.5:
             p["stable"] = "UNSTABLE"
+    if "rst" in kinds:
+        p["nas_rst_at_s"] = sorted(round(rng.uniform(0.2, 3.0), 3) for _ in range(rng.randint(1, 3)))
     if "flood_toggle" in kinds:
         p["flood_on_off"] = (rng.choice((0.2, 0.5, 1.0)), rng.choice((0.1, 0.3, 0.5)))
     if "pool_edge" in kinds:
@@ -134,6 +141,8 @@ def _fault_counts(r: dict, kinds: list[str], params: dict) -> dict:
             out[k] = tx.get("passed", 0) + rx.get("passed", 0)      # every frame that passed waited
         elif k == "nas_restart":
             out[k] = f.get("nas_restarts", 0)
+        elif k == "rst":
+            out[k] = f.get("nas_rsts", 0)
         elif k == "flood_toggle":
             out[k] = f.get("flood_toggles", 0)
         else:
@@ -202,8 +211,23 @@ def plan_real(campaign_seed: int, k: int, storage: str = "nfs") -> dict:
     return {"run": f"real{k}", "scenario": scenario_name("memalloc", storage), "seed": seed,
             "overrides": {"max_duration_s": 30.0, "client_faults": faults},
             "nas_restart_after_rpc_calls": rng.choice((200, 400, 800)),
+            # RST: the NAS host's kernel aborts its NFS connections (ss -K, SOCK_DESTROY: an
+            # active reset) once the transport sent this many calls -- after the restart
+            "rst_after_rpc_calls": rng.choice((1000, 1400)),
             "flood_off_at_rx_packets": rng.choice((1000, 3000)), "flood_off_for_rx_packets": 2000,
             "stable": "UNSTABLE" if k % 2 else "FILE_SYNC"}
+
+
+def _kill_nfs_connections(netns: str) -> int:
+    """``ss -K`` in the NAS's namespace: the kernel aborts every established TCP socket on port
+    2049 there (tcp_abort: an RST to the client). How many it killed (ss lists them), -1 when
+    the kernel cannot (no CONFIG_INET_DIAG_DESTROY: ss -K kills nothing and says nothing)."""
+    import subprocess
+    p = subprocess.run(["ip", "netns", "exec", netns, "ss", "-K", "-t", "-n", "-H", "state", "established",
+                        "( sport = :2049 )"], capture_output=True, text=True, timeout=10)
+    if p.returncode != 0:
+        return -1
+    return len([ln for ln in p.stdout.splitlines() if ln.strip()])
 
 
 def _real_during(pl: dict):
@@ -223,6 +247,10 @@ def _real_during(pl: dict):
             ctx["restart_nas"]()
             rec["nas_restart"] = 1
             rec["nas_restart_at"] = {"t": round(ctx["t"], 2), "rpc_calls": calls}
+        rec.setdefault("rst", 0)
+        if rec["rst"] == 0 and calls >= pl["rst_after_rpc_calls"]:
+            rec["rst"] = _kill_nfs_connections(ctx["st"].host_netns("nas"))
+            rec["rst_at"] = {"t": round(ctx["t"], 2), "rpc_calls": calls, "sockets": rec["rst"]}
         off_at = pl["flood_off_at_rx_packets"]
         want_on = not (off_at <= rxp < off_at + pl["flood_off_for_rx_packets"]) or rec["flood_toggle"] >= 2
         state = rec.get("flood_on", True)
@@ -260,7 +288,10 @@ def run_real(campaign_seed: int, k: int, out: str, storage: str = "nfs") -> dict
         return row
     e.pop("_timeline", None)
     rec = e.get("during", {})
-    row["faults"] = {"nas_restart": rec.get("nas_restart", 0), "flood_toggle": rec.get("flood_toggle", 0)}
+    row["faults"] = {"nas_restart": rec.get("nas_restart", 0), "flood_toggle": rec.get("flood_toggle", 0),
+                     "rst": max(rec.get("rst", 0), 0)}
+    if rec.get("rst_at"):
+        row["rst_at"] = rec["rst_at"]
     try:   # the packet faults the agent's fault wrapper actually injected (final snapshot's device)
         with open(os.path.join(rdir, "final_snapshot.json")) as f:
             dc = json.load(f).get("device", {})

@@ -58,9 +58,12 @@ def default_out_dir() -> str:
     return os.path.join("reports", f"demo-{time.strftime('%Y%m%dT%H%M%S')}")
 
 
-def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS) -> list[tuple[scn.Scenario, list, dict]]:
+def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS,
+             transport: str | None = None) -> list[tuple[scn.Scenario, list, dict]]:
     """Load + preflight every scenario; raises ScenarioError / returns the failing checks' lines.
-    ``names``: scenario names, or (label, scenario, overrides) rows as in PROTOCOL_ROWS."""
+    ``names``: scenario names, or (label, scenario, overrides) rows as in PROTOCOL_ROWS.
+    ``transport`` overrides every scenario's (the built-ins say "tcp", as every Linux since 5.6
+    mounts; "udp" is the pre-5.6 configuration)."""
     out = []
     for n in names:
         row_ov: dict = {}
@@ -71,6 +74,8 @@ def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS) -> list[tuple[s
         ov: dict = {**row_ov, "max_duration_s": min(base.max_duration_s, cap)}
         if seed is not None:
             ov["seed"] = seed
+        if transport is not None:
+            ov["transport"] = transport
         sc = scn.load(n, ov)
         checks, figs = scn.preflight(sc)
         out.append((sc, checks, figs))
@@ -153,16 +158,24 @@ def format_protocol_table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def transports(entries: list[dict]) -> str:
+    """"NFS over TCP" / "NFS over UDP" (or both) for the entries' scenarios, for table titles."""
+    ts = sorted({(e.get("parameters") or {}).get("transport") or "?" for e in entries})
+    return "NFS over " + "+".join(t.upper() for t in ts)
+
+
 def is_aoe(e: dict) -> bool:
     return e.get("storage") == "aoe" or e["name"] in AOE_SCENARIOS
 
 
 def format_table(entries: list[dict]) -> str:
     """The swap scenarios' table, then (when the demo ran them) the file-backed one and the AoE one
-    under their titles (for AoE, "replies dropped" counts AoE responses, by tag)."""
+    under their titles (for AoE, "replies dropped" counts AoE responses, by tag); the NFS tables'
+    titles name their transport."""
     swap = [e for e in entries if not is_file(e) and not is_aoe(e)]
-    text = _table(swap) if swap else ""
-    for title, part in ((FILE_TABLE_TITLE, [e for e in entries if is_file(e)]),
+    text = (f"swap over NFS under a flood ({transports(swap)})\n" + _table(swap)) if swap else ""
+    files = [e for e in entries if is_file(e)]
+    for title, part in ((f"{FILE_TABLE_TITLE} ({transports(files)})" if files else FILE_TABLE_TITLE, files),
                         (AOE_TABLE_TITLE, [e for e in entries if is_aoe(e)])):
         if part:
             text += ("\n\n" if text else "") + title + "\n" + _table(part)

@@ -28,6 +28,8 @@ import struct
 from bisect import bisect_left
 from collections import Counter
 
+from protocols.rpc import RecordXidScanner
+
 NFS_PORT = 2049
 WINDOW = 16384  # client_agent/net/sunrpc/xprt.py XID_KEPT
 
@@ -65,16 +67,23 @@ def _pcap_frames(path: str):
 
 def nfs_replies(pcap_path: str, nas_ip: str, client_ip: str, port: int = NFS_PORT) -> list[dict]:
     """Every ONC RPC reply from nas_ip:port to client_ip: ``{ts, xid, ip_id, frags, size}``, in
-    arrival order of the datagram's last fragment. Fragments are reassembled by (src, dst, id)."""
+    arrival order of the datagram's last fragment. Fragments are reassembled by (src, dst, id).
+    Over TCP: one per segment that carries a reply record's start (``_tcp_replies``)."""
     nas, cli = bytes(map(int, nas_ip.split("."))), bytes(map(int, client_ip.split(".")))
     pending: dict[int, dict] = {}
+    flows: dict[int, RecordXidScanner] = {}
     out = []
     for ts, fr in _pcap_frames(pcap_path):
         if len(fr) < 34 or fr[12:14] != b"\x08\x00":
             continue
         ip = fr[14:]
         ihl = (ip[0] & 15) * 4
-        if ip[9] != 17 or ip[12:16] != nas or ip[16:20] != cli:
+        if ip[12:16] != nas or ip[16:20] != cli:
+            continue
+        if ip[9] == 6:
+            out += _tcp_replies(ts, ip, ihl, port, flows)
+            continue
+        if ip[9] != 17:
             continue
         total = struct.unpack_from("!H", ip, 2)[0]
         ip_id, fo = struct.unpack_from("!HH", ip, 4)
@@ -105,6 +114,33 @@ def nfs_replies(pcap_path: str, nas_ip: str, client_ip: str, port: int = NFS_POR
         if mtype == 1:
             out.append({"ts": ts, "xid": xid, "ip_id": ip_id, "frags": nfr, "size": len(dgram)})
     return out
+
+
+def _tcp_replies(ts: float, ip, ihl: int, port: int, flows: dict) -> list[dict]:
+    """The replies whose record starts this TCP segment completes (one dict each, as for UDP;
+    ``frags`` 1, ``size`` the segment's payload). Record boundaries come from walking each
+    connection's stream from its SYN-ACK (protocols.rpc.RecordXidScanner), the same walk the
+    agent's tracer makes, so the (ip_id, xid) pairs match its fate records."""
+    total = struct.unpack_from("!H", ip, 2)[0]
+    t = ip[ihl:total]
+    if len(t) < 20 or struct.unpack_from("!H", t, 0)[0] != port:
+        return []
+    cport, seq = struct.unpack_from("!HI", t, 2)
+    doff, flags = (t[12] >> 4) * 4, t[13]
+    if doff < 20 or doff > len(t):
+        return []
+    sc = flows.get(cport)
+    if flags & 0x02:                                # SYN-ACK: the stream starts
+        if sc is None or sc.isn != (seq + 1) & 0xFFFFFFFF:
+            sc = flows[cport] = RecordXidScanner()
+            sc.syn(seq)
+        return []
+    if sc is None:
+        return []
+    payload = t[doff:]
+    tag = (ts, struct.unpack_from("!H", ip, 4)[0], len(payload))
+    return [{"ts": t0, "xid": xid, "ip_id": ip_id, "frags": 1, "size": n}
+            for (t0, ip_id, n), xid, mtype in sc.segment(seq, payload, tag) if mtype == 1]
 
 
 _ZERO = {"t": float("-inf"), "rx_nobuf": 0, "nfs_sock_drops": 0, "drop_reasons": {}}

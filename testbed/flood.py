@@ -391,8 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | None = None,
+         make_flood: Callable[..., "Flood"] | None = None) -> int:
+    """``parser``/``make_flood(args, ports, on_off)``: a variant's own options and Flood subclass
+    (testbed.bench.ringflood); the control loop and the summary are this one."""
+    args = (parser or build_parser()).parse_args(argv)
     try:
         ports = parse_ports(args.ports)
         on_off = parse_on_off(args.on_off) if args.on_off else None
@@ -403,8 +406,11 @@ def main(argv: list[str] | None = None) -> int:
                 os.sched_setaffinity(0, {args.cpu})
             except OSError as e:
                 raise FloodError(f"--cpu {args.cpu}: cannot pin ({e.strerror}); this machine has CPUs {sorted(os.sched_getaffinity(0))}") from None
-        flood = Flood(args.dst, ports, args.rate_pps, args.size, args.seed, order=args.port_order,
-                      bind=args.bind, on_off=on_off, start_on=not args.start_off)
+        if make_flood is not None:
+            flood = make_flood(args, ports, on_off)
+        else:
+            flood = Flood(args.dst, ports, args.rate_pps, args.size, args.seed, order=args.port_order,
+                          bind=args.bind, on_off=on_off, start_on=not args.start_off)
     except FloodError as e:
         print(f"flood: {e}", file=sys.stderr)
         return 2

@@ -42,11 +42,23 @@ class StackRpcServer:
         self.listen()
 
     def listen(self) -> None:
+        """Listen on every port (again after a restart); a no-op while already listening."""
+        if self.listeners:
+            return
         for port in self.ports:
             ln = self.stack.tcp_socket()
             ln.bind(("0.0.0.0", port))
             ln.listen(self.backlog)
             self.listeners.append(ln)
+
+    def reset_connections(self, now: float) -> int:
+        """Abort every connection (RST), keep listening; how many were reset."""
+        n = len(self.conns)
+        for c in self.conns:
+            c.sk.abort(now)
+        self.counters["reset"] = self.counters.get("reset", 0) + n
+        self.conns = []
+        return n
 
     def restart(self, now: float) -> None:
         """The server process died: listeners closed, every connection reset (RST)."""

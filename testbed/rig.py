@@ -31,7 +31,8 @@ from testbed.rig_errors import RigError
 
 BenchError = RigError       # the name the bench sections knew it by
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout: scripts/, scenarios/
+REPO = PROJECT   # the checkout: the services' PYTHONPATH and working directory
 NFS_PORT = 2049
 EXPORT = "swap"
 AGENT_CPU = 0
@@ -71,6 +72,36 @@ def _cpus(k: int) -> list[int] | None:
     return [k] if (os.cpu_count() or 1) > 1 else None
 
 
+def _stop_group(proc: Any, grace_s: float = 5.0) -> None:
+    """SIGTERM to the process group of ``proc`` (a process the rig started: setsid made it the
+    group's leader, so the group is exactly what it started), SIGKILL to what is left after
+    ``grace_s``."""
+    import signal
+    pgid = proc.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            proc.poll()                     # reap the leader (a zombie keeps the group alive)
+            time.sleep(0.1)
+
+
+def _log_tail(path: str, n: int = 300) -> str:
+    """The last ``n`` characters of a log, on one line (the run directory goes at teardown)."""
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(f.read()[-n:].split("\n")).strip(" |") or "(empty log)"
+    except OSError as e:
+        return f"(log unreadable: {e})"
+
+
 def _mac(h: Any) -> str:
     return h.mac if isinstance(h.mac, str) else ":".join(f"{b:02x}" for b in h.mac)
 
@@ -90,10 +121,8 @@ class Rig:
     def __init__(self, topo: Any, tag: str, *, images: list[tuple[str, int | str]], nas_on_tmpfs: bool = True,
                  nas_write_latency_ms: float = 0.0, say: Callable[[str], None] = lambda _m: None,
                  export_networks: str | None = None, name: str | None = None, aoe: dict | None = None,
-                 block_targets: tuple[str, ...] = ()):
+                 nas_command: str | None = None, block_targets: tuple[str, ...] = ()):
         from netns_setup import lifecycle
-        from netns_setup.control import ControlClient
-        from netns_setup.state import control_socket_path
 
         self.topo, self.say = topo, say
         self.hosts = {h.name: h for h in topo.hosts}
@@ -106,6 +135,9 @@ class Rig:
         self.ctls: dict[str, Any] = {}
         self._tgt_ctl: str | None = None        # tgtd's management socket number (start_block_target)
         self._tgt_made_dir = False
+        self.nas_command = nas_command or None
+        self.nas_export_dir: str | None = None
+        self.block_targets = tuple(block_targets)
         self.env = {**os.environ, "PYTHONPATH": REPO}
         self.env.pop("CLIENT_AGENT_PROFILE", None)
         self.st = lifecycle.up(topo, self.name)
@@ -117,29 +149,12 @@ class Rig:
                 self.data_dir = data = tempfile.mkdtemp(prefix=f"{self.name}-nas-", dir=NAS_DATA_ROOT)
             else:
                 data = os.path.join(self.st.dir, "nasdata")
-            ctl = control_socket_path(self.st.dir, "nas")
-            self.nas_argv = [sys.executable, "-m", "nas_server.main", "--data-dir", data,
-                             "--export", f"{EXPORT}:{export_networks or self.hosts['nas'].address.network}",
-                             *[f"--create-image={EXPORT}/{img}:{mib}{'M' if isinstance(mib, int) else ''}"
-                               for img, mib in images],
-                             "--bind", self.nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
-                             "--control", ctl, "--write-latency-ms", str(nas_write_latency_ms)]
-            # the same images as block devices (nas-server --nbd / --iscsi) when a run needs them
-            for proto in block_targets:
-                if proto not in BLOCK_TARGET_ARGS:
-                    raise RigError(f"block target {proto!r} unknown; known: {', '.join(BLOCK_TARGET_ARGS)}")
-                self.nas_argv += BLOCK_TARGET_ARGS[proto]
             self.aoe = dict(aoe) if aoe else None
             self.aoe_image_path = os.path.join(data, EXPORT, aoe["image"]) if aoe else None
-            if aoe and aoe.get("target", "nas-server") == "nas-server":
-                self.nas_argv += ["--aoe-interface", self.st.host_iface("nas"),
-                                  "--aoe-disk", f"{aoe['shelf']}.{aoe['slot']}={EXPORT}/{aoe['image']}",
-                                  "--aoe-service-ms", str(aoe.get("service_ms", 0.0)),
-                                  "--aoe-bufcnt", str(aoe.get("bufcnt", 16))]
-            self._start_nas()
-            if aoe and aoe.get("target") == "vblade":
-                self.start_vblade()
-            self.ctls["nas"] = ControlClient(ctl, timeout_s=10.0)
+            if self.nas_command:
+                self._start_nas_command(data, images)
+            else:
+                self._start_nas_server(data, images, export_networks, nas_write_latency_ms, aoe)
             pairs = [(str(self.hosts[c].address.ip), _mac(self.hosts[c])) for c in self.clients]
             for h in ("nas", "noise"):
                 if h in self.hosts:
@@ -147,6 +162,72 @@ class Rig:
         except BaseException:
             self.close()
             raise
+
+    def _start_nas_server(self, data: str, images, export_networks, nas_write_latency_ms, aoe) -> None:
+        from netns_setup.control import ControlClient
+        from netns_setup.state import control_socket_path
+        ctl = control_socket_path(self.st.dir, "nas")
+        self.nas_argv = [sys.executable, "-m", "nas_server.main", "--data-dir", data,
+                         "--export", f"{EXPORT}:{export_networks or self.hosts['nas'].address.network}",
+                         *[f"--create-image={EXPORT}/{img}:{mib}{'M' if isinstance(mib, int) else ''}"
+                           for img, mib in images],
+                         "--bind", self.nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
+                         "--control", ctl, "--write-latency-ms", str(nas_write_latency_ms)]
+        # the same images as block devices (nas-server --nbd / --iscsi) when a run needs them
+        for proto in self.block_targets:
+            if proto not in BLOCK_TARGET_ARGS:
+                raise RigError(f"block target {proto!r} unknown; known: {', '.join(BLOCK_TARGET_ARGS)}")
+            self.nas_argv += BLOCK_TARGET_ARGS[proto]
+        if aoe and aoe.get("target", "nas-server") == "nas-server":
+            self.nas_argv += ["--aoe-interface", self.st.host_iface("nas"),
+                              "--aoe-disk", f"{aoe['shelf']}.{aoe['slot']}={EXPORT}/{aoe['image']}",
+                              "--aoe-service-ms", str(aoe.get("service_ms", 0.0)),
+                              "--aoe-bufcnt", str(aoe.get("bufcnt", 16))]
+        self._start_nas()
+        if aoe and aoe.get("target") == "vblade":
+            self.start_vblade()
+        self.ctls["nas"] = ControlClient(ctl, timeout_s=10.0)
+
+    def _start_nas_command(self, data: str, images, ready_timeout_s: float = 30.0) -> None:
+        """Another NAS: ``nas_command`` (sh -c) in the nas namespace with NAS_IP, NAS_DATA (the
+        export directory, holding the images as sparse files) and NAS_RUN set; ready once the
+        NAS's portmapper answers GETPORT for MOUNT v3 and NFS v3 over TCP (probed from the nas
+        namespace by the reference client). No control socket: nothing is read from it."""
+        from netns_setup.process import ProcessStartError, run_in_netns, start_process
+        from nas_server.refclient import portmap_ports
+        export = os.path.join(data, "export")
+        run = os.path.join(data, "run")
+        os.makedirs(export, exist_ok=True)
+        os.makedirs(run, exist_ok=True)
+        for img, mib in images:
+            if not isinstance(mib, int):
+                raise RigError(f"nas_command: image {img} of size {mib!r}: a NAS command takes images in whole MiB")
+            with open(os.path.join(export, img), "wb") as f:
+                f.truncate(mib << 20)
+        self.nas_export_dir = export
+        env = {**self.env, "NAS_IP": self.nas_ip, "NAS_DATA": export, "NAS_RUN": run}
+        try:   # relative paths in the command are the project's (scripts/nas-ganesha.sh)
+            self.procs["nas"] = start_process(self.st, "nas", ["sh", "-c", self.nas_command],
+                                              role="nas-command", cpus=_cpus(OTHER_CPU), env=env,
+                                              cwd=PROJECT)
+        except ProcessStartError as e:
+            raise RigError(f"nas_command did not start: {str(e).splitlines()[0]}") from None
+        deadline = time.monotonic() + ready_timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.procs["nas"].poll() is not None:
+                raise RigError(f"nas_command {self.nas_command!r} exited ({self.procs['nas'].poll()}) before "
+                               f"serving: {_log_tail(self.procs['nas'].record['log'])}")
+            try:
+                self.nas_ports = run_in_netns(self.st.host_netns("nas"), portmap_ports, self.nas_ip, "tcp", 1.0,
+                                              timeout_s=5.0)
+                self.say(f"nas_command serving: NFS port {self.nas_ports[0]}, MOUNT port {self.nas_ports[1]} (portmap)")
+                return
+            except Exception as e:  # noqa: BLE001 -- retried until the deadline
+                last = f"{type(e).__name__}: {e}"
+            time.sleep(0.5)
+        raise RigError(f"nas_command {self.nas_command!r}: portmap on {self.nas_ip} gave no MOUNT/NFS port within "
+                       f"{ready_timeout_s:.0f} s ({last}); its log: {_log_tail(self.procs['nas'].record['log'])}")
 
     def _start_nas(self) -> None:
         from netns_setup.process import ProcessStartError, start_process
@@ -174,6 +255,8 @@ class Rig:
     def restart_nas(self) -> None:
         """SIGKILL + restart on the same data directory: UNSTABLE data and the DRC are lost, the
         write verifier changes (testbed chaos)."""
+        if self.nas_command:
+            raise RigError("restart_nas: a NAS named by nas_command is not restarted by the rig")
         self.procs["nas"].send_signal(9)
         self.procs["nas"].wait(5.0)
         self._start_nas()
@@ -322,6 +405,8 @@ class Rig:
             c.close()
         p = self.procs.pop(key, None)
         if p is not None:
+            if key == "nas" and self.nas_command:
+                _stop_group(p)              # the command's whole process group (its servers)
             p.stop()
 
     def close(self) -> None:
@@ -387,7 +472,7 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
     ``pswpout`` has started and ``warmup_s`` passed. Returns MiB/s and the counters."""
     t_end = time.monotonic() + max_wait_s
     while True:
-        s = agent.call("snapshot")
+        s = agent.call("snapshot", traces=False)   # no per-xid records: 0.2 s samples
         if s["alloc"]["vmstat"].get("pswpout", 0) > 0:
             break
         if time.monotonic() > t_end:
@@ -399,7 +484,7 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
     t0 = time.monotonic()
     cpu0 = process_cpu_s(pid) if pid else None
     while True:
-        s = agent.call("snapshot")
+        s = agent.call("snapshot", traces=False)   # no per-xid records: 0.2 s samples
         t = time.monotonic() - t0
         samples.append((t, s["swap"]["acked"], s["alloc"]["vmstat"].get("pswpout", 0),
                         s["nfs"].get("rpc_retrans", 0) if s.get("nfs") else 0, s["workload"]["done"], s))
@@ -417,13 +502,15 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
             "cpu_pct": None if cpu0 is None else (cpu1 - cpu0) / (time.monotonic() - t0) * 100}
 
 
-def refclient_write(nas_ip: str, image: str, total_bytes: int, window: int, seed: int, cpu: int | None) -> dict:
-    """Inside a host with a kernel address: the reference client's FILE_SYNC 4 KiB writes."""
+def refclient_write(nas_ip: str, image: str, total_bytes: int, window: int, seed: int, cpu: int | None,
+                    transport: str = "udp") -> dict:
+    """Inside a host with a kernel address: the reference client's FILE_SYNC 4 KiB writes over a
+    kernel UDP or TCP socket (``transport``; nas-server's one-port layout: MOUNT on 2049)."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     from protocols import nfs3
     from nas_server.refclient import RefClient
-    with RefClient(nas_ip, NFS_PORT, "udp") as c:
+    with RefClient(nas_ip, NFS_PORT, transport) as c:
         root = c.mount("/" + EXPORT)
         fh, _ = c.lookup(root, image)
         r = c.write_pages(fh, total_bytes, PAGE, seed, nfs3.FILE_SYNC, window)

@@ -50,10 +50,12 @@ class RunError(Exception):
 
 # ------------------------------------------------------------------ helpers run inside namespaces
 def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s: float = 1.0,
-                  image: str | None = None, content: str = "swap") -> dict:
+                  image: str | None = None, content: str = "swap", export: str | None = None) -> dict:
     """Read back every acked slot over kernel sockets and compare with page_bytes(), or for a file
-    consumer (``content`` "file", image file.img) with file_page_bytes(seed, index, generation)."""
-    from nas_server.refclient import RefClient
+    consumer (``content`` "file", image file.img) with file_page_bytes(seed, index, generation).
+    ``export``: another NAS's export path -- then over TCP, NFS and MOUNT ports from its portmapper
+    (nas-server: UDP, MOUNT on the NFS port, export "swap")."""
+    from nas_server.refclient import RefClient, portmap_ports
     try:
         if content == "file":
             from client_agent.mm.filemap import file_page_bytes as page_bytes
@@ -63,8 +65,13 @@ def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s
         return {"verified": None, "mismatched": [], "read_errors": [],
                 "note": f"no page content function for {content!r}: slots read back but not compared"}
     image = image or IMAGE
-    with RefClient(nas_ip, NFS_PORT, "udp", timeout_s=timeout_s) as rc:
-        root = rc.mount("/" + EXPORT)
+    if export is None:
+        rc = RefClient(nas_ip, NFS_PORT, "udp", timeout_s=timeout_s)
+    else:
+        nfs_port, mount_port = portmap_ports(nas_ip, "tcp", timeout_s)
+        rc = RefClient(nas_ip, nfs_port, "tcp", timeout_s=timeout_s, mount_port=mount_port)
+    with rc:
+        root = rc.mount(export or "/" + EXPORT)
         fh, _ = rc.lookup(root, image)
         return _compare_slots(acked, lambda off, n: rc.read(fh, off, n), seed, page_size, page_bytes)
 
@@ -311,7 +318,10 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                   export_networks=export_networks or "198.18.0.0/24", say=say,
                   block_targets=(storage,) if storage in BLOCK_STORAGES and third_party is None else (),
                   aoe={"image": AOE_IMAGE, "shelf": sc.aoe_shelf, "slot": sc.aoe_slot, "target": sc.aoe_target,
-                       "service_ms": sc.aoe_service_ms, "bufcnt": sc.aoe_bufcnt} if aoe else None)
+                       "service_ms": sc.aoe_service_ms, "bufcnt": sc.aoe_bufcnt} if aoe else None,
+                  nas_command=getattr(sc, "nas_command", "") or None)
+        other_nas = rig.nas_command is not None
+        nas_export = (getattr(sc, "nas_export", "") or rig.nas_export_dir) if other_nas else None
         st = rig.st
         say(f"topology {name} up (run dir {st.dir}); scenario {sc.name}, expect {sc.expect}, seed {sc.seed}")
         ctl = {"nas": rig.control_path("nas"), "agent": rig.control_path("agent-client"),
@@ -327,10 +337,12 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             extra=["--watermark-scale-factor", str(sc.watermark_scale_factor)]
                   + (["--fault", sc.client_faults] if sc.client_faults else []))
         agent.sinks(ports, sc.noise_reader, sc.noise_rcvbuf_bytes)
-        device = {"kind": "nfs", "server": nas_ip, "port": NFS_PORT, "export": EXPORT,
+        # nas-server: its one-port layout (no portmap); another NAS: both ports from its portmapper
+        device = {"kind": "nfs", "server": nas_ip, "port": None if other_nas else NFS_PORT,
+                  "export": nas_export or EXPORT,
                   "image": FILE_IMAGE if file_consumer else IMAGE, "slots": sc.slots, "wsize": sc.wsize,
                   "timeo_s": sc.timeo_s, "timeo_max_s": sc.timeo_max_s, "retrans": sc.retrans,
-                  "stable": sc.stable, "proto": sc.transport, "mount_port": NFS_PORT}
+                  "stable": sc.stable, "proto": sc.transport, "mount_port": None if other_nas else NFS_PORT}
         if storage in BLOCK_STORAGES:
             from testbed.nas_block import block_device_spec
             device = block_device_spec(storage, nas_ip, EXPORT, IMAGE, queue_depth=sc.slots)
@@ -422,8 +434,9 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         # -- read every acked slot back over kernel sockets. The run is over: the NAS's stated service
         # time per call (nas_write_latency_ms) would only make ~1300 sequential READs take 20 s
         try:
-            with ControlClient(ctl["nas"]) as nc:
-                nc.call("set", key="write_latency_ms", value=0)
+            if not other_nas:
+                with ControlClient(ctl["nas"]) as nc:
+                    nc.call("set", key="write_latency_ms", value=0)
         except ControlError:
             pass
         t_ver = time.monotonic()
@@ -438,7 +451,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             ver = run_in_netns(reader_ns, _verify_slots, nas_ip, acked,
                                swap_map.get("seed", sc.seed), swap_map.get("page_size", 4096),
                                timeout_s=max(60.0, len(acked) / 200), image=FILE_IMAGE if file_consumer else IMAGE,
-                               content="file" if file_consumer else "swap")
+                               content="file" if file_consumer else "swap", export=nas_export)
         elif nfs_swap_map is not None:
             nacked = nfs_swap_map.get("acked", {})
             nver = run_in_netns(reader_ns, _verify_slots, nas_ip,
@@ -446,12 +459,16 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                                 timeout_s=60.0, image=IMAGE)
             entry_extra["nfs_swap"] = {"pages_written": len(nacked), "pages_verified": nver.get("verified"),
                                        "verification": nver}
-        with ControlClient(ctl["nas"]) as nc:
-            entry_extra["nas"] = nc.call("snapshot")
-            try:
-                nc.call("shutdown")
-            except ControlError:
-                pass
+        if other_nas:
+            entry_extra["nas"] = {"command": rig.nas_command, "export": nas_export,
+                                  "ports_from_portmap": {"nfs": rig.nas_ports[0], "mount": rig.nas_ports[1]}}
+        else:
+            with ControlClient(ctl["nas"]) as nc:
+                entry_extra["nas"] = nc.call("snapshot")
+                try:
+                    nc.call("shutdown")
+                except ControlError:
+                    pass
         rig.stop("nas")
         if aoe:
             # the AoE target is down (nas-server or vblade): read its image file, not the protocol

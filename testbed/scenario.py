@@ -72,11 +72,27 @@ DEFAULT_SWAP_RATE_PPS = 2000
 #   page) until rpciod reads it.
 RPC_BUFFER_PAGES = 1
 TX_FRAME_PAGES = 1
-# Block protocols over the agent's TCP (client_agent/net/ipv4/tcp.py, drivers/tcp_block.py): a
-# request's bytes sit in TCP's retransmit queue, one page per segment (the project's transmit
-# model), until ACKed; its reply is one receive segment (one page) until the driver's receive
-# task reads it. MSS at MTU 1500 with timestamps: 1500 - 20 - 20 - 12.
-TCP_MSS = 1448
+# Over TCP (client_agent/net/ipv4/tcp.py, net/sunrpc/xprtsock.py XsTcp) a call holds more: its
+# record (4-byte record mark + the RPC call, AUTH_SYS) is copied by tcp_sendmsg into write-queue
+# buffers of one MSS each (one page each, allocated at sk_allocation -- from the reserve for a
+# swapper, whose transmit runs under PF_MEMALLOC), which move to the retransmit queue when sent
+# and are freed only when the NAS ACKs them; the reply (one segment) waits in the receive queue
+# -- or, after a loss, in the out-of-order queue -- until read. ACKs, window probes and FIN are
+# built at sk_gfp_mask(GFP_ATOMIC) (the reserve for a SOCK_MEMALLOC socket) and freed when the
+# device took them: with data segments they are the one transmit frame at a time; the NAS's pure
+# ACKs are received into one page each and consumed at once: one receive frame at a time.
+# Sizes of the worst case: the largest NFSv3 file handle (NFS3_FHSIZE 64) and an MSS of
+# MTU - IPv4 20 - TCP 20 - timestamps option 12 (every Linux peer offers timestamps).
+NFS3_FHSIZE = 64
+TCP_HLEN = 20
+TCPOLEN_TSTAMP_ALIGNED = 12
+IPV4_HLEN = 20
+RPC_RECORD_MARK = 4
+RX_FRAME_PAGES = 1
+# Block protocols over the agent's TCP (drivers/tcp_block.py): a request's bytes sit in TCP's
+# write/retransmit queue, one page per segment, until ACKed; its reply is one receive segment (one
+# page) until the driver's receive task reads it.
+TCP_MSS = MTU - IPV4_HLEN - TCP_HLEN - TCPOLEN_TSTAMP_ALIGNED
 # NBD (proto.md): a request header is 28 bytes (+ the WRITE's data); a simple reply 16 bytes.
 NBD_REQUEST_HEADER_BYTES = 28
 NBD_SIMPLE_REPLY_BYTES = 16
@@ -117,7 +133,7 @@ class Scenario:
     workload_rate_pps: int = 0
     stall_threshold_s: float = 6.0
     max_duration_s: float = 60.0
-    transport: str = "udp"
+    transport: str = "tcp"
     consumer: str = "swap"
     policy: str = "linux"
     dirty_ratio: int = 20
@@ -137,6 +153,13 @@ class Scenario:
     # Seeded packet faults on both directions of the client's NIC on real packets (client-agent
     # --fault; netem is not in this kernel), e.g. "loss=0.05,dup=0.01,seed=7". Empty: none.
     client_faults: str = ""
+    # A NAS that is not nas-server (docs/tcp.md "Another NAS"): a shell command the runner starts
+    # in the nas namespace with NAS_IP, NAS_DATA (the export directory, image files created in it)
+    # and NAS_RUN (scratch) set; it must serve NFSv3 over TCP with MOUNT and NFS registered with
+    # portmap on NAS_IP (e.g. scripts/nas-ganesha.sh). Empty: nas-server. ``nas_export``: the path
+    # the client mounts (empty: NAS_DATA for a command NAS, "swap" for nas-server).
+    nas_command: str = ""
+    nas_export: str = ""
     # Runner's own: the agent's receive capacity (frames/s), see `testbed bench`; NAPI budget.
     agent_capacity_pps: int = DEFAULT_AGENT_CAPACITY_PPS
     budget: int = 64
@@ -235,6 +258,15 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
         ok = [t for t, st in TARGETS.items() if sc.storage in st]
         raise ScenarioError(f"{src}: target: {sc.target!r} does not serve storage={sc.storage}; "
                             f"pick one of {', '.join(ok)}")
+    if sc.nas_command and sc.transport != "tcp":
+        raise ScenarioError(f"{src}: nas_command: another NAS is reached over TCP with its ports from "
+                            f"portmap; set transport = \"tcp\" (got {sc.transport!r})")
+    if sc.nas_command and sc.storage != "nfs":
+        raise ScenarioError(f"{src}: nas_command: another NAS serves NFS; storage = {sc.storage!r} "
+                            f"needs nas-server's target -- remove nas_command or set storage = \"nfs\"")
+    if sc.nas_export and not sc.nas_command:
+        raise ScenarioError(f"{src}: nas_export: {sc.nas_export!r} is for a NAS named by nas_command; "
+                            f"nas-server exports \"swap\" -- remove nas_export or set nas_command")
     if sc.storage == "aoe" and sc.consumer != "swap":
         raise ScenarioError(f"{src}: storage: aoe with consumer={sc.consumer}; the AoE device is a swap "
                             f"device: write consumer = \"swap\"")
@@ -352,18 +384,40 @@ def figures(sc: Scenario) -> dict:
     reply_pages = max(1, math.ceil(WRITE_REPLY_FRAME_BYTES / SKB_PAGE))
     reply_frags = max(1, math.ceil((WRITE_REPLY_FRAME_BYTES - ETH_HLEN - 20) / (MTU - 20)))
     reasm_pages = sc.slots * reply_frags if reply_frags > 1 else 0
-    if sc.storage == "nbd":
-        request_bytes, reply_bytes, r2t = NBD_REQUEST_HEADER_BYTES + PAGE_SIZE, NBD_SIMPLE_REPLY_BYTES, 0
-    else:
-        request_bytes, reply_bytes, r2t = ISCSI_BHS_BYTES + PAGE_SIZE, ISCSI_BHS_BYTES, 0
-    request_tx_pages = math.ceil(request_bytes / TCP_MSS)
-    request_rx_pages = 1 + r2t
-    return {"min": wmin, "low": low, "high": high, "atomic_floor": atomic_floor,
-            "flood_truesize": truesize, "flood_pages_per_frame": pages_per_frame,
-            "datagrams_per_noise_socket": per_socket, "noise_pages": noise_pages,
-            "reply_pages": reply_pages, "reassembly_pages": reasm_pages,
-            "request_bytes": request_bytes, "request_tx_pages": request_tx_pages,
-            "reply_bytes": reply_bytes, "r2t_pages": r2t, "request_rx_pages": request_rx_pages}
+    out = {"min": wmin, "low": low, "high": high, "atomic_floor": atomic_floor,
+           "flood_truesize": truesize, "flood_pages_per_frame": pages_per_frame,
+           "datagrams_per_noise_socket": per_socket, "noise_pages": noise_pages,
+           "reply_pages": reply_pages, "reassembly_pages": reasm_pages}
+    if sc.storage in BLOCK_STORAGES:
+        if sc.storage == "nbd":
+            request_bytes, reply_bytes = NBD_REQUEST_HEADER_BYTES + PAGE_SIZE, NBD_SIMPLE_REPLY_BYTES
+        else:
+            request_bytes, reply_bytes = ISCSI_BHS_BYTES + PAGE_SIZE, ISCSI_BHS_BYTES
+        out.update(request_bytes=request_bytes, request_tx_pages=math.ceil(request_bytes / TCP_MSS),
+                   reply_bytes=reply_bytes, r2t_pages=0, request_rx_pages=1)
+    elif sc.transport == "tcp":
+        out.update(tcp_figures(sc))
+    return out
+
+
+def tcp_figures(sc: Scenario) -> dict:
+    """What one NFS WRITE holds over TCP: its record's size (encoded by the agent's own codec with
+    AUTH_SYS and the largest file handle), the MSS, the write/retransmit-queue buffers the record
+    takes until ACKed (one page each), and the reply segment's frame and pages."""
+    from client_agent.net.core.skbuff import PAGE_SIZE as SKB_PAGE
+    from protocols import nfs3, rpc
+
+    cred = rpc.auth_sys_cred(machinename=b"client-agent")
+    call = nfs3.encode_write_call(0, b"\0" * NFS3_FHSIZE, 0, b"\0" * sc.wsize, nfs3.FILE_SYNC, cred)
+    record = RPC_RECORD_MARK + len(call)
+    mss = MTU - IPV4_HLEN - TCP_HLEN - TCPOLEN_TSTAMP_ALIGNED
+    segs = math.ceil(record / mss)
+    skb_pages = max(1, math.ceil(mss / SKB_PAGE))
+    reply_frame = (WRITE_REPLY_FRAME_BYTES - UDP_IP_HLEN + IPV4_HLEN + TCP_HLEN
+                   + TCPOLEN_TSTAMP_ALIGNED + RPC_RECORD_MARK)
+    return {"tcp_mss": mss, "write_record_bytes": record, "request_segments": segs,
+            "request_skb_pages": segs * skb_pages, "tcp_reply_frame_bytes": reply_frame,
+            "reply_pages": max(1, math.ceil(reply_frame / SKB_PAGE)), "reassembly_pages": 0}
 
 
 def _fill(noise_target: int, sc: Scenario) -> tuple[float, float]:
@@ -428,35 +482,54 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
     # the transport's receive buffers (SOCK_MEMALLOC), transmit fragments under PF_MEMALLOC. Worst
     # case at one instant: every slot holds its buffer and its reply waits on the socket, plus the
     # one transmit frame being built (and reassembly queues if a reply were fragmented).
-    if sc.storage in ("nfs", "aoe"):
+    # Over TCP each call also holds its record's write/retransmit-queue buffers until the NAS ACKs
+    # them (request_skb_pages), the reply may wait in the out-of-order queue instead of the receive
+    # queue (same page), and one received pure ACK is in hand at a time (rx_frame_pages); the
+    # ACKs the agent sends are the transmit frame (tx_frame_pages), from the reserve for a
+    # SOCK_MEMALLOC socket (sk_gfp_mask).
+    name = "reserve_covers_slot_table"
+    if sc.storage in BLOCK_STORAGES:
+        # NBD / iSCSI: every request in flight (``slots`` = the queue depth) holds its segments
+        # in TCP's write/retransmit queue until ACKed and one receive page for its reply (NBD:
+        # reply header; iSCSI: SCSI Response, + an R2T with InitialR2T=Yes); plus the ACK being
+        # sent and one received pure ACK, as for NFS over TCP.
+        need = (sc.slots * (f["request_tx_pages"] + f["request_rx_pages"]) + TX_FRAME_PAGES
+                + RX_FRAME_PAGES)
+        name = "reserve_covers_queue_depth"
+        formula = ("slots * (ceil(request_bytes / tcp_mss) + reply_pages + r2t_pages) + tx_frame_pages "
+                   "+ rx_frame_pages")
+        vals = {"atomic_floor": f["atomic_floor"], "slots": sc.slots, "storage": sc.storage,
+                "request_bytes": f["request_bytes"], "tcp_mss": TCP_MSS,
+                "request_tx_pages": f["request_tx_pages"], "reply_bytes": f["reply_bytes"],
+                "reply_pages": 1, "r2t_pages": f["r2t_pages"], "tx_frame_pages": TX_FRAME_PAGES,
+                "rx_frame_pages": RX_FRAME_PAGES, "needed": need}
+    elif sc.transport == "tcp":
+        need = (sc.slots * (RPC_BUFFER_PAGES + f["request_skb_pages"] + f["reply_pages"])
+                + TX_FRAME_PAGES + RX_FRAME_PAGES)
+        formula = ("slots * (rpc_buffer_pages + request_skb_pages + reply_pages) + tx_frame_pages "
+                   "+ rx_frame_pages, request_skb_pages = ceil(write_record_bytes / tcp_mss)")
+        vals = {"atomic_floor": f["atomic_floor"], "slots": sc.slots, "transport": "tcp",
+                "rpc_buffer_pages": RPC_BUFFER_PAGES, "write_record_bytes": f["write_record_bytes"],
+                "tcp_mss": f["tcp_mss"], "request_skb_pages": f["request_skb_pages"],
+                "reply_pages": f["reply_pages"], "tx_frame_pages": TX_FRAME_PAGES,
+                "rx_frame_pages": RX_FRAME_PAGES, "needed": need}
+    else:
         need = (sc.slots * (RPC_BUFFER_PAGES + f["reply_pages"]) + TX_FRAME_PAGES
                 + f["reassembly_pages"])
-        name = "reserve_covers_slot_table"
         formula = "slots * (rpc_buffer_pages + reply_pages) + tx_frame_pages + reassembly_pages"
         vals = {"atomic_floor": f["atomic_floor"], "slots": sc.slots,
                 "rpc_buffer_pages": RPC_BUFFER_PAGES, "reply_pages": f["reply_pages"],
                 "tx_frame_pages": TX_FRAME_PAGES, "reassembly_pages": f["reassembly_pages"],
                 "needed": need}
-    else:
-        # NBD / iSCSI: every request in flight (``slots`` = the queue depth) holds its segments
-        # in TCP's retransmit queue until ACKed and one receive page for its reply (NBD: reply
-        # header; iSCSI: SCSI Response, + an R2T with InitialR2T=Yes); plus the ACK being sent.
-        need = sc.slots * (f["request_tx_pages"] + f["request_rx_pages"]) + TX_FRAME_PAGES
-        name = "reserve_covers_queue_depth"
-        formula = ("slots * (ceil(request_bytes / mss) + reply_pages + r2t_pages) + tx_frame_pages")
-        vals = {"atomic_floor": f["atomic_floor"], "slots": sc.slots, "storage": sc.storage,
-                "request_bytes": f["request_bytes"], "mss": TCP_MSS,
-                "request_tx_pages": f["request_tx_pages"], "reply_bytes": f["reply_bytes"],
-                "reply_pages": 1, "r2t_pages": f["r2t_pages"], "tx_frame_pages": TX_FRAME_PAGES,
-                "needed": need}
+    f["reserve_needed_pages"] = need
     reserve_ok = f["atomic_floor"] >= need
     if sc.memalloc and sc.pfmemalloc_demux_drop and sc.storage != "aoe":
         checks.append(Check(name, f"atomic_floor >= {formula}", vals, reserve_ok,
                             applies="recovered,completed"))
         # A necessary condition only: below it a deadlock is possible, not certain (buffers are
         # recycled page for page as calls complete; the sim recovers at floor 12, deadlocks at 6).
-        checks.append(Check("reserve_undersized", f"atomic_floor < {formula}", dict(vals),
-                            not reserve_ok, applies="deadlock"))
+        checks.append(Check("reserve_undersized", f"atomic_floor < {formula}",
+                            dict(vals), not reserve_ok, applies="deadlock"))
     if sc.storage == "aoe":
         # AoE has no socket: with Linux's driver a reserve-backed 0x88A2 frame is dropped at
         # skb_pfmemalloc_protocol whenever a memalloc socket exists (here: the NFS swap beside

@@ -91,7 +91,7 @@ DEFAULTS = {
     "stall_threshold_s": 6.0, "max_duration_s": 60.0,
     # the NFS client's transport: udp (nas-server's one-port layout) or tcp (the NAS serves RPC
     # over its own copy of the agent's TCP, testbed/nas_tcp.py; ports from its portmapper)
-    "transport": "udp",
+    "transport": "tcp",
     # the storage protocol: nfs (over ``transport``), nbd or iscsi (the NAS serves nas-server's
     # NBD / iSCSI target cores over its own copy of the agent's TCP, testbed/nas_block.py), or
     # aoe (below)
@@ -116,6 +116,9 @@ DEFAULTS = {
     # ``nas_down_s``); the flood alternating ``flood_on_off`` = (on_s, off_s).
     "fault_tx": None, "fault_rx": None, "nas_restart_at_s": (), "nas_down_s": 0.5,
     "flood_on_off": None,
+    # Over TCP: the NAS resets every connection (RST, its listeners stay) at these virtual times
+    # -- a middlebox or a NAS-side abort; the client reconnects (xs_connect's backoff).
+    "nas_rst_at_s": (),
     # Hostile traffic (testbed.hostile): events (t, kind, frame) put on the wire -- toward the NAS
     # for the *_outside kinds, toward the agent otherwise; the export restricted to these networks
     # (None: open to all); the agent's net.ipv4.ipfrag_time.
@@ -427,7 +430,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         if nas_tcp is not None:
             # the process dies: its connections reset, no listener while it is down
             nas_tcp.restart(now)
-            loop.call_at(nas_state["down_until"], nas_tcp.listen)
+            # back at the end of the LAST restart's down time (restarts may overlap)
+            loop.call_at(nas_state["down_until"],
+                         lambda: nas_tcp.listen() if loop.time() >= nas_state["down_until"] else None)
             nas_arm()
         if nas_blk is not None:
             nas_blk.restart(now)
@@ -439,6 +444,13 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         loop.call_at(t, lambda e=end, f=frame: e.transmit(f, loop.time()))
     for i, t in enumerate(p["nas_restart_at_s"] or ()):
         loop.call_at(t, nas_restart, i)
+
+    def nas_rst():
+        if nas_tcp is not None:
+            nas_state["rsts"] = nas_state.get("rsts", 0) + nas_tcp.reset_connections(loop.time())
+            nas_arm()
+    for t in p["nas_rst_at_s"] or ():
+        loop.call_at(t, nas_rst)
     if p["swapoff_at_s"] is not None:
         loop.call_at(p["swapoff_at_s"], swap.swapoff)
 
@@ -594,7 +606,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     result["faults"] = {
         "tx": dict(faulty_dev.counters) if p["fault_tx"] else None,
         "rx": dict(nas_dev.counters) if p["fault_rx"] else None,
-        "nas_restarts": nas_state["restarts"], "nas_dropped_while_down": nas_state["dropped_down"],
+        "nas_restarts": nas_state["restarts"], "nas_rsts": nas_state.get("rsts", 0), "nas_dropped_while_down": nas_state["dropped_down"],
         "flood_toggles": flood_state["toggles"],
     }
     ip = stack.snmp["Ip"]

@@ -1,6 +1,7 @@
-"""Linux-style views of an agent snapshot: nstat, /proc/vmstat, /proc/zoneinfo, ss -m -u -a, the
-swap device's storage protocol counters (iscsiadm -s, nbdinfo, mountstats), and the aoe driver's
-sysfs attributes and debugfs file for every AoE swap area.
+"""Linux-style views of an agent snapshot: nstat, /proc/vmstat, /proc/zoneinfo, ss -m -u -a,
+ss -t -i -m (``sst``: TCP sockets with skmem and tcp_info), the swap device's storage protocol
+counters (iscsiadm -s, nbdinfo, mountstats), and the aoe driver's sysfs attributes and debugfs
+file for every AoE swap area.
 
 Invariant owned here: every view prints the snapshot's own values, named and laid out as the Linux
 tool prints them, so a kernel engineer can read it (and a parser written for the real tool parses
@@ -12,10 +13,12 @@ Pure: snapshot dict in, text out.
 
 from __future__ import annotations
 
-VIEWS = ("nstat", "vmstat", "zoneinfo", "ss", "storage", "aoe")
+VIEWS = ("nstat", "vmstat", "zoneinfo", "ss", "sst", "storage", "aoe")
 
 # nstat prints "<name padded to 32><value padded to 20><rate %6.1f>" (iproute2 misc/nstat.c).
-_NSTAT_TABLES = ("Ip", "Icmp", "Udp", "TcpExt")
+# /proc/net/snmp's tables in its order (Ip, Icmp, Tcp, Udp), then /proc/net/netstat's TcpExt:
+# nstat prefixes each counter with its table's name (TcpActiveOpens, TcpExtPFMemallocDrop).
+_NSTAT_TABLES = ("Ip", "Icmp", "Tcp", "Udp", "TcpExt")
 # The testbed's own NIC counters, as nstat-style names (ethtool would call them rx_nobuf & co).
 _TESTBED_COUNTERS = (("TestbedRxNobuf", "rx_nobuf"), ("TestbedRxPfmemalloc", "rx_pfmemalloc"),
                      ("TestbedTxNobuf", "tx_nobuf"), ("TestbedRxPackets", "rx_packets"))
@@ -89,6 +92,17 @@ def _addr(local) -> tuple[str, str]:
     return "0.0.0.0", "*"
 
 
+def _ss_table(rows: list[tuple[str, ...]], below: list[str]) -> str:
+    """ss's column layout: the header row, then each socket's row and its indented line(s)."""
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    out = []
+    for i, r in enumerate(rows):
+        out.append(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:<{w[4]}}".rstrip())
+        if i:
+            out.append(below[i - 1])
+    return "\n".join(out) + "\n"
+
+
 def ss(snap: dict) -> str:
     """`ss -m -u -a`: one line per UDP socket and its ``skmem:(...)`` line.
 
@@ -102,19 +116,72 @@ def ss(snap: dict) -> str:
     rows = [("State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port")]
     sk = []
     for s in st.get("sockets", []):
+        if "skmem" in s:                    # a TCP socket: the sst view (ss -t) shows it
+            continue
         ip, port = _addr(s.get("local"))
         peer = server if nfs_local is not None and list(s.get("local") or []) == list(nfs_local) and server else "0.0.0.0:*"
         state = "ESTAB" if peer != "0.0.0.0:*" else "UNCONN"
         rows.append((state, str(int(s.get("rmem_alloc", 0))), "0", f"{ip}:{port}", peer))
         sk.append(f"\t skmem:(r{int(s.get('rmem_alloc', 0))},rb{int(s.get('rcvbuf', 0))},t0,tb{int(s.get('sndbuf', 212992))},"
                   f"f0,w0,o0,bl0,d{int(s.get('drops', 0))})" + (" sock_memalloc" if s.get("memalloc") else ""))
-    w = [max(len(r[i]) for r in rows) for i in range(5)]
-    out = []
-    for i, r in enumerate(rows):
-        out.append(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:<{w[4]}}".rstrip())
-        if i:
-            out.append(sk[i - 1])
-    return "\n".join(out) + "\n"
+    return _ss_table(rows, sk)
+
+
+def _tcp_info(s: dict) -> str:
+    """ss -i's tcp_info line (iproute2 tcp_show_info's tokens, those the agent has)."""
+    parts = [s.get("cong", "reno")]
+    if s.get("ts"):
+        parts.append("ts")
+    if s.get("sack"):
+        parts.append("sack")
+    if s.get("wscale"):
+        parts.append(f"wscale:{s['wscale'][0]},{s['wscale'][1]}")
+    parts.append(f"rto:{s.get('rto_ms', 0)}")
+    if s.get("backoff"):
+        parts.append(f"backoff:{s['backoff']}")
+    if s.get("rtt_ms"):
+        parts.append(f"rtt:{s['rtt_ms']:g}/{s.get('rttvar_ms', 0):g}")
+    parts += [f"mss:{s.get('mss', 0)}", f"rcvmss:{s.get('rcvmss', 0)}", f"advmss:{s.get('advmss', 0)}",
+              f"cwnd:{s.get('cwnd', 0)}"]
+    if s.get("ssthresh") is not None:
+        parts.append(f"ssthresh:{s['ssthresh']}")
+    for k in ("segs_out", "segs_in", "data_segs_out", "data_segs_in"):
+        if k in s:
+            parts.append(f"{k}:{s[k]}")
+    if s.get("unacked"):
+        parts.append(f"unacked:{s['unacked']}")
+    if s.get("retrans") and s["retrans"] != "0/0":
+        parts.append(f"retrans:{s['retrans']}")
+    if s.get("lost"):
+        parts.append(f"lost:{s['lost']}")
+    if s.get("sacked"):
+        parts.append(f"sacked:{s['sacked']}")
+    parts.append(f"rcv_space:{s.get('rcv_wnd', 0)}")
+    parts.append(f"snd_wnd:{s.get('snd_wnd', 0)}")
+    return " ".join(parts)
+
+
+def sst(snap: dict) -> str:
+    """`ss -t -i -m -a`: one line per TCP socket (state as ss names it, Recv-Q/Send-Q -- for a
+    listener the accept queue and its backlog), its ``skmem:(r,rb,t,tb,f,w,o,bl,d)`` (r =
+    rmem_alloc, rb = rcvbuf, tb = sndbuf, w = wmem_queued, bl = backlog, d = drops; t, f, o are 0:
+    the agent has no separate transmit-in-flight, forward-alloc or option memory) with
+    ``sock_memalloc`` after a SOCK_MEMALLOC socket's, and the tcp_info line."""
+    rows = [("State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port")]
+    extra = []
+    for s in snap.get("stack", {}).get("sockets", []):
+        if "skmem" not in s:
+            continue
+        ip, port = _addr(s.get("local"))
+        peer = s.get("peer")
+        pip, pport = _addr(peer) if peer else ("0.0.0.0", "*")
+        rows.append((s.get("state", "?"), str(int(s.get("recv_q", 0))), str(int(s.get("send_q", 0))),
+                     f"{ip}:{port}", f"{pip}:{pport}"))
+        m = s["skmem"]
+        sk = ("\t skmem:(" + ",".join(f"{k}{int(m.get(k, 0))}" for k in ("r", "rb", "t", "tb", "f", "w", "o", "bl", "d"))
+              + ")" + (" sock_memalloc" if s.get("memalloc") else ""))
+        extra.append(sk + ("\n\t " + _tcp_info(s) if s.get("state") not in ("LISTEN", "CLOSE") else ""))
+    return _ss_table(rows, extra)
 
 
 # iscsiadm -m session -s prints struct iscsi_stats in this order (libiscsi's iscsi_conn_get_stats)
@@ -190,4 +257,4 @@ def aoe(snap: dict) -> str:
 def render(view: str, snap: dict, prev: dict | None = None, dt_s: float | None = None) -> str:
     if view == "nstat":
         return nstat(snap, prev, dt_s)
-    return {"vmstat": vmstat, "zoneinfo": zoneinfo, "ss": ss, "storage": storage, "aoe": aoe}[view](snap)
+    return {"vmstat": vmstat, "zoneinfo": zoneinfo, "ss": ss, "sst": sst, "storage": storage, "aoe": aoe}[view](snap)

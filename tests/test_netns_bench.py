@@ -39,11 +39,15 @@ def test_bench_quick_rx_end_to_end(tmp_path, capsys):
         assert bare_rx["value"] > 0 and bare_rx["baseline"] > 0 and bare_rx["ratio"] > 0
         assert isinstance(bare_cpu["value"], float) and bare_cpu["value"] > 0
         assert figs[f"{tag}.bare.tp_drops"]["value"] >= 0
+        ring_cpu = figs[f"{tag}.bare_ring.cpu_us_per_frame"]     # the second bare baseline: the TPACKET_V3 ring
+        assert isinstance(ring_cpu["value"], float) and ring_cpu["value"] > 0
+        assert ring_cpu["baseline"] == bare_cpu["value"]
         agent_cpu = figs[f"{tag}.agent.cpu_us_per_frame"]
-        assert agent_cpu["target"] == "ratio <= 1.4"
+        assert agent_cpu["target"] == "ratio <= 1.2"
         if agent_cpu["value"] is None:                    # client-agent not available: said so
             assert agent_cpu["met"] is None and "client-agent" in agent_cpu["notes"]
         else:
-            assert agent_cpu["value"] > 0 and agent_cpu["baseline"] == bare_cpu["value"]
+            # against the cheaper bare loop of the same run
+            assert agent_cpu["value"] > 0 and agent_cpu["baseline"] in (bare_cpu["value"], ring_cpu["value"])
             assert agent_cpu["ratio"] > 0 and isinstance(agent_cpu["met"], bool)
             assert figs[f"{tag}.agent.rx_pps"]["value"] > 0

@@ -26,7 +26,8 @@ from testbed.cli import main
 
 EXPECTED = {
     "writeback": ["mtu1500.refclient_mib_per_s", "mtu1500.agent_mib_per_s",
-                  "mtu9000.refclient_mib_per_s", "mtu9000.agent_mib_per_s"],
+                  "mtu9000.refclient_mib_per_s", "mtu9000.agent_mib_per_s",
+                  "tcp.mtu1500.refclient_mib_per_s", "tcp.mtu1500.agent_mib_per_s"],
     "recovery": ["quiet.writeback_mib_per_s", "flood.writeback_mib_per_s", "flood.reserve_to_high_s"],
     "memory": ["start.rss_mib", "after_flood.rss_mib", "after_flood.rss_over_pool_mib", "scapy_imported"],
     "scale": ["hosts2.up_s", "hosts2.down_s", "hosts16.up_s", "hosts16.down_s", "hosts64.up_s", "hosts64.down_s",
@@ -52,9 +53,9 @@ def test_bench_quick_section_json_is_complete(section, tmp_path, capsys):
         assert f["met"] in (True, False, None)
         assert f"{section}.{f['name']}" in table
     if section == "writeback":
-        for mtu in (1500, 9000):
-            a = figs[f"mtu{mtu}.agent_mib_per_s"]
-            assert a["value"] > 0 and a["baseline"] == figs[f"mtu{mtu}.refclient_mib_per_s"]["value"] > 0
+        for tag in ("mtu1500", "mtu9000", "tcp.mtu1500"):       # NFS over UDP at both MTUs, over TCP
+            a = figs[f"{tag}.agent_mib_per_s"]
+            assert a["value"] > 0 and a["baseline"] == figs[f"{tag}.refclient_mib_per_s"]["value"] > 0
             assert a["target"] == "ratio >= 0.9" and isinstance(a["met"], bool)
     if section == "recovery":
         f = figs["flood.writeback_mib_per_s"]

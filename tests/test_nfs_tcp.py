@@ -146,3 +146,49 @@ def test_every_page_verifies_under_loss_duplication_reordering():
     assert st.snmp["Tcp"]["RetransSegs"] > 0
     assert t.counters["rpc_retrans"] == 0                # TCP recovered every lost segment
     t.close()
+
+
+def _mount_error(t, sched, loop, limit_s):
+    res = {}
+
+    def mounter():
+        try:
+            yield from t.mount("swap")
+            res["ok"] = True
+        except Exception as e:  # noqa: BLE001 -- the test reads the error
+            res["err"] = e
+    task = sched.spawn("mount", mounter())
+    assert loop.run_until(lambda: task.state == "done", limit_s), "GETPORT still retrying"
+    return res, loop.time()
+
+
+def test_getport_to_a_host_without_portmapper_fails_with_a_clear_error():
+    # rpcbind's client is a soft task (RPC_TASK_SOFT | RPC_TASK_SOFTCONN): a refused connect ends
+    # the call at once with an error naming the server and what to do, instead of retrying forever
+    from client_agent.fs.nfs.nfs3proc import NfsError
+    loop, alloc, sched, st, t, img, box, logs = _setup()
+    box["server"].restart(loop.time())                   # nothing listens: every SYN gets RST
+    res, t_end = _mount_error(t, sched, loop, 30.0)
+    e = res.get("err")
+    assert isinstance(e, NfsError), res
+    msg = str(e)
+    assert msg.startswith("PMAP GETPORT to 198.18.0.1:111 failed: ECONNREFUSED") and "rpcbind" in msg
+    assert "\n" not in msg and t_end < 1.0                # the first refused connect decides
+    assert t.mount_port is None and t.xprt is None        # no NFS transport was created
+    loop.run_until(lambda: False, 200.0)
+    assert alloc.nr_free == alloc.nr_pages, alloc.owner_pages()
+
+
+def test_getport_to_an_absent_host_times_out_with_a_clear_error():
+    # no host answers ARP at 198.18.0.9: connect attempts time out (a lost SYN is retried, as
+    # xs_connect does) until the soft call's major timeout: timeo 2 s, retrans 2, linear
+    # (tcp_timeout): 2 + 4 + 6 = 12 s
+    from client_agent.fs.nfs.nfs3proc import NfsError, NfsTransport as T
+    loop, alloc, sched, st, _t, img, box, logs = _setup()
+    t = T(st, sched, "198.18.0.9", None, slots=4, proto="tcp", timeo_s=2.0, retrans=2)
+    res, t_end = _mount_error(t, sched, loop, 300.0)
+    assert isinstance(res.get("err"), NfsError), res
+    assert str(res["err"]).startswith("PMAP GETPORT to 198.18.0.9:111 failed: ETIMEDOUT")
+    assert 11.9 <= t_end <= 12.5
+    loop.run_until(lambda: False, 200.0)
+    assert alloc.nr_free == alloc.nr_pages, alloc.owner_pages()

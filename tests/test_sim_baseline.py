@@ -48,7 +48,7 @@ def test_sim_matches_the_recorded_baseline(name, seed, tmp_path, capsys):
     from testbed.cli import main
     old = BASELINE[f"{name}/{seed}"]
     out = tmp_path / "report"
-    rc = main(["run", name, "--sim", "--seed", str(seed), "--out", str(out)])
+    rc = main(["run", name, "--sim", "--seed", str(seed), "--set", "transport=udp", "--out", str(out)])
     report = json.loads((out / "report.json").read_text())
     new = sim_baseline.summarise(json.loads((out / "sim_result.json").read_text()))
     assert sim_baseline.diff(old, new) == []

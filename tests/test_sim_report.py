@@ -23,10 +23,13 @@ def test_run_sim_writes_the_report_directory(tmp_path, capsys):
     assert (out / "no-reserve.png").stat().st_size > 10_000
     assert "not responding, still trying" in (out / "logs" / "sim.log").read_text()
     # the pcap: classic pcap of both directions of the client's NIC, the flood and the NFS traffic
-    from scapy.all import UDP, rdpcap
+    # NFS over TCP (the default transport), the flood over UDP
+    from scapy.all import TCP, UDP, rdpcap
     frames = rdpcap(str(out / "pcap" / "client.pcap"))
+    nfs = {(f[TCP].sport, f[TCP].dport) for f in frames if TCP in f}
+    assert any(d == 2049 for _s, d in nfs) and any(s == 2049 for s, _d in nfs)
+    assert any(d == 111 for _s, d in nfs)                   # portmap GETPORT
     ports = {(f[UDP].sport, f[UDP].dport) for f in frames if UDP in f}
-    assert any(d == 2049 for _s, d in ports) and any(s == 2049 for s, _d in ports)
     assert any(9000 <= d < 9004 for _s, d in ports)
     assert len(frames) > e["counters"]["rx_nobuf"]
     assert "[simulated, seed 3]" in capsys.readouterr().out

@@ -2,7 +2,14 @@
 its own copy of the agent's TCP (testbed/nas_tcp.py), so a TCP scenario replays exactly from its
 seed. Recorded figures for seed 1 of the four swap scenarios and the MAP_SHARED pair:
 tests/data/sim_baseline_tcp.json (re-record with the snippet in its test below when a change is
-explained). The UDP form of every scenario stays pinned by tests/test_sim_baseline.py."""
+explained). The UDP form of every scenario stays pinned by tests/test_sim_baseline.py.
+
+Recorded difference: the TCP counters of no-reserve and memalloc-undersized (outcome, pswpout
+and acked pages unchanged) since a retransmission is a clone of the queued buffer that allocates
+no page (skb_clone through the fclone companion). They were built at plain GFP_ATOMIC and failed
+at the floor: no-reserve TCPRetransFail 5 / TCPTimeouts 5 -> 2 retransmissions (RetransSegs 2,
+TCPTimeouts 2); memalloc-undersized TCPRetransFail 30 / TCPTimeouts 30 -> RetransSegs 4,
+TCPTimeouts 4 (TCPOrigDataSent 14 -> 13: one buffer resent instead of a new one sent)."""
 
 import json
 from pathlib import Path
@@ -52,3 +59,14 @@ def test_nas_restart_reconnects_under_memory_pressure():
     assert rpc["rpc_retrans"] == sc.slots and rpc["rpc_major_timeouts"] == 0
     assert r["tcp"]["nas_server"]["reset_at_restart"] == 1 and r["faults"]["nas_restarts"] == 2
     assert r["leaked_pages"] == 0
+
+
+def test_nas_rsts_reconnect_and_lose_nothing():
+    # the NAS resets every connection twice under the flood (its listeners stay): each time the
+    # client reconnects after xs_connect's delay (first at once) and resends what was waiting
+    sc, r = _run("memalloc", nas_rst_at_s=(1.0, 2.5), max_duration_s=60.0)
+    assert r["outcome"] in ("recovered", "completed") and r["verify_failures"] == 0
+    assert r["faults"]["nas_rsts"] == 2 and r["leaked_pages"] == 0
+    rpc = r["tcp"]["rpc"]
+    assert rpc["rpc_reconnects"] == 2 and rpc["connect_count"] == 3 and rpc["rpc_retrans"] > 0
+    assert r["pages_verified"] == r["acked_pages"] > 1000

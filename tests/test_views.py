@@ -85,3 +85,43 @@ def test_ss_rows_and_skmem():
     assert m0 and m1
     assert (int(m0[1]), int(m0[2]), int(m0[3]), m0[4]) == (4608, 851968, 958, None)
     assert (int(m1[2]), int(m1[3]), m1[4]) == (79424, 3, " sock_memalloc")
+
+
+def test_tcp_views_nstat_and_ss_t_from_the_agents_snapshot():
+    # a SOCK_MEMALLOC TCP socket with 3000 unacknowledged bytes and a listener, on the agent's
+    # stack (tests/tcp_kit.py); the views read Stack.snapshot() only
+    import sys
+    sys.path.insert(0, __import__("os").path.dirname(__file__))
+    from tcp_kit import DOT, P, Script
+    sc = Script(pport=2049)
+    sk, _isn, syn = sc.active_open(2049)
+    sk.sk_set_memalloc()
+    sk.nodelay = True
+    assert sk.send(b"x" * 3000, sc.now) == 3000
+    ln = sc.tcp.socket()
+    ln.bind(("", 111))
+    ln.listen(16)
+    snap = {"stack": sc.stack.snapshot()}
+    n = {l.split()[0]: int(l.split()[1]) for l in views.nstat(snap).splitlines()[1:]}
+    # Tcp: as /proc/net/snmp names them, TcpExt: as /proc/net/netstat, nstat's prefixes
+    assert n["TcpActiveOpens"] == 1 and n["TcpCurrEstab"] == 1 and n["TcpOutSegs"] >= 4
+    assert n["TcpRtoMin"] == 200 and n["TcpExtTCPOrigDataSent"] >= 2 and "TcpExtPFMemallocDrop" in n
+    lines = views.sst(snap).splitlines()
+    assert lines[0].split() == ["State", "Recv-Q", "Send-Q", "Local", "Address:Port", "Peer", "Address:Port"]
+    est = next(i for i, l in enumerate(lines) if l.startswith("ESTAB"))
+    f = lines[est].split()
+    assert f[1:3] == ["0", "3000"] and f[4] == "198.18.0.1:2049"
+    skmem = lines[est + 1].strip()
+    s = sc.stack.snapshot()["sockets"]
+    tcp = next(x for x in s if x.get("state") == "ESTAB")
+    w = tcp["skmem"]["w"]
+    assert w >= 3 * 4096 and skmem == (f"skmem:(r0,rb{tcp['skmem']['rb']},t0,tb{tcp['skmem']['tb']},f0,"
+                                       f"w{w},o0,bl0,d0) sock_memalloc")
+    info = lines[est + 2].split()
+    assert info[0] == "reno" and "ts" in info and "sack" in info and "wscale:7,7" in info
+    assert "mss:1448" in info and any(t.startswith("cwnd:") for t in info)
+    lst = next(l for l in lines if l.startswith("LISTEN"))
+    assert lst.split()[1:3] == ["0", "16"] and lst.split()[3].endswith(":111")   # accept queue, backlog
+    # the UDP view leaves TCP sockets to sst
+    assert "ESTAB" not in views.ss(snap) and "LISTEN" not in views.ss(snap)
+    sk.sk_clear_memalloc()

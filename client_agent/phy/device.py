@@ -7,7 +7,12 @@ sleep exactly that long. ``transmit`` copies the frame out (the caller may free 
 soon as it returns) and returns False when the frame could not be sent.
 
 A ``receive`` item is either ``bytes`` or ``(bytes, csum_unnecessary)`` (AfPacketDevice reports
-frames whose checksum the sending kernel left unfinished); the stack accepts both.
+frames whose checksum the sending kernel left unfinished), or ``(bytes, csum_unnecessary, pages)``
+for a GRO'd frame (the pages Linux's merged skb is charged); the stack accepts all three.
+
+A device whose ``caps`` (phy/caps.py) offer ``tso`` also takes ``transmit(frame, now, gso_size)``:
+a TCP frame longer than the MTU that the device (the kernel behind it) cuts into ``gso_size``
+pieces. The stack passes ``gso_size`` to no other device.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import random
 
+from .caps import device_caps
 from .device import Device
 
 
@@ -167,7 +168,7 @@ def parse_fault_spec(text: str) -> dict:
 class BothWays(Device):
     """Faults on both directions of a real device (netem is not in this kernel): egress through a
     ``FaultInjector``, ingress through an ``RxFaultInjector``, each with its own seeded RNG.
-    Passes ``fileno``, ``sample_stats`` and ``close`` through; ``counters`` are the inner device's
+    Passes ``fileno``, ``sample_stats``, ``close``, ``caps`` and ``flush_tx`` through; ``counters`` are the inner device's
     plus ``fault_tx_*`` / ``fault_rx_*``."""
 
     def __init__(self, inner, spec: dict) -> None:
@@ -178,6 +179,13 @@ class BothWays(Device):
         self.rx = RxFaultInjector(inner, seed * 2 + 1, **kw)
         self.tx = FaultInjector(self.rx, seed * 2, **kw)
         self.mac, self.mtu = inner.mac, inner.mtu
+        # The stack must see the real NIC's offloads (which frames carry a partial checksum),
+        # and the loop must ring its transmit doorbell.
+        # TSO/UFO excepted: a fault injector acts per wire frame, and a GSO buffer is many of them.
+        from dataclasses import replace as _replace
+        self.caps = _replace(device_caps(inner), tso=False, ufo=False)
+        if hasattr(inner, "flush_tx"):
+            self.flush_tx = inner.flush_tx
 
     def fileno(self) -> int:
         return self.real.fileno()

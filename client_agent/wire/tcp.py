@@ -170,9 +170,13 @@ def opt_established(ts: tuple[int, int] | None, sack: list[tuple[int, int]] | No
 
 
 def emit(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
-         window: int, options: bytes = b"", payload=b"", urg_ptr: int = 0) -> bytes:
+         window: int, options: bytes = b"", payload=b"", urg_ptr: int = 0,
+         csum_partial: bool = False) -> bytes:
     """One segment with its checksum over the IPv4 pseudo-header. ``options`` are padded with
-    EOL to a multiple of 4 bytes (at most 40)."""
+    EOL to a multiple of 4 bytes (at most 40). ``csum_partial``: the device completes the
+    checksum (CHECKSUM_PARTIAL, as ``__tcp_v4_send_check`` leaves it): the field holds the
+    pseudo-header sum over the whole segment's length, not complemented, and the segment's
+    bytes are not summed here."""
     if len(options) & 3:
         options = options + b"\x00" * (4 - (len(options) & 3))
     if len(options) > 40:
@@ -180,5 +184,8 @@ def emit(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, fla
     doff = TCP_HLEN + len(options)
     seg = _HDR.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (doff >> 2) << 4, flags,
                     window, 0, urg_ptr) + options + bytes(payload)
-    c = ~fold(ones_sum(src + dst) + 6 + len(seg) + ones_sum(seg)) & 0xFFFF
+    if csum_partial:
+        c = fold(ones_sum(src + dst) + 6 + len(seg))
+    else:
+        c = ~fold(ones_sum(src + dst) + 6 + len(seg) + ones_sum(seg)) & 0xFFFF
     return seg[:16] + c.to_bytes(2, "big") + seg[18:]

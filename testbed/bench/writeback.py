@@ -8,6 +8,8 @@ topology with one nas-server (CPU 1):
   from ``snapshot``) over a window after ``pswpout`` started, × 4 KiB.
 - BASELINE: ``nas_server.refclient`` on ``noise`` (kernel UDP socket, pinned to CPU 0 like the
   agent), the same 4 KiB FILE_SYNC WRITEs, window 16, to ``swap/ref.img`` on the same nas-server.
+- The same pair over TCP (``tcp.mtu1500.*``): the agent's NFS over its own TCP, the reference
+  client over a kernel TCP socket (nas-server's one-port layout, MOUNT on 2049, as both use).
 
 Target: agent ≥ 0.9 × reference. The agent's figure includes its own page-table bookkeeping
 (reclaim, swap map) -- that is what swap writeback costs it; the reference client only writes.
@@ -19,14 +21,15 @@ import os
 
 from . import REGISTRY
 from .framework import BenchContext, BenchError, SectionResult
-from testbed.rig import PAGE, SwapRig, profile_path, refclient_write, stream_rate
+from testbed.rig import NFS_PORT, PAGE, SwapRig, profile_path, refclient_write, stream_rate
 
 TARGET = "ratio >= 0.9"
 POOL_PAGES = 8192              # 32 MiB, the scenarios' pool; min_free_kbytes 2048 as they have
 MIN_FREE_KBYTES = 2048
 SLOTS = 16
-QUICK = {"window_s": 3.0, "warmup_s": 0.5, "ref_bytes": 8 << 20, "mtus": (1500, 9000)}
-FULL = {"window_s": 8.0, "warmup_s": 1.0, "ref_bytes": 32 << 20, "mtus": (1500, 9000)}
+# UDP (the pre-5.6 form) at both MTUs, TCP (every Linux since 5.6) at 1500 -- and 9000 in full runs
+QUICK = {"window_s": 3.0, "warmup_s": 0.5, "ref_bytes": 8 << 20, "mtus": (1500, 9000), "tcp_mtus": (1500,)}
+FULL = {"window_s": 8.0, "warmup_s": 1.0, "ref_bytes": 32 << 20, "mtus": (1500, 9000), "tcp_mtus": (1500, 9000)}
 REF_CPU = 0
 
 
@@ -39,7 +42,7 @@ def _topology(mtu: int):
     return generate_topology(1, mtu=mtu)
 
 
-def measure_mtu(mtu: int, p: dict, seed: int, say, profile: str | None = None) -> dict:
+def measure_mtu(mtu: int, p: dict, seed: int, say, profile: str | None = None, transport: str = "udp") -> dict:
     from netns_setup.process import run_in_netns
     # enough pages that the workload outlasts warm-up + window at a few tens of MiB/s
     workload_pages = POOL_PAGES + int((p["warmup_s"] + p["window_s"] + 4) * 40 * 256)
@@ -47,13 +50,14 @@ def measure_mtu(mtu: int, p: dict, seed: int, say, profile: str | None = None) -
     with SwapRig(_topology(mtu), "wb", image_mib=image_mib, ref_image_mib=(p["ref_bytes"] >> 20) + 1, say=say) as rig:
         agent = rig.start_agent("client", pool_pages=POOL_PAGES, min_free_kbytes=MIN_FREE_KBYTES, seed=seed,
                                 profile=profile)
-        rig.swapon("client", slots=SLOTS)
+        rig.swapon("client", slots=SLOTS, proto=transport,
+                   **({"mount_port": NFS_PORT} if transport == "tcp" else {}))
         agent.call("workload", pages=workload_pages, seed=seed)
         ag = stream_rate(agent, window_s=p["window_s"], warmup_s=p["warmup_s"], pid=rig.procs["agent:client"].pid)
         rig.stop("agent:client")
         ref = run_in_netns(rig.st.host_netns("noise"), refclient_write, rig.nas_ip, "ref.img", p["ref_bytes"],
-                           SLOTS, seed, REF_CPU if (os.cpu_count() or 1) > 1 else None, timeout_s=300)
-    say(f"  writeback mtu {mtu}: agent {ag['mib_per_s']:.2f} MiB/s ({ag['pages']} pages, {ag['retrans']} retrans), "
+                           SLOTS, seed, REF_CPU if (os.cpu_count() or 1) > 1 else None, transport, timeout_s=300)
+    say(f"  writeback {transport} mtu {mtu}: agent {ag['mib_per_s']:.2f} MiB/s ({ag['pages']} pages, {ag['retrans']} retrans), "
         f"refclient {ref['mib_per_s']:.2f} MiB/s")
     return {"agent": ag, "ref": ref}
 
@@ -67,17 +71,22 @@ def writeback_section(ctx: BenchContext) -> SectionResult:
     res = SectionResult(params={"pool_pages": POOL_PAGES, "min_free_kbytes": MIN_FREE_KBYTES, "slots": SLOTS,
                                 "window": SLOTS, "io_bytes": PAGE, "stable": "FILE_SYNC", "window_s": p["window_s"],
                                 "warmup_s": p["warmup_s"], "ref_bytes": p["ref_bytes"], "mtus": list(p["mtus"]),
+                                "tcp_mtus": list(p["tcp_mtus"]),
                                 "agent_cpu": 0, "nas_cpu": 1, "ref_cpu": REF_CPU, "ref_host": "noise"})
-    for mtu in p["mtus"]:
-        m = measure_mtu(mtu, p, ctx.seed, ctx.progress, profile_path(f"writeback-mtu{mtu}"))
+    cases = [("udp", mtu) for mtu in p["mtus"]] + [("tcp", mtu) for mtu in p["tcp_mtus"]]
+    for transport, mtu in cases:
+        m = measure_mtu(mtu, p, ctx.seed, ctx.progress,
+                        profile_path(f"writeback-{transport}-mtu{mtu}" if transport == "tcp" else f"writeback-mtu{mtu}"),
+                        transport)
+        pre = f"tcp.mtu{mtu}" if transport == "tcp" else f"mtu{mtu}"
         ag, ref = m["agent"], m["ref"]
         notes = [f"{ag['pages']} pages acked in {ag['seconds']:.2f} s; agent CPU {ag['cpu_pct']:.0f} % of one core"]
         if ag["retrans"]:
             notes.append(f"{ag['retrans']} RPC retransmissions in the window")
         if ag["workload_done_early"]:
             notes.append("workload finished inside the window (window shortened)")
-        res.add(f"mtu{mtu}.refclient_mib_per_s", round(ref["mib_per_s"], 3), "MiB/s",
-                notes=f"{ref['calls']} calls, {ref['client']['retransmits']} retransmits")
-        res.add(f"mtu{mtu}.agent_mib_per_s", round(ag["mib_per_s"], 3), "MiB/s", round(ref["mib_per_s"], 3), TARGET,
-                notes="; ".join(notes))
+        res.add(f"{pre}.refclient_mib_per_s", round(ref["mib_per_s"], 3), "MiB/s",
+                notes=f"{ref['calls']} calls, {ref['client']['retransmits']} retransmits, kernel {transport.upper()} socket")
+        res.add(f"{pre}.agent_mib_per_s", round(ag["mib_per_s"], 3), "MiB/s", round(ref["mib_per_s"], 3), TARGET,
+                notes="; ".join(notes + [f"NFS over {transport.upper()}"]))
     return res

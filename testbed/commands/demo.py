@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="report directory (default: ./reports/demo-<timestamp>)")
     p.add_argument("--seed", type=int, help="override every scenario's seed")
     p.add_argument("--quick", action="store_true", help="shorter time caps (a run that neither deadlocks nor recovers ends sooner)")
+    p.add_argument("--transport", choices=("tcp", "udp"),
+                   help="every scenario's NFS transport (default: the scenarios' own, tcp; udp is the Linux-before-5.6 configuration)")
     p.add_argument("--aoe", action="store_true",
                    help="run only the swap-over-AoE pair (aoe-linux, aoe-extended) into an AoE table (docs/aoe.md)")
     p.add_argument("--protocols", action="store_true",
@@ -37,7 +39,8 @@ def run(args) -> int:
         if args.aoe and args.protocols:
             raise UserError("--aoe and --protocols each choose the demo's scenarios; give one of them")
         names = demo.PROTOCOL_ROWS if args.protocols else demo.AOE_SCENARIOS if args.aoe else demo.ALL_SCENARIOS
-        loaded = demo.load_all(args.seed, args.quick, names)
+        # --protocols rows name their own transport; --transport applies to the other demos
+        loaded = demo.load_all(args.seed, args.quick, names, transport=None if args.protocols else args.transport)
     except scn.ScenarioError as e:
         raise UserError(str(e)) from None
     bad = [(sc, c) for sc, checks, _ in loaded for c in scn.failing(sc, checks)]

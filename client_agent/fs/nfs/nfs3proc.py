@@ -59,7 +59,7 @@ from protocols import nfs3, rpc
 from protocols.xdr import Unpacker
 
 from ...mm.page_io import WriteError, errno_number
-from ...net.sunrpc.clnt import ENOBUFS_RETRY_S, RpcClnt
+from ...net.sunrpc.clnt import ENOBUFS_RETRY_S, RpcClnt, RpcSoftError
 from ...net.sunrpc.xprt import ALLOC_RETRY_S, XID_KEPT
 from ...net.sunrpc.xprtsock import REPLY_TRUESIZE, XsTcp, XsUdp, tcp_timeout, udp_timeout
 from ...tasks import Sleep
@@ -233,12 +233,17 @@ class NfsTransport:
                      seed=self._seed + seed_off, timeout=tcp_timeout(self.timeo_s, self.retrans),
                      on_tx=self._on_tx, memalloc=memalloc)
 
-    def _oneshot(self, port: int, build: Callable[[int], bytes], label: str, seed_off: int):
-        """Generator: one call on its own short-lived TCP client (rpcbind's, mountd's)."""
+    def _oneshot(self, port: int, build: Callable[[int], bytes], label: str, seed_off: int,
+                 hint: str):
+        """Generator: one SOFT call (RPC_TASK_SOFT | RPC_TASK_SOFTCONN, as rpcbind's client and
+        mount.nfs make theirs) on its own short-lived TCP client (rpcbind's, mountd's): a
+        refused connect or a major timeout is an NfsError naming server, port and ``hint``."""
         xprt = self._tcp_xprt(port, 1, memalloc=False, seed_off=seed_off)
         clnt = RpcClnt(xprt, prog_name=label.split()[0].lower(), log=self.log)
         try:
-            return (yield from clnt.call(build, label))
+            return (yield from clnt.call(build, label, soft=True))
+        except RpcSoftError as e:
+            raise NfsError(f"{label} to {self.server_ip}:{port} failed: {e.reason} ({e}); {hint}") from None
         finally:
             xprt.close()
 
@@ -249,7 +254,8 @@ class NfsTransport:
         data = yield from self._oneshot(
             mnt.PMAP_PORT, lambda xid: rpc.encode_call(xid, mnt.PMAP_PROGRAM, mnt.PMAP_V2,
                                                        mnt.PMAPPROC_GETPORT, args, self.cred),
-            "PMAP GETPORT", 101)
+            "PMAP GETPORT", 101,
+            "no portmapper there? start rpcbind on the server, or give the port (mount_port / port)")
         hdr = rpc.decode_reply(data)
         if not hdr.ok:
             raise NfsError(f"GETPORT {prog}/{vers}/tcp: RPC {hdr.describe()}")
@@ -300,7 +306,7 @@ class NfsTransport:
                 self.mount_port = yield from self.getport(mnt.MOUNT_PROGRAM, mnt.MOUNT_V3)
             data = yield from self._oneshot(self.mount_port, lambda xid: rpc.encode_call(
                 xid, mnt.MOUNT_PROGRAM, mnt.MOUNT_V3, mnt.MOUNTPROC3_MNT, args, self.cred),
-                "MNT", 102)
+                "MNT", 102, "is mountd running and registered on that port?")
         fh = self._mnt_result(path, data)
         if self.proto == "tcp":
             if self.xprt is None:

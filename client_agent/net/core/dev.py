@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from ...bugs import BUGS as _BUGS
 from ...mm.gfp import GFP_ATOMIC, Gfp
+from ...phy.caps import device_caps
 from ...wire.ethernet import ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
 from .drop import DROP_REASONS, snmp_tables
 from .skbuff import SkBuff
@@ -89,6 +90,13 @@ class NetCore:
         self.timers = TimerHeap()
         self.sockets: list = []                         # every open socket, any protocol
         self.rx_holders: list = []                      # callables() -> received frames held
+        # What the device does for the stack (dev->features; phy/caps.py), asked once: the device
+        # and the protocols must agree on which frames carry a partial checksum.
+        self.caps = device_caps(dev)
+        self.tx_csum_udp = self.caps.tx_csum            # NETIF_F_HW_CSUM for UDP
+        self.tx_csum_tcp = self.caps.tx_csum_tcp        # ... and for TCP
+        self.tso = self.caps.tso                        # NETIF_F_TSO: TCPv4 GSO buffers
+        self.ufo = self.caps.ufo                        # UFO: UDP datagrams the kernel fragments
 
     # ================================================================== registration
     def dev_add_pack(self, ethertype: int, handler) -> None:
@@ -155,14 +163,21 @@ class NetCore:
     def rx_frame(self, item, now: float) -> None:
         """One frame from the device: allocate its buffer first, then look at it."""
         if type(item) is tuple:
-            frame, csum_ok = item
+            if len(item) == 2:
+                frame, csum_ok = item
+                n = (len(frame) + 4095) >> 12 or 1
+            else:
+                # a GRO'd frame (frame, csum_ok, segments): charged as Linux's merged skb is --
+                # its truesize grew by each merged segment's buffer (skb_gro_receive)
+                frame, csum_ok, n = item
+                n = n or (len(frame) + 4095) >> 12 or 1
         else:
             frame, csum_ok = item, False
+            n = (len(frame) + 4095) >> 12 or 1
         c = self.counters
         c["rx_packets"] += 1
         c["rx_bytes"] += len(frame)
         alloc = self.alloc
-        n = (len(frame) + 4095) >> 12 or 1
         pages = alloc.alloc(n, _RX_GFP_RESERVE if alloc.memalloc_socks else _RX_GFP, "rx")
         if pages is None:
             c["rx_nobuf"] += 1
@@ -219,7 +234,8 @@ class NetCore:
     def dev_queue_xmit(self, skb: SkBuff, now: float) -> None:
         """Hand a complete frame to the device; the buffer is freed once it took the frame."""
         frame = skb.data
-        if self.dev.transmit(frame, now) is False:
+        if (self.dev.transmit(frame, now, skb.gso_size) if skb.gso_size
+                else self.dev.transmit(frame, now)) is False:
             self.counters["tx_errors"] += 1
             self.kfree_skb(skb, "FULL_RING")
             return

@@ -24,7 +24,7 @@ SKB_TRUESIZE_OVERHEAD = 576
 
 class SkBuff:
     __slots__ = ("data", "pages", "pfmemalloc", "truesize", "rx", "frag_list", "csum_unnecessary",
-                 "_alloc")
+                 "gso_size", "_alloc")
 
     def __init__(self, alloc, data, pages: list, rx: bool) -> None:
         self._alloc = alloc
@@ -35,6 +35,7 @@ class SkBuff:
         self.rx = rx
         self.frag_list = None
         self.csum_unnecessary = False
+        self.gso_size = 0                          # skb_shinfo()->gso_size of a TSO buffer (transmit)
 
     def chain(self, frags: list["SkBuff"]) -> None:
         """Make this the head of a reassembled datagram holding ``frags`` (ip_frag_reasm)."""

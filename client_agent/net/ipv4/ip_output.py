@@ -37,8 +37,13 @@ def ip_route_output(st, dst: bytes) -> bytes | None:
 
 
 def ip_queue_xmit(st, dst: bytes, proto: int, payload: bytes, now: float, gfp: int,
-                  owner: str, *, df: bool = False, ttl: int = 64) -> int:
-    """Send ``payload`` as IP protocol ``proto`` to ``dst``: 0 or a negative errno."""
+                  owner: str, *, df: bool = False, ttl: int = 64, gso_size: int = 0, clone_of=None) -> int:
+    """Send ``payload`` as IP protocol ``proto`` to ``dst``: 0 or a negative errno.
+    ``gso_size`` (TCP on a TSO device): ``payload`` may exceed the MTU; it goes out as one GSO
+    buffer -- one allocation of its bytes, Linux's GSO skb truesize -- that the device segments.
+    ``clone_of``: pages the payload already lives in (a queued TCP buffer): when the datagram is
+    one frame and its next hop is resolved, the frame is a clone of that buffer (skb_clone via the
+    fclone companion: no allocation, the pages stay the buffer's); otherwise pages at ``gfp``."""
     ipc = st.snmp["Ip"]
     ipc["OutRequests"] += 1
     nh = ip_route_output(st, dst)
@@ -50,7 +55,7 @@ def ip_queue_xmit(st, dst: bytes, proto: int, payload: bytes, now: float, gfp: i
     ident = st._ident
     mtu = st.dev.mtu
     # (header, payload slice) per frame; joined once with the link-layer header below.
-    if 20 + len(payload) <= mtu:
+    if 20 + len(payload) <= mtu or gso_size:
         parts = [(emit_header(st.ip, dst, proto, len(payload), ident=ident, ttl=ttl,
                               flags=IP_DF if df else 0), payload)]
     else:
@@ -101,6 +106,18 @@ def ip_queue_xmit(st, dst: bytes, proto: int, payload: bytes, now: float, gfp: i
     join = b"".join
     transmit = st.dev.transmit
     c = st.counters
+    if clone_of is not None and eth is not None and len(parts) == 1:
+        hdr, data = parts[0]
+        if not bcast:
+            n.used = now
+        frame = join((eth, hdr, data))
+        if (transmit(frame, now, gso_size) if gso_size else transmit(frame, now)) is False:
+            c["tx_errors"] += 1
+            st.drop_noskb("FULL_RING", False)
+            return 0
+        c["tx_packets"] += 1
+        c["tx_bytes"] += len(hdr) + len(data) + 14
+        return 0
     for hdr, data in parts:
         size = len(hdr) + len(data)
         pages = alloc.alloc((size + 14 + 4095) >> 12, gfp, owner)
@@ -115,14 +132,18 @@ def ip_queue_xmit(st, dst: bytes, proto: int, payload: bytes, now: float, gfp: i
             if not bcast:
                 n.used = now
             frame = join((eth, hdr, data))
-            if transmit(frame, now) is False:
+            if (transmit(frame, now, gso_size) if gso_size else transmit(frame, now)) is False:
                 c["tx_errors"] += 1
                 st.kfree_skb(SkBuff(alloc, frame, pages, False), "FULL_RING")
                 continue
             c["tx_packets"] += 1
             c["tx_bytes"] += size + 14
             alloc.free(pages)
-        elif not st.neigh.output(nh, SkBuff(alloc, hdr + data, pages, False), now):
+        else:
+            skb = SkBuff(alloc, hdr + data, pages, False)
+            skb.gso_size = gso_size
+            if st.neigh.output(nh, skb, now):
+                continue
             # ip_finish_output2: no neighbour entry could be made (table full)
             ipc["OutDiscards"] += 1
             if len(parts) > 1:

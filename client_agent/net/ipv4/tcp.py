@@ -34,8 +34,11 @@ Invariants owned here:
   (``Tcp.reqsk_mem``); it lives at most tcp_synack_retries SYN-ACK timeouts (63 s).
 - Transmit contexts: ACKs, window probes, RSTs, SYN-ACKs and FIN-only segments at
   ``sk_gfp_mask(GFP_ATOMIC)``; new data first into the write queue at ``sk_allocation``, then
-  sent at ``sk_gfp_mask(GFP_ATOMIC)``; retransmissions at plain GFP_ATOMIC (the reserve only
-  through a PF_MEMALLOC context). A failed ACK allocation sends nothing and retries on the
+  sent at ``sk_gfp_mask(GFP_ATOMIC)``; retransmissions at GFP_ATOMIC as clones of the queued
+  buffer (skb_clone through its fclone companion: no page allocated -- a retransmission never
+  waits for memory, as in Linux, where only the header is cloned); a retransmission that still
+  fails (an unresolved next hop without memory) is retried after TCP_RESOURCE_PROBE_INTERVAL
+  (TCPRetransFail). A failed ACK allocation sends nothing and retries on the
   delayed-ACK timer after TCP_DELACK_MAX.
 - Counters are /proc/net/snmp ``Tcp:`` and /proc/net/netstat ``TcpExt:`` names; every segment
   handed to ``tcp_v4_rcv`` ends in exactly one ``kfree_skb(reason)`` or ``consume_skb``, now or
@@ -64,6 +67,7 @@ from ...wire.tcp import (ACK, FIN, PSH, RST, SYN, TCP_HLEN, TcpPacket, after, be
 from ..core.skbuff import PAGE_SIZE, SKB_TRUESIZE_OVERHEAD, SkBuff
 from ..core.sock import Sock
 from ..core.timer import Timer
+from ...phy.caps import GSO_MAX_SIZE
 from .ip_output import ip_queue_xmit
 
 MASK = 0xFFFFFFFF
@@ -274,9 +278,13 @@ class Tcp:
         """Every TCP socket of the stack (listeners, children, orphans), in creation order."""
         return [s for s in self.st.sockets if s.kind == "tcp"]
 
-    def ip_output(self, dst: bytes, segment: bytes, now: float, gfp: int, owner: str) -> int:
-        """ip_queue_xmit for TCP: DF set (path MTU discovery), 0 or -errno."""
-        return ip_queue_xmit(self.st, dst, IPPROTO_TCP, segment, now, gfp, owner, df=True)
+    def ip_output(self, dst: bytes, segment: bytes, now: float, gfp: int, owner: str,
+                  gso_size: int = 0, clone_of=None) -> int:
+        """ip_queue_xmit for TCP: DF set (path MTU discovery), 0 or -errno. ``gso_size``: a TSO
+        segment the device cuts into pieces of that many payload bytes; ``clone_of``: the queued
+        buffer's pages a retransmission is cloned from (no allocation)."""
+        return ip_queue_xmit(self.st, dst, IPPROTO_TCP, segment, now, gfp, owner, df=True,
+                             gso_size=gso_size, clone_of=clone_of)
 
     # ------------------------------------------------------------------ ISN, ports
     def _hash32(self, tag: bytes, *parts) -> int:
@@ -432,7 +440,8 @@ class Tcp:
             seq, ack, flags = seg.ack_seq, 0, RST
         else:
             seq, ack, flags = 0, seg.end_seq, RST | ACK
-        out = emit(self.st.ip, src, seg.dport, seg.sport, seq, ack, flags, 0)
+        out = emit(self.st.ip, src, seg.dport, seg.sport, seq, ack, flags, 0,
+                   csum_partial=self.st.tx_csum_tcp)
         if self.ip_output(src, out, now, _GFP_ATOMIC, "tcp:ctl") >= 0:
             self.mib["OutSegs"] += 1
             self.mib["OutRsts"] += 1
@@ -1194,11 +1203,15 @@ class TcpSock(Sock):
             return b""
         return opt_established(ts, sack)
 
-    def _xmit(self, seq: int, flags: int, payload, now: float, gfp: int) -> int:
-        """tcp_transmit_skb: header from the current state, one frame at ``gfp``."""
+    def _xmit(self, seq: int, flags: int, payload, now: float, gfp: int, gso_segs: int = 1,
+              clone_of=None) -> int:
+        """tcp_transmit_skb: header from the current state, one frame at ``gfp`` (or a clone of
+        the queued buffer's pages ``clone_of``). ``gso_segs`` > 1: ``payload`` is that many
+        MSS-sized pieces handed to a TSO device as one segment (tcp_skb_pcount: OutSegs counts
+        every piece, as Linux does)."""
         proto = self.proto
         syn = bool(flags & SYN)
-        opts = self._options(now, syn, len(payload))
+        opts = self._options(now, syn, len(payload) if gso_segs == 1 else self.mss_cache)
         if flags & ACK:
             ack = self.rcv_nxt
             if syn:
@@ -1209,16 +1222,18 @@ class TcpSock(Sock):
         else:
             ack = 0
             win = min(self.rcv_wnd, 65535)
-        seg = emit(proto.st.ip, self.rip, self.lport, self.rport, seq, ack, flags, win, opts,
-                   payload)
-        rc = proto.ip_output(self.rip, seg, now, gfp, self.owner)
+        st = proto.st
+        seg = emit(st.ip, self.rip, self.lport, self.rport, seq, ack, flags, win, opts,
+                   payload, csum_partial=st.tx_csum_tcp)
+        rc = proto.ip_output(self.rip, seg, now, gfp, self.owner,
+                             gso_size=self.mss_cache if gso_segs > 1 else 0, clone_of=clone_of)
         if rc < 0:
             return rc
-        proto.mib["OutSegs"] += 1
+        proto.mib["OutSegs"] += gso_segs
         c = self.counters
-        c["segs_out"] += 1
+        c["segs_out"] += gso_segs
         if payload:
-            c["data_segs_out"] += 1
+            c["data_segs_out"] += gso_segs
         if flags & ACK:
             self._event_ack_sent()
         return 0
@@ -1269,7 +1284,7 @@ class TcpSock(Sock):
     def _send_active_reset(self, now: float) -> None:
         """tcp_send_active_reset at sk_gfp_mask(GFP_ATOMIC)."""
         seg = emit(self.stack.ip, self.rip, self.lport, self.rport, self.snd_nxt,
-                   self.rcv_nxt, RST | ACK, 0)
+                   self.rcv_nxt, RST | ACK, 0, csum_partial=self.stack.tx_csum_tcp)
         if self.proto.ip_output(self.rip, seg, now,
                                      self.sk_gfp_mask(_GFP_ATOMIC), self.owner) >= 0:
             self.proto.mib["OutSegs"] += 1
@@ -1318,6 +1333,7 @@ class TcpSock(Sock):
         wq = self.write_queue
         sent = 0
         cwnd_limited = False
+        tso = self.stack.tso
         while wq:
             skb = wq[0]
             if self._in_flight() >= self.snd_cwnd and not skb.flags & SYN:
@@ -1330,17 +1346,20 @@ class TcpSock(Sock):
                     and len(skb.data) < self.mss_cache and self.packets_out
                     and len(wq) == 1):
                 break                                           # Nagle
-            if self._send_skb(skb, now, new=True) < 0:
+            run = self._tso_run(force) if tso and len(skb.data) == self.mss_cache else 1
+            if (self._send_skb(skb, now, new=True) if run == 1
+                    else self._send_tso(run, now)) < 0:
                 break
-            wq.popleft()
-            self.rtx_queue.append(skb)
-            self.packets_out += 1
+            for _ in range(run):
+                skb = wq.popleft()
+                self.rtx_queue.append(skb)
+                self.packets_out += 1
+                self.snd_nxt = skb.end_seq
+                if self.ca_state == CA_RECOVERY:
+                    self.prr_out += 1
             if self.packets_out > self.max_packets_out:
                 self.max_packets_out = self.packets_out
-            self.snd_nxt = skb.end_seq
-            if self.ca_state == CA_RECOVERY:
-                self.prr_out += 1
-            sent += 1
+            sent += run
             if self.t_xmit is None or self.t_xmit_kind == 2:
                 self._reset_xmit_timer(1, now + self.rto)
         if sent and self.t_xmit_kind == 2:
@@ -1349,6 +1368,45 @@ class TcpSock(Sock):
         if cwnd_limited or self._in_flight() >= self.snd_cwnd:
             self.is_cwnd_limited = True
         return bool(wq)
+
+    def _tso_run(self, force: bool) -> int:
+        """How many buffers at the head of the write queue go out as one TSO segment
+        (tcp_tso_should_defer without deferring): the head is a full-MSS data buffer; each
+        further one must be a data buffer (no SYN/FIN) after a full-MSS one, fit cwnd and the
+        peer's window, pass Nagle as it would on its own, and keep the IP packet within
+        GSO_MAX_SIZE."""
+        wq = self.write_queue
+        mss = self.mss_cache
+        room = min(self.snd_cwnd - self._in_flight(), (GSO_MAX_SIZE - 1 - 20 - 60) // mss)
+        wnd_end = (self.snd_una + self.snd_wnd) & MASK
+        n = 1
+        last = len(wq) - 1
+        while n < room and n <= last:
+            skb = wq[n]
+            if (skb.flags & (SYN | FIN) or not skb.data or len(wq[n - 1].data) != mss
+                    or after(skb.end_seq, wnd_end)):
+                break
+            if len(skb.data) < mss and n == last and not self.nodelay and not force:
+                break                                           # Nagle, as for a lone buffer
+            n += 1
+        return n
+
+    def _send_tso(self, run: int, now: float) -> int:
+        """The first ``run`` write-queue buffers as one TSO segment (every piece full-MSS but the
+        last): flags of the last buffer (PSH/FIN are the last wire segment's, tcp_gso_segment),
+        the same per-buffer bookkeeping as ``_send_skb``."""
+        wq = self.write_queue
+        skbs = [wq[i] for i in range(run)]
+        last = skbs[-1]
+        rc = self._xmit(skbs[0].seq, self._seg_flags(last, True), b"".join(s.data for s in skbs),
+                        now, self.sk_gfp_mask(_GFP_ATOMIC), run)
+        if rc < 0:
+            return rc
+        ext = self.proto.ext
+        for skb in skbs:
+            skb.sent_time = skb.first_tx = now
+            ext["TCPOrigDataSent"] += 1
+        return 0
 
     def _seg_flags(self, skb: TxSkb, new: bool) -> int:
         """SYN (+ACK in SYN_RECV), else ACK + FIN as queued; PSH on the last buffer of what
@@ -1363,9 +1421,13 @@ class TcpSock(Sock):
 
     def _send_skb(self, skb: TxSkb, now: float, new: bool) -> int:
         """One transmission of a queued buffer: new data at sk_gfp_mask(GFP_ATOMIC),
-        retransmissions at plain GFP_ATOMIC (tcp_retransmit_skb)."""
+        retransmissions at GFP_ATOMIC (tcp_retransmit_skb) as a clone of the queued buffer:
+        skb_clone takes the buffer's fclone companion, free again once the previous
+        transmission completed, so a retransmission allocates no page (``clone_of``; a frame at
+        GFP_ATOMIC only when the next hop is unresolved)."""
         gfp = self.sk_gfp_mask(_GFP_ATOMIC) if new else _GFP_ATOMIC
-        rc = self._xmit(skb.seq, self._seg_flags(skb, new), skb.data, now, gfp)
+        rc = self._xmit(skb.seq, self._seg_flags(skb, new), skb.data, now, gfp,
+                        clone_of=None if new else skb.pages)
         if rc < 0:
             return rc
         skb.sent_time = now
@@ -1595,6 +1657,8 @@ class TcpSock(Sock):
             self._ack_snd_una(seg, now)
             self._set_state(ESTABLISHED)
             self._established(now)
+            if proto.st.rx_trace_hooks:               # observers learn where the stream starts
+                proto.st.rx_trace(seg.skb.data, "synack:" + self.owner)
             if seg.data:
                 self._data_queue(seg, now)            # data on a SYN-ACK: rare, in order
             else:
@@ -2176,6 +2240,8 @@ class TcpSock(Sock):
         r = RxSeg(skb, self.rcv_nxt, end, data[off:], fin)
         self._charge_rx(r)
         self.receive_queue.append(r)
+        if proto.st.rx_trace_hooks:                # drop-monitor observers (net/sunrpc/trace.py)
+            proto.st.rx_trace(skb.data, "queued:" + self.owner)
         self.rcv_nxt = end
         self.counters["bytes_received"] += len(r.data)
         self.counters["data_segs_in"] += 1
@@ -2227,6 +2293,8 @@ class TcpSock(Sock):
         r = RxSeg(skb, seq, end, seg.data, bool(seg.flags & FIN))
         self._charge_rx(r)
         self.ofo.insert(i, r)
+        if proto.st.rx_trace_hooks:
+            proto.st.rx_trace(skb.data, "queued:" + self.owner)
         self.ofo_seqs.insert(i, seq)
         # drop the ones it covers entirely
         k = i + 1
@@ -2594,7 +2662,8 @@ class RequestSock:
         opts = opt_syn(self.advmss, self.rcv_wscale if self.wscale_ok else None, self.sack_ok,
                        (self._ts_now(now), self.ts_recent) if self.tstamp_ok else None)
         out = emit(st.ip, self.rip, self.listener.lport, self.rport, self.iss,
-                   (self.irs + 1) & MASK, SYN | ACK, min(self.rcv_wnd, 65535), opts)
+                   (self.irs + 1) & MASK, SYN | ACK, min(self.rcv_wnd, 65535), opts,
+                   csum_partial=st.tx_csum_tcp)
         rc = proto.ip_output(self.rip, out, now, _GFP_ATOMIC, self.listener.owner)
         if rc >= 0:
             proto.mib["OutSegs"] += 1
@@ -2609,7 +2678,7 @@ class RequestSock:
         ts = (self._ts_now(now), self.ts_recent) if self.tstamp_ok else None
         out = emit(st.ip, self.rip, self.listener.lport, self.rport, (self.iss + 1) & MASK,
                    (self.irs + 1) & MASK, ACK, min(self.rcv_wnd >> self.rcv_wscale, 65535),
-                   opt_established(ts, None) if ts else b"")
+                   opt_established(ts, None) if ts else b"", csum_partial=st.tx_csum_tcp)
         if proto.ip_output(self.rip, out, now, _GFP_ATOMIC, self.listener.owner) >= 0:
             proto.mib["OutSegs"] += 1
 

@@ -289,14 +289,25 @@ def udp_output(st, sk: UdpSocket, dst: tuple[bytes, int], data, now: float) -> i
     length = 8 + len(payload)
     sport = sk.local[1]
     dip, dport = dst
-    n = int.from_bytes(payload, "big")
-    if length & 1:
-        n <<= 8
-    c = (n + int.from_bytes(st.ip, "big") + int.from_bytes(dip, "big") + 17 + length
-         + sport + dport + length) % 0xFFFF or 0xFFFF
-    c = ~c & 0xFFFF or 0xFFFF
+    mtu = st.dev.mtu
+    gso_size = 0
+    if st.tx_csum_udp and (20 + length <= mtu or st.ufo):
+        # The device fills it (phy/caps.py): CHECKSUM_PARTIAL as udp4_hwcsum leaves it -- the
+        # pseudo-header sum, not complemented. A datagram IP fragments is summed here
+        # (ip_do_fragment's skb_checksum_help) -- unless the device fragments it (ufo).
+        c = (int.from_bytes(st.ip, "big") + int.from_bytes(dip, "big") + 17 + length) % 0xFFFF or 0xFFFF
+        if 20 + length > mtu:
+            gso_size = (mtu - 20) & ~7
+    else:
+        n = int.from_bytes(payload, "big")
+        if length & 1:
+            n <<= 8
+        c = (n + int.from_bytes(st.ip, "big") + int.from_bytes(dip, "big") + 17 + length
+             + sport + dport + length) % 0xFFFF or 0xFFFF
+        c = ~c & 0xFFFF or 0xFFFF
     seg = _UDP_HDR.pack(sport, dport, length, c) + payload
-    rc = ip_queue_xmit(st, dip, IPPROTO_UDP, seg, now, sk.sk_gfp_mask(sk.sk_allocation), sk.owner)
+    rc = ip_queue_xmit(st, dip, IPPROTO_UDP, seg, now, sk.sk_gfp_mask(sk.sk_allocation), sk.owner,
+                       gso_size=gso_size)
     if rc >= 0:
         st.snmp["Udp"]["OutDatagrams"] += 1
     elif rc == -errno.ENOBUFS:

@@ -11,6 +11,10 @@ Invariants owned here:
 - On a stream transport (TCP, ``xprt.stream``) a minor timeout sends nothing -- TCP recovers
   lost segments; the call is sent again at a major timeout, or at once when the transport
   reconnected (it wakes the call with ``XPRT_RESEND``: the request's connection is gone).
+- A soft call (``call(..., soft=True)``: RPC_TASK_SOFT | RPC_TASK_SOFTCONN, as rpcbind's client
+  makes its calls) fails instead: ``RpcSoftError`` at its first major timeout (-ETIMEDOUT), or at
+  once when a connect attempt is refused (RST to the SYN: -ECONNREFUSED, call_connect_status); a
+  connect attempt that timed out (a lost SYN) is retried until the major timeout.
 - A transmit that gets -ENOBUFS (no buffer at this context) is retried after
   ``ENOBUFS_RETRY_S`` (call_transmit_status: rpc_delay) and counted ``rpc_enobufs``: never lost.
 - ``proc_counts`` counts calls by procedure label (nfsstat -c's per-procedure table).
@@ -23,10 +27,19 @@ from __future__ import annotations
 from typing import Callable
 
 from ...tasks import TIMEOUT, WaitEvent
-from .xprt import XPRT_RESEND, XPRT_SEND
+from .xprt import XPRT_CONNFAIL, XPRT_RESEND, XPRT_SEND
 
 # call_transmit_status(): -ENOBUFS -> rpc_delay(task, HZ>>2), scaled down like timeo.
 ENOBUFS_RETRY_S = 0.05
+
+
+class RpcSoftError(Exception):
+    """A soft call gave up: ``reason`` is "ETIMEDOUT" (a major timeout) or "ECONNREFUSED" (the
+    connect failed: refused, reset or timed out); the message says which server and call."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RpcClnt:
@@ -37,8 +50,9 @@ class RpcClnt:
         self.not_responding = False
         self.proc_counts: dict[str, int] = {}
 
-    def call(self, build: Callable[[int], bytes], label: str):
-        """Generator: ``reply_bytes = yield from clnt.call(lambda xid: msg, "WRITE")``."""
+    def call(self, build: Callable[[int], bytes], label: str, *, soft: bool = False):
+        """Generator: ``reply_bytes = yield from clnt.call(lambda xid: msg, "WRITE")``.
+        ``soft``: raise RpcSoftError at a major timeout or a failed connect (see above)."""
         xprt = self.xprt
         c = xprt.counters
         if xprt._free_slots:
@@ -49,7 +63,9 @@ class RpcClnt:
         xid = None
         sched = xprt.sched
         try:
-            buf = yield from xprt.alloc_buffer(label)  # call_allocate
+            buf = xprt.try_alloc_buffer()              # call_allocate, without a generator
+            if buf is None:                            # when the pool grants the page at once
+                buf = yield from xprt.alloc_buffer(label)
             xid = xprt.next_xid()
             msg = build(xid)
             key = ("rpc", id(xprt), xid)
@@ -69,7 +85,7 @@ class RpcClnt:
                         c["rpc_enobufs"] += 1
                         got = yield WaitEvent(key, until=sched.now + ENOBUFS_RETRY_S,
                                               reason=f"rpc {label} xid {xid:#x} -ENOBUFS, retry")
-                        if got is TIMEOUT or got is XPRT_RESEND or got is XPRT_SEND:
+                        if got is TIMEOUT or got is XPRT_RESEND or got is XPRT_SEND or got is XPRT_CONNFAIL:
                             continue
                         reply = got
                         break
@@ -77,6 +93,12 @@ class RpcClnt:
                     need_send = False
                     deadline = sched.now + timeo
                 got = yield WaitEvent(key, until=deadline, reason=f"rpc {label} xid {xid:#x}")
+                if got is XPRT_CONNFAIL:
+                    if soft:
+                        c["rpc_soft_errors"] = c.get("rpc_soft_errors", 0) + 1
+                        raise RpcSoftError("ECONNREFUSED", f"{self.prog_name} {label}: connection to "
+                                           f"{xprt.server_ip} port {xprt.port} refused")
+                    continue                           # a hard call waits for the next attempt
                 if got is XPRT_RESEND or got is XPRT_SEND:
                     need_send = True                   # (re)connected: on the new connection
                     if got is XPRT_RESEND:
@@ -95,6 +117,10 @@ class RpcClnt:
                 if tries > to.retries:
                     # xprt_adjust_timeout: major timeout, timeout back to its initial value.
                     c["rpc_major_timeouts"] += 1
+                    if soft:
+                        c["rpc_soft_errors"] = c.get("rpc_soft_errors", 0) + 1
+                        raise RpcSoftError("ETIMEDOUT", f"{self.prog_name} {label}: no reply from "
+                                           f"{xprt.server_ip} port {xprt.port} within the major timeout")
                     tries = 0
                     timeo = to.initval_s
                     if not self.not_responding:

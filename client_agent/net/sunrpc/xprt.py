@@ -39,6 +39,9 @@ XID_KEPT = 16384   # > the pages of a whole scenario's writeback, for the drop e
 XPRT_RESEND = object()
 # ... and a call that was queued while the transport had no connection: send it, first time.
 XPRT_SEND = object()
+# xprt_wake_pending_tasks(xprt, -ECONNREFUSED/-ETIMEDOUT) after a failed connect: a hard call goes
+# on waiting for the next attempt; a soft one with RPC_TASK_SOFTCONN fails (call_connect_status)
+XPRT_CONNFAIL = object()
 
 
 @dataclass
@@ -119,6 +122,11 @@ class RpcXprt:
         return self.slots - len(self._free_slots)
 
     # -- buffers (call_allocate / rpc_malloc) --------------------------------------------------
+    def try_alloc_buffer(self):
+        """The call's RPC buffer page if the pool grants it now, else None (call_allocate's
+        first attempt; ``alloc_buffer`` retries). Not a generator: no task step for the common case."""
+        return self.alloc.alloc(1, RPC_GFP_SWAPPER if self.swapper else RPC_GFP, "rpc")
+
     def alloc_buffer(self, label: str):
         """Generator: the call's RPC buffer page, retried after ALLOC_RETRY_S while refused."""
         gfp = RPC_GFP_SWAPPER if self.swapper else RPC_GFP

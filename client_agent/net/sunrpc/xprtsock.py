@@ -37,7 +37,7 @@ from ...mm.gfp import GFP_NOIO
 from ...tasks import TIMEOUT, Sleep, WaitEvent
 from ..core.skbuff import PAGE_SIZE, SKB_TRUESIZE_OVERHEAD
 from ..ipv4.tcp import CLOSE as TCP_CLOSE
-from .xprt import XPRT_RESEND, XPRT_SEND, RpcTimeout, RpcXprt
+from .xprt import XPRT_CONNFAIL, XPRT_RESEND, XPRT_SEND, RpcTimeout, RpcXprt
 
 # A reply to WRITE/COMMIT is one frame of one page; truesize as the stack charges it.
 REPLY_TRUESIZE = PAGE_SIZE + SKB_TRUESIZE_OVERHEAD
@@ -210,6 +210,9 @@ class XsTcp(RpcXprt):
                 break
         if not sk.established:
             self.counters["connect_fails"] += 1
+            if sk.sk_err == _errno.ECONNREFUSED:    # RST to our SYN: soft-connect calls give up
+                for xid in list(self.pending):      # (a timed-out attempt is retried: a lost SYN
+                    sched.wake(self.reply_key(xid), XPRT_CONNFAIL)   # must not end a soft call)
             return False
         self.connected = True
         self.connect_cookie += 1
