@@ -70,10 +70,16 @@ def scaled(name: str) -> dict:
     return p
 
 
-def plan(campaign_seed: int, i: int) -> dict:
-    """Run ``i`` of a campaign: scenario, run seed, the sim parameters and the fault kinds drawn."""
+def scenario_name(name: str, storage: str = "nfs") -> str:
+    """The built-in scenario of ``name``'s condition over ``storage`` (nbd-memalloc, ...)."""
+    return name if storage == "nfs" else f"{storage}-{name}"
+
+
+def plan(campaign_seed: int, i: int, storage: str = "nfs") -> dict:
+    """Run ``i`` of a campaign: scenario, run seed, the sim parameters and the fault kinds drawn.
+    ``storage``: the campaign's storage protocol (nfs, nbd, iscsi): the same draws, its scenarios."""
     rng = random.Random(f"chaos:{campaign_seed}:{i}")
-    name = SCENARIOS[i % len(SCENARIOS)]
+    name = scenario_name(SCENARIOS[i % len(SCENARIOS)], storage)
     run_seed = rng.randrange(1, 1 << 31)
     kinds = {FAULT_KINDS[i % len(FAULT_KINDS)]}
     kinds |= {k for k in FAULT_KINDS if rng.random() < EXTRA_P}
@@ -161,10 +167,10 @@ def check(r: dict) -> list[str]:
     return bad
 
 
-def run_one(campaign_seed: int, i: int) -> dict:
+def run_one(campaign_seed: int, i: int, storage: str = "nfs") -> dict:
     """Plan and run in-memory run ``i``; a row of the table plus the full result under ``result``."""
     from testbed.sim import run_sim
-    pl = plan(campaign_seed, i)
+    pl = plan(campaign_seed, i, storage)
     row = {"run": i, "kind": "sim", "scenario": pl["scenario"], "seed": pl["seed"], "campaign_seed": campaign_seed}
     params = {k: v for k, v in pl["params"].items() if not k.startswith("_")}
     try:
@@ -194,7 +200,7 @@ def run_one(campaign_seed: int, i: int) -> dict:
 
 
 # ------------------------------------------------------------------ real runs
-def plan_real(campaign_seed: int, k: int) -> dict:
+def plan_real(campaign_seed: int, k: int, storage: str = "nfs") -> dict:
     """Real run ``k``: memalloc, scaled for time; faults keyed by the agent's packet counts."""
     rng = random.Random(f"chaos-real:{campaign_seed}:{k}")
     seed = rng.randrange(1, 1 << 31)
@@ -202,7 +208,7 @@ def plan_real(campaign_seed: int, k: int) -> dict:
     # RNG decides per frame in arrival/transmit order, i.e. keyed by packet index
     faults = (f"loss={rng.choice((0.01, 0.02, 0.05))},dup={rng.choice((0.01, 0.03))},"
               f"reorder={rng.choice((0.01, 0.03))},delay_ms={rng.choice((0.5, 2.0))},seed={seed % 100000}")
-    return {"run": f"real{k}", "scenario": "memalloc", "seed": seed,
+    return {"run": f"real{k}", "scenario": scenario_name("memalloc", storage), "seed": seed,
             "overrides": {"max_duration_s": 30.0, "client_faults": faults},
             "nas_restart_after_rpc_calls": rng.choice((200, 400, 800)),
             # RST: the NAS host's kernel aborts its NFS connections (ss -K, SOCK_DESTROY: an
@@ -232,7 +238,10 @@ def _real_during(pl: dict):
         rec.setdefault("nas_restart", 0)
         rec.setdefault("flood_toggle", 0)
         s = ctx.get("snapshot") or {}
-        calls = ((s.get("nfs") or {}).get("counters") or {}).get("rpc_calls", 0)
+        # requests sent so far: RPC calls (NFS), NBD_CMD_WRITE / scsicmd_pdus (the swap device's)
+        sw = s.get("swap") or {}
+        calls = (((s.get("nfs") or {}).get("counters") or {}).get("rpc_calls", 0)
+                 or sw.get("NBD_CMD_WRITE", 0) or sw.get("scsicmd_pdus", 0))
         rxp = ((s.get("stack") or {}).get("counters") or {}).get("rx_packets", 0)
         if rec["nas_restart"] == 0 and calls >= pl["nas_restart_after_rpc_calls"]:
             ctx["restart_nas"]()
@@ -256,11 +265,11 @@ def _real_during(pl: dict):
     return during
 
 
-def run_real(campaign_seed: int, k: int, out: str) -> dict:
+def run_real(campaign_seed: int, k: int, out: str, storage: str = "nfs") -> dict:
     from netns_setup.state import list_runs
     from testbed import scenario as scn
     from testbed.runner import RunError, run_scenario
-    pl = plan_real(campaign_seed, k)
+    pl = plan_real(campaign_seed, k, storage)
     row = {"run": pl["run"], "kind": "real", "scenario": pl["scenario"], "seed": pl["seed"],
            "campaign_seed": campaign_seed}
     rdir = os.path.join(out, pl["run"])
@@ -318,7 +327,8 @@ def run_real(campaign_seed: int, k: int, out: str) -> dict:
 
 
 # ------------------------------------------------------------------ the campaign
-def campaign(runs: int = 20, seed: int = 1, real: int = 0, out: str | None = None, log=None) -> dict:
+def campaign(runs: int = 20, seed: int = 1, real: int = 0, out: str | None = None, log=None,
+             storage: str = "nfs") -> dict:
     """Run ``runs`` in-memory runs and ``real`` real ones; returns {rows, ok, kinds_exercised, ...}.
     With ``out``: campaign.json there, and each failed run's full report (``run-<i>.json``; real runs
     keep their report directory with pcaps; passing real runs drop their pcaps)."""
@@ -328,7 +338,7 @@ def campaign(runs: int = 20, seed: int = 1, real: int = 0, out: str | None = Non
     rows = []
     t0 = time.monotonic()
     for i in range(runs):
-        row = run_one(seed, i)
+        row = run_one(seed, i) if storage == "nfs" else run_one(seed, i, storage)
         full = row.pop("result", None)
         if not row["ok"] and out:
             with open(os.path.join(out, f"run-{i}.json"), "w") as f:
@@ -336,14 +346,15 @@ def campaign(runs: int = 20, seed: int = 1, real: int = 0, out: str | None = Non
         rows.append(row)
         say(format_row(row))
     for k in range(real):
-        row = run_real(seed, k, out or os.path.join("reports", f"chaos-{seed}"))
+        rdir = out or os.path.join("reports", f"chaos-{seed}")
+        row = run_real(seed, k, rdir) if storage == "nfs" else run_real(seed, k, rdir, storage)
         if row["ok"]:
             _drop_pcaps(row.get("report"))
         rows.append(row)
         say(format_row(row))
     exercised = sorted({k for r in rows for k, n in (r.get("faults") or {}).items() if n},
                        key=lambda k: FAULT_KINDS.index(k) if k in FAULT_KINDS else 99)
-    res = {"seed": seed, "runs": runs, "real": real, "ok": all(r["ok"] for r in rows),
+    res = {"seed": seed, "runs": runs, "real": real, "storage": storage, "ok": all(r["ok"] for r in rows),
            "kinds_exercised": exercised, "kinds_missing": [k for k in FAULT_KINDS if k not in exercised],
            "lost_total": sum(r["lost"] or 0 for r in rows),
            "failed": [r["run"] for r in rows if not r["ok"]], "wall_s": round(time.monotonic() - t0, 2),

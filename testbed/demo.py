@@ -36,6 +36,21 @@ AOE_TABLE_TITLE = "swap over AoE under the same flood"
 # when the watchdog decides (stall_threshold_s after the stall), a recovery in seconds; the cap only
 # bounds a run that does neither, so that the four stay within ~2 minutes.
 MAX_DURATION_S = 25.0
+# `testbed demo --protocols`: "every storage protocol of the problem statement under the same flood".
+# Data-driven: (protocol label, scenario, overrides) -- the same flood, pool and reserve in every
+# row; only the storage protocol (and NFS's transport) differ. Other protocols append their rows
+# (e.g. AoE). The run name of a row is ``name`` in its overrides (one scenario may appear twice).
+PROTOCOL_ROWS: list[tuple[str, str, dict]] = [
+    ("NFS/TCP", "no-reserve", {"transport": "tcp", "name": "nfs-tcp-no-reserve"}),
+    ("NFS/TCP", "memalloc", {"transport": "tcp", "name": "nfs-tcp-memalloc"}),
+    ("NFS/UDP", "no-reserve", {"transport": "udp", "name": "nfs-udp-no-reserve"}),
+    ("NFS/UDP", "memalloc", {"transport": "udp", "name": "nfs-udp-memalloc"}),
+    ("NBD", "nbd-no-reserve", {}),
+    ("NBD", "nbd-memalloc", {}),
+    ("iSCSI", "iscsi-no-reserve", {}),
+    ("iSCSI", "iscsi-memalloc", {}),
+]
+PROTOCOL_TABLE_TITLE = "every storage protocol of the problem statement under the same flood"
 QUICK_MAX_DURATION_S = 15.0
 
 
@@ -46,13 +61,17 @@ def default_out_dir() -> str:
 def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS,
              transport: str | None = None) -> list[tuple[scn.Scenario, list, dict]]:
     """Load + preflight every scenario; raises ScenarioError / returns the failing checks' lines.
+    ``names``: scenario names, or (label, scenario, overrides) rows as in PROTOCOL_ROWS.
     ``transport`` overrides every scenario's (the built-ins say "tcp", as every Linux since 5.6
     mounts; "udp" is the pre-5.6 configuration)."""
     out = []
     for n in names:
-        base = scn.load(n)
+        row_ov: dict = {}
+        if isinstance(n, tuple):
+            _label, n, row_ov = n
+        base = scn.load(n, row_ov)
         cap = QUICK_MAX_DURATION_S if quick else MAX_DURATION_S
-        ov: dict = {"max_duration_s": min(base.max_duration_s, cap)}
+        ov: dict = {**row_ov, "max_duration_s": min(base.max_duration_s, cap)}
         if seed is not None:
             ov["seed"] = seed
         if transport is not None:
@@ -100,6 +119,43 @@ def table_rows(entries: list[dict]) -> list[tuple[str, ...]]:
 
 def is_file(e: dict) -> bool:
     return e.get("consumer", "swap") != "swap" or e["name"] in FILE_SCENARIOS
+
+
+PROTOCOL_COLUMNS = ("protocol", "scenario", "expect", "outcome", "stall s", "recover s", "written/verified",
+                    "PFMemallocDrop", "rx_nobuf", "reserve low", "resent", "requests")
+
+
+def protocol_label(e: dict) -> str:
+    st = e.get("storage") or (e.get("parameters") or {}).get("storage", "nfs")
+    if st == "nfs":
+        return "NFS/" + (e.get("parameters") or {}).get("transport", "udp").upper()
+    return {"nbd": "NBD", "iscsi": "iSCSI", "aoe": "AoE"}.get(st, st)
+
+
+def _requests(e: dict) -> tuple[str, str]:
+    """(resent, requests) named as the protocol's tools name them: RPC retransmissions / calls
+    (nfsstat, mountstats), requests requeued after a reconnect / NBD_CMD_WRITE, scsicmd_pdus."""
+    c = e.get("counters") or {}
+    st = e.get("storage") or "nfs"
+    if st == "nfs":
+        n = c.get("nfs") or {}
+        return f"rpc_retrans {_fmt(e.get('rpc_retrans'))}", f"rpc_calls {_fmt(n.get('rpc_calls'))}"
+    b = c.get(st) or {}
+    key = {"nbd": "NBD_CMD_WRITE", "iscsi": "scsicmd_pdus"}.get(st)
+    return f"requeued {_fmt(b.get('requests_requeued'))}", f"{key} {_fmt(b.get(key))}" if key else "-"
+
+
+def format_protocol_table(entries: list[dict]) -> str:
+    rows = [PROTOCOL_COLUMNS]
+    for e, r in zip(entries, table_rows(entries)):
+        rows.append((protocol_label(e),) + r[:-2] + _requests(e))
+    w = [max(len(r[i]) for r in rows) for i in range(len(PROTOCOL_COLUMNS))]
+    lines = [PROTOCOL_TABLE_TITLE]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w[j]) if j < 4 else c.rjust(w[j]) for j, c in enumerate(r)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * x for x in w))
+    return "\n".join(lines)
 
 
 def transports(entries: list[dict]) -> str:
@@ -157,7 +213,9 @@ def postprocess(out: str, entry: dict, timeline: list[dict], say=print) -> dict:
         # the runner explained the AoE responses by tag (testbed/explain.py explain_aoe)
         if os.path.exists(os.path.join(sdir, "aoe_explanations.txt")):
             files["explanations"] = os.path.relpath(os.path.join(sdir, "aoe_explanations.txt"), out)
-    elif pc and os.path.exists(pc) and os.path.exists(snap_path) and entry.get("t0_wall") is not None:
+    # the reply-fate explanations read NFS replies off the pcap: for NFS runs only
+    elif (pc and os.path.exists(pc) and os.path.exists(snap_path) and entry.get("t0_wall") is not None
+            and entry.get("storage", "nfs") == "nfs"):
         import json
         with open(snap_path) as f:
             final = json.load(f)
@@ -191,8 +249,12 @@ def _tables(entries: list[dict]) -> dict:
            if any(is_aoe(e) for e in entries) else [])}
 
 
-def run_demo(out: str, loaded: list, *, say=None) -> tuple[list[dict], float]:
-    """Run every loaded scenario into ``out``; returns (entries, wall seconds)."""
+def run_demo(out: str, loaded: list, *, say=None, protocols: bool = False) -> tuple[list[dict], float]:
+    """Run every loaded scenario into ``out``; returns (entries, wall seconds). ``protocols``: the
+    rows are PROTOCOL_ROWS (one table by protocol)."""
+    fmt = format_protocol_table if protocols else format_table
+    tables = (lambda es: {"tables": [{"title": PROTOCOL_TABLE_TITLE, "scenarios": [e["name"] for e in es]}]}) \
+        if protocols else _tables
     from testbed.runner import RunError, run_scenario
 
     say = say or (lambda m: print(f"testbed demo: {m}", file=sys.stderr, flush=True))
@@ -231,7 +293,7 @@ def run_demo(out: str, loaded: list, *, say=None) -> tuple[list[dict], float]:
         items.append((entry, timeline))
         # report.json after every scenario: an interrupted demo still leaves what it did
         rep.write_report(out, entries, extra={"demo": {"scenarios": [s.name for s, _, _ in loaded], "complete": False,
-                                                       **_tables(entries)}})
+                                                       **tables(entries)}})
     from testbed import plots
     try:
         plots.overview_png(items, os.path.join(out, "overview.png"))
@@ -240,9 +302,9 @@ def run_demo(out: str, loaded: list, *, say=None) -> tuple[list[dict], float]:
     wall = time.monotonic() - t_start
     rep.write_report(out, entries, extra={"demo": {"scenarios": [s.name for s, _, _ in loaded], "complete": True,
                                                    "wall_s": round(wall, 1), "overview_png": "overview.png",
-                                                   **_tables(entries)}})
+                                                   **tables(entries)}})
     with open(os.path.join(out, "table.txt"), "w") as f:
-        f.write(format_table(entries) + "\n")
+        f.write(fmt(entries) + "\n")
     with open(os.path.join(out, "explanations.txt"), "w") as f:
         for e in entries:
             rel = (e.get("files") or {}).get("explanations")     # NFS replies by xid, AoE responses by tag

@@ -39,6 +39,23 @@ AGENT_CPU = 0
 OTHER_CPU = 1
 PAGE = 4096
 NAS_DATA_ROOT = "/dev/shm"
+NBD_PORT = 10809
+ISCSI_PORT = 3260
+TGT_IQN = "iqn.2025-01.org.nsdeadlock.tgt:swap"
+THIRD_PARTY_TARGETS = {"nbd": ("nbdkit", "qemu-nbd"), "iscsi": ("tgtd",)}
+
+
+def _port_open(ip: str, port: int) -> bool:
+    import socket
+    try:
+        socket.create_connection((ip, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+BLOCK_TARGET_ARGS = {"nbd": ["--nbd", "--nbd-port", str(NBD_PORT)],
+                     "iscsi": ["--iscsi", "--iscsi-port", str(ISCSI_PORT)]}
 # Bench profiles: when set, sections that start agents profile one of them into this directory.
 PROFILE_DIR_ENV = "TESTBED_BENCH_PROFILE_DIR"
 
@@ -92,7 +109,8 @@ def _mac(h: Any) -> str:
 class Rig:
     """``up`` a topology, start a nas-server exporting ``swap`` with ``images`` ([(name, MiB or a
     size such as "256K")]), and start clients, the flood and captures on demand. ``export_networks``:
-    the export's ACL (default: the NAS's own network); ``name``: the run name (default ``b<tag><hex>``).
+    the export's ACL (default: the NAS's own network); ``name``: the run name (default ``b<tag><hex>``);
+    ``block_targets``: "nbd" / "iscsi" -- nas-server serves the images over them too.
 
     ``aoe`` (docs/aoe.md): serve one of ``images`` as the AoE device e<shelf>.<slot> on the NAS's
     interface -- ``{"image", "shelf", "slot", "target", "service_ms", "bufcnt"}``; target
@@ -103,7 +121,7 @@ class Rig:
     def __init__(self, topo: Any, tag: str, *, images: list[tuple[str, int | str]], nas_on_tmpfs: bool = True,
                  nas_write_latency_ms: float = 0.0, say: Callable[[str], None] = lambda _m: None,
                  export_networks: str | None = None, name: str | None = None, aoe: dict | None = None,
-                 nas_command: str | None = None):
+                 nas_command: str | None = None, block_targets: tuple[str, ...] = ()):
         from netns_setup import lifecycle
 
         self.topo, self.say = topo, say
@@ -115,8 +133,11 @@ class Rig:
         self.caps: dict[str, Any] = {}
         self.data_dir: str | None = None
         self.ctls: dict[str, Any] = {}
+        self._tgt_ctl: str | None = None        # tgtd's management socket number (start_block_target)
+        self._tgt_made_dir = False
         self.nas_command = nas_command or None
         self.nas_export_dir: str | None = None
+        self.block_targets = tuple(block_targets)
         self.env = {**os.environ, "PYTHONPATH": REPO}
         self.env.pop("CLIENT_AGENT_PROFILE", None)
         self.st = lifecycle.up(topo, self.name)
@@ -152,6 +173,11 @@ class Rig:
                            for img, mib in images],
                          "--bind", self.nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
                          "--control", ctl, "--write-latency-ms", str(nas_write_latency_ms)]
+        # the same images as block devices (nas-server --nbd / --iscsi) when a run needs them
+        for proto in self.block_targets:
+            if proto not in BLOCK_TARGET_ARGS:
+                raise RigError(f"block target {proto!r} unknown; known: {', '.join(BLOCK_TARGET_ARGS)}")
+            self.nas_argv += BLOCK_TARGET_ARGS[proto]
         if aoe and aoe.get("target", "nas-server") == "nas-server":
             self.nas_argv += ["--aoe-interface", self.st.host_iface("nas"),
                               "--aoe-disk", f"{aoe['shelf']}.{aoe['slot']}={EXPORT}/{aoe['image']}",
@@ -317,6 +343,62 @@ class Rig:
         c = self.ctls["flood"] = ControlClient(ctl, timeout_s=10.0)
         return c
 
+    def start_block_target(self, kind: str, image: str, *, latency_ms: float = 0.0) -> dict:
+        """A third-party target on the NAS host serving nas-server's image ``EXPORT/image`` (the same
+        file: read back over NFS or the target itself): ``nbdkit`` (file plugin, its delay filter
+        giving ``latency_ms`` per write: wdelay), ``qemu-nbd`` (-t, cache none), or ``tgtd``
+        (LUN 1 of one target, backing store the file). Returns the device spec's target part
+        (``port``, ``export`` or ``target`` + ``lun``). The process is ``procs["target"]``."""
+        from netns_setup.process import ProcessStartError, start_process
+        data = self.data_dir or os.path.join(self.st.dir, "nasdata")
+        path = os.path.join(data, EXPORT, image)
+        ip = self.nas_ip
+        if kind == "nbdkit":
+            ms = f"{latency_ms:g}ms"
+            argv = ["nbdkit", "-f", "-i", ip, "-p", str(NBD_PORT), "--filter=delay", "file", path,
+                    f"wdelay={ms}"]
+            spec = {"port": NBD_PORT, "export": ""}
+        elif kind == "qemu-nbd":
+            # -e 2: the agent's connection may still count when the reader connects (a stopped
+            # agent sends no FIN: its TCP is in the process)
+            argv = ["qemu-nbd", "-f", "raw", "-x", "swap", "-b", ip, "-p", str(NBD_PORT), "-t", "-e", "2",
+                    "--cache=none", path]
+            spec = {"port": NBD_PORT, "export": "swap"}
+        elif kind == "tgtd":
+            self._tgt_ctl = str(1000 + os.getpid() % 30000)   # /var/run/tgtd/socket.N, N <= 32767
+            self._tgt_made_dir = not os.path.isdir("/var/run/tgtd")
+            argv = ["tgtd", "-f", "-C", self._tgt_ctl, "--iscsi", f"portal={ip}:{ISCSI_PORT}"]
+            spec = {"port": ISCSI_PORT, "target": TGT_IQN, "lun": 1}
+        else:
+            raise RigError(f"third-party target {kind!r} unknown; known: nbdkit, qemu-nbd, tgtd")
+        try:
+            self.procs["target"] = start_process(self.st, "nas", argv, role=kind, cpus=_cpus(OTHER_CPU),
+                                                 env=self.env, cwd=REPO)
+        except ProcessStartError as e:
+            raise RigError(f"{kind} did not start: {str(e).splitlines()[0]}") from None
+        self._wait_port(spec["port"], kind)
+        if kind == "tgtd":
+            import subprocess
+            for args in (["--op", "new", "--mode", "target", "--tid", "1", "-T", TGT_IQN],
+                         ["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", path],
+                         ["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]):
+                q = subprocess.run(["tgtadm", "-C", self._tgt_ctl, "--lld", "iscsi", *args],
+                                   capture_output=True, text=True, timeout=20)
+                if q.returncode != 0:
+                    raise RigError(f"tgtadm {' '.join(args[:4])} failed: {q.stderr.strip()}")
+        return spec
+
+    def _wait_port(self, port: int, what: str, timeout_s: float = 10.0) -> None:
+        from netns_setup.process import run_in_netns
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if run_in_netns(self.st.host_netns("noise"), _port_open, self.nas_ip, port):
+                return
+            if self.procs["target"].poll() is not None:
+                raise RigError(f"{what} exited before listening on {self.nas_ip}:{port}; see its log in {self.st.dir}")
+            time.sleep(0.1)
+        raise RigError(f"{what} did not listen on {self.nas_ip}:{port} within {timeout_s:g} s")
+
     def stop(self, key: str) -> None:
         c = self.ctls.pop(key, None)
         if c is not None:
@@ -342,6 +424,17 @@ class Rig:
         for c in self.ctls.values():
             c.close()
         self.ctls.clear()
+        if self._tgt_ctl is not None:           # what tgtd leaves behind
+            for leftover in (f"/var/run/tgtd/socket.{self._tgt_ctl}", f"/var/run/tgtd/socket.{self._tgt_ctl}.lock"):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
+            if self._tgt_made_dir:
+                try:
+                    os.rmdir("/var/run/tgtd")
+                except OSError:
+                    pass
         try:
             lifecycle.down(self.name)
         finally:

@@ -65,8 +65,6 @@ def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s
         return {"verified": None, "mismatched": [], "read_errors": [],
                 "note": f"no page content function for {content!r}: slots read back but not compared"}
     image = image or IMAGE
-    slots = sorted((int(s), int(v[0]), int(v[1])) for s, v in acked.items())
-    verified, mismatched, errors = 0, [], []
     if export is None:
         rc = RefClient(nas_ip, NFS_PORT, "udp", timeout_s=timeout_s)
     else:
@@ -75,28 +73,78 @@ def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s
     with rc:
         root = rc.mount(export or "/" + EXPORT)
         fh, _ = rc.lookup(root, image)
-        i = 0
-        while i < len(slots):
-            # read runs of up to 8 consecutive slots in one READ
-            j = i + 1
-            while j < len(slots) and j - i < 8 and slots[j][0] == slots[j - 1][0] + 1:
-                j += 1
-            first = slots[i][0]
-            try:
-                data = rc.read(fh, first * page_size, (j - i) * page_size)
-            except Exception as e:  # noqa: BLE001 -- recorded per slot, the run goes on
-                errors.append(f"slot {first}: {e}")
-                i = j
-                continue
-            for k in range(i, j):
-                slot, pid, gen = slots[k]
-                off = (slot - first) * page_size
-                if data[off:off + page_size] == page_bytes(seed, pid, gen):
-                    verified += 1
-                elif len(mismatched) < 32:
-                    mismatched.append({"slot": slot, "page_id": pid, "generation": gen})
+        return _compare_slots(acked, lambda off, n: rc.read(fh, off, n), seed, page_size, page_bytes)
+
+
+def _compare_slots(acked: dict, read, seed: int, page_size: int, page_bytes) -> dict:
+    """Read runs of up to 8 consecutive acked slots with ``read(offset, length)`` and compare each
+    page with ``page_bytes(seed, page_id, generation)``; a read error is recorded per run."""
+    slots = sorted((int(s), int(v[0]), int(v[1])) for s, v in acked.items())
+    verified, mismatched, errors = 0, [], []
+    i = 0
+    while i < len(slots):
+        j = i + 1
+        while j < len(slots) and j - i < 8 and slots[j][0] == slots[j - 1][0] + 1:
+            j += 1
+        first = slots[i][0]
+        try:
+            data = read(first * page_size, (j - i) * page_size)
+        except Exception as e:  # noqa: BLE001 -- recorded per slot, the run goes on
+            errors.append(f"slot {first}: {e}")
             i = j
+            continue
+        for k in range(i, j):
+            slot, pid, gen = slots[k]
+            off = (slot - first) * page_size
+            if data[off:off + page_size] == page_bytes(seed, pid, gen):
+                verified += 1
+            elif len(mismatched) < 32:
+                mismatched.append({"slot": slot, "page_id": pid, "generation": gen})
+        i = j
     return {"verified": verified, "mismatched": mismatched, "read_errors": errors[:32]}
+
+
+def _verify_block(storage: str, nas_ip: str, acked: dict, seed: int, page_size: int, device: dict,
+                  sock_timeout_s: float = 20.0) -> dict:
+    """Read every acked slot back through a client that is not the agent: nas_server.blockrefclient
+    (the protocol's state machine on kernel sockets) from the device's target (NBD export or
+    iSCSI target + LUN of the device spec), 8 consecutive slots per request, and compare with
+    page_bytes()."""
+    from client_agent.mm.anon import page_bytes
+    from nas_server.blockrefclient import IscsiRefClient, NbdRefClient
+    if storage == "nbd":
+        c = NbdRefClient(nas_ip, device["port"], device["export"].encode(), structured=False,
+                         timeout_s=sock_timeout_s)
+        read = c.read
+    else:
+        c = IscsiRefClient(nas_ip, device["port"], device["target"], lun=device.get("lun", 0),
+                           timeout_s=sock_timeout_s)
+        bs = c.capacity()[1]
+        read = lambda off, n: c.read(off // bs, n // bs, block_bytes=bs)  # noqa: E731
+    try:
+        out = _compare_slots(acked, read, seed, page_size, page_bytes)
+    finally:
+        if storage == "nbd":
+            c.close()
+        else:
+            c.logout()
+    return {**out, "reader": f"nas_server.blockrefclient over {storage}"}
+
+
+BLOCK_STORAGES = ("nbd", "iscsi")      # block devices over TCP (docs/block.md)
+BLOCK_VIEW_KEYS = {
+    "nbd": ("NBD_CMD_WRITE", "NBD_CMD_FLAG_FUA", "NBD_CMD_FLUSH", "NBD_CMD_READ", "via"),
+    "iscsi": ("scsicmd_pdus", "scsirsp_pdus", "dataout_pdus", "r2t_pdus", "datain_pdus", "noptx_pdus",
+              "noprx_pdus", "timeout_err", "WRITE_10"),
+}
+BLOCK_COMMON_KEYS = ("connect_count", "reconnects", "requests_requeued", "request_timeouts", "protocol_errors")
+
+
+def block_view(snap: dict, storage: str) -> dict:
+    """The block device's counters from an agent snapshot's swap device (``snap["swap"]`` merges
+    the backend's snapshot): the protocol's own names plus the reconnect/requeue figures."""
+    sw = snap.get("swap") or {}
+    return {k: sw.get(k) for k in BLOCK_VIEW_KEYS.get(storage, ()) + BLOCK_COMMON_KEYS if k in sw}
 
 
 def verify_image(path: str, acked: dict, seed: int, page_size: int) -> dict:
@@ -246,6 +294,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
     consumer = getattr(sc, "consumer", "swap")
     file_consumer = consumer != "swap"
     beyond_linux = file_consumer and getattr(sc, "policy", "linux") == "extended"
+    storage = getattr(sc, "storage", "nfs")
+    third_party = None if getattr(sc, "target", "nas-server") == "nas-server" else sc.target
 
     agent = None
     timeline: list[dict] = []
@@ -266,6 +316,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         rig = Rig(topo, "r", name=name, images=images, nas_on_tmpfs=True,
                   nas_write_latency_ms=sc.nas_write_latency_ms,
                   export_networks=export_networks or "198.18.0.0/24", say=say,
+                  block_targets=(storage,) if storage in BLOCK_STORAGES and third_party is None else (),
                   aoe={"image": AOE_IMAGE, "shelf": sc.aoe_shelf, "slot": sc.aoe_slot, "target": sc.aoe_target,
                        "service_ms": sc.aoe_service_ms, "bufcnt": sc.aoe_bufcnt} if aoe else None,
                   nas_command=getattr(sc, "nas_command", "") or None)
@@ -292,6 +343,13 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                   "image": FILE_IMAGE if file_consumer else IMAGE, "slots": sc.slots, "wsize": sc.wsize,
                   "timeo_s": sc.timeo_s, "timeo_max_s": sc.timeo_max_s, "retrans": sc.retrans,
                   "stable": sc.stable, "proto": sc.transport, "mount_port": None if other_nas else NFS_PORT}
+        if storage in BLOCK_STORAGES:
+            from testbed.nas_block import block_device_spec
+            device = block_device_spec(storage, nas_ip, EXPORT, IMAGE, queue_depth=sc.slots)
+            if third_party is not None:
+                # the same image file served by nbdkit / qemu-nbd / tgtd instead of nas-server
+                device.update(rig.start_block_target(third_party, IMAGE, latency_ms=sc.nas_write_latency_ms))
+                say(f"{third_party} serves {EXPORT}/{IMAGE}: {device}")
         # file consumers: a swapless client with one file on its own transport; the policy marks
         # it or not
         if aoe:
@@ -385,14 +443,18 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         acked = swap_map.get("acked", {})
         # read back from noise; with a restricted export (hostile runs keep noise outside it) from the
         # NAS host itself, whose own address the caller includes in export_networks
-        if not aoe:
-            ver = run_in_netns(st.host_netns("noise" if export_networks is None else "nas"), _verify_slots, nas_ip, acked,
+        reader_ns = st.host_netns("noise" if export_networks is None else "nas")
+        if storage in BLOCK_STORAGES:
+            ver = run_in_netns(reader_ns, _verify_block, storage, nas_ip, acked, swap_map.get("seed", sc.seed),
+                               swap_map.get("page_size", 4096), device, timeout_s=max(60.0, len(acked) / 200))
+        elif not aoe:
+            ver = run_in_netns(reader_ns, _verify_slots, nas_ip, acked,
                                swap_map.get("seed", sc.seed), swap_map.get("page_size", 4096),
                                timeout_s=max(60.0, len(acked) / 200), image=FILE_IMAGE if file_consumer else IMAGE,
                                content="file" if file_consumer else "swap", export=nas_export)
         elif nfs_swap_map is not None:
             nacked = nfs_swap_map.get("acked", {})
-            nver = run_in_netns(st.host_netns("noise" if export_networks is None else "nas"), _verify_slots, nas_ip,
+            nver = run_in_netns(reader_ns, _verify_slots, nas_ip,
                                 nacked, nfs_swap_map.get("seed", sc.seed), nfs_swap_map.get("page_size", 4096),
                                 timeout_s=60.0, image=IMAGE)
             entry_extra["nfs_swap"] = {"pages_written": len(nacked), "pages_verified": nver.get("verified"),
@@ -452,6 +514,10 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             counters["filemap"] = {k: v for k, v in final["filemap"].items() if k != "workload"}
         # short writes, JUKEBOX delays, garbage replies, write errors by name (issue 12 kind A)
         counters["nfs_writeback"] = writeback_view(final)
+        if storage in BLOCK_STORAGES:
+            # the block device's counters as the protocol's tools name them (nbd: NBD_CMD_*;
+            # iscsi: struct iscsi_stats, SCSI opcodes), from the swap device's snapshot
+            counters[storage] = block_view(final, storage)
         return {
             "name": sc.name, "outcome": wd.outcome, "seed": sc.seed, "expect": sc.expect,
             "time_to_stall_s": wd.time_to_stall_s, "time_to_recover_s": wd.time_to_recover_s,
@@ -462,11 +528,11 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "preflight": [ch.to_json() for ch in checks], "counters": counters, "watchdog": text,
             "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
             "parameters": sc.to_dict(), "run_name": name, ("fileon" if file_consumer else "swapon"): sw,
-            "consumer": consumer, "policy": getattr(sc, "policy", "linux"),
+            "consumer": consumer, "policy": getattr(sc, "policy", "linux"), "storage": storage,
+            "target": getattr(sc, "target", "nas-server"),
             # extended policy: file writeback's transport SOCK_MEMALLOC, which Linux does not do;
             # for AoE: the marked target's frames pass skb_pfmemalloc_protocol
             "beyond_linux": beyond_linux or (aoe and sc.policy == "extended"),
-            "storage": "aoe" if aoe else "nfs",
             "pcaps": {h: cap.path for h, cap in caps.items()}, **entry_extra,
             **({"during": dctx["record"]} if during is not None else {}),
             "_timeline": timeline,

@@ -32,12 +32,19 @@ POLICIES = ("linux", "extended")
 # The NFS client's transport: tcp (every Linux since 5.6: CONFIG_NFS_DISABLE_UDP_SUPPORT) or udp
 # (the "Linux before 5.6" variant, nas-server's one-port layout).
 TRANSPORTS = ("udp", "tcp")
-# The swap device's storage (docs/aoe.md): an NFS file, or an AoE device e<aoe_shelf>.<aoe_slot>
-# served by nas-server's AoE target (or a third-party target: aoe_target = "vblade"), with
-# ``nfs_swap_pages`` of NFS swap beside it (SOCK_MEMALLOC, so memalloc sockets exist); for AoE,
-# ``policy`` linux is the Linux driver, extended lets the marked target's frames use the reserve.
-STORAGES = ("nfs", "aoe")
+# The swap device's storage: an NFS file (over ``transport``); an NBD export or iSCSI LUN (both over
+# the agent's TCP, drivers/block/nbd.py, drivers/scsi/iscsi_tcp.py; nas-server --nbd / --iscsi;
+# docs/block.md); or an AoE device e<aoe_shelf>.<aoe_slot> (docs/aoe.md) served by nas-server's AoE
+# target (or a third-party target: aoe_target = "vblade"), with ``nfs_swap_pages`` of NFS swap beside
+# it (SOCK_MEMALLOC, so memalloc sockets exist); for AoE, ``policy`` linux is the Linux driver,
+# extended lets the marked target's frames use the reserve.
+STORAGES = ("nfs", "nbd", "iscsi", "aoe")
+BLOCK_STORAGES = ("nbd", "iscsi")
 AOE_TARGETS = ("nas-server", "vblade")
+# Who serves an NBD / iSCSI device on real packets (``target``): nas-server (--nbd / --iscsi), or a
+# third-party target on the NAS host serving the same image file (testbed.rig.Rig.start_block_target).
+# The simulation always runs nas-server's target core.
+TARGETS = {"nas-server": STORAGES, "nbdkit": ("nbd",), "qemu-nbd": ("nbd",), "tgtd": ("iscsi",)}
 PAGE_SIZE = 4096
 # An NFSv3 WRITE reply on the wire: RPC accepted-reply header 24 + nfsstat 4 + wcc_data
 # (pre_op_attr 4+24, post_op_attr 4+84) + count 4 + committed 4 + writeverf 8 = 160 bytes of RPC,
@@ -82,6 +89,18 @@ TCPOLEN_TSTAMP_ALIGNED = 12
 IPV4_HLEN = 20
 RPC_RECORD_MARK = 4
 RX_FRAME_PAGES = 1
+# Block protocols over the agent's TCP (drivers/tcp_block.py): a request's bytes sit in TCP's
+# write/retransmit queue, one page per segment, until ACKed; its reply is one receive segment (one
+# page) until the driver's receive task reads it.
+TCP_MSS = MTU - IPV4_HLEN - TCP_HLEN - TCPOLEN_TSTAMP_ALIGNED
+# NBD (proto.md): a request header is 28 bytes (+ the WRITE's data); a simple reply 16 bytes.
+NBD_REQUEST_HEADER_BYTES = 28
+NBD_SIMPLE_REPLY_BYTES = 16
+# iSCSI (RFC 7143): every PDU has a 48-byte Basic Header Segment; a WRITE's 4096 bytes ride as
+# immediate data of the SCSI Command PDU (ImmediateData=Yes, InitialR2T=No: open-iscsi's and
+# nas-server's values), so a write receives only the SCSI Response (48 bytes); with InitialR2T=Yes
+# an R2T (48 bytes) would come first and the data go in a Data-Out PDU (48 + 4096).
+ISCSI_BHS_BYTES = 48
 
 
 class ScenarioError(ValueError):
@@ -120,6 +139,7 @@ class Scenario:
     dirty_ratio: int = 20
     dirty_background_ratio: int = 10
     storage: str = "nfs"
+    target: str = "nas-server"          # who serves an NBD / iSCSI device on real packets (TARGETS)
     aoe_shelf: int = 1
     aoe_slot: int = 0
     aoe_service_ms: float = 4.0
@@ -167,7 +187,7 @@ _FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0), "nas_w
                  "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
 _CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
             "consumer": CONSUMERS, "policy": POLICIES, "transport": TRANSPORTS,
-            "storage": STORAGES, "aoe_target": AOE_TARGETS}
+            "storage": STORAGES, "target": tuple(TARGETS), "aoe_target": AOE_TARGETS}
 
 
 def _check_value(src: str, key: str, value):
@@ -231,6 +251,13 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
         raise ScenarioError(f"{src}: memalloc: {sc.memalloc} with consumer={sc.consumer} policy={sc.policy}; "
                             f"for a file consumer the policy marks its transport: write memalloc = "
                             f"{str(sc.policy == 'extended').lower()}")
+    if sc.storage in BLOCK_STORAGES and sc.consumer != "swap":
+        raise ScenarioError(f"{src}: consumer: {sc.consumer!r} with storage={sc.storage}; a block device "
+                            f"backs swap only here: write consumer = \"swap\" or storage = \"nfs\"")
+    if sc.storage not in TARGETS[sc.target]:
+        ok = [t for t, st in TARGETS.items() if sc.storage in st]
+        raise ScenarioError(f"{src}: target: {sc.target!r} does not serve storage={sc.storage}; "
+                            f"pick one of {', '.join(ok)}")
     if sc.nas_command and sc.transport != "tcp":
         raise ScenarioError(f"{src}: nas_command: another NAS is reached over TCP with its ports from "
                             f"portmap; set transport = \"tcp\" (got {sc.transport!r})")
@@ -361,7 +388,14 @@ def figures(sc: Scenario) -> dict:
            "flood_truesize": truesize, "flood_pages_per_frame": pages_per_frame,
            "datagrams_per_noise_socket": per_socket, "noise_pages": noise_pages,
            "reply_pages": reply_pages, "reassembly_pages": reasm_pages}
-    if sc.transport == "tcp":
+    if sc.storage in BLOCK_STORAGES:
+        if sc.storage == "nbd":
+            request_bytes, reply_bytes = NBD_REQUEST_HEADER_BYTES + PAGE_SIZE, NBD_SIMPLE_REPLY_BYTES
+        else:
+            request_bytes, reply_bytes = ISCSI_BHS_BYTES + PAGE_SIZE, ISCSI_BHS_BYTES
+        out.update(request_bytes=request_bytes, request_tx_pages=math.ceil(request_bytes / TCP_MSS),
+                   reply_bytes=reply_bytes, r2t_pages=0, request_rx_pages=1)
+    elif sc.transport == "tcp":
         out.update(tcp_figures(sc))
     return out
 
@@ -453,7 +487,23 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
     # queue (same page), and one received pure ACK is in hand at a time (rx_frame_pages); the
     # ACKs the agent sends are the transmit frame (tx_frame_pages), from the reserve for a
     # SOCK_MEMALLOC socket (sk_gfp_mask).
-    if sc.transport == "tcp":
+    name = "reserve_covers_slot_table"
+    if sc.storage in BLOCK_STORAGES:
+        # NBD / iSCSI: every request in flight (``slots`` = the queue depth) holds its segments
+        # in TCP's write/retransmit queue until ACKed and one receive page for its reply (NBD:
+        # reply header; iSCSI: SCSI Response, + an R2T with InitialR2T=Yes); plus the ACK being
+        # sent and one received pure ACK, as for NFS over TCP.
+        need = (sc.slots * (f["request_tx_pages"] + f["request_rx_pages"]) + TX_FRAME_PAGES
+                + RX_FRAME_PAGES)
+        name = "reserve_covers_queue_depth"
+        formula = ("slots * (ceil(request_bytes / tcp_mss) + reply_pages + r2t_pages) + tx_frame_pages "
+                   "+ rx_frame_pages")
+        vals = {"atomic_floor": f["atomic_floor"], "slots": sc.slots, "storage": sc.storage,
+                "request_bytes": f["request_bytes"], "tcp_mss": TCP_MSS,
+                "request_tx_pages": f["request_tx_pages"], "reply_bytes": f["reply_bytes"],
+                "reply_pages": 1, "r2t_pages": f["r2t_pages"], "tx_frame_pages": TX_FRAME_PAGES,
+                "rx_frame_pages": RX_FRAME_PAGES, "needed": need}
+    elif sc.transport == "tcp":
         need = (sc.slots * (RPC_BUFFER_PAGES + f["request_skb_pages"] + f["reply_pages"])
                 + TX_FRAME_PAGES + RX_FRAME_PAGES)
         formula = ("slots * (rpc_buffer_pages + request_skb_pages + reply_pages) + tx_frame_pages "
@@ -473,9 +523,9 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
                 "needed": need}
     f["reserve_needed_pages"] = need
     reserve_ok = f["atomic_floor"] >= need
-    if sc.memalloc and sc.pfmemalloc_demux_drop and sc.storage == "nfs":
-        checks.append(Check("reserve_covers_slot_table", f"atomic_floor >= {formula}",
-                            vals, reserve_ok, applies="recovered,completed"))
+    if sc.memalloc and sc.pfmemalloc_demux_drop and sc.storage != "aoe":
+        checks.append(Check(name, f"atomic_floor >= {formula}", vals, reserve_ok,
+                            applies="recovered,completed"))
         # A necessary condition only: below it a deadlock is possible, not certain (buffers are
         # recycled page for page as calls complete; the sim recovers at floor 12, deadlocks at 6).
         checks.append(Check("reserve_undersized", f"atomic_floor < {formula}",

@@ -67,8 +67,11 @@ from client_agent.wire.ipv4 import IPPROTO_UDP, emit_header
 from client_agent.wire.udp import emit as udp_emit
 from testbed.watchdog import Watchdog
 from nas_server.core import NasCore
+from nas_server.iscsi_target import IscsiTarget
+from nas_server.nbd_target import NbdTarget
 from nas_server.store import MemoryStore
 
+from .nas_block import ISCSI_PORT, NBD_PORT, StackBlockServer, block_device_spec
 from .nas_tcp import StackRpcServer
 
 SAMPLE_S = 0.1
@@ -89,6 +92,9 @@ DEFAULTS = {
     # the NFS client's transport: udp (nas-server's one-port layout) or tcp (the NAS serves RPC
     # over its own copy of the agent's TCP, testbed/nas_tcp.py; ports from its portmapper)
     "transport": "tcp",
+    # the storage protocol: nfs (over ``transport``), nbd or iscsi (the NAS serves nas-server's
+    # NBD / iSCSI target cores over its own copy of the agent's TCP, testbed/nas_block.py), or
+    # aoe (below)
     # simulation-only knobs
     "wire_latency_s": 0.0002,
     # The NAS as a disk: ``nas_threads`` nfsd threads, each request takes ``nas_service_s``
@@ -200,9 +206,10 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     store.add_export("swap", [ipaddress.ip_network(n) for n in p["export_networks"] or ()])
     if p.get("aoe_service_ms") is not None:
         p["aoe_service_s"] = p["aoe_service_ms"] / 1000.0
-    if p["storage"] not in ("nfs", "aoe"):
-        raise ValueError(f"storage={p['storage']!r}: nfs or aoe")
+    if p["storage"] not in ("nfs", "nbd", "iscsi", "aoe"):
+        raise ValueError(f"storage={p['storage']!r}: nfs, nbd, iscsi or aoe")
     aoe = p["storage"] == "aoe"
+    block = p["storage"] in ("nbd", "iscsi")
     if aoe and p["consumer"] != "swap":
         raise ValueError("storage=aoe: the AoE device is a swap device; use consumer=swap")
     img = store.create_image("swap", "swap.img", (p["nfs_swap_pages"] if aoe else image_pages) * PAGE_SIZE
@@ -224,6 +231,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         nas_dev = _LoopFault(wire.b, f"fault_rx:{seed}", loop, **p["fault_rx"])
     if p["transport"] not in ("udp", "tcp"):
         raise ValueError(f"transport={p['transport']!r}: udp or tcp")
+    storage = p["storage"]
+    if block and consumer != "swap":
+        raise ValueError(f"storage={storage!r} serves swap only; consumer={consumer!r} needs nfs")
     nas = Stack(nas_alloc, nas_dev, MAC_NAS, NAS_IP, 24, nas_sched, seed=seed + 1)
     nas.neigh.add_permanent(_pysocket.inet_aton(AGENT_IP), MAC_AGENT, 0.0)
     nas.neigh.add_permanent(_pysocket.inet_aton(NOISE_IP), MAC_NOISE, 0.0)
@@ -232,7 +242,16 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     nsk = nas.udp_socket()
     nsk.bind(("0.0.0.0", 2049))
     nsk.rcvbuf = 64 << 20
-    nas_tcp = StackRpcServer(nas) if p["transport"] == "tcp" else None
+    nas_tcp = StackRpcServer(nas) if p["transport"] == "tcp" and not block else None
+    nas_blk = block_target = None
+    if storage == "nbd":
+        block_target = NbdTarget(store)
+        nas_blk = StackBlockServer(nas, block_target, NBD_PORT, "nbd", service_s=p["nas_service_s"],
+                                   threads=p["nas_threads"])
+    elif storage == "iscsi":
+        block_target = IscsiTarget(store)
+        nas_blk = StackBlockServer(nas, block_target, ISCSI_PORT, "iscsi",
+                                   service_s=p["nas_service_s"], threads=p["nas_threads"])
     nas_state = {"scheduled": False, "busy": 0, "epoch": 0, "down_until": -1.0, "restarts": 0,
                  "dropped_down": 0, "timer_at": None}
     nas_queue: deque = deque()
@@ -278,6 +297,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         if nas_tcp is not None:
             nas_queue.extend(nas_tcp.pump(now))
             nas_arm()
+        if nas_blk is not None:
+            nas_blk.pump(now)
+            nas_arm()
         nas_dispatch()
         if more is not None and more <= now:
             schedule_nas()
@@ -289,6 +311,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     def nas_arm():
         """The NAS stack's TCP timers (retransmit, delayed ACK) as a loop timer."""
         d = nas.next_deadline()
+        if nas_blk is not None and nas_blk.next_due() is not None:
+            d = nas_blk.next_due() if d is None else min(d, nas_blk.next_due())
         at = nas_state["timer_at"]
         if d is not None and (at is None or d < at):
             nas_state["timer_at"] = d
@@ -323,6 +347,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
               "image": "swap.img", "slots": p["slots"], "timeo_s": p["timeo_s"],
               "retrans": p["retrans"], "timeo_max_s": p["timeo_max_s"], "wsize": p["wsize"],
               "stable": p["stable"]}
+    if block:
+        device = block_device_spec(storage, NAS_IP, "swap", "swap.img", queue_depth=p["slots"])
     setup = {"nr_slots": None}
     fm = None
     nfs_swap = nfs_activate = None
@@ -346,8 +372,11 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         # no swap device: an idle one (never swapped on, not kswapd's) stands in for the report's
         # "swap" fields and the timeline's swap columns, as before file consumers existed
         swap = SwapDevice(agent.alloc, agent.sched, seed=seed)
-    transport = (nfs_swap.backend.transport if nfs_swap is not None else None) if aoe else \
-        (fm or swap).backend.transport
+    backend = (fm or swap).backend
+    if aoe:
+        transport = nfs_swap.backend.transport if nfs_swap is not None else None
+    else:
+        transport = backend if block else backend.transport    # a block device is its own transport
     swaps = [d for d in (swap, nfs_swap) if d is not None]
     kswapd = agent.kswapd
 
@@ -404,6 +433,10 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             # back at the end of the LAST restart's down time (restarts may overlap)
             loop.call_at(nas_state["down_until"],
                          lambda: nas_tcp.listen() if loop.time() >= nas_state["down_until"] else None)
+            nas_arm()
+        if nas_blk is not None:
+            nas_blk.restart(now)
+            loop.call_at(nas_state["down_until"], nas_blk.listen)
             nas_arm()
 
     for t, kind, frame in p["hostile_events"] or ():
@@ -492,7 +525,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     reserve_low = min(alloc.nr_pages if wd.reserve_low_pages is None else wd.reserve_low_pages,
                       alloc.nr_pages)
     snap_alloc = alloc.snapshot()
-    tsnap = transport.snapshot() if transport is not None else {"counters": {"rpc_retrans": 0}}
+    tsnap = transport.snapshot() if transport is not None and not block else {"counters": {"rpc_retrans": 0}}
     c = stack.counters
     result = {
         "name": p["name"], "seed": seed, "outcome": outcome,
@@ -523,6 +556,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "nas": {"writes": core.proc_calls.get("NFS3_WRITE", 0),
                 "commits": core.proc_calls.get("NFS3_COMMIT", 0),
                 "drc_hits": core.counters.get("drc_hits", 0)},
+        "storage": storage,
         "logs": logs,
         "timeline": timeline,
     }
@@ -583,7 +617,11 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                   "ArpCache": dict(stack.snmp["ArpCache"])},
         "nas": {"counters": dict(core.counters), "nfs_status": dict(core.nfs_status)},
     }
-    if nas_tcp is not None:
+    if block:
+        # the block device's own counters (nbd: NBD_CMD_*; iscsi: iscsi_stats) and the target's
+        result["block"] = {"agent": {k: v for k, v in transport.snapshot().items() if k != "socket"},
+                           "nas_server": nas_blk.snapshot()}
+    if nas_tcp is not None or nas_blk is not None:
         ext = stack.snmp["TcpExt"]
         result["tcp"] = {
             "agent": {"Tcp": {k: v for k, v in stack.snmp["Tcp"].items() if v},
@@ -591,7 +629,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             "rpc": {k: transport.counters.get(k, 0) for k in
                     ("connect_count", "connect_fails", "rpc_reconnects", "record_errors",
                      "rpc_retrans", "rpc_major_timeouts")},
-            "nas_server": {k: v for k, v in nas_tcp.snapshot().items() if k != "connections"},
+            "nas_server": {k: v for k, v in (nas_tcp or nas_blk).snapshot().items()
+                           if k not in ("connections", "target")},
             "nas": {"Tcp": {k: v for k, v in nas.snmp["Tcp"].items() if v}},
         }
     # netns exit frees every reassembly queue (inet_frags_fini) and every TCP socket still

@@ -1,6 +1,7 @@
 """Linux-style views of an agent snapshot: nstat, /proc/vmstat, /proc/zoneinfo, ss -m -u -a,
-ss -t -i -m (``sst``: TCP sockets with skmem and tcp_info), and the aoe driver's sysfs attributes
-and debugfs file for every AoE swap area.
+ss -t -i -m (``sst``: TCP sockets with skmem and tcp_info), the swap device's storage protocol
+counters (iscsiadm -s, nbdinfo, mountstats), and the aoe driver's sysfs attributes and debugfs
+file for every AoE swap area.
 
 Invariant owned here: every view prints the snapshot's own values, named and laid out as the Linux
 tool prints them, so a kernel engineer can read it (and a parser written for the real tool parses
@@ -12,7 +13,7 @@ Pure: snapshot dict in, text out.
 
 from __future__ import annotations
 
-VIEWS = ("nstat", "vmstat", "zoneinfo", "ss", "sst", "aoe")
+VIEWS = ("nstat", "vmstat", "zoneinfo", "ss", "sst", "storage", "aoe")
 
 # nstat prints "<name padded to 32><value padded to 20><rate %6.1f>" (iproute2 misc/nstat.c).
 # /proc/net/snmp's tables in its order (Ip, Icmp, Tcp, Udp), then /proc/net/netstat's TcpExt:
@@ -183,6 +184,37 @@ def sst(snap: dict) -> str:
     return _ss_table(rows, extra)
 
 
+# iscsiadm -m session -s prints struct iscsi_stats in this order (libiscsi's iscsi_conn_get_stats)
+_ISCSI_SNMP = ("txdata_octets", "rxdata_octets", "noptx_pdus", "scsicmd_pdus", "tmfcmd_pdus", "login_pdus",
+               "text_pdus", "dataout_pdus", "logout_pdus", "snack_pdus", "noprx_pdus", "scsirsp_pdus",
+               "tmfrsp_pdus", "textrsp_pdus", "datain_pdus", "logoutrsp_pdus", "r2t_pdus", "async_pdus",
+               "rjt_pdus", "digest_err", "timeout_err")
+_NBD_KEYS = ("NBD_CMD_READ", "NBD_CMD_WRITE", "NBD_CMD_FLAG_FUA", "NBD_CMD_FLUSH", "NBD_CMD_DISC")
+_RECONNECT_KEYS = ("connect_count", "reconnects", "connect_fails", "requests_requeued", "request_timeouts",
+                   "protocol_errors")
+
+
+def storage(snap: dict) -> str:
+    """The swap device's protocol counters as its tools print them: iSCSI as ``iscsiadm -m session
+    -s`` (``iSCSI SNMP:`` block of struct iscsi_stats), NBD as nbdinfo's export line plus the
+    command counts; NFS as mountstats' xprt counters. Reconnect figures under ``testbed:``."""
+    sw = snap.get("swap") or {}
+    dev = sw.get("backend") or ""
+    if "iscsi_stats" in sw or "scsicmd_pdus" in sw:
+        out = [f"Stats for session [target: {dev}]", "iSCSI SNMP:"]
+        out += [f"\t{k}: {int(sw.get(k) or 0)}" for k in _ISCSI_SNMP]
+    elif "NBD_CMD_WRITE" in sw:
+        out = [f"export: {dev}", f"\texport-size: {sw.get('size_bytes')}",
+               f"\tnegotiated-via: {sw.get('via')}", f"\ttransmission-flags: {sw.get('transmission_flags')}"]
+        out += [f"\t{k}: {int(sw.get(k) or 0)}" for k in _NBD_KEYS]
+        out += [f"\t{k}: {v}" for k, v in sorted(sw.items()) if k.startswith("NBD_E")]
+    else:
+        nfs = (snap.get("nfs") or {}).get("counters") or {}
+        return "\n".join([f"device: {dev}", "\txprt: " + " ".join(f"{k}={v}" for k, v in sorted(nfs.items()))]) + "\n"
+    out += ["testbed:"] + [f"\t{k}: {sw.get(k, 0)}" for k in _RECONNECT_KEYS]
+    return "\n".join(out) + "\n"
+
+
 # sysfs attributes of /sys/block/etherd!eX.Y/ (drivers/block/aoe/aoeblk.c aoedisk_attrs), in order
 _AOE_SYSFS = ("state", "mac", "netif", "firmware-version", "payload")
 # what the driver reports outside sysfs/debugfs, as the testbed's own lines: /dev/etherd/err's
@@ -225,4 +257,4 @@ def aoe(snap: dict) -> str:
 def render(view: str, snap: dict, prev: dict | None = None, dt_s: float | None = None) -> str:
     if view == "nstat":
         return nstat(snap, prev, dt_s)
-    return {"vmstat": vmstat, "zoneinfo": zoneinfo, "ss": ss, "sst": sst, "aoe": aoe}[view](snap)
+    return {"vmstat": vmstat, "zoneinfo": zoneinfo, "ss": ss, "sst": sst, "storage": storage, "aoe": aoe}[view](snap)

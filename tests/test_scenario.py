@@ -121,7 +121,7 @@ def test_validation_errors_are_one_line_with_file_and_key(tmp_path, body, needle
 
 
 def test_unknown_scenario_name_lists_builtins():
-    with pytest.raises(S.ScenarioError, match="built-ins: .*file-mmap-linux.*memalloc, memalloc-undersized, no-reserve"):
+    with pytest.raises(S.ScenarioError, match="built-ins: .*file-mmap-linux.*iscsi-memalloc.*, memalloc, memalloc-undersized, nbd-memalloc.*, no-reserve"):
         S.load("nope-not-here")
 
 

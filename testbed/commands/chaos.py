@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=1, help="campaign seed (default 1)")
     p.add_argument("--real", type=int, default=0, metavar="K", help="real-packet runs in namespaces (root; default 0)")
     p.add_argument("--out", metavar="DIR", help="campaign.json and the reports of failed runs (default: ./reports/chaos-<timestamp>)")
+    p.add_argument("--storage", choices=("nfs", "nbd", "iscsi"), default="nfs",
+                   help="the storage protocol of every run (its scenarios: nbd-memalloc, ...; default nfs)")
     p.add_argument("--only", type=int, metavar="I", help="replay in-memory run I of the campaign only")
     p.set_defaults(func=run)
 
@@ -37,12 +39,13 @@ def run(args) -> int:
     out = rep.prepare(args.out or f"reports/chaos-{time.strftime('%Y%m%dT%H%M%S')}")
     print(chaos.HEADER)
     if args.only is not None:
-        row = chaos.run_one(args.seed, args.only)
+        row = chaos.run_one(args.seed, args.only, args.storage)
         row.pop("result", None)
         print(chaos.format_row(row))
         return 0 if row["ok"] else 1
     with known_errors(), sigterm_as_interrupt():
-        res = chaos.campaign(args.runs, args.seed, args.real, out, log=lambda line: print(line, flush=True))
+        res = chaos.campaign(args.runs, args.seed, args.real, out, log=lambda line: print(line, flush=True),
+                             storage=args.storage)
     print(f"\n{len(res['rows']) - len(res['failed'])}/{len(res['rows'])} runs kept the invariant in {res['wall_s']:.0f} s; "
           f"fault kinds exercised: {', '.join(res['kinds_exercised']) or 'none'}"
           + (f"; not exercised: {', '.join(res['kinds_missing'])}" if res["kinds_missing"] else "")

@@ -1,6 +1,7 @@
-"""`testbed demo [--out DIR] [--seed N] [--quick] [--aoe]`: the four swap scenarios, side by side, then
-the file-backed pair (file-mmap-linux, file-mmap-extended) in a second table; one report. ``--aoe``:
-only the swap-over-AoE pair (aoe-linux, aoe-extended), in a table of its own.
+"""`testbed demo [--out DIR] [--seed N] [--quick] [--aoe | --protocols]`: the four swap scenarios, side by
+side, then the file-backed pair (file-mmap-linux, file-mmap-extended) in a second table; one report.
+``--aoe``: only the swap-over-AoE pair (aoe-linux, aoe-extended), in a table of its own.
+``--protocols``: instead, every storage protocol under the same flood (testbed.demo.PROTOCOL_ROWS).
 
 Exit status: 0 every outcome == expect; 1 one differs (or a run failed); 2 usage or preflight
 errors (nothing was created).
@@ -22,6 +23,9 @@ def register(sub) -> None:
                    help="every scenario's NFS transport (default: the scenarios' own, tcp; udp is the Linux-before-5.6 configuration)")
     p.add_argument("--aoe", action="store_true",
                    help="run only the swap-over-AoE pair (aoe-linux, aoe-extended) into an AoE table (docs/aoe.md)")
+    p.add_argument("--protocols", action="store_true",
+                   help="instead: every storage protocol under the same flood (NFS/TCP, NFS/UDP, NBD, iSCSI; "
+                        "no-reserve and memalloc rows), one table")
     p.set_defaults(func=run)
 
 
@@ -32,8 +36,11 @@ def run(args) -> int:
     from testbed.cli import UserError
 
     try:
-        names = demo.AOE_SCENARIOS if args.aoe else demo.ALL_SCENARIOS
-        loaded = demo.load_all(args.seed, args.quick, names, transport=args.transport)
+        if args.aoe and args.protocols:
+            raise UserError("--aoe and --protocols each choose the demo's scenarios; give one of them")
+        names = demo.PROTOCOL_ROWS if args.protocols else demo.AOE_SCENARIOS if args.aoe else demo.ALL_SCENARIOS
+        # --protocols rows name their own transport; --transport applies to the other demos
+        loaded = demo.load_all(args.seed, args.quick, names, transport=None if args.protocols else args.transport)
     except scn.ScenarioError as e:
         raise UserError(str(e)) from None
     bad = [(sc, c) for sc, checks, _ in loaded for c in scn.failing(sc, checks)]
@@ -44,10 +51,10 @@ def run(args) -> int:
     out = rep.prepare(args.out or demo.default_out_dir())
     print(f"testbed demo: report directory {out}", file=sys.stderr, flush=True)
     with known_errors(), sigterm_as_interrupt():
-        entries, wall = demo.run_demo(out, loaded)
+        entries, wall = demo.run_demo(out, loaded, protocols=args.protocols)
     ok = all(e["outcome"] == e["expect"] for e in entries)
     print()
-    print(demo.format_table(entries))
+    print(demo.format_protocol_table(entries) if args.protocols else demo.format_table(entries))
     print()
     from testbed.explain import summary_line
     for e in entries:

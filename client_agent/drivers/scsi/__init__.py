@@ -1,0 +1,1 @@
+"""SCSI transports (Linux ``drivers/scsi/``): the iSCSI initiator over the agent's TCP."""
