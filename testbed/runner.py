@@ -167,6 +167,27 @@ class Progress:
             self.stream.flush()
 
 
+# ------------------------------------------------------------------ the services, for either client kind
+def nas_server_argv(sc: scn.Scenario, data_dir: str, nas_ip: str, ctl_path: str, image_mib: int,
+                    export_networks: str | None = None, file_consumer: bool = False) -> list[str]:
+    """nas-server with the run's export (default ACL: the whole test net), swap.img (and file.img for
+    a file consumer) of image_mib MiB, NFS and MOUNT on NFS_PORT, no portmap, the scenario's latency."""
+    return [sys.executable, "-m", "nas_server.main", "--data-dir", data_dir,
+            "--export", f"{EXPORT}:{export_networks or '198.18.0.0/24'}",
+            "--create-image", f"{EXPORT}/{IMAGE}:{image_mib}M",
+            *(["--create-image", f"{EXPORT}/{FILE_IMAGE}:{image_mib}M"] if file_consumer else []),
+            "--bind", nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
+            "--control", ctl_path, "--write-latency-ms", str(sc.nas_write_latency_ms)]
+
+
+def flood_argv(sc: scn.Scenario, cli_ip: str, noise_ip: str, ports: list[int], ctl_path: str) -> list[str]:
+    """testbed.flood from noise toward the client's noise ports at the scenario's rate and size."""
+    return [sys.executable, "-m", "testbed.flood", "--dst", cli_ip,
+            "--ports", f"{ports[0]}-{ports[-1]}" if ports else "9001",
+            "--rate-pps", str(sc.flood_pps), "--size", str(sc.flood_size),
+            "--seed", str(sc.seed), "--bind", noise_ip, "--control", ctl_path]
+
+
 # ------------------------------------------------------------------ the run
 def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: str | None = None,
                  pcap_prefix: str = "", logs_dir: str | None = None, progress_prefix: str = "",
@@ -182,6 +203,10 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
     started (testbed chaos/hostile): ctx has ``t``, ``snapshot`` (the agent's, at t), ``st``, ``procs``, ``ctl``, ``hosts``,
     ``restart_nas()`` (SIGKILL + restart on the same data dir) and ``record`` (a dict kept in the entry).
     """
+    if getattr(sc, "client", "agent") == "linux":       # a real kernel in a QEMU VM (testbed.linux_vm)
+        from testbed.linux_vm.run import run_linux
+        return run_linux(sc, checks, out, log=log, pcap_dir=pcap_dir, pcap_prefix=pcap_prefix, logs_dir=logs_dir,
+                         progress_prefix=progress_prefix, print_watchdog=print_watchdog)
     from netns_setup import lifecycle
     from netns_setup.capture import start_capture
     from netns_setup.control import ControlClient, ControlError
@@ -219,12 +244,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         # nas_write_latency_ms, not the host disk's fdatasync (removed in the finally below)
         data_dir = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else st.dir, f"nsdt-nasdata-{name}")
         ctl = {k: control_socket_path(st.dir, k) for k in ("nas", "agent", "flood")}
-        nas_argv = [sys.executable, "-m", "nas_server.main", "--data-dir", data_dir,
-                    "--export", f"{EXPORT}:{export_networks or '198.18.0.0/24'}",
-                    "--create-image", f"{EXPORT}/{IMAGE}:{image_mib}M",
-                    *(["--create-image", f"{EXPORT}/{FILE_IMAGE}:{image_mib}M"] if file_consumer else []),
-                    "--bind", nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
-                    "--control", ctl["nas"], "--write-latency-ms", str(sc.nas_write_latency_ms)]
+        nas_argv = nas_server_argv(sc, data_dir, nas_ip, ctl["nas"], image_mib, export_networks, file_consumer)
         procs["nas"] = start_process(st, "nas", nas_argv, role="nas-server", ready=True, cpus=other_cpu, env=env)
 
         def restart_nas() -> None:
@@ -263,11 +283,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             say(f"swapon: {sw}")
         agent.call("set", key="pfmemalloc_demux_drop", value=sc.pfmemalloc_demux_drop)
         # -- the flood from noise, toward the noise ports
-        procs["flood"] = start_process(st, "noise", [sys.executable, "-m", "testbed.flood", "--dst", cli_ip,
-                                                     "--ports", f"{ports[0]}-{ports[-1]}" if ports else "9001",
-                                                     "--rate-pps", str(sc.flood_pps), "--size", str(sc.flood_size),
-                                                     "--seed", str(sc.seed), "--bind", noise_ip,
-                                                     "--control", ctl["flood"]],
+        procs["flood"] = start_process(st, "noise", flood_argv(sc, cli_ip, noise_ip, ports, ctl["flood"]),
                                        role="flood", ready=True, cpus=other_cpu, env=env)
         softnet0 = softnet_drops()
         if file_consumer:

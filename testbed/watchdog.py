@@ -11,6 +11,14 @@ Invariants owned here (docs/swap-contract.md, "Outcome rules"):
   is ``pswpout + nr_written``, a writer throttled in balance_dirty_pages counts as reclaim needed, and
   "done" is the file workload synced with kswapd asleep and no page under writeback (the file's pages
   stay cached, free need not exceed high).
+- A real kernel (testbed.linux_vm, snapshot["proc"]: /proc-shaped) is read through ``proc_view``
+  and judged by the same rules: free/min/low/high are the sums over its zones (/proc/zoneinfo), the
+  atomic floor is 3·min/8 per zone (__zone_watermark_ok: ALLOC_HIGH halves min, ALLOC_HARDER takes a
+  further quarter), pswpout is /proc/vmstat's, "done" is the workload's own report after it verified
+  every page. What needs nothing from the guest counts too: NAS-side WRITE calls are progress, and a
+  guest silent for 3 sampler periods before its workload is done counts as needing reclaim (its
+  sampler needs memory to read /proc; a hung guest cannot say free < low). The evidence used is
+  listed in ``evidence``.
 - ``invalid``: a snapshot says it is not valid (tp_drops, loop lag) or the runner saw softnet drops.
 - The first outcome is final; ``finish()`` at the end of the budget gives ``unfinished`` when none
   was reached (the run proves nothing either way, so it never equals an ``expect``).
@@ -44,9 +52,59 @@ def filemap(snap: dict) -> dict | None:
 
 def progress(snap: dict) -> int:
     """Writeback progress, as testbed.sim counts it: pages submitted to swap (pswpout) + file pages
-    whose writeback the NAS acknowledged (nr_written)."""
+    whose writeback the NAS acknowledged (nr_written); for a real kernel also the WRITE calls the NAS
+    saw (``outside``): a guest whose sampler is stuck may still be writing."""
     vm = snap.get("alloc", {}).get("vmstat", {})
-    return int(vm.get("pswpout", 0)) + int(vm.get("nr_written", 0))
+    return (int(vm.get("pswpout", 0)) + int(vm.get("nr_written", 0))
+            + int((snap.get("outside") or {}).get("nas_write_calls", 0)))
+
+
+SILENT_PERIODS = 3
+
+
+def _atomic_floor_linux(wmin: int) -> int:
+    """__zone_watermark_ok for GFP_ATOMIC (ALLOC_HIGH | ALLOC_HARDER), order 0: min -= min/2, then
+    min -= min/4 (Linux 6.1 mm/page_alloc.c)."""
+    m = wmin - wmin // 2
+    return m - m // 4
+
+
+def proc_view(snap: dict) -> dict:
+    """A real kernel's /proc-shaped snapshot (testbed.linux_vm.LinuxVmClient.snapshot) in the shape
+    the rules read (``alloc`` zoneinfo/vmstat/reserve/kswapd, ``workload``), with ``evidence``:
+    the sources this view was built from. An agent snapshot (no "proc") is returned unchanged."""
+    if "proc" not in snap:
+        return snap
+    p = snap.get("proc") or {}
+    zones = [z for z in (p.get("zoneinfo") or {}).values() if z.get("managed")]
+    zsum = {k: sum(int(z.get(k, 0)) for z in zones) for k in ("free", "min", "low", "high", "managed")} if zones else {}
+    vm = p.get("vmstat") or {}
+    wl = snap.get("workload") or {}
+    samp = snap.get("sample") or {}
+    interval = samp.get("interval_s") or 0.5
+    age = samp.get("age_s")
+    silent = (age is None or age >= SILENT_PERIODS * interval) and not wl.get("done")
+    ev = []
+    if zones:
+        ev.append(f"sampler #{samp.get('seq')} ({age if age is not None else '?'} s old): /proc/zoneinfo "
+                  f"free {zsum['free']} min {zsum['min']} low {zsum['low']} high {zsum['high']} (sum of "
+                  f"{len(zones)} zones), /proc/vmstat pswpout {vm.get('pswpout', 0)}")
+    out = snap.get("outside") or {}
+    if "nas_write_calls" in out:
+        ev.append(f"NAS: {out['nas_write_calls']} WRITE calls seen")
+    if silent:
+        ev.append(f"guest silent: no sample for {age if age is not None else 'ever'} s "
+                  f"(>= {SILENT_PERIODS} x {interval} s) before its workload finished; counted as reclaim needed")
+    if wl.get("done"):
+        ev.append(f"workload: {wl.get('verified')} of {wl.get('pages')} pages verified, "
+                  f"{wl.get('swapped_in_verified')} of them after swap-in")
+    ev += list(snap.get("evidence") or [])
+    return {
+        "alloc": {"zoneinfo": zsum, "vmstat": vm,
+                  "reserve": {"atomic_floor": sum(_atomic_floor_linux(int(z.get("min", 0))) for z in zones)},
+                  "kswapd": {"wanted": silent}},
+        "workload": {"done": bool(wl.get("done"))}, "outside": out, "evidence": ev,
+    }
 
 
 def reclaim_needed(snap: dict) -> bool:
@@ -91,6 +149,7 @@ class Watchdog:
     time_to_stall_s: float | None = None
     time_to_recover_s: float | None = None
     reserve_low_pages: int | None = None
+    evidence: list = field(default_factory=list)
     stalled: bool = False
     _first_below_floor: float | None = None
     _last_pswpout: int | None = None
@@ -107,6 +166,8 @@ class Watchdog:
         """One sample at runner time ``t`` (s since start). Returns the outcome once decided."""
         if self.outcome is not None:
             return self.outcome
+        snap = proc_view(snap)
+        self.evidence = list(snap.get("evidence") or [])
         self._last_t = t
         z = zone(snap)
         free = z.get("free")
@@ -144,9 +205,12 @@ class Watchdog:
             start = self.stall_start()
             if t - start + EPS >= self.stall_threshold_s:
                 self.time_to_stall_s = start
+                why = [w for w, on in ((f"free {free} < low {z.get('low')}", free is not None and free < z.get("low", 0)),
+                                       ("kswapd wanted", bool(snap.get("alloc", {}).get("kswapd", {}).get("wanted"))),
+                                       ("a writer throttled", filemap(snap) is not None and reclaim_needed(snap)))
+                       if on] or ["reclaim needed"]
                 return self._decide("deadlock", t, [
-                    f"reclaim needed (free {free} < low {z.get('low')}, kswapd wanted"
-                    f"{' or a writer throttled' if filemap(snap) is not None else ''}) and "
+                    f"reclaim needed ({', '.join(why)}{' -- a silent guest' if snap.get('evidence') and snap['alloc']['kswapd'].get('wanted') else ''}) and "
                     f"{'pswpout + nr_written' if filemap(snap) is not None else 'pswpout'} stuck at "
                     f"{p} for {t - start:.1f} s >= stall_threshold_s {self.stall_threshold_s}"])
         else:

@@ -176,6 +176,7 @@ class LinuxVmClient:
         with open(initrd, "wb") as f, open(self.info["initramfs"], "rb") as b:
             shutil.copyfileobj(b, f)
             f.write(initramfs.run_archive({**self.spec.config, "NSDT_SAMPLE_MS": self.spec.sample_ms}))
+        self.monitor_path = os.path.join(rundir, "monitor.sock")
         self.con_path = os.path.join(self.out, "console.log")
         self.smp_path = os.path.join(self.out, "sampler.log")
         for p in (self.con_path, self.smp_path):
@@ -184,7 +185,7 @@ class LinuxVmClient:
         argv = qemu.argv(vmlinux=self.info["vmlinux"], initrd=initrd, append=self.info["cmdline"],
                          memory_mib=self.spec.memory_mib, nic_model=self.spec.nic_model, mac=self.mac,
                          tap=self.tap, console_path=self.con_path, sampler_path=self.smp_path,
-                         accel=self.info["accel"])
+                         accel=self.info["accel"], monitor=self.monitor_path)
         self.info["argv"] = argv
         self.proc = start_process(self.st, self.host, argv, role="qemu", cpus=self.cpus)
         self.t_start = time.monotonic()
@@ -291,6 +292,23 @@ class LinuxVmClient:
         return {"verified": w.get("verified"), "pages": w.get("pages"), "bad": w.get("bad"),
                 "swapped_in_verified": w.get("swapped_in_verified"),
                 "nonresident_before_verify": w.get("nonresident_before_verify"), "first_bad": w.get("first_bad")}
+
+    def sysrq(self, key: str = "w", wait_s: float = 3.0) -> list[str]:
+        """SysRq ``key`` through the keyboard (QEMU monitor ``sendkey alt-sysrq-KEY``): 'w' lists the
+        blocked (D state) tasks with their stacks on the console, from the keyboard interrupt -- it
+        needs no allocation. Returns the console lines that arrived within ``wait_s``."""
+        if not self.running():
+            return []
+        n0 = len(self.console.lines)
+        try:
+            qemu.monitor_command(self.monitor_path, f"sendkey alt-sysrq-{key}")
+        except OSError as e:
+            return [f"(sysrq-{key} not sent: {e})"]
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            self.poll()
+        return self.console.lines[n0:]
 
     def wait_exit(self, timeout_s: float) -> int | None:
         if self.proc is None:

@@ -48,7 +48,7 @@ fi
 
 [ "$NSDT_NOISE_SOCKETS" -gt 0 ] && nsdt-guest noise "$NSDT_NOISE_PORT_BASE" "$NSDT_NOISE_SOCKETS" "$NSDT_NOISE_RCVBUF" &
 sleep 1
-step workload consumer=$NSDT_CONSUMER pages=$NSDT_WORKLOAD_PAGES
+step workload consumer=$NSDT_CONSUMER pages=$NSDT_WORKLOAD_PAGES min_free_kbytes=$(cat /proc/sys/vm/min_free_kbytes)
 if [ "$NSDT_CONSUMER" = swap ]; then
     nsdt-guest workload "$NSDT_WORKLOAD_PAGES" "$NSDT_SEED"
 else

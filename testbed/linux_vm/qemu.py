@@ -53,14 +53,17 @@ def cmdline(extra: str = "") -> str:
     /dev/kmsg writable, panic -> reboot (QEMU -no-reboot exits), plus the scenario's own."""
     base = ["console=ttyS0,115200", "zswap.enabled=0", "printk.devkmsg=on", "panic=1", "oops=panic",
             "rdinit=/init", "loglevel=6", "8250.nr_uarts=2", "mitigations=off", "nokaslr",
-            "tsc=reliable", "no_timer_check"]
+            "tsc=reliable", "no_timer_check", "sysrq_always_enabled",
+            # THP off: khugepaged would raise min_free_kbytes over the scenario's (set_recommended_min_free_kbytes)
+            "transparent_hugepage=never"]
     return " ".join(base + ([extra] if extra else []))
 
 
 def argv(*, vmlinux: str, initrd: str, append: str, memory_mib: int, nic_model: str, mac: str,
          tap: str | None, console_path: str, sampler_path: str, accel: str = "tcg",
-         pidfile: str | None = None) -> list[str]:
-    """The QEMU argv (no shell)."""
+         pidfile: str | None = None, monitor: str | None = None) -> list[str]:
+    """The QEMU argv (no shell). ``monitor``: a Unix socket for the HMP monitor (``sendkey
+    alt-sysrq-w`` asks a hung guest's kernel to list its blocked tasks on the console)."""
     a = [qemu_binary(), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
          "-machine", "pc", "-smp", "1", "-m", f"{memory_mib}M",
          "-kernel", vmlinux, "-initrd", initrd, "-append", append,
@@ -77,6 +80,8 @@ def argv(*, vmlinux: str, initrd: str, append: str, memory_mib: int, nic_model: 
         a += ["-nic", "none"]
     if pidfile:
         a += ["-pidfile", pidfile]
+    if monitor:
+        a += ["-monitor", f"unix:{monitor},server=on,wait=off"]
     return a
 
 
@@ -166,3 +171,20 @@ def choose_accel(vmlinux: str, cache: str, want: str = "auto") -> tuple[str, str
     with open(path, "w") as f:
         json.dump({"accel": res[0], "why": res[1]}, f)
     return res
+
+
+def monitor_command(path: str, command: str, timeout_s: float = 2.0) -> str:
+    """Send one HMP command on the monitor socket; returns what QEMU answered (may be empty)."""
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(path)
+        out = b""
+        try:
+            out += s.recv(4096)              # banner and prompt
+            s.sendall(command.encode() + b"\n")
+            time.sleep(0.2)
+            out += s.recv(4096)
+        except socket.timeout:
+            pass
+    return out.decode(errors="replace")
