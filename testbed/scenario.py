@@ -181,9 +181,9 @@ def _check_value(src: str, key: str, value):
         raise ScenarioError(f"{src}: {key}: expected a string, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ScenarioError(f"{src}: {key}: {value!r} is not one of {', '.join(_CHOICES[key])}; pick one of them")
-    if key == "guest_udp_mem" and value and not re.fullmatch(r"\d+ \d+ \d+", value.strip()):
+    if key == "guest_udp_mem" and value and value != "kernel" and not re.fullmatch(r"\d+ \d+ \d+", value.strip()):
         raise ScenarioError(f"{src}: {key}: {value!r} is not three page counts; write e.g. {key} = \"4096 8192 65536\" "
-                            "(min pressure max, in pages, as net.ipv4.udp_mem)")
+                            "(min pressure max, in pages, as net.ipv4.udp_mem), \"kernel\" for the kernel's, or \"\" for no cap")
     if key == "client_faults":
         from client_agent.phy.fault import parse_fault_spec
         try:

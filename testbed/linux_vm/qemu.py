@@ -188,3 +188,39 @@ def monitor_command(path: str, command: str, timeout_s: float = 2.0) -> str:
         except socket.timeout:
             pass
     return out.decode(errors="replace")
+
+
+def doctor() -> list[tuple[str, bool, str, str]]:
+    """(name, ok, detail, fix) for `testbed doctor`: QEMU, the distro kernel and its modules, busybox,
+    the helper's compiler, and which accelerator boots a kernel here and why. Never required: only
+    ``--client linux`` needs them."""
+    from .client import default_kernel, kernel_release
+    from .initramfs import InitramfsError, build_helper
+    from .vmlinux import VmlinuxError, cache_dir, vmlinux_for
+    out = []
+    try:
+        out.append(("qemu", True, f"{qemu_binary()} ({qemu_version()})", ""))
+    except QemuError as e:
+        return [("qemu", False, str(e), "apt-get install -y qemu-system-x86")]
+    try:
+        out.append(("busybox", True, find_busybox() + " (static)", ""))
+    except InitramfsError as e:
+        out.append(("busybox", False, str(e), "apt-get install -y busybox-static"))
+    cache = cache_dir()
+    try:
+        out.append(("guest_helper", True, f"nsdt-guest built: {build_helper(cache)}", ""))
+    except InitramfsError as e:
+        out.append(("guest_helper", False, str(e), "apt-get install -y gcc libc6-dev"))
+    try:
+        kernel = default_kernel()
+        vml = vmlinux_for(kernel, cache)
+        rel = kernel_release(vml)
+        mods = f"/lib/modules/{rel}"
+        ok_mods = os.path.exists(os.path.join(mods, "modules.dep"))
+        out.append(("guest_kernel", ok_mods, f"{kernel} (release {rel}; vmlinux {vml}; modules {mods}"
+                    f"{'' if ok_mods else ' MISSING'})", "" if ok_mods else "apt-get install -y linux-image-amd64"))
+    except Exception as e:  # noqa: BLE001 -- LinuxVmError, VmlinuxError: reported, not raised
+        return out + [("guest_kernel", False, str(e), "apt-get install -y linux-image-amd64, or pass --kernel")]
+    accel, why = choose_accel(vml, cache, "auto")
+    out.append(("accelerator", True, why, ""))
+    return out

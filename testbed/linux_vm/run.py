@@ -58,6 +58,18 @@ def guest_workload_pages(sc: scn.Scenario) -> int:
     return int(sc.guest_memory_mib * 256 * sc.workload_pages / sc.pool_pages)
 
 
+def udp_mem(sc: scn.Scenario) -> str:
+    """net.ipv4.udp_mem for the guest: the scenario's; "" means as the agent models UDP -- no
+    protocol-wide cap, only each socket's rcvbuf -- i.e. every limit at the guest's page count;
+    "kernel" keeps the kernel's own (≈ 1/32 of memory: it would cap the flood's pinned pages)."""
+    if sc.guest_udp_mem == "kernel":
+        return ""
+    if sc.guest_udp_mem:
+        return sc.guest_udp_mem
+    pages = sc.guest_memory_mib * 256
+    return f"{pages} {pages} {pages}"
+
+
 def mount_options(sc: scn.Scenario, nas_ip: str, port: int) -> str:
     """mount(2) data for NFSv3: TCP with Linux's defaults (timeo=600, retrans=2), or UDP with the
     scenario's timeo/retrans; MOUNT on the same port (nas-server runs no portmapper here); rsize/wsize
@@ -217,7 +229,7 @@ def run_linux(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: s
             "NSDT_IMAGE": FILE_IMAGE if file_consumer else IMAGE, "NSDT_CONSUMER": sc.consumer,
             "NSDT_MOUNT_OPTS": mount_options(sc, nas_ip, NFS_PORT),
             "NSDT_MIN_FREE_KBYTES": sc.min_free_kbytes, "NSDT_WATERMARK_SCALE_FACTOR": sc.watermark_scale_factor,
-            "NSDT_UDP_MEM": sc.guest_udp_mem, "NSDT_NOISE_RCVBUF": sc.noise_rcvbuf_bytes,
+            "NSDT_UDP_MEM": udp_mem(sc), "NSDT_NOISE_RCVBUF": sc.noise_rcvbuf_bytes,
             "NSDT_NOISE_SOCKETS": sc.noise_sockets, "NSDT_NOISE_PORT_BASE": NOISE_PORT_BASE,
             "NSDT_HUNG_TASK_S": sc.guest_hung_task_s, "NSDT_WORKLOAD_PAGES": pages, "NSDT_SEED": sc.seed,
             "NSDT_SETTLE_S": SETTLE_S,
