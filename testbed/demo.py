@@ -38,8 +38,10 @@ def default_out_dir() -> str:
     return os.path.join("reports", f"demo-{time.strftime('%Y%m%dT%H%M%S')}")
 
 
-def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS) -> list[tuple[scn.Scenario, list, dict]]:
-    """Load + preflight every scenario; raises ScenarioError / returns the failing checks' lines."""
+def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS, clients: tuple[str, ...] = ("agent",),
+             client_overrides: dict | None = None) -> list[tuple[scn.Scenario, list, dict]]:
+    """Load + preflight every scenario, once per client kind (``clients``: "agent", "linux"; the
+    linux runs take ``client_overrides``: guest kernel, NIC, ...); raises ScenarioError."""
     out = []
     for n in names:
         base = scn.load(n)
@@ -47,15 +49,21 @@ def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS) -> list[tuple[s
         ov: dict = {"max_duration_s": min(base.max_duration_s, cap)}
         if seed is not None:
             ov["seed"] = seed
-        sc = scn.load(n, ov)
-        checks, figs = scn.preflight(sc)
-        out.append((sc, checks, figs))
+        for client in clients:
+            sc = scn.load(n, {**ov, **(client_overrides or {}), "client": client} if client == "linux" else ov)
+            checks, figs = scn.preflight(sc)
+            out.append((sc, checks, figs))
     return out
 
 
-def _error_entry(sc: scn.Scenario, checks: list, msg: str) -> dict:
+def run_label(sc: scn.Scenario) -> str:
+    """The scenario's name, with "-linux" for a real-kernel run (its directory and pcap prefix)."""
+    return sc.name + ("-linux" if sc.client == "linux" else "")
+
+
+def _error_entry(sc: scn.Scenario, checks: list, msg: str, outcome: str = "invalid") -> dict:
     e = {k: None for k in rep.SCENARIO_KEYS}
-    e.update(name=sc.name, outcome="invalid", seed=sc.seed, expect=sc.expect, preflight=[c.to_json() for c in checks],
+    e.update(name=sc.name, client=sc.client, outcome=outcome, seed=sc.seed, expect=sc.expect, preflight=[c.to_json() for c in checks],
              counters={"PFMemallocDrop": None, "rx_nobuf": None}, watchdog=f"run failed: {msg}", error=msg)
     return e
 
@@ -78,7 +86,9 @@ def table_rows(entries: list[dict]) -> list[tuple[str, ...]]:
         ok = e["outcome"] == e["expect"]
         ex = e.get("explanations") or {}
         beyond = " (beyond Linux)" if e.get("beyond_linux") else ""
-        rows.append((e["name"], e["expect"], f"{e['outcome']}{beyond} {'ok' if ok else 'MISMATCH'}",
+        verdict = "" if e["outcome"] == "n/a" else " ok" if ok else " MISMATCH"
+        name = e["name"] + (" [linux]" if e.get("client") == "linux" else "")
+        rows.append((name, e["expect"], f"{e['outcome']}{beyond}{verdict}",
                      _fmt(e["time_to_stall_s"]), _fmt(e["time_to_recover_s"]),
                      f"{_fmt(e['pages_written'])}/{_fmt(e['pages_verified'])}",
                      _fmt(e["counters"].get("PFMemallocDrop")), _fmt(e["counters"].get("rx_nobuf")),
@@ -166,28 +176,38 @@ def run_demo(out: str, loaded: list, *, say=None) -> tuple[list[dict], float]:
     entries, items = [], []
     n = len(loaded)
     for i, (sc, checks, figs) in enumerate(loaded, 1):
-        sdir = os.path.join(out, "scenarios", sc.name)
+        label = run_label(sc)
+        sdir = os.path.join(out, "scenarios", label)
         os.makedirs(sdir, exist_ok=True)
-        say(f"[{i}/{n}] {sc.name}: expect {sc.expect} -- {sc.description}")
+        say(f"[{i}/{n}] {label}: expect {sc.expect} -- {sc.description}")
         t1 = time.monotonic()
+        na = None
+        if sc.client == "linux":
+            from testbed.linux_vm.run import unsupported
+            na = unsupported(sc)
         try:
+            if na:
+                raise RunError(na)
             # the runner's swapon line is a dict only `testbed run` readers want; the rest (run name,
             # outcome) is what a demo viewer needs: `testbed stat --live --name RUN` takes that name
             log = lambda m, _n=sc.name: None if m.startswith(("swapon:", "fileon:")) else say(f"[{i}/{n}] {_n}: {m}")  # noqa: E731
             entry = run_scenario(sc, checks, sdir, log=log,
-                                 pcap_dir=os.path.join(out, "pcap"), pcap_prefix=f"{sc.name}-",
-                                 logs_dir=os.path.join(out, "logs", sc.name), progress_prefix=f"[{i}/{n}] {sc.name:<19} ",
+                                 pcap_dir=os.path.join(out, "pcap"), pcap_prefix=f"{label}-",
+                                 logs_dir=os.path.join(out, "logs", label), progress_prefix=f"[{i}/{n}] {label:<19} ",
                                  print_watchdog=False)
         except RunError as e:
-            say(f"[{i}/{n}] {sc.name}: run failed: {e}; logs in {out}/logs/{sc.name}")
-            entry = _error_entry(sc, checks, str(e))
+            if na:
+                say(f"[{i}/{n}] {label}: n/a: {na}")
+            else:
+                say(f"[{i}/{n}] {label}: run failed: {e}; logs in {out}/logs/{label}")
+            entry = _error_entry(sc, checks, str(e), outcome="n/a" if na else "invalid")
             entry["_timeline"] = []
         timeline = entry.pop("_timeline")
         entry["figures"] = figs
         entry["wall_s"] = round(time.monotonic() - t1, 1)
         rep.write_json(os.path.join(sdir, "timeline.json"), {"schema_version": rep.SCHEMA_VERSION, "interval_s": 0.2,
                                                             "samples": timeline})
-        if "error" not in entry:
+        if "error" not in entry and sc.client != "linux":    # explanations read the agent's xid records
             postprocess(out, entry, timeline, say)
         ok = entry["outcome"] == entry["expect"]
         summary = (entry.get("explanations") or {})

@@ -24,10 +24,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def add_client_args(p) -> None:
-    """--client / --kernel / --modules / --nic: shared by run and demo."""
-    p.add_argument("--client", choices=("agent", "linux"),
-                   help="the client host: the userspace agent (default) or a real Linux kernel in a QEMU VM")
+def add_client_args(p, both: bool = False) -> None:
+    """--client / --kernel / --modules / --nic: shared by run and demo (demo also takes --client both)."""
+    p.add_argument("--client", choices=("agent", "linux", "both") if both else ("agent", "linux"),
+                   help="the client host: the userspace agent (default) or a real Linux kernel in a QEMU VM"
+                   + ("; both: each scenario on the agent, then on the kernel, same seed" if both else ""))
     p.add_argument("--kernel", metavar="PATH", help="with --client linux: a vmlinuz/bzImage/vmlinux to boot "
                    "(default: the newest /boot/vmlinuz-*)")
     p.add_argument("--modules", metavar="DIR", help="with --client linux: the kernel's modules directory "
@@ -41,8 +42,8 @@ def client_overrides(args) -> dict:
     o: dict = {}
     if args.client:
         o["client"] = args.client
-    if args.kernel or args.modules or args.nic:
-        o.setdefault("client", "linux")
+    if (args.kernel or args.modules or args.nic) and o.get("client") != "both":
+        o["client"] = "linux"
     if args.kernel:
         o["guest_kernel"] = os.path.abspath(args.kernel)
     if args.modules:
