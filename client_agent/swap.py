@@ -6,7 +6,16 @@ Invariants owned here:
   pool page went back). ``nr_anon_pages`` counts the first two.
 - A page is freed only after a durable acknowledgement: a FILE_SYNC WRITE reply, or an UNSTABLE
   WRITE followed by a COMMIT whose verifier equals the WRITE's. A different verifier (the server
-  restarted and lost uncommitted data) means the WRITE is sent again.
+  restarted and lost uncommitted data) means the WRITE is sent again. Short writes, JUKEBOX and
+  garbage replies are handled inside ``NfsTransport.write_durably`` as Linux's client does.
+- A write error (``write_durably`` returned a WriteError: NFS3ERR_IO, NOSPC, ROFS, ..., a zero-byte
+  write, garbage past the retry budget) ends the page's writeback as mm/page_io.c
+  sio_write_complete does for swap over NFS: "Write error -5 on dio swapfile (4096)" is logged,
+  the page is set dirty again, PG_reclaim cleared, end_page_writeback: it goes back on the LRU,
+  resident, and ``nr_writeback`` drops. The error is counted by name (``write_errors``,
+  ``write_error_reasons``, ``write_error_errnos``). Differs from Linux: the slot is returned to the
+  free slots (Linux keeps it in the swap cache for the page) and the page goes to the LRU's young
+  end (Linux leaves it where reclaim put it back).
 - ``swap_map`` = {slot: (page_id, generation)} of every durably acknowledged slot, and nothing
   else: what a verifier reads back (``page_bytes``) must match.
 - Writeback tasks run with PF_MEMALLOC (sunrpc runs RPC_TASK_SWAPPER tasks under
@@ -24,6 +33,7 @@ from collections import deque
 from nas_server.protocol import nfs3
 
 from .mm.gfp import GFP_KERNEL
+from .nfs.transport import durability_counters
 from .tasks import Sleep, WaitEvent, WaitPages
 
 PAGE_SIZE = 4096
@@ -68,8 +78,7 @@ class SwapDevice:
         self.writeback: dict[int, AnonPage] = {}     # slot -> page under writeback
         self.swap_map: dict[int, tuple[int, int]] = {}
         self._free_slots: deque[int] = deque()
-        self.counters = {"writes": 0, "commits": 0, "resends": 0, "acked": 0,
-                         "verifier_changes": 0}
+        self.counters = {**durability_counters(), "acked": 0}
         self.workload = {"allocated": 0, "target": 0, "done": False, "seed": seed}
         self._workload_task = None
 
@@ -147,10 +156,24 @@ class SwapDevice:
     def _writeback(self, ap: AnonPage):
         """One page to its slot, durably (RPC_TASK_SWAPPER: runs under PF_MEMALLOC)."""
         self.alloc.memalloc_noreclaim_save()
-        yield from self.transport.write_durably(
+        err = yield from self.transport.write_durably(
             self.fh, ap.slot * PAGE_SIZE, lambda: page_bytes(self.seed, ap.page_id, ap.generation),
             self.stable, self.counters)
-        self._complete(ap)
+        if err is None:
+            self._complete(ap)
+        else:
+            self._write_error(ap, err)
+
+    def _write_error(self, ap: AnonPage, err) -> None:
+        """sio_write_complete with ret != len: the page stays dirty and resident (see above)."""
+        self.log(f"Write error -{err.errno_number} on dio swapfile ({ap.slot * PAGE_SIZE}): "
+                 f"{err.proc} {err.reason}")
+        del self.writeback[ap.slot]
+        self._free_slots.append(ap.slot)
+        ap.slot = None
+        self.lru.append(ap)
+        self.alloc.vmstat["nr_writeback"] -= 1
+        self.sched.wake(WRITEBACK_KEY)
 
     def _complete(self, ap: AnonPage) -> None:
         vm = self.alloc.vmstat

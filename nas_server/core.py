@@ -18,13 +18,46 @@ Choices (documented where a real server could differ):
   end of a block device does (images are fixed-size, like the devices they stand for).
 - SETATTR never changes an image's size: a larger size answers NFS3ERR_NOSPC, a smaller one is
   accepted and ignored (as O_TRUNC is on a block device; libnfs's nfs-cp truncates to 0 after CREATE).
-- CREATE of an existing image with UNCHECKED returns it; GUARDED/EXCLUSIVE answer NFS3ERR_EXIST;
-  a new name answers NFS3ERR_NOSPC unless the core was given ``new_image_bytes`` > 0.
+  CREATE UNCHECKED of an existing image treats its size attribute the same way.
+- A new name answers CREATE with NFS3ERR_NOSPC unless the core was given ``new_image_bytes`` > 0,
+  and also once the store holds ``max_images`` images (each is an open file: one client must not
+  exhaust the server's descriptors); ``counters['create_refused_max_images']`` counts those.
 - NFS calls on an export the client's network may not mount answer NFS3ERR_ACCES; MNT answers
   MNT3ERR_ACCES. Credentials other than AUTH_NONE / AUTH_SYS answer AUTH_ERROR(AUTH_BADCRED);
   a non-null verifier answers AUTH_ERROR(AUTH_BADVERF).
-- Directory-changing procedures (MKDIR, REMOVE, RENAME, ...) and READDIR/READLINK answer
-  NFS3ERR_NOTSUPP with empty attributes: an export's set of images is fixed by its administrator.
+- Directory-changing procedures (MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME, LINK) and READLINK
+  answer NFS3ERR_NOTSUPP with empty attributes: an export's set of images is fixed by its
+  administrator. A call to a program or version this server does not serve (e.g. the NFSACL probe,
+  100227 v3) is counted by program and version in ``unavailable``, never as a procedure.
+
+Replays outside the duplicate request cache (RFC 1813; the DRC is keyed on the client's port, as
+nfsd's is, so a reconnect from a new port misses it). What each non-idempotent procedure answers
+when executed a second time, and what Linux nfsd (fs/nfsd/nfs3proc.c, vfs.c) does:
+- CREATE EXCLUSIVE: the verifier is stored with the image (RFC 1813 §3.3.8); the same verifier
+  answers NFS3_OK with the same file handle, another one NFS3ERR_EXIST. Linux: the same, with the
+  verifier in the inode's atime/mtime (``nfsd_create_setattr``), which a later WRITE or SETATTR
+  overwrites; here too the first WRITE or SETATTR of times ends the replay window.
+- CREATE GUARDED: NFS3ERR_EXIST (§3.3.8: "fails the request if a duplicate exists"). Linux: same.
+- CREATE UNCHECKED: NFS3_OK with the same handle; the size attribute is handled as by SETATTR.
+  Linux: same (``nfsd3_create_file`` applies the attributes again).
+- SETATTR with a guard: the first call changed ctime, so the replay's ``obj_ctime`` no longer
+  matches and it answers NFS3ERR_NOT_SYNC with the attributes unchanged (§3.3.2). Linux: same
+  (``nfsd_setattr`` compares ``guardtime`` with ``inode_get_ctime``). Without a guard: re-applied.
+- WRITE: re-executed with the same data at the same offset (idempotent on a fixed-size image);
+  the reply carries the current write verifier. Linux: same.
+- COMMIT: not cached (nfsd's RC_NOCACHE); after a restart it answers NFS3_OK with the new write
+  verifier, which tells the client its UNSTABLE data is lost and must be resent (§3.3.21).
+- MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME, LINK: NFS3ERR_NOTSUPP every time (nothing is
+  changed, so a replay cannot differ). Linux executes them and a replay of REMOVE/RMDIR answers
+  NOENT, of MKDIR/SYMLINK/LINK/RENAME EXIST or NOENT -- the RFC's known non-idempotency.
+
+Reply sizes a client bounds are computed from the bytes that will be encoded: READDIR ``count``
+and READDIRPLUS ``maxcount`` bound the resok (every XDR word included, the "value follows" words
+too), and the entries returned are the longest prefix that fits; NFS3ERR_TOOSMALL if none does
+(RFC 1813 §3.3.16/§3.3.17; Linux ``nfsd3_proc_readdir``/``svcxdr_encode_entry3plus``). READDIRPLUS
+``dircount`` bounds the entries' directory part (entry3 bytes) after the first entry; Linux
+ignores dircount. READ answers at most ``rtmax`` (FSINFO) bytes, so its reply fits a UDP datagram
+(UDP) or the client's record limit (TCP).
 """
 
 from __future__ import annotations
@@ -50,17 +83,18 @@ FH_LEN = _FH.size
 UDP_MAX_IO_BYTES = 32768  # rtmax/wtmax over UDP: a reply must fit a 64 KiB datagram (Linux uses 32 KiB)
 TCP_MAX_IO_BYTES = 1 << 20  # rtmax/wtmax over TCP: nfsd's default maximum payload
 LATENCY_SAMPLES = 4096  # per-procedure reservoir for percentiles: recent behaviour, bounded memory
+DEFAULT_MAX_IMAGES = 1024  # images (open files) in the store before CREATE of a new name answers NOSPC
+UNAVAILABLE_KEYS_MAX = 32  # distinct "PROG vVERS" keys counted in ``unavailable``; the rest are "other"
 
 # NFSv3 procedures answered NFS3ERR_NOTSUPP: their failure body is this many FALSE booleans
 # (post_op_attr / pre_op_attr / wcc_data parts), from RFC 1813's *3resfail definitions.
 _NOTSUPP_FAIL_BOOLS = {
     nfs3.NFSPROC3_READLINK: 1, nfs3.NFSPROC3_MKDIR: 2, nfs3.NFSPROC3_SYMLINK: 2, nfs3.NFSPROC3_MKNOD: 2,
     nfs3.NFSPROC3_REMOVE: 2, nfs3.NFSPROC3_RMDIR: 2, nfs3.NFSPROC3_RENAME: 4, nfs3.NFSPROC3_LINK: 3,
-    nfs3.NFSPROC3_READDIR: 1,
 }
 # Cached in the DRC (nfsd's RC_REPLBUFF/RC_REPLSTAT procedures).
 _NFS_DRC_PROCS = frozenset({nfs3.NFSPROC3_SETATTR, nfs3.NFSPROC3_WRITE, nfs3.NFSPROC3_CREATE}) | frozenset(
-    p for p in _NOTSUPP_FAIL_BOOLS if p not in (nfs3.NFSPROC3_READLINK, nfs3.NFSPROC3_READDIR))
+    p for p in _NOTSUPP_FAIL_BOOLS if p != nfs3.NFSPROC3_READLINK)
 
 
 class _Status(Exception):
@@ -93,12 +127,13 @@ def parse_networks(spec: str) -> list:
 class NasCore:
     def __init__(self, store: Store, *, nfs_port: int = 2049, mount_port: int | None = None,
                  drc: DuplicateRequestCache | None = None, new_image_bytes: int = 0,
-                 log: Callable[[str], None] | None = None):
+                 max_images: int = DEFAULT_MAX_IMAGES, log: Callable[[str], None] | None = None):
         self.store = store
         self.nfs_port = nfs_port
         self.mount_port = mount_port if mount_port is not None else nfs_port
         self.drc = drc if drc is not None else DuplicateRequestCache()
         self.new_image_bytes = new_image_bytes
+        self.max_images = max_images
         self.log = log
         self.counters: Counter = Counter()
         self.proc_calls: Counter = Counter()
@@ -107,15 +142,16 @@ class NasCore:
         self.proc_errors: Counter = Counter()
         self.nfs_status: Counter = Counter()
         self.latency_s: dict[str, deque] = {}
+        self.unavailable: Counter = Counter()  # "PROG vVERS" / "PROG vVERS proc N" -> calls refused
         self.mounts: dict[tuple[str, bytes], float] = {}  # (client ip, dirpath) -> time (DUMP)
-        self.last_label = ""
+        self.last_label: str | None = None
 
     # -- public ---------------------------------------------------------------------------------
     def handle(self, msg: bytes | bytearray | memoryview, peer: tuple, now: float,
                transport: str = "udp") -> list[bytes]:
         """Answer one RPC message from ``peer`` ((host, port)) at time ``now`` (seconds)."""
         self.counters["rpc_msgs"] += 1
-        self.last_label = "-"
+        self.last_label = None  # set once the call names a procedure this server serves
         try:
             return self._handle(msg, peer, now, transport)
         except Exception as e:  # a bug must not take the server down; SYSTEM_ERR says so
@@ -127,7 +163,11 @@ class NasCore:
             self.counters["rpc_system_err"] += 1
             return [rpc.encode_accepted(xid, rpc.SYSTEM_ERR)]
 
-    def observe_latency(self, label: str, seconds: float) -> None:
+    def observe_latency(self, label: str | None, seconds: float) -> None:
+        """Record ``seconds`` for procedure ``label``; None (no served procedure: a drop, an RPC
+        error, an unavailable program or procedure) is not a procedure and is not recorded."""
+        if label is None:
+            return
         d = self.latency_s.get(label)
         if d is None:
             d = self.latency_s[label] = deque(maxlen=LATENCY_SAMPLES)
@@ -148,6 +188,9 @@ class NasCore:
             "counters": dict(self.counters),
             "procedures": procs,
             "nfs_status": dict(self.nfs_status),
+            "unavailable": dict(self.unavailable),
+            "limits": {"max_images": self.max_images, "images": self.store.image_count(),
+                       "unavailable_keys_max": UNAVAILABLE_KEYS_MAX},
             "drc": self.drc.snapshot(),
             "write_verifier": self.store.verifier.hex(),
             "pending_unstable_bytes": self.store.pending_bytes(),
@@ -163,6 +206,11 @@ class NasCore:
     def _log(self, text: str) -> None:
         if self.log is not None:
             self.log(text)
+
+    def _unavailable(self, key: str) -> None:
+        if key not in self.unavailable and len(self.unavailable) >= UNAVAILABLE_KEYS_MAX:
+            key = "other"
+        self.unavailable[key] += 1
 
     def _drop(self, reason: str, peer: tuple, detail: str) -> list[bytes]:
         self.counters["drop_" + reason] += 1
@@ -200,15 +248,18 @@ class NasCore:
             vers, names, prefix = mnt.PMAP_V2, {0: "NULL", 1: "SET", 2: "UNSET", 3: "GETPORT", 4: "DUMP"}, "PMAP2_"
         else:
             self.counters["rpc_prog_unavail"] += 1
+            self._unavailable(f"{call.prog} v{call.vers}")
             self._log(f"{peer[0]}:{peer[1]} xid={xid:#x} program {call.prog} unavailable (PROG_UNAVAIL)")
             return [rpc.encode_accepted(xid, rpc.PROG_UNAVAIL)]
         if call.vers != vers:
             self.counters["rpc_prog_mismatch"] += 1
+            self._unavailable(f"{call.prog} v{call.vers}")
             self._log(f"{peer[0]}:{peer[1]} xid={xid:#x} program {call.prog} version {call.vers} (PROG_MISMATCH, speak {vers})")
             return [rpc.encode_prog_mismatch(xid, vers, vers)]
         name = names.get(call.proc)
         if name is None:
             self.counters["rpc_proc_unavail"] += 1
+            self._unavailable(f"{call.prog} v{call.vers} proc {call.proc}")
             self._log(f"{peer[0]}:{peer[1]} xid={xid:#x} {prefix}proc {call.proc} (PROC_UNAVAIL)")
             return [rpc.encode_accepted(xid, rpc.PROC_UNAVAIL)]
         label = prefix + name
@@ -412,6 +463,8 @@ class NasCore:
             # device: the image keeps its size and contents, and the post-op attributes say so.
             if s.mode is not None:
                 img.mode = s.mode & 0o7777
+            if s.mtime != nfs3.DONT_CHANGE or s.atime != nfs3.DONT_CHANGE:
+                img.forget_create_verf()  # Linux: the client's times replace the verifier's words
             if isinstance(s.mtime, tuple):
                 img.mtime_s = s.mtime[0] + s.mtime[1] / 1e9
             elif s.mtime == nfs3.SET_TO_SERVER_TIME:
@@ -477,24 +530,35 @@ class NasCore:
             sname = name.decode("utf-8", errors="replace")
             target = exp.images.get(sname)
             if target is not None:
-                if a.mode != nfs3.UNCHECKED:
-                    raise _Status(nfs3.NFS3ERR_EXIST, f"image {sname!r} exists")
-                if a.attrs.size not in (None, target.size_bytes):
-                    raise _Status(nfs3.NFS3ERR_INVAL, f"images are fixed-size ({target.size_bytes} bytes)")
+                if a.mode == nfs3.GUARDED:
+                    raise _Status(nfs3.NFS3ERR_EXIST, f"image {sname!r} exists (GUARDED)")
+                if a.mode == nfs3.EXCLUSIVE:
+                    if not target.create_verf_matches(a.verf):
+                        raise _Status(nfs3.NFS3ERR_EXIST, f"image {sname!r} exists and was not made by "
+                                                          f"an EXCLUSIVE CREATE with verifier {a.verf.hex()}")
+                    self.counters["create_exclusive_replayed"] += 1
+                else:
+                    self._check_create_size(a.attrs.size, target.size_bytes)
             else:
                 if self.new_image_bytes <= 0:
                     raise _Status(nfs3.NFS3ERR_NOSPC, f"no image {sname!r}; this server creates no new images")
+                if a.mode != nfs3.EXCLUSIVE:
+                    self._check_create_size(a.attrs.size, self.new_image_bytes)
+                if self.store.image_count() >= self.max_images:
+                    self.counters["create_refused_max_images"] += 1
+                    raise _Status(nfs3.NFS3ERR_NOSPC, f"the store holds {self.store.image_count()} images "
+                                                      f"(max_images {self.max_images})")
                 try:
                     target = self.store.create_image(exp.name, sname, self.new_image_bytes, now)
                 except ValueError as e:
                     raise _Status(nfs3.NFS3ERR_INVAL, str(e)) from None
+                if a.mode == nfs3.EXCLUSIVE:
+                    target.set_create_verf(a.verf)
             r.fh = make_fh(FH_KIND_FILE, exp.fsid, target.fileid)
             r.attr = self._attr(exp, target)
         elif proc == nfs3.NFSPROC3_FSSTAT:
             r.attr = attr
-            total = sum(i.size_bytes for i in exp.images.values())
-            n = len(exp.images)
-            r.fsstat = (total, 0, 0, n, 0, 0, 0)
+            r.fsstat = (*self.store.fsstat(exp), 0)  # invarsec 0: the figures may change at any time
         elif proc == nfs3.NFSPROC3_FSINFO:
             r.attr = attr
             io = UDP_MAX_IO_BYTES if transport == "udp" else TCP_MAX_IO_BYTES
@@ -503,32 +567,58 @@ class NasCore:
         elif proc == nfs3.NFSPROC3_PATHCONF:
             r.attr = attr
             r.pathconf = (1, nfs3.NFS3_MAXNAMLEN, True, True, False, True)
-        elif proc == nfs3.NFSPROC3_READDIRPLUS:
-            self._readdirplus(exp, img, a, r, attr)
+        elif proc in (nfs3.NFSPROC3_READDIR, nfs3.NFSPROC3_READDIRPLUS):
+            self._readdir(proc, exp, img, a, r, attr)
         else:  # pragma: no cover - the tables above cover every procedure 0..21
             raise _Status(nfs3.NFS3ERR_NOTSUPP, f"procedure {proc}")
 
-    def _readdirplus(self, exp: Export, img: Image | None, a, r: nfs3.Res, attr: nfs3.Fattr3) -> None:
+    @staticmethod
+    def _check_create_size(size: int | None, image_bytes: int) -> None:
+        """CREATE's size attribute, as SETATTR treats it: larger than the image NOSPC, else ignored."""
+        if size is not None and size > image_bytes:
+            raise _Status(nfs3.NFS3ERR_NOSPC, f"images never grow: size {size} > {image_bytes}")
+
+    def _readdir(self, proc: int, exp: Export, img: Image | None, a, r: nfs3.Res, attr: nfs3.Fattr3) -> None:
+        """READDIR (RFC 1813 §3.3.16) and READDIRPLUS (§3.3.17) of an export's directory.
+
+        The resok (everything after the status word) is at most ``count`` (READDIR) or ``maxcount``
+        (READDIRPLUS) bytes as encoded, and holds the longest run of entries from ``cookie`` that
+        fits; NFS3ERR_TOOSMALL when not even one entry (or, with none left, the empty list) fits.
+        READDIRPLUS's ``dircount`` bounds the entries' entry3 part, the first entry excepted, so a
+        small dircount never turns into TOOSMALL (Linux nfsd ignores dircount altogether).
+        Cookies are entry indexes + 1; the cookie verifier changes when the set of images does.
+        """
         r.attr = attr
         if img is not None:
-            raise _Status(nfs3.NFS3ERR_NOTDIR, "READDIRPLUS of a file")
+            raise _Status(nfs3.NFS3ERR_NOTDIR, f"{nfs3.PROC_NAMES[proc]} of a file")
         cookieverf = struct.pack(">Q", len(exp.images))
         if a.cookie != 0 and a.cookieverf != cookieverf:
             raise _Status(nfs3.NFS3ERR_BAD_COOKIE, "the directory changed since the cookie was issued")
-        dfh = make_fh(FH_KIND_DIR, exp.fsid, exp.dir_fileid)
-        entries = [(exp.dir_fileid, b".", attr, dfh), (exp.dir_fileid, b"..", attr, dfh)]
-        for i in exp.images.values():
-            entries.append((i.fileid, i.name.encode(), self._attr(exp, i), make_fh(FH_KIND_FILE, exp.fsid, i.fileid)))
+        plus = proc == nfs3.NFSPROC3_READDIRPLUS
+        limit = a.maxcount if plus else a.count
         r.verf = cookieverf
-        size = 120  # reply overhead
         r.eof = True
-        for idx in range(a.cookie, len(entries)):
-            fileid, name, eattr, efh = entries[idx]
-            cost = 8 + 4 + len(name) + 3 + 8 + 88 + 8 + len(efh)
-            if size + cost > a.maxcount:
+        size = len(nfs3.encode_res(proc, nfs3.Res(attr=attr, verf=cookieverf))) - 4  # resok, no entries
+        if size > limit:
+            r.eof = False
+            raise _Status(nfs3.NFS3ERR_TOOSMALL, f"count {limit} < {size} bytes of a reply with no entry")
+        dfh = make_fh(FH_KIND_DIR, exp.fsid, exp.dir_fileid)
+        names = [(exp.dir_fileid, b".", None), (exp.dir_fileid, b"..", None)]
+        names += [(i.fileid, i.name.encode(), i) for i in exp.images.values()]
+        dirbytes = 0
+        for idx in range(a.cookie, len(names)):
+            fileid, name, eimg = names[idx]
+            e = (fileid, name, idx + 1)
+            dcost = nfs3.entry_xdr_bytes(nfs3.NFSPROC3_READDIR, e)
+            if plus:
+                efh = dfh if eimg is None else make_fh(FH_KIND_FILE, exp.fsid, eimg.fileid)
+                e = (*e, attr if eimg is None else self._attr(exp, eimg), efh)
+            cost = nfs3.entry_xdr_bytes(proc, e)
+            if size + cost > limit or (plus and r.entries and dirbytes + dcost > a.dircount):
                 r.eof = False
                 break
             size += cost
-            r.entries.append((fileid, name, idx + 1, eattr, efh))
+            dirbytes += dcost
+            r.entries.append(e)
         if not r.entries and not r.eof:
-            raise _Status(nfs3.NFS3ERR_TOOSMALL, f"maxcount {a.maxcount} holds no entry")
+            raise _Status(nfs3.NFS3ERR_TOOSMALL, f"count {limit} holds no entry ({size + cost} bytes needed)")

@@ -52,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--portmap-port", type=int, default=111, help="portmap v2 port (0: none)")
     p.add_argument("--control", metavar="PATH", help="Unix socket for the control protocol")
     p.add_argument("--ready-fd", type=int, metavar="N", help="write one byte to fd N once listening")
-    p.add_argument("--max-connections", type=int, default=256)
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="TCP connections at most; a new one past it closes the oldest (Linux svc_check_conn_limits)")
+    p.add_argument("--conn-age-period", type=float, default=360.0, metavar="SECONDS",
+                   help="close TCP connections idle for a whole period, checked every period (Linux: 360)")
+    p.add_argument("--max-images", type=int, default=1024,
+                   help="images the store may hold; CREATE of a new name past it answers NFS3ERR_NOSPC")
     p.add_argument("--log-rate", type=int, default=50, help="log lines per second at most")
     return p
 
@@ -77,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             if exp not in store.exports:
                 raise ValueError(f"--create-image {spec!r}: export {exp!r} is not among --export {list(store.exports)}")
             store.create_image(exp, img, parse_size(size))
-        core = NasCore(store, new_image_bytes=parse_size(args.new_image_size), log=log)
+        if args.max_connections < 0 or args.conn_age_period <= 0 or args.max_images < 0:
+            raise ValueError(f"--max-connections {args.max_connections}, --conn-age-period {args.conn_age_period}, "
+                             f"--max-images {args.max_images}: expected >= 0, > 0 and >= 0")
+        core = NasCore(store, new_image_bytes=parse_size(args.new_image_size), max_images=args.max_images, log=log)
         if not 0 <= args.write_latency_ms <= 10_000:
             raise ValueError(f"--write-latency-ms {args.write_latency_ms}: expected 0..10000 ms")
         server = NasServer(core, args.bind, args.port, args.portmap_port or None, args.max_connections, log,
-                           write_latency_s=args.write_latency_ms / 1000)
+                           write_latency_s=args.write_latency_ms / 1000, conn_age_period_s=args.conn_age_period)
     except (ValueError, OSError) as e:
         print(f"nas-server: {e}", file=sys.stderr)
         return 2
@@ -94,12 +102,15 @@ def main(argv: list[str] | None = None) -> int:
             core.drc.max_entries = int(value)
         elif key == "drc_max_age_s":
             core.drc.max_age_s = float(value)
+        elif key == "drc_max_entries_per_peer":
+            core.drc.max_entries_per_peer = max(1, int(value))
         elif key == "write_latency_ms":
             if not isinstance(value, (int, float)) or not 0 <= value <= 10_000:
                 raise BadRequest(f"write_latency_ms must be a number 0..10000, got {value!r}")
             server.write_latency_s = value / 1000
         else:
-            raise BadRequest(f"unknown key {key!r}; settable: log_rate, drc_max_entries, drc_max_age_s, write_latency_ms")
+            raise BadRequest(f"unknown key {key!r}; settable: log_rate, drc_max_entries, drc_max_age_s, "
+                             "drc_max_entries_per_peer, write_latency_ms")
         return {key: value}
 
     control = None

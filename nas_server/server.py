@@ -2,9 +2,25 @@
 
 Invariant owned here: this is the only part of the server that touches sockets or the clock. Each
 UDP datagram is one call; each TCP record is one call, and replies go back on the same connection
-in order. Per-connection input is bounded by the record limit and output by ``MAX_TCP_OUTBUF_BYTES``
-(a client that stops reading stops being read); the number of connections is bounded by
-``max_connections``. Every connection closed by the server is counted with its reason.
+in order. Every connection closed by the server is counted with its reason (``tcp_close_<reason>``).
+
+No peer can hold a resource so as to deny service to the others; each limit is a named figure,
+shown under ``server.limits`` in ``snapshot``:
+- ``max_connections`` (256): at the limit, a new connection is accepted and the *oldest* one is
+  closed (``tcp_close_conn_limit``) with a rate-limited warning, as Linux's
+  ``svc_check_conn_limits`` does ("too many open connections"). Unlike Linux, the oldest is taken
+  among the connections of the address holding the most, so a flood from one address closes its
+  own connections first.
+- ``conn_age_period_s`` (360 s, Linux's ``svc_conn_age_period``): every period, connections that
+  received nothing during the whole previous period are closed (``tcp_close_idle``), as
+  ``svc_age_temp_xprts`` does with ``XPT_OLD``: idle for between one and two periods.
+- ``max_record_bytes``: a record (or the part received of it) longer than a WRITE of wtmax plus
+  headers closes the connection (``tcp_close_record_too_big``); ``max_partial_bytes_total``
+  bounds what all connections hold of unfinished records together -- over it, the connection
+  holding the most is closed (``tcp_close_partial_bytes_total``).
+- ``max_tcp_outbuf_bytes`` per connection and ``max_tcp_outbuf_total_bytes`` for all: a
+  connection whose replies are not read stops being read (``tcp_read_paused``) until they drain.
+- The DRC's per-peer share and the store's image count are the core's (``drc``, ``limits``).
 """
 
 from __future__ import annotations
@@ -26,7 +42,11 @@ UDP_MAX_DATAGRAM_BYTES = 65535
 UDP_BATCH = 64  # datagrams handled per readiness before the loop looks at other sockets
 MAX_RECORD_BYTES = TCP_MAX_IO_BYTES + 4096  # a WRITE of wtmax plus RPC/NFS headers
 MAX_TCP_OUTBUF_BYTES = 8 << 20  # stop reading a connection whose peer does not read its replies
+MAX_TCP_OUTBUF_TOTAL_BYTES = 64 << 20  # all connections' queued replies together
+MAX_PARTIAL_BYTES_TOTAL = 64 << 20  # all connections' unfinished records together
 DEFAULT_MAX_CONNECTIONS = 256
+CONN_AGE_PERIOD_S = 6 * 60  # Linux's svc_conn_age_period: idle connections go after 1..2 periods
+CONN_LIMIT_WARN_INTERVAL_S = 5.0  # at most one "too many open connections" line per interval
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>; Python lacks the name
 
 
@@ -54,7 +74,7 @@ class RateLimitedLog:
 
 
 class _Conn:
-    __slots__ = ("sock", "peer", "rm", "out", "reading")
+    __slots__ = ("sock", "peer", "rm", "out", "reading", "old")
 
     def __init__(self, sock: socket.socket, peer: tuple):
         self.sock = sock
@@ -62,11 +82,13 @@ class _Conn:
         self.rm = rpc.RecordReassembler(MAX_RECORD_BYTES)
         self.out = bytearray()
         self.reading = True
+        self.old = False  # Linux's XPT_OLD: set by each age sweep, cleared by data received
 
 
 class NasServer:
     def __init__(self, core: NasCore, bind: str = "0.0.0.0", port: int = 2049, pmap_port: int | None = 111,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, log=None, write_latency_s: float = 0.0):
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, log=None, write_latency_s: float = 0.0,
+                 conn_age_period_s: float = CONN_AGE_PERIOD_S):
         self.core = core
         # The appliance's service time for a UDP NFS call (its disk, its queue): the reply leaves
         # this long after the call was handled, without holding up other calls (a timer heap, not
@@ -79,7 +101,15 @@ class NasServer:
         self.sel = selectors.DefaultSelector()
         self.stats: Counter = Counter()
         self.max_connections = max_connections
-        self.conns: dict[socket.socket, _Conn] = {}
+        self.conn_age_period_s = conn_age_period_s
+        self.max_partial_bytes_total = MAX_PARTIAL_BYTES_TOTAL
+        self.max_tcp_outbuf_total_bytes = MAX_TCP_OUTBUF_TOTAL_BYTES
+        self.conns: dict[socket.socket, _Conn] = {}  # in accept order: the first is the oldest
+        self.conns_by_addr: Counter = Counter()
+        self.partial_bytes = 0  # sum of every connection's unfinished record bytes
+        self.outbuf_bytes = 0  # sum of every connection's queued reply bytes
+        self._next_age = time.monotonic() + conn_age_period_s
+        self._conn_warn_t = float("-inf")
         self.udp: list[socket.socket] = []
         self.listeners: list[socket.socket] = []
         self._buf = bytearray(UDP_MAX_DATAGRAM_BYTES)
@@ -154,20 +184,53 @@ class NasServer:
                 self.log(f"accept failed: {e}")
                 return
             if len(self.conns) >= self.max_connections:
-                self.stats["tcp_close_too_many_connections"] += 1
-                self.log(f"{peer[0]}:{peer[1]} refused: {len(self.conns)} connections open (max {self.max_connections})")
-                sock.close()
-                continue
+                if not self.conns:  # max_connections 0: TCP is off
+                    self.stats["tcp_close_too_many_connections"] += 1
+                    sock.close()
+                    continue
+                self._close_oldest(peer)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             c = _Conn(sock, peer)
             self.conns[sock] = c
+            self.conns_by_addr[peer[0]] += 1
             self.stats["tcp_accepted"] += 1
             self.sel.register(sock, selectors.EVENT_READ, lambda m, c=c: self._on_conn(c, m))
 
+    def _close_oldest(self, newcomer: tuple) -> None:
+        """svc_check_conn_limits: make room by closing the oldest connection of the busiest address."""
+        addr, held = self.conns_by_addr.most_common(1)[0]
+        victim = next(c for c in self.conns.values() if c.peer[0] == addr)
+        now = time.monotonic()
+        if now - self._conn_warn_t >= CONN_LIMIT_WARN_INTERVAL_S:
+            self._conn_warn_t = now
+            self.log(f"too many open connections ({len(self.conns)}, max_connections {self.max_connections}): "
+                     f"{newcomer[0]}:{newcomer[1]} accepted, closing the oldest of {addr}'s {held} "
+                     f"({victim.peer[0]}:{victim.peer[1]}); raise --max-connections if this is expected")
+        else:
+            self.stats["tcp_conn_limit_warnings_suppressed"] += 1
+        self._close(victim, "conn_limit")
+
+    def age_temp_xprts(self) -> int:
+        """One sweep of Linux's ``svc_age_temp_xprts``: close the connections that received nothing
+        since the previous sweep, mark the others old. Returns how many were closed."""
+        closed = 0
+        for c in list(self.conns.values()):
+            if c.old:
+                self._close(c, "idle")
+                closed += 1
+            else:
+                c.old = True
+        return closed
+
     def _close(self, c: _Conn, reason: str) -> None:
         self.stats["tcp_close_" + reason] += 1
-        self.conns.pop(c.sock, None)
+        if self.conns.pop(c.sock, None) is not None:
+            self.conns_by_addr[c.peer[0]] -= 1
+            if self.conns_by_addr[c.peer[0]] <= 0:
+                del self.conns_by_addr[c.peer[0]]
+            self.partial_bytes -= c.rm.buffered_bytes()
+            self.outbuf_bytes -= len(c.out)
         try:
             self.sel.unregister(c.sock)
         except (KeyError, ValueError):
@@ -193,12 +256,16 @@ class NasServer:
                 if not data:
                     self._close(c, "peer_closed")
                     return
+                c.old = False
+                held = c.rm.buffered_bytes()
                 try:
                     records = c.rm.feed(data)
                 except rpc.RecordError as e:
                     self.log(f"{c.peer[0]}:{c.peer[1]} {e}")
                     self._close(c, "record_too_big")
                     return
+                self.partial_bytes += c.rm.buffered_bytes() - held
+                out_before = len(c.out)
                 for rec in records:
                     self.stats["tcp_records_in"] += 1
                     t0 = time.perf_counter()
@@ -207,17 +274,27 @@ class NasServer:
                     for r in replies:
                         c.out += rpc.frame_record(r)
                         self.stats["tcp_records_out"] += 1
+                self.outbuf_bytes += len(c.out) - out_before
+                if self.partial_bytes > self.max_partial_bytes_total:
+                    hog = max(self.conns.values(), key=lambda x: x.rm.buffered_bytes())
+                    self.log(f"{hog.peer[0]}:{hog.peer[1]} closed: unfinished records of all connections "
+                             f"{self.partial_bytes} bytes > max_partial_bytes_total {self.max_partial_bytes_total}; "
+                             f"it held {hog.rm.buffered_bytes()}")
+                    self._close(hog, "partial_bytes_total")
+                    if hog is c:
+                        return
         if c.out:
             try:
                 n = c.sock.send(c.out)
                 del c.out[:n]
+                self.outbuf_bytes -= n
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError as e:
                 self._close(c, "reset" if e.errno in (errno.ECONNRESET, errno.EPIPE) else "send_error")
                 return
         was = c.reading
-        c.reading = len(c.out) < MAX_TCP_OUTBUF_BYTES
+        c.reading = not c.out or (len(c.out) < MAX_TCP_OUTBUF_BYTES and self.outbuf_bytes < self.max_tcp_outbuf_total_bytes)
         if was != c.reading:
             self.stats["tcp_read_paused" if not c.reading else "tcp_read_resumed"] += 1
         self._update_events(c)
@@ -225,8 +302,18 @@ class NasServer:
     # -- loop --------------------------------------------------------------------------------
     def snapshot(self) -> dict:
         snap = self.core.snapshot()
-        snap["server"] = dict(self.stats, tcp_connections=len(self.conns), port=self.port)
+        snap["server"] = dict(self.stats, tcp_connections=len(self.conns), port=self.port,
+                              tcp_peers=len(self.conns_by_addr), partial_bytes=self.partial_bytes,
+                              outbuf_bytes=self.outbuf_bytes, limits=self.limits())
         return snap
+
+    def limits(self) -> dict:
+        """Every per-connection and per-peer bound of the socket layer (see the module docstring)."""
+        return {"max_connections": self.max_connections, "conn_age_period_s": self.conn_age_period_s,
+                "conn_limit_warn_interval_s": CONN_LIMIT_WARN_INTERVAL_S, "max_record_bytes": MAX_RECORD_BYTES,
+                "max_partial_bytes_total": self.max_partial_bytes_total,
+                "max_tcp_outbuf_bytes": MAX_TCP_OUTBUF_BYTES,
+                "max_tcp_outbuf_total_bytes": self.max_tcp_outbuf_total_bytes}
 
     def _send_due(self) -> float:
         """Send the delayed replies that are due; return the select timeout until the next one."""
@@ -244,7 +331,12 @@ class NasServer:
 
     def run(self, should_stop=lambda: False) -> None:
         while self.running and not should_stop():
-            for key, mask in self.sel.select(timeout=self._send_due()):
+            now = time.monotonic()
+            if now >= self._next_age:
+                self.age_temp_xprts()
+                self._next_age = now + self.conn_age_period_s
+            timeout = min(self._send_due(), max(0.0, self._next_age - now))
+            for key, mask in self.sel.select(timeout=timeout):
                 key.data(mask)
 
     def close(self) -> None:

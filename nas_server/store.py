@@ -8,6 +8,10 @@ Invariants owned here:
   process start -- tells the client to resend. Reads always see pending data (overlaid in order).
 - Export and image names are single path components from a safe alphabet, opened with
   O_NOFOLLOW below the data directory: nothing outside the data directory is ever reachable.
+- An image made by an EXCLUSIVE CREATE keeps the client's 8-byte create verifier (RFC 1813
+  §3.3.8) until its first WRITE or time change, so a replayed CREATE is recognised. As Linux nfsd
+  (``nfsd_create_setattr``/``nfsd4_vfs_create``: verifier words in ``i_atime``/``i_mtime``),
+  ``FileImage`` also writes it into the file's atime/mtime seconds, which survive a restart.
 
 ``MemoryStore`` has the same semantics without files (``crash()`` drops pending data and renews the
 verifier), so the client agent's tests can run a NAS with no root and no disk.
@@ -55,6 +59,19 @@ class Image:
         self.mode = 0o644
         self.mtime_s = mtime_s
         self.ctime_s = mtime_s
+        # EXCLUSIVE CREATE verifier; b"" once written or touched (forgotten); None: not known here
+        self.create_verf: bytes | None = None
+
+    def set_create_verf(self, verf: bytes) -> None:
+        self.create_verf = bytes(verf)
+
+    def create_verf_matches(self, verf: bytes) -> bool:
+        """Whether an EXCLUSIVE CREATE with ``verf`` is a replay of the one that made this image."""
+        return bool(self.create_verf) and self.create_verf == bytes(verf)
+
+    def forget_create_verf(self) -> None:
+        """The client has written or set times: the verifier's job is done (Linux overwrites it then)."""
+        self.create_verf = b""
 
     # backend
     def _pread(self, offset: int, count: int) -> bytes:
@@ -107,6 +124,7 @@ class Image:
             if self.pending_bytes > MAX_PENDING_BYTES:
                 self._flush_pending()
         self.mtime_s = self.ctime_s = now_s
+        self.forget_create_verf()
 
     def _flush_pending(self) -> None:
         for off, pd in self.pending.items():
@@ -164,6 +182,22 @@ class FileImage(Image):
     def close(self):
         os.close(self.fd)
 
+    def set_create_verf(self, verf: bytes) -> None:
+        """Keep the verifier in memory and, as Linux does, in the file's atime/mtime seconds (synced)."""
+        super().set_create_verf(verf)
+        hi, lo = int.from_bytes(verf[:4], "big"), int.from_bytes(verf[4:], "big")
+        os.utime(self.fd, ns=(hi * 1_000_000_000, lo * 1_000_000_000))
+        os.fsync(self.fd)
+
+    def create_verf_matches(self, verf: bytes) -> bool:
+        if self.create_verf is not None:
+            return super().create_verf_matches(verf)
+        # Loaded at start and untouched since: the verifier is read back from atime/mtime (a READ under relatime or a
+        # WRITE may have replaced them since, as on Linux; then the replay is refused with EXIST).
+        st = os.fstat(self.fd)
+        stored = ((st.st_atime_ns // 1_000_000_000) & 0xFFFFFFFF, (st.st_mtime_ns // 1_000_000_000) & 0xFFFFFFFF)
+        return stored == (int.from_bytes(verf[:4], "big"), int.from_bytes(verf[4:], "big"))
+
 
 @dataclass
 class Export:
@@ -209,6 +243,13 @@ class Store:
     def pending_bytes(self) -> int:
         return sum(i.pending_bytes for e in self.exports.values() for i in e.images.values())
 
+    def image_count(self) -> int:
+        return sum(len(e.images) for e in self.exports.values())
+
+    def fsstat(self, exp: Export) -> tuple[int, int, int, int, int, int]:
+        """FSSTAT3resok's ``tbytes, fbytes, abytes, tfiles, ffiles, afiles`` (RFC 1813 §3.3.18)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         for e in self.exports.values():
             for i in e.images.values():
@@ -234,6 +275,10 @@ class MemoryStore(Store):
         img = MemoryImage(name, self._next_fileid, size_bytes, now_s)
         exp.add(img)
         return img
+
+    def fsstat(self, exp: Export) -> tuple[int, int, int, int, int, int]:
+        """No backing file system: the images are all there is, and nothing is free (images never grow)."""
+        return (sum(i.size_bytes for i in exp.images.values()), 0, 0, len(exp.images), 0, 0)
 
     def crash(self, new_verifier: bytes) -> None:
         """What SIGKILL and a restart do: pending UNSTABLE data is lost, the verifier changes."""
@@ -293,6 +338,13 @@ class DirStore(Store):
         img = FileImage(name, os.path.join(self.data_dir, export, name), dfd)
         exp.add(img)
         return img
+
+    def fsstat(self, exp: Export) -> tuple[int, int, int, int, int, int]:
+        """The file system holding the export, from ``statvfs`` as Linux nfsd's ``nfsd3_proc_fsstat``
+        (``vfs_statfs``): total, free and available-to-unprivileged bytes and inodes."""
+        st = os.statvfs(self._dir_fds[exp.name])
+        f = st.f_frsize
+        return (st.f_blocks * f, st.f_bfree * f, st.f_bavail * f, st.f_files, st.f_ffree, st.f_favail)
 
     def close(self) -> None:
         super().close()

@@ -8,6 +8,10 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 
 if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        echo "testbed: needs root for network namespaces and sudo is not installed; run $(basename "$0") as root (e.g. su -c '$0')" >&2
+        exit 1
+    fi
     echo "testbed: needs root for network namespaces; re-running under sudo" >&2
     exec sudo -E "$0" "$@"
 fi

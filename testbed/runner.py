@@ -27,7 +27,7 @@ from client_agent.phy.afpacket import softnet_drops
 from netns_setup.nsutil import add_permanent_neighbours
 from testbed import report as rep
 from testbed import scenario as scn
-from testbed.watchdog import Watchdog, hung_task_report, nfs_view
+from testbed.watchdog import Watchdog, hung_task_report, nfs_view, writeback_view
 
 SAMPLE_S = 0.2
 NOISE_PORT_BASE = 9001
@@ -396,6 +396,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                     "softnet_dropped": timeline[-1].get("softnet_dropped", 0) if timeline else 0}
         if file_consumer and final.get("filemap"):
             counters["filemap"] = {k: v for k, v in final["filemap"].items() if k != "workload"}
+        # short writes, JUKEBOX delays, garbage replies, write errors by name (issue 12 kind A)
+        counters["nfs_writeback"] = writeback_view(final)
         return {
             "name": sc.name, "outcome": wd.outcome, "seed": sc.seed, "expect": sc.expect,
             "time_to_stall_s": wd.time_to_stall_s, "time_to_recover_s": wd.time_to_recover_s,

@@ -338,15 +338,28 @@ def figures(sc: Scenario) -> dict:
             "reply_pages": reply_pages, "reassembly_pages": reasm_pages}
 
 
-def _fill(noise_target: int, sc: Scenario) -> tuple[float, int]:
+def _fill(noise_target: int, sc: Scenario) -> tuple[float, float]:
     """Time for the flood to pin ``noise_target`` net pages while kswapd hands pages back at up to
     ``swap_rate_pps`` (every page it frees below min goes to the next flood frame: readers and
-    workload are blocked there), and the noise pages that takes: (fill_s, flood_pps x fill_s)."""
+    workload are blocked there), and the noise pages that takes: (fill_s, flood_pps x fill_s).
+    A flood no faster than kswapd never fills: (math.inf, math.inf)."""
     net = sc.flood_pps - sc.swap_rate_pps
     if net <= 0:
-        return math.inf, 1 << 62
+        return math.inf, math.inf
     fill_s = noise_target / net
     return fill_s, math.ceil(sc.flood_pps * fill_s)
+
+
+NEVER = "never"      # a time that is infinite, as shown in check values (JSON has no infinity)
+INFINITE = "inf"     # a page count that is infinite, likewise
+
+
+def _seconds(x: float) -> float | str:
+    return NEVER if x == math.inf else round(x, 3)
+
+
+def _pages(x: float) -> int | str:
+    return INFINITE if x == math.inf else int(x)
 
 
 def preflight(sc: Scenario) -> tuple[list[Check], dict]:
@@ -362,14 +375,14 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
     # the flood only gets there if the noise queues hold what it must pin, plus every page kswapd
     # frees meanwhile (it goes to the next flood frame, not back to free).
     fill_s, need_pin = _fill(pin, sc)
-    f["fill_to_floor_s"] = round(fill_s, 3) if fill_s != math.inf else None
+    f["fill_to_floor_s"] = _seconds(fill_s)
     checks.append(Check(
         "flood_pins_free_at_atomic_floor",
         "noise_pages >= (min - atomic_floor) + swap_rate_pps * fill_s, "
         "fill_s = (min - atomic_floor) / (flood_pps - swap_rate_pps)",
         {"noise_pages": f["noise_pages"], "min": f["min"], "atomic_floor": f["atomic_floor"],
          "flood_pps": sc.flood_pps, "swap_rate_pps": sc.swap_rate_pps, "fill_s": f["fill_to_floor_s"],
-         "needed": need_pin, "sockets": sc.noise_sockets, "rcvbuf_bytes": sc.noise_rcvbuf_bytes,
+         "needed": _pages(need_pin), "sockets": sc.noise_sockets, "rcvbuf_bytes": sc.noise_rcvbuf_bytes,
          "truesize": f["flood_truesize"]},
         f["noise_pages"] >= need_pin, applies="deadlock,recovered"))
     if not sc.pfmemalloc_demux_drop and sc.memalloc:
@@ -381,7 +394,7 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
             "noise_pages >= min + swap_rate_pps * eat_s, eat_s = min / (flood_pps - swap_rate_pps)",
             {"noise_pages": f["noise_pages"], "min": f["min"], "flood_pps": sc.flood_pps,
              "swap_rate_pps": sc.swap_rate_pps,
-             "eat_s": round(eat_s, 3) if eat_s != math.inf else None, "needed": need_eat},
+             "eat_s": _seconds(eat_s), "needed": _pages(need_eat)},
             f["noise_pages"] >= need_eat, applies="deadlock"))
     # Below the atomic floor only ALLOC_NO_WATERMARKS allocations go: RPC buffers of swapper calls,
     # the transport's receive buffers (SOCK_MEMALLOC), transmit fragments under PF_MEMALLOC. Worst

@@ -123,6 +123,20 @@ def nfs_view(snap: dict) -> dict:
     return {**nfs, **(nfs.get("counters") or {})}
 
 
+# The durability loop's counters (client_agent/nfs/transport.py durability_counters), kept per
+# consumer: snapshot["swap"] or snapshot["filemap"].
+WRITEBACK_KEYS = ("writes", "commits", "resends", "verifier_changes", "shortwrite",
+                  "committed_lt_stable", "delay", "rpcgarbage", "write_errors",
+                  "write_error_reasons", "write_error_errnos")
+
+
+def writeback_view(snap: dict) -> dict:
+    """The consumer's NFS writeback counters: short writes, JUKEBOX delays, garbage replies and
+    the writes that ended with an error, by name (empty for an agent without them)."""
+    src = filemap(snap) or snap.get("swap") or {}
+    return {k: src[k] for k in WRITEBACK_KEYS if k in src}
+
+
 def workload_done(snap: dict) -> bool:
     fm = filemap(snap)
     if fm is not None:
@@ -282,6 +296,12 @@ def hung_task_report(snap: dict, stall_threshold_s: float, missing_xids: list[in
         keys = ("rpc_calls", "rpc_retrans", "rpc_major_timeouts", "rpc_replies", "rpc_bad_xid", "backlog")
         out.append("nfs: " + " ".join(f"{k}:{nfs.get(k)}" for k in keys if k in nfs)
                    + (" -- server not responding, still trying" if nfs.get("not_responding") else ""))
+    wb = writeback_view(snap)
+    if wb.get("write_errors") or wb.get("shortwrite") or wb.get("delay") or wb.get("rpcgarbage"):
+        reasons = " ".join(f"{k}:{v}" for k, v in sorted((wb.get("write_error_reasons") or {}).items()))
+        out.append("nfs writeback: " + " ".join(f"{k}:{wb.get(k, 0)}" for k in
+                                                 ("shortwrite", "delay", "rpcgarbage", "write_errors"))
+                   + (f" -- pages whose writeback ended with an error, by reason: {reasons}" if reasons else ""))
     if missing_xids is not None:
         shown = " ".join(f"{x:#010x}" for x in missing_xids[:32])
         more = f" (+{len(missing_xids) - 32} more)" if len(missing_xids) > 32 else ""

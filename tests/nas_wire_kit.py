@@ -14,19 +14,21 @@ from nas_server.store import MemoryStore
 MAC_A, MAC_B = b"\x02\0\0\0\0\x0a", b"\x02\0\0\0\0\x0b"
 
 
-def agent_and_nas(image: str, pages: int, *, pool_pages: int = 1024, seed: int = 4):
+def agent_and_nas(image: str, pages: int, *, pool_pages: int = 1024, seed: int = 4, handle=None):
     """(loop, agent, img): the agent at 198.18.0.2, the NAS at 198.18.0.1 exporting ``swap`` with
-    one image of ``pages`` pages; ``img`` is the MemoryStore image (read back to verify)."""
+    one image of ``pages`` pages; ``img`` is the MemoryStore image (read back to verify).
+    ``handle(core_handle, call, src, now) -> [replies]``, if given, stands between the wire and
+    NasCore.handle: a test intercepts or rewrites calls and replies there."""
     loop = Loop(ManualClock())
     w = WirePair(loop, latency_s=0.0005, mac_a=MAC_A, mac_b=MAC_B)
     agent = Agent(loop, w.a, ip="198.18.0.2", prefix_len=24, pool_pages=pool_pages, seed=seed)
     agent.stack.neigh.add_permanent(socket.inet_aton("198.18.0.1"), MAC_B)
-    serve, _store, img = _nas(w.b, image, pages)
+    serve, _store, img = _nas(w.b, image, pages, handle)
     w.b.on_rx = lambda: loop.call_soon(lambda: serve(loop.time(), 256))
     return loop, agent, img
 
 
-def _nas(dev, image: str, pages: int):
+def _nas(dev, image: str, pages: int, handle=None):
     """(serve(now, budget), store, img): a NAS Stack at 198.18.0.1 on ``dev`` feeding NasCore."""
     nas = Stack(PageAllocator(8192), dev, MAC_B, "198.18.0.1", 24)
     nas.neigh.add_permanent(socket.inet_aton("198.18.0.2"), MAC_A)
@@ -40,16 +42,19 @@ def _nas(dev, image: str, pages: int):
     def serve(now, budget):
         nas.poll(now, budget)
         while (got := nsk.recvfrom()) is not None:
-            for r in core.handle(got[0], got[1], now):
+            replies = (core.handle(got[0], got[1], now) if handle is None
+                       else handle(core.handle, got[0], got[1], now))
+            for r in replies:
                 nsk.sendto(r, got[1], now)
     return serve, store, img
 
 
-def nas_pumped(loop, client_stack, dev_b, *, image_pages: int = 64):
+def nas_pumped(loop, client_stack, dev_b, *, image_pages: int = 64, handle=None):
     """A NAS (Stack + NasCore on a MemoryStore) behind ``dev_b`` at 198.18.0.1, polled together with
-    ``client_stack`` every millisecond of loop time; returns ``(store, img)``."""
+    ``client_stack`` every millisecond of loop time; returns ``(store, img)``. ``handle``: as for
+    ``agent_and_nas``."""
     client_stack.neigh.add_permanent(socket.inet_aton("198.18.0.1"), MAC_B)
-    serve, store, img = _nas(dev_b, "swap.img", image_pages)
+    serve, store, img = _nas(dev_b, "swap.img", image_pages, handle)
 
     def pump():
         now = loop.time()
@@ -60,3 +65,12 @@ def nas_pumped(loop, client_stack, dev_b, *, image_pages: int = 64):
 
     loop.call_soon(pump)
     return store, img
+
+
+def file_teardown(agent) -> None:
+    """Unmount the agent's file consumer, stop kswapd, and check every page went back to the pool."""
+    agent.filemap.detach()
+    agent.filemap.release()
+    agent.file_transport.close()
+    agent.kswapd.stop()
+    assert agent.alloc.nr_free == agent.alloc.nr_pages, agent.alloc.owner_pages()

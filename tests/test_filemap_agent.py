@@ -1,7 +1,7 @@
 """Agent control ops for a file-backed consumer on the in-memory wire (no root)."""
 
 from client_agent.mm.filemap import file_page_bytes
-from tests.nas_wire_kit import agent_and_nas
+from tests.nas_wire_kit import agent_and_nas, file_teardown
 
 
 def test_fileon_file_workload_file_map():
@@ -21,8 +21,4 @@ def test_fileon_file_workload_file_map():
     assert m["content"] == "file" and len(m["acked"]) == 1500
     for idx, (i, gen) in m["acked"].items():
         assert img.read(int(idx) * 4096, 4096) == file_page_bytes(4, i, gen)
-    agent.filemap.detach()
-    agent.filemap.release()
-    agent.file_transport.close()
-    agent.kswapd.stop()
-    assert agent.alloc.nr_free == agent.alloc.nr_pages, agent.alloc.owner_pages()
+    file_teardown(agent)

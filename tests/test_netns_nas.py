@@ -5,6 +5,7 @@ client over kernel UDP/TCP. Data directories live on tmpfs (/dev/shm); every nam
 process is removed even when a test fails (NetPair.close in the fixture's finally).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -59,13 +60,17 @@ class Nas:
         self.proc.wait(5)
 
 
-@pytest.fixture(scope="module")
-def nas():
-    data_dir = f"/dev/shm/nas-netns-{os.getpid()}"
+@contextlib.contextmanager
+def running_nas(tag: str = "nas", subnet_octet: int = 77, client_ips: tuple[str, ...] = ()):
+    """nas-server in a fresh NetPair, data on tmpfs; ``client_ips`` are extra client addresses."""
+    data_dir = f"/dev/shm/{tag}-netns-{os.getpid()}"
     run_dir = data_dir + "-run"
     os.makedirs(run_dir, exist_ok=True)
-    net = NetPair(subnet_octet=77)
+    net = NetPair(tag=tag, subnet_octet=subnet_octet)
     try:
+        for ip in client_ips:
+            p = net.run(net.client_ns, ["ip", "addr", "add", f"{ip}/24", "dev", net.client_if])
+            assert p.returncode == 0, p.stderr
         n = Nas(net, data_dir, run_dir)
         n.start()
         yield n
@@ -75,6 +80,12 @@ def nas():
         if not os.environ.get("NAS_KEEP_RUN"):
             shutil.rmtree(run_dir, ignore_errors=True)
     assert not any(ns in nsutil.list_netns() for ns in (net.server_ns, net.client_ns))
+
+
+@pytest.fixture(scope="module")
+def nas():
+    with running_nas() as n:
+        yield n
 
 
 def client(nas, transport, **kw) -> RefClient:

@@ -138,3 +138,25 @@ def test_cli_refuses_impossible_scenario_with_exit_2(capsys, tmp_path):
     assert main(["run", "memalloc", "--set", "bogus=1"]) == 2
     assert "bogus: unknown key" in capsys.readouterr().err
     assert main(["run", "no-reserve", "--preflight-only"]) == 0
+
+
+@pytest.mark.parametrize("flood_pps", [0, 2000])
+def test_flood_no_faster_than_kswapd_never_fills_shown_as_never_and_inf(flood_pps):
+    """Issue 12: --set flood_pps=0 printed needed=4611686018427387904 (1 << 62) and fill_s=None.
+    A flood no faster than kswapd (swap_rate_pps 2000) never pins the reserve: fill time "never",
+    pages needed "inf"; the checks fail, and the report JSON holds no bogus number."""
+    import json
+    sc = S.from_dict({"name": "w", "expect": "recovered", "flood_pps": flood_pps,
+                      "memalloc": True, "pfmemalloc_demux_drop": False})
+    checks, f = S.preflight(sc)
+    by = {c.name: c for c in checks}
+    pin = by["flood_pins_free_at_atomic_floor"]
+    assert (pin.values["fill_s"], pin.values["needed"], pin.passed) == ("never", "inf", False)
+    eat = by["flood_eats_whole_reserve"]
+    assert (eat.values["eat_s"], eat.values["needed"], eat.passed) == ("never", "inf", False)
+    assert f["fill_to_floor_s"] == "never"
+    assert by["flood_fills_noise_in_time"].values["fill_s"] == "never"
+    assert not by["flood_fills_noise_in_time"].passed
+    line = pin.line(sc)
+    assert "fill_s=never" in line and "needed=inf" in line and str(1 << 62) not in line
+    json.dumps([c.to_json() for c in checks], allow_nan=False)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from client_agent.net.ipfrag import IPQ_QSIZE
 from client_agent.phy.wire_pair import WirePair
 from client_agent.wire import arp, checksum, ethernet, icmp, ipv4, udp
 from test_stack_kit import A, B, IP_A, IP_B, MAC_A, MAC_B, kit, run, udp_frame  # noqa: F401
@@ -96,7 +97,7 @@ def test_frag_timeout_too_far_and_mem_limit(kit):
     w.a.transmit(frag(100, 16), 31.0)
     sb.poll(31.0, budget=1000)
     assert sb.drop_reasons["FRAG_TOO_FAR"] == 1 and len(sb.reasm.queues) == 66
-    assert sb.reasm.mem == 66 * (4096 + 576)
+    assert sb.reasm.mem == 66 * (4096 + 576 + IPQ_QSIZE)      # truesize + each queue's struct ipq
     # ipfrag_high_thresh: no fragment is queued while mem exceeds it
     sb.reasm.high_thresh_bytes = 10 * 4672
     w.a.transmit(frag(999), 32.0)

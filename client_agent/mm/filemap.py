@@ -12,6 +12,13 @@ Invariants owned here:
   or UNSTABLE + COMMIT with the WRITE's verifier; a changed verifier resends). ``acked`` =
   {index: generation} of every durably acknowledged page and nothing else: what a verifier reads
   back from the image (``file_page_bytes``) must match.
+- A write error (``write_durably`` returned a WriteError: NFS3ERR_IO, NOSPC, DQUOT, ROFS, STALE, ...,
+  a zero-byte write, garbage past the retry budget) ends the page's writeback as fs/nfs/write.c
+  nfs_write_completion -> nfs_mapping_set_error does: the error is recorded on the mapping
+  (``wb_err``, returned by the next fsync/msync: ``workload["fsync_error"]``, ``synced`` False), the
+  page leaves writeback *clean* and not in ``acked`` -- its data is lost, as Linux drops the
+  request -- and a page kswapd wrote (PG_reclaim) is freed. Counted by name in ``write_errors``,
+  ``write_error_reasons``, ``write_error_errnos``.
 - Dirty limits are Linux's (domain_dirty_limits over global_dirtyable_memory):
   ``dirtyable = (nr_free - min(nr_free, totalreserve)) + nr_file_pages`` with totalreserve = the
   zone's high watermark (calculate_totalreserve_pages, one zone, no lowmem_reserve);
@@ -54,6 +61,7 @@ from collections import OrderedDict
 
 from nas_server.protocol import nfs3
 
+from ..nfs.transport import durability_counters
 from ..tasks import Sleep, WaitEvent, WaitPages
 from .gfp import GFP_KERNEL
 
@@ -134,8 +142,8 @@ class FileMapping:
         self.nr_reclaim_writeback = 0
         self.sync_pending = False
         self.throttled_writers: set[str] = set()
-        self.counters = {"writes": 0, "commits": 0, "resends": 0, "acked": 0,
-                         "verifier_changes": 0, "balance_dirty_pages": 0,
+        self.wb_err: str | None = None       # errseq wb_err of the mapping: errno name
+        self.counters = {**durability_counters(), "acked": 0, "balance_dirty_pages": 0,
                          "bg_writeback_starts": 0, "pageout": 0, "flusher_pages": 0,
                          "dropped_clean": 0}
         self.workload = {"kind": None, "allocated": 0, "target": 0, "done": False, "seed": seed,
@@ -233,7 +241,9 @@ class FileMapping:
             yield WaitEvent(WRITEBACK_KEY, until=self.sched.now + MAX_PAUSE_S,
                             reason=f"{'msync' if mapped else 'fsync'}: writeback of "
                                    f"{len(self.dirty) + len(self.writeback)} pages")
-        wl["synced"] = True
+        # filemap_check_wb_err: fsync reports an error recorded since the file was opened.
+        wl["fsync_error"] = self.wb_err
+        wl["synced"] = self.wb_err is None
         wl["done"] = True
 
     def balance_dirty_pages(self, name: str):
@@ -322,18 +332,32 @@ class FileMapping:
         """One page to its offset in the file image, durably."""
         if self.policy == "extended":
             self.alloc.memalloc_noreclaim_save()      # beyond Linux: as RPC_TASK_SWAPPER
-        yield from self.transport.write_durably(
+        err = yield from self.transport.write_durably(
             self.fh, fp.index * PAGE_SIZE, lambda: file_page_bytes(self.seed, fp.index, fp.generation),
             self.stable, self.counters)
-        self._complete(fp)
+        if err is None:
+            self._complete(fp)
+        else:
+            self._write_error(fp, err)
+
+    def _write_error(self, fp: FilePage, err) -> None:
+        """nfs_write_completion with NFS_IOHDR_ERROR: nfs_mapping_set_error, request removed,
+        end of writeback -- the page is clean but not acknowledged (see the module docstring)."""
+        self.wb_err = err.errno
+        self.log(f"nfs: write error {err.errno} ({err.proc} {err.reason}) at offset {err.offset}")
+        self._end_writeback(fp)
 
     def _complete(self, fp: FilePage) -> None:
-        from ..swap import WRITEBACK_KEY
-        del self.writeback[fp.index]
         self.acked[fp.index] = fp.generation
         self.counters["acked"] += 1
-        self._vm("nr_writeback", -1)
         self._vm("nr_written", 1)
+        self._end_writeback(fp)
+
+    def _end_writeback(self, fp: FilePage) -> None:
+        """end_page_writeback: a page kswapd wrote (PG_reclaim) is freed, any other one is clean."""
+        from ..swap import WRITEBACK_KEY
+        del self.writeback[fp.index]
+        self._vm("nr_writeback", -1)
         if fp.reclaim:
             self.nr_reclaim_writeback -= 1
             self._free(fp)
@@ -384,6 +408,7 @@ class FileMapping:
             "dirtyable_pages": dirtyable,
             "throttled_writers": sorted(self.throttled_writers),
             "acked": len(self.acked),
+            "wb_err": self.wb_err,
             **self.counters,
         }
 

@@ -32,6 +32,7 @@ LINUX_REASONS = (
     "PKT_TOO_BIG",        # reassembled datagram would exceed 65535 bytes
     "NEIGH_FAILED",       # transmit: the next hop did not answer ARP
     "NEIGH_QUEUEFULL",    # transmit: the unresolved neighbour's queue was full (oldest dropped)
+    "NEIGH_CREATEFAIL",   # transmit: no neighbour entry could be made (table at gc_thresh3)
     "FULL_RING",          # transmit: the device refused the frame
 )
 
@@ -68,5 +69,6 @@ def snmp_tables() -> dict[str, dict[str, int]]:
         # /proc/net/stat/arp_cache columns the model has
         "ArpCache": dict.fromkeys((
             "entries", "allocs", "destroys", "res_failed", "unresolved_discards",
-            "rcv_probes_ucast", "rcv_probes_mcast", "permanent_update_refused"), 0),
+            "rcv_probes_ucast", "rcv_probes_mcast", "periodic_gc_runs", "forced_gc_runs",
+            "table_fulls", "permanent_update_refused"), 0),
     }

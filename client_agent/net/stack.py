@@ -43,14 +43,14 @@ from ..wire.ipv4 import (IP_DF, IP_MF, IPPROTO_ICMP, IPPROTO_UDP, Ipv4Packet, em
 from ..wire.udp import UdpPacket, emit as udp_emit
 from .drop import DROP_REASONS, snmp_tables
 from .ipfrag import Reassembler
-from .neigh import NUD_PERMANENT, NUD_REACHABLE, NUD_STALE, NeighTable
+from .neigh import NUD_REACHABLE, NUD_STALE, NUD_VALID, NeighTable
 from .skb import SkBuff
 from .udp import EPHEMERAL_PORTS, UdpSocket
 
 _UDP_HDR = _struct.Struct("!HHHH")
 _IP_HDR = _struct.Struct("!BBHHHBBH4s4s")
 _ETH_HDR = _struct.Struct("!6s6sH")
-_NUD_SEND_NOW = frozenset((NUD_REACHABLE, NUD_STALE, NUD_PERMANENT))   # as neigh.output
+_NUD_SEND_NOW = NUD_VALID                                               # as neigh.output
 PFMEMALLOC_PROTOCOLS = frozenset((ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q))
 _RX_GFP = GFP_ATOMIC
 _RX_GFP_RESERVE = GFP_ATOMIC | Gfp.MEMALLOC
@@ -86,6 +86,10 @@ class Stack:
         self.gateway = _as_ip(gateway) if gateway is not None else None
         self.sched = sched
         self.policy = StackPolicy()
+        # net.ipv4.conf.<dev>.arp_accept: may unsolicited ARP (a gratuitous ARP, or a reply
+        # nobody asked for) create a neighbour entry? 0 (Linux's default) no, 1 yes, 2 only
+        # for a sender in our subnet.
+        self.arp_accept = 0
         self.taps: list = list(taps or [])              # callables(frame, now): what the stack saw
         self.snmp = snmp_tables()
         self.drop_reasons: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -272,6 +276,10 @@ class Stack:
 
     # ------------------------------------------------------------------ ARP
     def _arp_rcv(self, skb: SkBuff, payload, l2: int, now: float) -> None:
+        """arp_process(): answer requests for our address (neigh_event_ns makes the asker's
+        entry STALE); any other ARP only updates an entry that exists, unless ``arp_accept``
+        lets a gratuitous ARP or a reply create one. Reachability is asserted only by a reply
+        to our MAC; override within locktime only for a gratuitous ARP."""
         try:
             arp = ArpPacket.new_checked(payload)
         except WireError as e:
@@ -280,17 +288,50 @@ class Stack:
         if l2 == 2:
             self.consume_skb(skb, "arp")                  # arp_rcv: OTHERHOST -> consumeskb
             return
-        stats = self.snmp["ArpCache"]
-        if arp.tpa == self.ip and arp.spa != self.ip:
-            if arp.op == ARPOP_REQUEST:
-                stats["rcv_probes_mcast" if l2 == 1 else "rcv_probes_ucast"] += 1
-                self.neigh.update(arp.spa, arp.sha, now, solicited=True)
-                self._arp_send(ARPOP_REPLY, arp.sha, arp.sha, arp.spa, now)
-            else:
-                self.neigh.update(arp.spa, arp.sha, now, solicited=True)
-        elif arp.spa != self.ip:
-            self.neigh.update(arp.spa, arp.sha, now, solicited=False)   # gratuitous / overheard
+        sip, tip, op = arp.spa, arp.tpa, arp.op
+        neigh = self.neigh
+        if sip == ANY:                                    # RFC 5227 probe: answer, learn nothing
+            if op == ARPOP_REQUEST and tip == self.ip:
+                self._arp_send(ARPOP_REPLY, arp.sha, arp.sha, sip, now)
+            self.consume_skb(skb, "arp")
+            return
+        if sip == self.ip:
+            self.consume_skb(skb, "arp")
+            return
+        if op == ARPOP_REQUEST and tip == self.ip:
+            stats = self.snmp["ArpCache"]
+            stats["rcv_probes_mcast" if l2 == 1 else "rcv_probes_ucast"] += 1
+            if neigh.neigh_event_ns(sip, arp.sha, now) is not None:
+                self._arp_send(ARPOP_REPLY, arp.sha, arp.sha, sip, now)
+            self.consume_skb(skb, "arp")
+            return
+        n = neigh.lookup(sip)
+        accept = self._arp_accept(sip)
+        is_garp = False
+        if n is not None or accept:                       # arp_is_garp
+            is_garp = (sip == tip and (op != ARPOP_REPLY or arp.tha == arp.sha)
+                       and self._unicast(sip))
+        if accept and n is None and (is_garp or (op == ARPOP_REPLY and self._unicast(sip))):
+            n = neigh.create(sip, now)
+        if n is not None:
+            state = NUD_REACHABLE if op == ARPOP_REPLY and l2 == 0 else NUD_STALE
+            override = now > n.updated + neigh.locktime_s or is_garp
+            neigh.update(n, arp.sha, state, now, override)
         self.consume_skb(skb, "arp")
+
+    def _arp_accept(self, sip: bytes) -> bool:
+        """arp_accept(in_dev, sip): 0 never, 1 always, 2 only from our own subnet."""
+        a = self.arp_accept
+        if a == 1:
+            return True
+        if a == 2:
+            return (int.from_bytes(sip, "big") & self._mask) == self._net
+        return False
+
+    def _unicast(self, ip: bytes) -> bool:
+        """inet_addr_type() == RTN_UNICAST, for the addresses this host can tell apart."""
+        return not (ip == ANY or ip == LIMITED_BCAST or ip == self.bcast or ip[0] >= 224
+                    or ip[0] == 127 or ip == self.ip)
 
     def _arp_send_request(self, ip: bytes, now: float) -> None:
         self._arp_send(ARPOP_REQUEST, BROADCAST, ZERO_MAC, ip, now)
@@ -581,8 +622,12 @@ class Stack:
                 c["tx_packets"] += 1
                 c["tx_bytes"] += size + 14
                 alloc.free(pages)
-            else:
-                self.neigh.output(nh, SkBuff(alloc, hdr + data, pages, False), now)
+            elif not self.neigh.output(nh, SkBuff(alloc, hdr + data, pages, False), now):
+                # ip_finish_output2: no neighbour entry could be made (table full)
+                ipc["OutDiscards"] += 1
+                if len(parts) > 1:
+                    ipc["FragFails"] += 1
+                return -errno.EINVAL
         return 0
 
     def _neigh_xmit(self, skb: SkBuff, mac: bytes, now: float) -> None:
@@ -610,6 +655,6 @@ class Stack:
             "sockets": [s.snapshot() for s in self.sockets],
             "neigh": self.neigh.snapshot(),
             "ipfrag": {"queues": len(self.reasm.queues), "fragments": self.reasm.queued(),
-                       "mem_bytes": self.reasm.mem},
+                       "mem_bytes": self.reasm.mem, "peers": len(self.reasm.peers)},
             "policy": {"pfmemalloc_demux_drop": self.policy.pfmemalloc_demux_drop},
         }

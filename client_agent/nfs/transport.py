@@ -21,15 +21,47 @@ Invariants owned here:
 - SOCK_MEMALLOC: ``set_memalloc(True)`` marks the socket (xs_set_memalloc, NFS swap only) and the
   mark is re-applied on every ``reconnect()`` (a new socket); ``set_memalloc(False)`` clears it.
 
+Durability (``write_durably``, the page writeback of swap.py and mm/filemap.py) takes a WRITE or
+COMMIT reply as final only where Linux's v3 client does (fs/nfs/write.c, fs/nfs/nfs3proc.c,
+net/sunrpc/clnt.c rpc_decode_header); every reply is first sorted by ``classify_reply``:
+- Short WRITE (RFC 1813 3.3.7 "The server may write fewer bytes than requested";
+  nfs_writeback_result, counted ``shortwrite`` = NFSIOS_SHORTWRITE): with ``committed`` FILE_SYNC
+  or DATA_SYNC the rest is resent at offset + count; with UNSTABLE the whole request is resent as
+  FILE_SYNC ("to avoid headaches in the case of a server crash"); ``count == 0`` is no progress:
+  the page's writeback ends with EIO ("NFS: Server wrote zero bytes, expected N.", logged).
+- ``committed`` weaker than FILE_SYNC (nfs_write_need_commit: UNSTABLE, and DATA_SYNC too for a
+  non-pNFS write) needs a COMMIT; ``committed < stable`` asked is counted ``committed_lt_stable``
+  (nfs_writeback_done's "faulty NFS server" dprintk). The COMMIT's verifier must equal the last
+  WRITE reply's (nfs_commit_release_pages); a different one rewrites the page (``verifier_changes``).
+- NFS3ERR_JUKEBOX on WRITE or COMMIT: the same call again after NFS_JUKEBOX_RETRY_TIME (5 s,
+  ``jukebox_retry_s``), without limit (nfs3_async_handle_jukebox, counted ``delay`` = NFSIOS_DELAY).
+- GARBAGE_ARGS, SYSTEM_ERR, an unknown accept_stat, AUTH_BADCRED/BADVERF, a reply whose header does
+  not parse or whose length is not a multiple of 4: counted ``rpcgarbage`` (cl_stats->rpcgarbage)
+  and the call sent again, at most RPC_GARB_RETRY (tk_garb_retry = 2) times per task, then EIO
+  (EACCES for the auth ones). AUTH_REJECTEDCRED/REJECTEDVERF: RPC_CRED_RETRY (tk_cred_retry = 2)
+  more tries, then EACCES.
+- Anything else is final for the page: PROG_UNAVAIL (EPFNOSUPPORT), PROG_MISMATCH and RPC_MISMATCH
+  (EPROTONOSUPPORT), PROC_UNAVAIL (EOPNOTSUPP), AUTH_TOOWEAK (EACCES), an NFS result that does not
+  decode (nfs3xdr's -EIO), and every other nfsstat3 (NFS3ERR_IO, NOSPC, DQUOT, ROFS, STALE, FBIG, ...,
+  mapped to errno as fs/nfs_common nfs_stat_to_errno does). ``write_durably`` then *returns* a
+  ``WriteError`` (never raises): the caller ends the page's writeback with it (swap:
+  sio_write_complete, the page stays dirty and resident; file: nfs_mapping_set_error) and the error
+  is counted by name in ``write_errors`` / ``write_error_reasons`` / ``write_error_errnos``.
+Where this still differs from Linux: a retried call gets a new xid (call_encode keeps the xid);
+the garbage budget is one per WRITE phase and one per COMMIT of a page (Linux: one per rpc_task,
+and one COMMIT covers many pages); a changed verifier rewrites the page at once (Linux redirties
+it for the next writeback pass); WRITE/COMMIT errors never go through a soft-mount timeout (hard
+mount only).
+
 Sans-I/O: time is the scheduler's ``now``; the socket is the agent stack's UdpSocket.
 """
 
 from __future__ import annotations
 
-import socket as _pysocket
+import errno as _errno
 import struct as _struct
 from collections import deque
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from nas_server.protocol import mount as mnt
 from nas_server.protocol import nfs3, rpc
@@ -59,6 +91,113 @@ _WCC_ATTR_BYTES = 24
 _FATTR_BYTES = nfs3._FATTR.size
 _WRITE_TAIL = _struct.Struct(">QIII")         # offset count stable data-length
 XID_KEPT = 16384   # > the pages of a whole scenario's writeback, for the drop explanations
+# include/linux/nfs_fs.h NFS_JUKEBOX_RETRY_TIME = 5 * HZ: NFS3ERR_JUKEBOX retried after this.
+NFS_JUKEBOX_RETRY_S = 5.0
+# net/sunrpc/sched.c rpc_init_task: tk_garb_retry = 2, tk_cred_retry = 2.
+RPC_GARB_RETRY = 2
+RPC_CRED_RETRY = 2
+# fs/nfs_common/common.c nfs_common_errtbl (nfs_stat_to_errno): the errno Linux makes of each
+# nfsstat3; an nfsstat3 not in the table is EIO. Kernel-internal errnos (include/linux/errno.h)
+# have no name in Python's errno module.
+_KERNEL_ERRNO = {"EBADHANDLE": 521, "ENOTSYNC": 522, "EBADCOOKIE": 523, "ENOTSUPP": 524,
+                 "ETOOSMALL": 525, "ESERVERFAULT": 526, "EBADTYPE": 527, "EJUKEBOX": 528}
+NFS3_ERRNO = {
+    nfs3.NFS3ERR_PERM: "EPERM", nfs3.NFS3ERR_NOENT: "ENOENT", nfs3.NFS3ERR_IO: "EIO",
+    nfs3.NFS3ERR_NXIO: "ENXIO", nfs3.NFS3ERR_ACCES: "EACCES", nfs3.NFS3ERR_EXIST: "EEXIST",
+    nfs3.NFS3ERR_XDEV: "EXDEV", nfs3.NFS3ERR_NODEV: "ENODEV", nfs3.NFS3ERR_NOTDIR: "ENOTDIR",
+    nfs3.NFS3ERR_ISDIR: "EISDIR", nfs3.NFS3ERR_INVAL: "EINVAL", nfs3.NFS3ERR_FBIG: "EFBIG",
+    nfs3.NFS3ERR_NOSPC: "ENOSPC", nfs3.NFS3ERR_ROFS: "EROFS", nfs3.NFS3ERR_MLINK: "EMLINK",
+    nfs3.NFS3ERR_NAMETOOLONG: "ENAMETOOLONG", nfs3.NFS3ERR_NOTEMPTY: "ENOTEMPTY",
+    nfs3.NFS3ERR_DQUOT: "EDQUOT", nfs3.NFS3ERR_STALE: "ESTALE", nfs3.NFS3ERR_REMOTE: "EREMOTE",
+    nfs3.NFS3ERR_BADHANDLE: "EBADHANDLE", nfs3.NFS3ERR_NOT_SYNC: "ENOTSYNC",
+    nfs3.NFS3ERR_BAD_COOKIE: "EBADCOOKIE", nfs3.NFS3ERR_NOTSUPP: "ENOTSUPP",
+    nfs3.NFS3ERR_TOOSMALL: "ETOOSMALL", nfs3.NFS3ERR_SERVERFAULT: "EREMOTEIO",
+    nfs3.NFS3ERR_BADTYPE: "EBADTYPE", nfs3.NFS3ERR_JUKEBOX: "EJUKEBOX",
+}
+
+
+def errno_number(name: str) -> int:
+    """Linux's number for an errno name ("EIO" -> 5, "EJUKEBOX" -> 528)."""
+    return _KERNEL_ERRNO.get(name) or getattr(_errno, name, _errno.EIO)
+
+
+# Verdicts of classify_reply: what the durability loop does with a reply.
+OK, GARBAGE, CRED, JUKEBOX, FATAL = "ok", "garbage", "cred", "jukebox", "fatal"
+
+
+class Verdict(NamedTuple):
+    """``kind`` (OK, GARBAGE, CRED, JUKEBOX, FATAL); ``reply`` (nfs3.WriteReply, OK only); ``reason``
+    (the protocol's own name: NFS3ERR_NOSPC, GARBAGE_ARGS, AUTH_TOOWEAK, ...); ``errno`` (the errno
+    name the task ends with if this is final, or once retries are exhausted)."""
+    kind: str
+    reply: object = None
+    reason: str = ""
+    errno: str = ""
+
+
+class WriteError(NamedTuple):
+    """A page's writeback ended without the NAS holding it: ``errno`` name ("EIO", "ENOSPC", ...),
+    ``reason`` (protocol name), ``offset`` (bytes) and ``proc`` ("WRITE" or "COMMIT")."""
+    errno: str
+    reason: str
+    offset: int
+    proc: str
+
+    @property
+    def errno_number(self) -> int:
+        return errno_number(self.errno)
+
+
+def durability_counters() -> dict:
+    """The counters ``write_durably`` keeps, zeroed: one dict per consumer (swap, file)."""
+    return {"writes": 0, "commits": 0, "resends": 0, "verifier_changes": 0, "shortwrite": 0,
+            "committed_lt_stable": 0, "delay": 0, "rpcgarbage": 0, "write_errors": 0,
+            "write_error_reasons": {}, "write_error_errnos": {}}
+
+
+_ACCEPT_FATAL = {rpc.PROG_UNAVAIL: "EPFNOSUPPORT", rpc.PROG_MISMATCH: "EPROTONOSUPPORT",
+                 rpc.PROC_UNAVAIL: "EOPNOTSUPP"}
+
+
+def classify_reply(msg, decode: Callable) -> Verdict:
+    """Sort one WRITE or COMMIT reply as rpc_decode_header, nfs3xdr and nfs3proc do (see the
+    module docstring). ``decode`` is ``_decode_write_reply`` or ``nfs3.decode_commit_reply``.
+    Never raises on any bytes."""
+    if len(msg) & 3:                                   # rq_rcv_buf.len & 3 -> out_unparsable
+        return Verdict(GARBAGE, None, "unparsable reply", "EIO")
+    try:
+        r = decode(msg)
+    except rpc.RpcError as e:                          # header: out_unparsable -> garbage
+        return Verdict(GARBAGE, None, f"unparsable reply ({e.kind})", "EIO")
+    except (ValueError, _struct.error):                # the NFS result: nfs3xdr returns -EIO
+        return Verdict(FATAL, None, "undecodable result", "EIO")
+    if not r.rpc_ok:
+        h = r.rpc_reply
+        if h.reply_stat == rpc.MSG_ACCEPTED:
+            a = h.accept_stat
+            name = rpc.ACCEPT_STAT_NAMES.get(a, f"accept_stat {a}")
+            if a in _ACCEPT_FATAL:
+                return Verdict(FATAL, None, name, _ACCEPT_FATAL[a])
+            if a in (rpc.GARBAGE_ARGS, rpc.SYSTEM_ERR):
+                return Verdict(GARBAGE, None, name, "EIO")
+            return Verdict(GARBAGE, None, f"unparsable reply ({name})", "EIO")
+        if h.reject_stat == rpc.RPC_MISMATCH:
+            return Verdict(FATAL, None, "RPC_MISMATCH", "EPROTONOSUPPORT")
+        st = h.auth_stat
+        name = rpc.AUTH_STAT_NAMES.get(st, f"auth_stat {st}")
+        if st in (rpc.AUTH_REJECTEDCRED, rpc.AUTH_REJECTEDVERF):
+            return Verdict(CRED, None, name, "EACCES")
+        if st in (rpc.AUTH_BADCRED, rpc.AUTH_BADVERF):
+            return Verdict(GARBAGE, None, name, "EACCES")
+        if st == rpc.AUTH_TOOWEAK:
+            return Verdict(FATAL, None, name, "EACCES")
+        return Verdict(GARBAGE, None, f"unparsable reply ({name})", "EIO")
+    if r.status == nfs3.NFS3_OK:
+        return Verdict(OK, r)
+    name = nfs3.STATUS_NAMES.get(r.status, f"nfsstat3 {r.status}")
+    if r.status == nfs3.NFS3ERR_JUKEBOX:
+        return Verdict(JUKEBOX, None, name, "EJUKEBOX")
+    return Verdict(FATAL, None, name, NFS3_ERRNO.get(r.status, "EIO"))
 
 
 class NfsError(Exception):
@@ -70,7 +209,7 @@ class NfsTransport:
                  timeo_s: float = 0.7, retrans: int = 3, timeo_max_s: float = 2.0,
                  wsize: int = 4096, log: Callable[[str], None] | None = None,
                  mount_port: int | None = None, on_tx: Callable[[], None] | None = None,
-                 seed: int = 0):
+                 seed: int = 0, jukebox_retry_s: float = NFS_JUKEBOX_RETRY_S):
         if slots < 1:
             raise ValueError(f"slots={slots}: a transport needs at least one slot")
         self.stack = stack
@@ -84,6 +223,7 @@ class NfsTransport:
         self.retrans = retrans
         self.timeo_max_s = timeo_max_s
         self.wsize = wsize
+        self.jukebox_retry_s = jukebox_retry_s
         self.log = log or (lambda line: None)
         self.on_tx = on_tx
         self.memalloc = False
@@ -280,12 +420,21 @@ class NfsTransport:
         return res.fh, size
 
     def write(self, fh: bytes, offset: int, data: bytes, stable: int = nfs3.FILE_SYNC):
-        """WRITE -> nfs3.WriteReply (count, committed, verf)."""
+        """WRITE -> nfs3.WriteReply (count, committed, verf). Raises NfsError on anything but
+        NFS3_OK (one call, no retry: ``write_durably`` is the loop that retries)."""
+        msg = yield from self._write_call(fh, offset, data, stable)
+        v = classify_reply(msg, _decode_write_reply)
+        if v.kind != OK:
+            raise NfsError(f"WRITE offset {offset}: {v.reason}")
+        return v.reply
+
+    def _write_call(self, fh: bytes, offset: int, data: bytes, stable: int):
+        """Generator: one WRITE call; returns the reply's bytes, undecoded."""
         if len(data) > self.wsize:
             raise ValueError(f"write of {len(data)} bytes exceeds wsize {self.wsize}")
         # nfs3.encode_write_call's bytes: what follows the xid up to the file handle's padding
-        # is the same for every WRITE on one file handle (checked against the encoder), so it
-        # is encoded once and each call joins xid, prefix, offset/count/stable, data, padding.
+        # is the same for every WRITE on one file handle (checked against the encoder), so it is
+        # encoded once and each call joins xid, prefix, offset/count/stable, data, padding.
         prefix = self._write_prefix.get(fh)
         if prefix is None:
             prefix = nfs3.encode_write_call(0, fh, 0, b"", stable)[4:-_WRITE_TAIL.size]
@@ -295,37 +444,109 @@ class NfsTransport:
         pad = b"\0" * (-n & 3)
         msg = yield from self.call(
             lambda xid: b"".join((_U32.pack(xid), prefix, tail, data, pad)), "WRITE")
-        r = _decode_write_reply(msg)
-        if not r.rpc_ok or r.status != nfs3.NFS3_OK:
-            raise NfsError(f"WRITE offset {offset}: rpc_ok={r.rpc_ok} status={r.status}")
-        return r
+        return msg
 
     def commit(self, fh: bytes, offset: int = 0, count: int = 0):
-        """COMMIT -> nfs3.WriteReply (verf)."""
+        """COMMIT -> nfs3.WriteReply (verf). Raises NfsError on anything but NFS3_OK."""
+        msg = yield from self._commit_call(fh, offset, count)
+        v = classify_reply(msg, nfs3.decode_commit_reply)
+        if v.kind != OK:
+            raise NfsError(f"COMMIT: {v.reason}")
+        return v.reply
+
+    def _commit_call(self, fh: bytes, offset: int, count: int):
         args = nfs3.CommitArgs(fh, offset, count)
         msg = yield from self.call(
             lambda xid: nfs3.encode_call(xid, nfs3.NFSPROC3_COMMIT, args), "COMMIT")
-        r = nfs3.decode_commit_reply(msg)
-        if not r.rpc_ok or r.status != nfs3.NFS3_OK:
-            raise NfsError(f"COMMIT: rpc_ok={r.rpc_ok} status={r.status}")
-        return r
+        return msg
+
+    def write_verdict(self, fh: bytes, offset: int, data: bytes, stable: int):
+        """Generator: one WRITE, its reply sorted by ``classify_reply`` -> Verdict."""
+        msg = yield from self._write_call(fh, offset, data, stable)
+        return classify_reply(msg, _decode_write_reply)
+
+    def commit_verdict(self, fh: bytes, offset: int, count: int):
+        """Generator: one COMMIT, its reply sorted by ``classify_reply`` -> Verdict."""
+        msg = yield from self._commit_call(fh, offset, count)
+        return classify_reply(msg, nfs3.decode_commit_reply)
+
+    def _until_final(self, send: Callable, proc: str, offset: int, counters: dict):
+        """Generator: ``send()`` (a verdict generator) again while the verdict says retry, as the
+        rpc_task would: JUKEBOX after ``jukebox_retry_s`` without limit, garbage and stale
+        credentials within their budgets. Returns the OK verdict's reply, or a WriteError."""
+        garb, cred = RPC_GARB_RETRY, RPC_CRED_RETRY
+        while True:
+            v = yield from send()
+            if v.kind == OK:
+                return v.reply
+            if v.kind == JUKEBOX:
+                counters["delay"] += 1                  # NFSIOS_DELAY
+                yield Sleep(self.sched.now + self.jukebox_retry_s,
+                            reason=f"nfs {proc} offset {offset}: NFS3ERR_JUKEBOX, retry")
+                continue
+            if v.kind == GARBAGE:
+                counters["rpcgarbage"] += 1
+                if garb:
+                    garb -= 1
+                    continue
+            elif v.kind == CRED and cred:
+                cred -= 1
+                continue
+            return self._write_error(counters, WriteError(v.errno, v.reason, offset, proc))
+
+    def _write_error(self, counters: dict, err: WriteError) -> WriteError:
+        counters["write_errors"] += 1
+        for key, name in (("write_error_reasons", err.reason), ("write_error_errnos", err.errno)):
+            d = counters[key]
+            d[name] = d.get(name, 0) + 1
+        return err
 
     def write_durably(self, fh: bytes, offset: int, make_data: Callable[[], bytes], stable: int,
                       counters: dict):
-        """A page is durable once the NAS says so: a FILE_SYNC/DATA_SYNC reply, or an UNSTABLE
-        write followed by a COMMIT with the same verifier. A changed verifier means the server
-        restarted and lost the data: write it again (``make_data`` regenerates the bytes).
-        Counts writes, commits, verifier_changes and resends in ``counters``."""
+        """Generator: write one page (``make_data()`` bytes at ``offset``) until the NAS holds it
+        durably, handling every non-final reply as Linux does (module docstring). Returns None
+        once durable: the last WRITE reply said FILE_SYNC, or a COMMIT returned that reply's
+        verifier. Returns a ``WriteError`` when the page's writeback ends with an error; never
+        raises for anything the server sends. ``counters``: a ``durability_counters()`` dict."""
         while True:
             data = make_data()
-            counters["writes"] += 1
-            r = yield from self.write(fh, offset, data, stable)
-            if r.committed != nfs3.UNSTABLE:
-                return r
+            total = len(data)
+            pos = 0                     # bytes the server has written (nfs_writeback_result)
+            how = stable
+            last = None
+            while pos < total:
+                chunk = data[pos:] if pos else data
+                counters["writes"] += 1
+                got = yield from self._until_final(
+                    lambda: self.write_verdict(fh, offset + pos, chunk, how), "WRITE",
+                    offset + pos, counters)
+                if isinstance(got, WriteError):
+                    return got
+                r = got
+                if r.committed < how:
+                    counters["committed_lt_stable"] += 1
+                if r.count < len(chunk):
+                    counters["shortwrite"] += 1
+                    if r.count == 0:
+                        self.log(f"NFS: Server wrote zero bytes, expected {len(chunk)}.")
+                        return self._write_error(
+                            counters, WriteError("EIO", "zero-byte write", offset + pos, "WRITE"))
+                    if r.committed != nfs3.UNSTABLE:
+                        pos += r.count          # resend from where the server left off
+                    else:
+                        how = nfs3.FILE_SYNC    # resend the whole request stable
+                    continue
+                pos = total
+                last = r
+            if last.committed == nfs3.FILE_SYNC:
+                return None
             counters["commits"] += 1
-            cr = yield from self.commit(fh, offset, len(data))
-            if cr.verf == r.verf:
-                return r
+            got = yield from self._until_final(
+                lambda: self.commit_verdict(fh, offset, total), "COMMIT", offset, counters)
+            if isinstance(got, WriteError):
+                return got
+            if got.verf == last.verf:
+                return None
             counters["verifier_changes"] += 1
             counters["resends"] += 1
 

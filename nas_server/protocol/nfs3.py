@@ -316,6 +316,14 @@ class CommitArgs:
 
 
 @dataclass
+class ReaddirArgs:
+    dir: bytes
+    cookie: int
+    cookieverf: bytes
+    count: int
+
+
+@dataclass
 class ReaddirplusArgs:
     dir: bytes
     cookie: int
@@ -364,6 +372,11 @@ def encode_args(proc: int, a) -> bytes:
     elif proc == NFSPROC3_COMMIT:
         pack_fh(p, a.fh)
         p.pack_uhyper(a.offset)
+        p.pack_uint(a.count)
+    elif proc == NFSPROC3_READDIR:
+        pack_fh(p, a.dir)
+        p.pack_uhyper(a.cookie)
+        p.pack_fopaque(NFS3_COOKIEVERFSIZE, a.cookieverf)
         p.pack_uint(a.count)
     elif proc == NFSPROC3_READDIRPLUS:
         pack_fh(p, a.dir)
@@ -416,6 +429,8 @@ def decode_args(proc: int, u: Unpacker):
         raise XdrError(f"createmode3 {mode} is not UNCHECKED, GUARDED or EXCLUSIVE")
     if proc == NFSPROC3_COMMIT:
         return CommitArgs(unpack_fh(u), u.unpack_uhyper(), u.unpack_uint())
+    if proc == NFSPROC3_READDIR:
+        return ReaddirArgs(unpack_fh(u), u.unpack_uhyper(), u.unpack_fopaque(NFS3_COOKIEVERFSIZE), u.unpack_uint())
     if proc == NFSPROC3_READDIRPLUS:
         return ReaddirplusArgs(unpack_fh(u), u.unpack_uhyper(), u.unpack_fopaque(NFS3_COOKIEVERFSIZE),
                                u.unpack_uint(), u.unpack_uint())
@@ -441,7 +456,30 @@ class Res:
     fsstat: tuple = ()  # tbytes, fbytes, abytes, tfiles, ffiles, afiles, invarsec
     fsinfo: tuple = ()  # rtmax, rtpref, rtmult, wtmax, wtpref, wtmult, dtpref, maxfilesize, (sec,nsec), properties
     pathconf: tuple = ()  # linkmax, name_max, no_trunc, chown_restricted, case_insensitive, case_preserving
-    entries: list = field(default_factory=list)  # READDIRPLUS: (fileid, name, cookie, attr|None, fh|None)
+    # READDIRPLUS: (fileid, name, cookie, attr|None, fh|None); READDIR: (fileid, name, cookie)
+    entries: list = field(default_factory=list)
+
+
+def pack_entry3(p: Packer, e: tuple) -> None:
+    """One ``entry3`` of a READDIR dirlist3, with its "value follows" TRUE word (RFC 1813 §3.3.16)."""
+    p.pack_bool(True)
+    p.pack_uhyper(e[0])
+    pack_name(p, e[1])
+    p.pack_uhyper(e[2])
+
+
+def pack_entryplus3(p: Packer, e: tuple) -> None:
+    """One ``entryplus3`` of a READDIRPLUS dirlistplus3, "value follows" word included (§3.3.17)."""
+    pack_entry3(p, e)
+    pack_post_op_attr(p, e[3])
+    p.pack_optional(e[4], lambda f: pack_fh(p, f))
+
+
+def entry_xdr_bytes(proc: int, e: tuple) -> int:
+    """Bytes ``e`` adds to a READDIR (``entry3``) or READDIRPLUS (``entryplus3``) reply, as encoded."""
+    p = Packer()
+    (pack_entryplus3 if proc == NFSPROC3_READDIRPLUS else pack_entry3)(p, e)
+    return len(p.buf)
 
 
 def encode_res(proc: int, r: Res) -> bytes:
@@ -499,17 +537,13 @@ def encode_res(proc: int, r: Res) -> bytes:
         pack_wcc_data(p, r.wcc)
         if ok:
             p.pack_fopaque(8, r.verf)
-    elif proc == NFSPROC3_READDIRPLUS:
+    elif proc in (NFSPROC3_READDIR, NFSPROC3_READDIRPLUS):
         pack_post_op_attr(p, r.attr)
         if ok:
             p.pack_fopaque(8, r.verf)
-            for fileid, name, cookie, attr, fh in r.entries:
-                p.pack_bool(True)
-                p.pack_uhyper(fileid)
-                pack_name(p, name)
-                p.pack_uhyper(cookie)
-                pack_post_op_attr(p, attr)
-                p.pack_optional(fh, lambda f: pack_fh(p, f))
+            pack = pack_entryplus3 if proc == NFSPROC3_READDIRPLUS else pack_entry3
+            for e in r.entries:
+                pack(p, e)
             p.pack_bool(False)
             p.pack_bool(r.eof)
     else:
@@ -572,7 +606,7 @@ def decode_res(proc: int, u: Unpacker) -> Res:
         r.wcc = unpack_wcc_data(u)
         if ok:
             r.verf = u.unpack_fopaque(8)
-    elif proc == NFSPROC3_READDIRPLUS:
+    elif proc in (NFSPROC3_READDIR, NFSPROC3_READDIRPLUS):
         r.attr = unpack_post_op_attr(u)
         if ok:
             r.verf = u.unpack_fopaque(8)
@@ -580,6 +614,9 @@ def decode_res(proc: int, u: Unpacker) -> Res:
                 fileid = u.unpack_uhyper()
                 name = unpack_name(u)
                 cookie = u.unpack_uhyper()
+                if proc == NFSPROC3_READDIR:
+                    r.entries.append((fileid, name, cookie))
+                    continue
                 attr = unpack_post_op_attr(u)
                 fh = u.unpack_optional(lambda: unpack_fh(u))
                 r.entries.append((fileid, name, cookie, attr, fh))

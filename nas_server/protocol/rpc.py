@@ -294,7 +294,9 @@ def decode_reply(data: bytes | bytearray | memoryview) -> Reply:
 
 LAST_FRAGMENT = 0x80000000
 MAX_FRAGMENT_BYTES = 0x7FFFFFFF
-DEFAULT_MAX_RECORD_BYTES = 1 << 20  # 1 MiB: a WRITE of wtmax (1 MiB max here) plus headers fits
+# A WRITE call or READ reply of 1 MiB (NFS3_MAXDATA, nfsd's largest rtmax/wtmax) plus its RPC and
+# NFS headers (at most 528 bytes with a 400-byte credential and a 64-byte handle) fits.
+DEFAULT_MAX_RECORD_BYTES = (1 << 20) + 4096
 _RM = struct.Struct(">I")
 
 
