@@ -10,21 +10,21 @@ test per switch showing the failure with the switch on and its absence with it o
                               Hook: mm/page_alloc.py ``alloc()``.
     copy_inherits_pfmemalloc  (§6.2) a copy of a buffer (skb_copy: fresh pages) takes the source's
                               pfmemalloc tag (__copy_skb_header copied the flag) although its own
-                              allocation was ordinary. Hook: net/skb.py ``SkBuff.copy()``.
+                              allocation was ordinary. Hook: net/core/skbuff.py ``SkBuff.copy()``.
     shared_task_frag          (§6.3, NBD 2019, NFS/CIFS 2022) sk_page_frag() ignores
                               ``sk_use_task_frag``: a send made from reclaim shares the interrupted
                               task's current->task_frag and overwrites its half-built frame.
-                              Hook: net/page_frag.py ``sk_page_frag()``.
+                              Hook: net/core/page_frag.py ``sk_page_frag()``.
     throttle_unreclaimable    (§6.4, 2024) allow_direct_reclaim() counts a zone with nothing
                               reclaimable: a direct reclaimer below min/2 is throttled forever and
                               never reaches the OOM step. Hook: mm/page_alloc.py
                               ``allow_direct_reclaim()``.
     pfmemalloc_drop_unnamed   (§6.5, until 2025) a pfmemalloc frame refused by the protocol filter
                               (skb_pfmemalloc_protocol) is counted UNHANDLED_PROTO, not PFMEMALLOC.
-                              Hook: net/stack.py ``_netif_receive()``.
+                              Hook: net/core/dev.py ``netif_receive_skb()``.
     nfs_reconnect_unmarked    (§6.6, until 2022) the NFS transport does not set SOCK_MEMALLOC again on
                               the socket made by a reconnect: swap over NFS stalls under pressure.
-                              Hook: nfs/transport.py ``_connect()``.
+                              Hook: net/sunrpc/xprtsock.py ``XsUdp._connect()``.
 
 Cost: a hook is one attribute read of this module-level object, placed only on the path the bug
 lived on (never in the per-frame fast path for the ordinary case).

@@ -11,7 +11,8 @@ Invariants owned here:
 - A file handle is opaque to clients and validated on every call: wrong shape -> NFS3ERR_BADHANDLE,
   unknown export or file -> NFS3ERR_STALE, export not open to the client's network -> NFS3ERR_ACCES.
 - Non-idempotent calls go through the duplicate request cache: a retransmission is answered from
-  the cache and never executed twice.
+  the cache and never executed twice. A call that raises inside the server (SYSTEM_ERR) leaves no
+  entry behind (nfsd's RC_NOCACHE on its error path): its retransmission is executed again.
 
 Choices (documented where a real server could differ):
 - A WRITE that would end past an image's end fails whole with NFS3ERR_NOSPC, as a write past the
@@ -68,9 +69,9 @@ from collections import Counter, deque
 from typing import Callable
 
 from .drc import DuplicateRequestCache, call_checksum
-from .protocol import mount as mnt
-from .protocol import nfs3, rpc
-from .protocol.xdr import Packer, Unpacker, XdrError
+from protocols import mount as mnt
+from protocols import nfs3, rpc
+from protocols.xdr import Packer, Unpacker, XdrError
 from .store import Export, Image, Store, StoreError
 
 FH_MAGIC = b"TBN3"
@@ -145,6 +146,7 @@ class NasCore:
         self.unavailable: Counter = Counter()  # "PROG vVERS" / "PROG vVERS proc N" -> calls refused
         self.mounts: dict[tuple[str, bytes], float] = {}  # (client ip, dirpath) -> time (DUMP)
         self.last_label: str | None = None
+        self._drc_key: tuple | None = None  # the call's in-progress DRC entry, while it executes
 
     # -- public ---------------------------------------------------------------------------------
     def handle(self, msg: bytes | bytearray | memoryview, peer: tuple, now: float,
@@ -152,10 +154,16 @@ class NasCore:
         """Answer one RPC message from ``peer`` ((host, port)) at time ``now`` (seconds)."""
         self.counters["rpc_msgs"] += 1
         self.last_label = None  # set once the call names a procedure this server serves
+        self._drc_key = None
         try:
             return self._handle(msg, peer, now, transport)
         except Exception as e:  # a bug must not take the server down; SYSTEM_ERR says so
             self.counters["internal_errors"] += 1
+            if self._drc_key is not None:
+                # nfsd_dispatch's error path: nfsd_cache_update(rqstp, RC_NOCACHE, NULL) frees the
+                # entry, so the retransmission is executed again instead of being dropped as
+                # "in progress" until the entry ages out (max_age_s).
+                self.drc.finish(self._drc_key, None, now)
             xid = rpc.peek_xid(msg)
             self._log(f"{peer[0]}:{peer[1]} xid={xid} internal error {type(e).__name__}: {e}")
             if xid is None:
@@ -271,6 +279,8 @@ class NasCore:
         if call.prog == nfs3.NFS_PROGRAM and call.proc in _NFS_DRC_PROCS:
             drc_key = (xid, peer[0], peer[1], call.prog, call.vers, call.proc, call_checksum(msg))
             state, cached = self.drc.lookup(drc_key, now)
+            if state == "miss":
+                self._drc_key = drc_key  # in progress: forgotten again if the call raises
             if state == "hit":
                 self.counters["drc_hits"] += 1
                 self._log(f"{peer[0]}:{peer[1]} xid={xid:#x} {label} retransmission answered from the DRC")
@@ -356,12 +366,17 @@ class NasCore:
                           f"{', '.join(map(str, exp.networks))} (MNT3ERR_ACCES)")
             else:
                 st = mnt.MNT3_OK
-                self.mounts[(peer[0], path)] = now
+                # one entry per client and export, whatever the spelling of the path (/swap,
+                # //swap, swap/): rpc.mountd's get_rootfh realpath()s the dirpath before
+                # mountlist_add, so one client cannot grow the list (and DUMP's reply) at will.
+                self.mounts[(peer[0], b"/" + exp.name.encode())] = now
             self.counters[f"mnt_{mnt.STATUS_NAMES.get(st, st)}"] += 1
             fh = make_fh(FH_KIND_DIR, exp.fsid, exp.dir_fileid) if st == mnt.MNT3_OK else b""
             return mnt.encode_mnt_res(mnt.MntRes(st, fh, [rpc.AUTH_SYS, rpc.AUTH_NONE]))
         if proc == mnt.MOUNTPROC3_UMNT:
-            self.mounts.pop((peer[0], mnt.decode_dirpath(u)), None)
+            exp = self._export_for_path(mnt.decode_dirpath(u))
+            if exp is not None:
+                self.mounts.pop((peer[0], b"/" + exp.name.encode()), None)
             return b""
         if proc == mnt.MOUNTPROC3_UMNTALL:
             for k in [k for k in self.mounts if k[0] == peer[0]]:

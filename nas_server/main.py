@@ -1,4 +1,5 @@
-"""``nas-server``: an NFSv3 + MOUNT v3 + portmap v2 server of fixed-size images, over UDP and TCP.
+"""``nas-server``: an NFSv3 + MOUNT v3 + portmap v2 server of fixed-size images, over UDP and TCP;
+with ``--nbd`` / ``--iscsi`` it also serves the same images over NBD (TCP 10809) and iSCSI (TCP 3260).
 
 Invariant owned here: argparse lives only in this module; a bad option or an unusable data
 directory is one line on stderr and exit status 2, and the server signals ``--ready-fd`` only once
@@ -18,6 +19,8 @@ import sys
 from netns_setup.control import BadRequest, ControlServer, signal_ready
 
 from .core import NasCore, parse_networks
+from .iscsi_target import DEFAULT_IQN_PREFIX, IscsiTarget, iqn_for
+from .nbd_target import NbdTarget
 from .server import NasServer, RateLimitedLog, new_verifier
 from .store import DirStore
 
@@ -35,6 +38,52 @@ def parse_size(text: str) -> int:
     return n
 
 
+def parse_aoe_disks(args, store: DirStore) -> list[tuple[int, int, str, object]]:
+    """``--aoe-disk`` specs checked against the store: [(shelf, slot, label, image)]."""
+    if args.aoe_disk and not args.aoe_interface:
+        raise ValueError("--aoe-disk needs --aoe-interface IFNAME (the interface the AoE target answers on)")
+    if args.aoe_interface and not args.aoe_disk:
+        raise ValueError(f"--aoe-interface {args.aoe_interface}: name at least one --aoe-disk SHELF.SLOT=EXPORT/IMAGE")
+    if not 0 <= args.aoe_service_ms <= 10_000:
+        raise ValueError(f"--aoe-service-ms {args.aoe_service_ms}: expected 0..10000 ms")
+    if not 1 <= args.aoe_bufcnt <= 65535:
+        raise ValueError(f"--aoe-bufcnt {args.aoe_bufcnt}: expected 1..65535")
+    out = []
+    for spec in args.aoe_disk:
+        addr, sep, path = spec.partition("=")
+        shelf, dot, slot = addr.partition(".")
+        if not sep or not dot or not shelf.isdigit() or not slot.isdigit():
+            raise ValueError(f"--aoe-disk {spec!r}: expected SHELF.SLOT=[EXPORT/]IMAGE, e.g. 1.0=swap/img")
+        exp, _, img = path.rpartition("/")
+        if not exp:
+            if len(store.exports) != 1:
+                raise ValueError(f"--aoe-disk {spec!r}: name the export (EXPORT/IMAGE) when there are several")
+            exp = next(iter(store.exports))
+        image = store.exports[exp].images.get(img) if exp in store.exports else None
+        if image is None:
+            have = [f"{e}/{i}" for e, x in store.exports.items() for i in x.images]
+            raise ValueError(f"--aoe-disk {spec!r}: no image {exp}/{img}; images: {', '.join(have) or 'none'} (see --create-image)")
+        out.append((int(shelf), int(slot), f"{exp}/{img}", image))
+    return out
+
+
+def open_aoe_port(args, disks, server: NasServer, log):
+    from .aoe_server import AoePort
+    from .aoe_target import AoeTarget
+
+    def build(mac: bytes, mtu: int) -> AoeTarget:
+        t = AoeTarget(mac, mtu, bufcnt=args.aoe_bufcnt, service_time_s=args.aoe_service_ms / 1000,
+                      write_cache=args.aoe_write_cache, log=log)
+        for shelf, slot, label, image in disks:
+            t.add_disk(shelf, slot, image, label)
+        return t
+
+    port = AoePort(args.aoe_interface, build, server.sel, log)
+    port.start()
+    log(f"AoE target on {args.aoe_interface}: " + ", ".join(f"e{s}.{sl}={label}" for s, sl, label, _ in disks))
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nas-server", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", required=True, help="directory holding one sub-directory per export")
@@ -47,9 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="0.0.0.0", help="address to listen on")
     p.add_argument("--port", type=int, default=2049, help="NFS and MOUNT port, UDP and TCP (0: any)")
     p.add_argument("--write-latency-ms", type=float, default=0.0,
-                   help="service time of a UDP call: each reply leaves this long after its call, "
+                   help="service time of a UDP NFS call and of each NBD/iSCSI request: each reply leaves this long after its call, "
                         "without delaying other calls (models the appliance's disk; default 0)")
+    p.add_argument("--aoe-interface", metavar="IFNAME",
+                   help="also serve images as an ATA over Ethernet target on this interface (AF_PACKET, EtherType 0x88A2)")
+    p.add_argument("--aoe-disk", action="append", default=[], metavar="SHELF.SLOT=[EXPORT/]IMAGE",
+                   help="AoE address of an image (needs --aoe-interface); repeatable")
+    p.add_argument("--aoe-service-ms", type=float, default=0.0,
+                   help="service time of every AoE request: its reply leaves this long after it arrived (default 0)")
+    p.add_argument("--aoe-bufcnt", type=int, default=16,
+                   help="AoE buffer count: requests in service at once, advertised in config replies (default 16, as vblade)")
+    p.add_argument("--aoe-write-cache", action="store_true",
+                   help="acknowledge AoE writes before fdatasync (a volatile write cache flushed by FLUSH CACHE); "
+                        "default: write-through")
     p.add_argument("--portmap-port", type=int, default=111, help="portmap v2 port (0: none)")
+    p.add_argument("--nbd", action="store_true",
+                   help="also serve every image over NBD (fixed newstyle) as export EXPORT/IMAGE")
+    p.add_argument("--nbd-port", type=int, default=10809, help="NBD TCP port with --nbd (0: any)")
+    p.add_argument("--iscsi", action="store_true",
+                   help="also serve every image as an iSCSI target IQN-PREFIX:EXPORT.IMAGE, LUN 0")
+    p.add_argument("--iscsi-port", type=int, default=3260, help="iSCSI TCP port with --iscsi (0: any)")
+    p.add_argument("--iscsi-iqn-prefix", default=DEFAULT_IQN_PREFIX, help="IQN prefix of the iSCSI targets")
     p.add_argument("--control", metavar="PATH", help="Unix socket for the control protocol")
     p.add_argument("--ready-fd", type=int, metavar="N", help="write one byte to fd N once listening")
     p.add_argument("--max-connections", type=int, default=256,
@@ -88,8 +155,22 @@ def main(argv: list[str] | None = None) -> int:
         core = NasCore(store, new_image_bytes=parse_size(args.new_image_size), max_images=args.max_images, log=log)
         if not 0 <= args.write_latency_ms <= 10_000:
             raise ValueError(f"--write-latency-ms {args.write_latency_ms}: expected 0..10000 ms")
+        aoe_disks = parse_aoe_disks(args, store)
         server = NasServer(core, args.bind, args.port, args.portmap_port or None, args.max_connections, log,
                            write_latency_s=args.write_latency_ms / 1000, conn_age_period_s=args.conn_age_period)
+        if args.aoe_interface:
+            server.aoe = open_aoe_port(args, aoe_disks, server, log)
+        nbd = iscsi = None
+        if args.nbd:
+            nbd = NbdTarget(store, log=log)
+            server.add_stream_listener("nbd", args.bind, args.nbd_port, lambda peer, local: nbd.connect(peer))
+        if args.iscsi:
+            if not args.iscsi_iqn_prefix.startswith("iqn.") or iqn_for(args.iscsi_iqn_prefix, "a", "b") != \
+                    f"{args.iscsi_iqn_prefix}:a.b":
+                raise ValueError(f"--iscsi-iqn-prefix {args.iscsi_iqn_prefix!r}: expected iqn.YYYY-MM.reversed.domain "
+                                 "in lower case letters, digits, '.', '-' and ':'")
+            iscsi = IscsiTarget(store, iqn_prefix=args.iscsi_iqn_prefix, log=log)
+            server.add_stream_listener("iscsi", args.bind, args.iscsi_port, iscsi.connect)
     except (ValueError, OSError) as e:
         print(f"nas-server: {e}", file=sys.stderr)
         return 2
@@ -108,17 +189,28 @@ def main(argv: list[str] | None = None) -> int:
             if not isinstance(value, (int, float)) or not 0 <= value <= 10_000:
                 raise BadRequest(f"write_latency_ms must be a number 0..10000, got {value!r}")
             server.write_latency_s = value / 1000
+        elif key == "aoe_service_ms" and server.aoe is not None:
+            if not isinstance(value, (int, float)) or not 0 <= value <= 10_000:
+                raise BadRequest(f"aoe_service_ms must be a number 0..10000, got {value!r}")
+            server.aoe.core.service_time_s = value / 1000
         else:
             raise BadRequest(f"unknown key {key!r}; settable: log_rate, drc_max_entries, drc_max_age_s, "
-                             "drc_max_entries_per_peer, write_latency_ms")
+                             "drc_max_entries_per_peer, write_latency_ms" + (", aoe_service_ms" if server.aoe is not None else ""))
         return {key: value}
 
     control = None
     if args.control:
+        def snapshot(req):
+            snap = server.snapshot()
+            for name, tgt in (("nbd", nbd), ("iscsi", iscsi)):
+                if tgt is not None:
+                    snap.setdefault(name, {}).update(tgt.snapshot())
+            return snap
+
         control = ControlServer(args.control, {
-            "snapshot": lambda req: server.snapshot(),
+            "snapshot": snapshot,
             "set": on_set,
-            "shutdown": lambda req: server.snapshot(),
+            "shutdown": snapshot,
         })
         control.attach(server.sel)
 
@@ -128,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log(f"serving exports {', '.join('/' + e for e in store.exports)} on {args.bind} port {server.port} "
-        f"(portmap {args.portmap_port or 'off'}), verifier {store.verifier.hex()}")
+        f"(portmap {args.portmap_port or 'off'}, NBD {server.stream_ports.get('nbd', 'off')}, "
+        f"iSCSI {server.stream_ports.get('iscsi', 'off')}), verifier {store.verifier.hex()}")
     signal_ready(args.ready_fd)
     try:
         server.run(lambda: control is not None and control.closing)

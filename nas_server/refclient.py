@@ -24,9 +24,9 @@ import sys
 import time
 from typing import Iterable
 
-from .protocol import mount as mnt
-from .protocol import nfs3, rpc
-from .protocol.xdr import Unpacker
+from protocols import mount as mnt
+from protocols import nfs3, rpc
+from protocols.xdr import Unpacker
 
 DEFAULT_TIMEOUT_S = 0.5  # UDP retransmit timer: a veth round trip is ~50 us, a fsync a few ms
 DEFAULT_RETRIES = 20

@@ -32,10 +32,10 @@ import socket
 import sys
 import time
 import heapq
-from collections import Counter
+from collections import Counter, deque
 
 from .core import TCP_MAX_IO_BYTES, NasCore
-from .protocol import rpc
+from protocols import rpc
 
 UDP_RCVBUF_BYTES = 4 << 20  # absorbs a burst of ~128 32 KiB WRITE datagrams while we fsync
 UDP_MAX_DATAGRAM_BYTES = 65535
@@ -85,6 +85,19 @@ class _Conn:
         self.old = False  # Linux's XPT_OLD: set by each age sweep, cleared by data received
 
 
+class _StreamConn:
+    """A TCP connection of a block protocol (NBD, iSCSI) around a sans-I/O connection core with
+    ``initial()``, ``feed(data, now) -> bytes``, ``eof(now)`` and ``closed``."""
+    __slots__ = ("sock", "peer", "core", "proto", "out", "queued", "reading", "queued_bytes")
+
+    def __init__(self, sock: socket.socket, peer: tuple, core, proto: str):
+        self.sock, self.peer, self.core, self.proto = sock, peer, core, proto
+        self.out = bytearray()
+        self.queued: deque = deque()   # (due, bytes): replies held for the service time
+        self.queued_bytes = 0
+        self.reading = True
+
+
 class NasServer:
     def __init__(self, core: NasCore, bind: str = "0.0.0.0", port: int = 2049, pmap_port: int | None = 111,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, log=None, write_latency_s: float = 0.0,
@@ -114,11 +127,113 @@ class NasServer:
         self.listeners: list[socket.socket] = []
         self._buf = bytearray(UDP_MAX_DATAGRAM_BYTES)
         self.running = True
+        self.aoe = None            # an AoePort when --aoe-interface is given: same loop, same store
         ports = [port] + ([pmap_port] if pmap_port else [])
         for p in ports:
             self._open(bind, p)
         self.port = self.udp[0].getsockname()[1]
         self.core.nfs_port = self.core.mount_port = self.port
+        self.streams: dict[socket.socket, _StreamConn] = {}
+        self.stream_ports: dict[str, int] = {}
+        self.stream_stats: dict[str, Counter] = {}
+        self._stream_due: list = []  # (due, seq, conn)
+
+    # -- block protocols over TCP (NBD, iSCSI) ------------------------------------------------
+    def add_stream_listener(self, proto: str, bind: str, port: int, connect) -> int:
+        """Listen on TCP ``port`` for ``proto``; ``connect(peer, local)`` makes a connection core.
+        Replies leave ``write_latency_s`` after the request that caused them (the same stated
+        service time as UDP NFS), in order, without holding up other connections."""
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        t.bind((bind, port))
+        t.listen(128)
+        t.setblocking(False)
+        self.listeners.append(t)
+        self.stream_stats[proto] = Counter()
+        self.sel.register(t, selectors.EVENT_READ, lambda m, s=t: self._on_stream_accept(s, proto, connect))
+        self.stream_ports[proto] = t.getsockname()[1]
+        return self.stream_ports[proto]
+
+    def _on_stream_accept(self, lsock: socket.socket, proto: str, connect) -> None:
+        st = self.stream_stats[proto]
+        while True:
+            try:
+                sock, peer = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                st["accept_errors"] += 1
+                self.log(f"{proto} accept failed: {e}")
+                return
+            if len(self.conns) + len(self.streams) >= self.max_connections:
+                st["close_too_many_connections"] += 1
+                self.log(f"{proto} {peer[0]}:{peer[1]} refused: {len(self.streams)} connections open")
+                sock.close()
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c = _StreamConn(sock, peer, connect(peer, sock.getsockname()), proto)
+            self.streams[sock] = c
+            st["accepted"] += 1
+            c.out += c.core.initial()
+            self.sel.register(sock, selectors.EVENT_READ, lambda m, c=c: self._on_stream(c, m))
+            self._stream_flush(c)
+
+    def _stream_close(self, c: _StreamConn, reason: str) -> None:
+        self.stream_stats[c.proto]["tcp_close_" + reason] += 1
+        self.streams.pop(c.sock, None)
+        try:
+            self.sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        c.sock.close()
+
+    def _on_stream(self, c: _StreamConn, mask: int) -> None:
+        if c.sock not in self.streams:
+            return
+        if mask & selectors.EVENT_READ and c.reading and not c.core.closed:
+            try:
+                data = c.sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError as e:
+                c.core.eof(time.monotonic())
+                self._stream_close(c, "reset" if e.errno == errno.ECONNRESET else "recv_error")
+                return
+            if data is not None:
+                now = time.monotonic()
+                if not data:
+                    c.core.eof(now)
+                    self._stream_close(c, "peer_closed")
+                    return
+                reply = c.core.feed(data, now)
+                if reply:
+                    if self.write_latency_s > 0:
+                        due = max(now + self.write_latency_s, c.queued[-1][0] if c.queued else 0.0)
+                        c.queued.append((due, reply))
+                        c.queued_bytes += len(reply)
+                        self._seq += 1
+                        heapq.heappush(self._stream_due, (due, self._seq, c))
+                    else:
+                        c.out += reply
+        self._stream_flush(c)
+
+    def _stream_flush(self, c: _StreamConn) -> None:
+        if c.out:
+            try:
+                n = c.sock.send(c.out)
+                del c.out[:n]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as e:
+                self._stream_close(c, "reset" if e.errno in (errno.ECONNRESET, errno.EPIPE) else "send_error")
+                return
+        if c.core.closed and not c.out and not c.queued:
+            self._stream_close(c, "by_protocol_" + (getattr(c.core, "close_reason", "") or "closed"))
+            return
+        c.reading = len(c.out) + c.queued_bytes < MAX_TCP_OUTBUF_BYTES
+        ev = (selectors.EVENT_READ if c.reading and not c.core.closed else 0) | (selectors.EVENT_WRITE if c.out else 0)
+        self.sel.modify(c.sock, ev or selectors.EVENT_READ, lambda m, c=c: self._on_stream(c, m))
 
     def _open(self, bind: str, port: int) -> None:
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -305,6 +420,11 @@ class NasServer:
         snap["server"] = dict(self.stats, tcp_connections=len(self.conns), port=self.port,
                               tcp_peers=len(self.conns_by_addr), partial_bytes=self.partial_bytes,
                               outbuf_bytes=self.outbuf_bytes, limits=self.limits())
+        if self.aoe is not None:
+            snap["aoe"] = self.aoe.snapshot()
+        for proto, st in self.stream_stats.items():
+            snap.setdefault(proto, {})["server"] = dict(
+                st, port=self.stream_ports[proto], tcp_connections=sum(1 for c in self.streams.values() if c.proto == proto))
         return snap
 
     def limits(self) -> dict:
@@ -327,7 +447,17 @@ class NasServer:
             except OSError as e:
                 self.stats["udp_send_errors"] += 1
                 self.log(f"{peer[0]}:{peer[1]} UDP reply of {len(r)} bytes not sent: {e}")
-        return min(0.5, q[0][0] - now) if q else 0.5
+        sq = self._stream_due
+        while sq and sq[0][0] <= now:
+            _due, _seq, c = heapq.heappop(sq)
+            while c.queued and c.queued[0][0] <= now:
+                _d, reply = c.queued.popleft()
+                c.queued_bytes -= len(reply)
+                c.out += reply
+            if c.sock in self.streams:
+                self._stream_flush(c)
+        dues = [h[0][0] for h in (q, sq) if h]
+        return min(0.5, max(0.0, min(dues) - now)) if dues else 0.5
 
     def run(self, should_stop=lambda: False) -> None:
         while self.running and not should_stop():
@@ -336,12 +466,18 @@ class NasServer:
                 self.age_temp_xprts()
                 self._next_age = now + self.conn_age_period_s
             timeout = min(self._send_due(), max(0.0, self._next_age - now))
+            if self.aoe is not None:
+                timeout = min(timeout, max(0.0, self.aoe.send_due()))
             for key, mask in self.sel.select(timeout=timeout):
                 key.data(mask)
 
     def close(self) -> None:
+        if self.aoe is not None:
+            self.aoe.close()
         for c in list(self.conns.values()):
             self._close(c, "server_shutdown")
+        for sc in list(self.streams.values()):
+            self._stream_close(sc, "server_shutdown")
         for s in self.udp + self.listeners:
             try:
                 self.sel.unregister(s)

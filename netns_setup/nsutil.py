@@ -218,3 +218,16 @@ def add_permanent_neighbours(netns: str, ifname: str, pairs: list[tuple[str, str
             ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx[0], state=NUD_PERMANENT)
     finally:
         ipr.close()
+
+
+def link_mtu_mac(ifname: str) -> tuple[int, bytes]:
+    """(MTU, MAC) of ``ifname`` in the calling thread's namespace, through rtnetlink (not sysfs,
+    which shows the namespace it was mounted in)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise ValueError(f"no interface {ifname!r} in this network namespace")
+        link = ipr.get_links(idx[0])[0]
+        return link.get_attr("IFLA_MTU"), bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))

@@ -39,14 +39,20 @@ def default_out_dir() -> str:
 
 
 def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS, clients: tuple[str, ...] = ("agent",),
-             client_overrides: dict | None = None) -> list[tuple[scn.Scenario, list, dict]]:
+             client_overrides: dict | None = None, overrides: dict | None = None) -> list[tuple[scn.Scenario, list, dict]]:
     """Load + preflight every scenario, once per client kind (``clients``: "agent", "linux"; the
-    linux runs take ``client_overrides``: guest kernel, NIC, ...); raises ScenarioError."""
+    linux runs take ``client_overrides``: guest kernel, NIC, ...; ``overrides`` (--set) apply to
+    both). Side by side (both kinds), the agent speaks the guest's NFS transport (TCP unless
+    guest_nfs_proto or transport says otherwise), so both clients run the same protocol; raises
+    ScenarioError."""
     out = []
     for n in names:
         base = scn.load(n)
         cap = QUICK_MAX_DURATION_S if quick else MAX_DURATION_S
         ov: dict = {"max_duration_s": min(base.max_duration_s, cap)}
+        if "linux" in clients and "agent" in clients and "transport" not in (overrides or {}):
+            ov["transport"] = (overrides or {}).get("guest_nfs_proto", base.guest_nfs_proto)
+        ov.update(overrides or {})
         if seed is not None:
             ov["seed"] = seed
         for client in clients:
@@ -95,6 +101,54 @@ def table_rows(entries: list[dict]) -> list[tuple[str, ...]]:
                      _fmt(e["reserve_low_pages"]), _fmt(e["rpc_retrans"]),
                      f"{ex.get('fates', {}).get('dropped', 0)}/{ex.get('replies_on_wire', 0)}" if ex else "-"))
     return rows
+
+
+SIDE_COLUMNS = ("scenario", "client", "outcome", "stall s", "recover s", "pswpout", "PFMemallocDrop",
+                "drops by reason", "reserve low", "pages verified")
+
+
+def side_by_side_rows(entries: list[dict]) -> list[dict]:
+    """Agent vs Linux on the same scenario and seed: one row per (scenario, client) of the scenarios
+    that ran on both, in report order. ``drops``: drop_reasons (the agent's SKB_DROP_REASON counts;
+    the kernel's /proc counters named by the reason they stand for: testbed.watchdog.proc_view)."""
+    by = {}
+    for e in entries:
+        by.setdefault(e["name"], {})[e.get("client") or "agent"] = e
+    rows = []
+    for name, d in by.items():
+        if not {"agent", "linux"} <= set(d):
+            continue
+        for client in ("agent", "linux"):
+            e = d[client]
+            c = e.get("counters") or {}
+            verified = e.get("pages_verified")
+            total = (e.get("verification") or {}).get("pages") if client == "linux" else e.get("pages_written")
+            rows.append({"scenario": name, "client": client, "outcome": e["outcome"], "seed": e.get("seed"),
+                         "time_to_stall_s": e.get("time_to_stall_s"), "time_to_recover_s": e.get("time_to_recover_s"),
+                         "pswpout": c.get("pswpout"), "PFMemallocDrop": c.get("PFMemallocDrop"),
+                         "drop_reasons": dict(sorted((c.get("drop_reasons") or {}).items(), key=lambda kv: -kv[1])),
+                         "reserve_low_pages": e.get("reserve_low_pages"), "pages_verified": verified,
+                         "pages_total": total, "transport": (e.get("parameters") or {}).get(
+                             "guest_nfs_proto" if client == "linux" else "transport")})
+    return rows
+
+
+def format_side_by_side(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    table = [SIDE_COLUMNS]
+    for r in rows:
+        drops = ", ".join(f"{k}:{v}" for k, v in list(r["drop_reasons"].items())[:3]) or "-"
+        table.append((r["scenario"], f"{r['client']} ({r['transport']})", r["outcome"], _fmt(r["time_to_stall_s"]),
+                      _fmt(r["time_to_recover_s"]), _fmt(r["pswpout"]), _fmt(r["PFMemallocDrop"]), drops,
+                      _fmt(r["reserve_low_pages"]), f"{_fmt(r['pages_verified'])}/{_fmt(r['pages_total'])}"))
+    w = [max(len(t[i]) for t in table) for i in range(len(SIDE_COLUMNS))]
+    lines = ["agent vs Linux, same scenario and seed"]
+    for i, t in enumerate(table):
+        lines.append("  ".join(c.ljust(w[j]) if j < 3 or j == 7 else c.rjust(w[j]) for j, c in enumerate(t)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * x for x in w))
+    return "\n".join(lines)
 
 
 def is_file(e: dict) -> bool:
@@ -224,11 +278,12 @@ def run_demo(out: str, loaded: list, *, say=None) -> tuple[list[dict], float]:
     except Exception as e:  # noqa: BLE001
         say(f"overview PNG failed: {type(e).__name__}: {e}")
     wall = time.monotonic() - t_start
+    side = side_by_side_rows(entries)
     rep.write_report(out, entries, extra={"demo": {"scenarios": [s.name for s, _, _ in loaded], "complete": True,
                                                    "wall_s": round(wall, 1), "overview_png": "overview.png",
-                                                   **_tables(entries)}})
+                                                   **_tables(entries), "side_by_side": side}})
     with open(os.path.join(out, "table.txt"), "w") as f:
-        f.write(format_table(entries) + "\n")
+        f.write(format_table(entries) + "\n" + (f"\n{format_side_by_side(side)}\n" if side else ""))
     with open(os.path.join(out, "explanations.txt"), "w") as f:
         for e in entries:
             p = os.path.join(out, "scenarios", e["name"], "explanations.txt")

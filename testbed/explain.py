@@ -17,7 +17,7 @@ IP fragments reassembled by id) with its fate:
 
 Exact attribution: the agent records, for every frame from the NFS server's port, where its
 buffer ended (``snapshot()["nfs_frame_fates"]``: ``[ip_id, xid, fate]``, fate a drop reason or
-``queued:<socket>``; client_agent/net/stack.py ``record_fate``). A drop found there is ``exact``;
+``queued:<socket>``; client_agent/net/sunrpc/trace.py ``RpcReplyTrace``). A drop found there is ``exact``;
 one missing from it (ring overflow, older agents) falls back to ``inferred``. Pure apart from
 reading the pcap.
 """
@@ -29,9 +29,9 @@ from bisect import bisect_left
 from collections import Counter
 
 NFS_PORT = 2049
-WINDOW = 16384  # client_agent/nfs/transport.py XID_KEPT
+WINDOW = 16384  # client_agent/net/sunrpc/xprt.py XID_KEPT
 
-# What exact attribution would need from the agent (client_agent/agent.py + net/stack.py; not ours):
+# What exact attribution would need from the agent (client_agent/agent.py + net/sunrpc/trace.py; not ours):
 AGENT_FATE_RING = (
     "snapshot()['nfs']['reply_fates']: a bounded ring (last 4096) of [agent_time_s, ip_id, xid, fate] "
     "for every frame from the NFS server's port, recorded where its skb ends -- kfree_skb(reason) gives "

@@ -48,7 +48,7 @@ def frames(kind: str, *, seq: int, agent_ip: str, agent_mac, nas_ip: str, nas_ma
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import ARP, Ether
 
-    from nas_server.protocol import mount, nfs3, rpc
+    from protocols import mount, nfs3, rpc
 
     a_mac, n_mac, z_mac = _mac(agent_mac), _mac(nas_mac), _mac(noise_mac)
     to_agent = Ether(dst=a_mac, src=z_mac)

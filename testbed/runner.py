@@ -9,8 +9,10 @@ Invariants owned here:
 - The nas and noise hosts get a permanent neighbour entry for the client: an agent whose memory is
   exhausted cannot answer ARP, and a kernel peer that lost the client's MAC would stop sending --
   a second, unrelated way to stall that would hide the one under study.
-- The runner only observes through the agent's control socket (``snapshot`` every SAMPLE_S) and
-  the pcaps; the outcome comes from testbed.watchdog's rules on those samples alone.
+- The rig (testbed/rig.py) starts everything, with the placement the benchmarks use too; the
+  runner reads the client only through the client interface (testbed/clients/: ``snapshot``
+  every SAMPLE_S, ``workload_map`` at the end) and the pcaps; the outcome comes from
+  testbed.watchdog's rules on those samples alone.
 - After the run, every slot the NAS acknowledged durably (``swap_map``) is read back by the kernel-
   socket reference client and compared with the agent's page content function.
 """
@@ -18,7 +20,6 @@ Invariants owned here:
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -56,7 +57,7 @@ def _verify_slots(nas_ip: str, acked: dict, seed: int, page_size: int, timeout_s
         if content == "file":
             from client_agent.mm.filemap import file_page_bytes as page_bytes
         else:
-            from client_agent.swap import page_bytes
+            from client_agent.mm.anon import page_bytes
     except ImportError:
         return {"verified": None, "mismatched": [], "read_errors": [],
                 "note": f"no page content function for {content!r}: slots read back but not compared"}
@@ -167,27 +168,6 @@ class Progress:
             self.stream.flush()
 
 
-# ------------------------------------------------------------------ the services, for either client kind
-def nas_server_argv(sc: scn.Scenario, data_dir: str, nas_ip: str, ctl_path: str, image_mib: int,
-                    export_networks: str | None = None, file_consumer: bool = False) -> list[str]:
-    """nas-server with the run's export (default ACL: the whole test net), swap.img (and file.img for
-    a file consumer) of image_mib MiB, NFS and MOUNT on NFS_PORT, no portmap, the scenario's latency."""
-    return [sys.executable, "-m", "nas_server.main", "--data-dir", data_dir,
-            "--export", f"{EXPORT}:{export_networks or '198.18.0.0/24'}",
-            "--create-image", f"{EXPORT}/{IMAGE}:{image_mib}M",
-            *(["--create-image", f"{EXPORT}/{FILE_IMAGE}:{image_mib}M"] if file_consumer else []),
-            "--bind", nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
-            "--control", ctl_path, "--write-latency-ms", str(sc.nas_write_latency_ms)]
-
-
-def flood_argv(sc: scn.Scenario, cli_ip: str, noise_ip: str, ports: list[int], ctl_path: str) -> list[str]:
-    """testbed.flood from noise toward the client's noise ports at the scenario's rate and size."""
-    return [sys.executable, "-m", "testbed.flood", "--dst", cli_ip,
-            "--ports", f"{ports[0]}-{ports[-1]}" if ports else "9001",
-            "--rate-pps", str(sc.flood_pps), "--size", str(sc.flood_size),
-            "--seed", str(sc.seed), "--bind", noise_ip, "--control", ctl_path]
-
-
 # ------------------------------------------------------------------ the run
 def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: str | None = None,
                  pcap_prefix: str = "", logs_dir: str | None = None, progress_prefix: str = "",
@@ -206,97 +186,81 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
     if getattr(sc, "client", "agent") == "linux":       # a real kernel in a QEMU VM (testbed.linux_vm)
         from testbed.linux_vm.run import run_linux
         return run_linux(sc, checks, out, log=log, pcap_dir=pcap_dir, pcap_prefix=pcap_prefix, logs_dir=logs_dir,
-                         progress_prefix=progress_prefix, print_watchdog=print_watchdog)
-    from netns_setup import lifecycle
-    from netns_setup.capture import start_capture
+                         progress_prefix=progress_prefix, print_watchdog=print_watchdog,
+                         export_networks=export_networks, during=during)
     from netns_setup.control import ControlClient, ControlError
-    from netns_setup.process import ProcessStartError, run_in_netns, start_process
-    from netns_setup.state import control_socket_path
+    from netns_setup.process import ProcessStartError, run_in_netns
     from netns_setup.topology import default_topology
+    from testbed.clients import ClientError
+    from testbed.rig import Rig, RigError
 
     say = log or (lambda m: print(f"testbed run: {m}", file=sys.stderr, flush=True))
     topo = default_topology()
     hosts = {h.name: h for h in topo.hosts}
     nas_ip, cli_ip, noise_ip = (str(hosts[n].address.ip) for n in ("nas", "client", "noise"))
-    mac = lambda h: hosts[h].mac if isinstance(hosts[h].mac, str) else ":".join(f"{b:02x}" for b in hosts[h].mac)  # noqa: E731
     name = "r" + uuid.uuid4().hex[:6]
-    agent_cpu, other_cpu = ([0], [1]) if (os.cpu_count() or 1) > 1 else (None, None)
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     ports = list(range(NOISE_PORT_BASE, NOISE_PORT_BASE + sc.noise_sockets))
     image_mib = int(sc.workload_pages * 4096 * IMAGE_MARGIN) // (1 << 20) + IMAGE_EXTRA_MIB
     consumer = getattr(sc, "consumer", "swap")
     file_consumer = consumer != "swap"
     beyond_linux = file_consumer and getattr(sc, "policy", "linux") == "extended"
 
-    procs, caps, clients = {}, {}, {}
+    agent = None
     timeline: list[dict] = []
     wd = Watchdog(sc.stall_threshold_s)
     entry_extra: dict = {}
     last_snap: dict = {}
     deadlock_snap = None
     missing_xids = None
-    data_dir = None
-    st = lifecycle.up(topo, name)
-    say(f"topology {name} up (run dir {st.dir}); scenario {sc.name}, expect {sc.expect}, seed {sc.seed}")
+    rig = None
     try:
-        # -- NAS (kernel sockets) with its data on tmpfs under the run directory
-        # tmpfs, whatever the run directory is on: the NAS's speed is the scenario's stated
-        # nas_write_latency_ms, not the host disk's fdatasync (removed in the finally below)
-        data_dir = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else st.dir, f"nsdt-nasdata-{name}")
-        ctl = {k: control_socket_path(st.dir, k) for k in ("nas", "agent", "flood")}
-        nas_argv = nas_server_argv(sc, data_dir, nas_ip, ctl["nas"], image_mib, export_networks, file_consumer)
-        procs["nas"] = start_process(st, "nas", nas_argv, role="nas-server", ready=True, cpus=other_cpu, env=env)
-
-        def restart_nas() -> None:
-            procs["nas"].send_signal(9)   # SIGKILL: UNSTABLE data and the DRC are lost, the verifier changes
-            procs["nas"].wait(5.0)
-            procs["nas"] = start_process(st, "nas", nas_argv, role="nas-server", ready=True, cpus=other_cpu, env=env)
-        for h in ("nas", "noise"):
-            add_permanent_neighbours(st.host_netns(h), st.host_iface(h), [(cli_ip, mac("client"))])
+        # -- the rig: topology, the NAS (kernel sockets) with its data on tmpfs -- the NAS's speed
+        # is the scenario's stated nas_write_latency_ms, not the host disk's fdatasync -- and the
+        # permanent neighbour entries for the client on the nas and noise hosts
+        images = [(IMAGE, image_mib)] + ([(FILE_IMAGE, image_mib)] if file_consumer else [])
+        rig = Rig(topo, "r", name=name, images=images, nas_on_tmpfs=True,
+                  nas_write_latency_ms=sc.nas_write_latency_ms,
+                  export_networks=export_networks or "198.18.0.0/24", say=say)
+        st = rig.st
+        say(f"topology {name} up (run dir {st.dir}); scenario {sc.name}, expect {sc.expect}, seed {sc.seed}")
+        ctl = {"nas": rig.control_path("nas"), "agent": rig.control_path("agent-client"),
+               "flood": rig.control_path("flood")}
         # -- captures on every host's NIC (client, nas, noise)
         for h in ("client", "nas", "noise"):
-            caps[h] = start_capture(st, h, path=os.path.join(pcap_dir or os.path.join(out, "pcap"), f"{pcap_prefix}{h}.pcap"))
+            rig.capture(h, os.path.join(pcap_dir or os.path.join(out, "pcap"), f"{pcap_prefix}{h}.pcap"))
+        caps = rig.caps
         # -- the client agent, alone on CPU 0
-        procs["agent"] = start_process(
-            st, "client", [sys.executable, "-m", "client_agent.agent", "--ifname", st.host_iface("client"),
-                           "--addr", f"{cli_ip}/{hosts['client'].address.network.prefixlen}",
-                           "--neigh", f"{nas_ip}={mac('nas')}", "--neigh", f"{noise_ip}={mac('noise')}",
-                           "--pool-pages", str(sc.pool_pages), "--min-free-kbytes", str(sc.min_free_kbytes),
-                           "--watermark-scale-factor", str(sc.watermark_scale_factor),
-                           "--budget", str(sc.budget), "--seed", str(sc.seed), "--control", ctl["agent"]]
-               + (["--fault", sc.client_faults] if sc.client_faults else []),
-            role="client-agent", ready=True, cpus=agent_cpu, env=env)
-        agent = clients["agent"] = ControlClient(ctl["agent"], timeout_s=10.0)
-        for p in ports:
-            agent.call("udp_sink", port=p, reader=sc.noise_reader, rcvbuf=sc.noise_rcvbuf_bytes)
-        if file_consumer:
-            # a swapless client with one file on its own transport; the policy marks it or not
-            sw = agent.call("fileon", server=nas_ip, port=NFS_PORT, export=EXPORT, image=FILE_IMAGE, slots=sc.slots,
-                            wsize=sc.wsize, timeo_s=sc.timeo_s, timeo_max_s=sc.timeo_max_s, retrans=sc.retrans,
-                            memalloc=sc.policy == "extended", stable=sc.stable, dirty_ratio=sc.dirty_ratio,
-                            dirty_background_ratio=sc.dirty_background_ratio)
-            say(f"fileon: {sw}")
-        else:
-            sw = agent.call("swapon", server=nas_ip, port=NFS_PORT, export=EXPORT, image=IMAGE, slots=sc.slots,
-                            wsize=sc.wsize, timeo_s=sc.timeo_s, timeo_max_s=sc.timeo_max_s, retrans=sc.retrans,
-                            memalloc=sc.memalloc, stable=sc.stable)
-            say(f"swapon: {sw}")
-        agent.call("set", key="pfmemalloc_demux_drop", value=sc.pfmemalloc_demux_drop)
+        agent = rig.start_agent(
+            "client", pool_pages=sc.pool_pages, min_free_kbytes=sc.min_free_kbytes, budget=sc.budget,
+            seed=sc.seed, ctl_timeout_s=10.0,
+            extra=["--watermark-scale-factor", str(sc.watermark_scale_factor)]
+                  + (["--fault", sc.client_faults] if sc.client_faults else []))
+        agent.sinks(ports, sc.noise_reader, sc.noise_rcvbuf_bytes)
+        device = {"kind": "nfs", "server": nas_ip, "port": NFS_PORT, "export": EXPORT,
+                  "image": FILE_IMAGE if file_consumer else IMAGE, "slots": sc.slots, "wsize": sc.wsize,
+                  "timeo_s": sc.timeo_s, "timeo_max_s": sc.timeo_max_s, "retrans": sc.retrans,
+                  "stable": sc.stable, "proto": sc.transport, "mount_port": NFS_PORT}
+        # file consumers: a swapless client with one file on its own transport; the policy marks
+        # it or not
+        sw = agent.attach(consumer, device, memalloc=sc.memalloc, policy=getattr(sc, "policy", "linux"),
+                          dirty_ratio=sc.dirty_ratio, dirty_background_ratio=sc.dirty_background_ratio)
+        say(f"{'fileon' if file_consumer else 'swapon'}: {sw}")
+        agent.set("pfmemalloc_demux_drop", sc.pfmemalloc_demux_drop)
+
+        def procs_view() -> dict:
+            return {"nas": rig.procs["nas"], "agent": rig.procs["agent:client"],
+                    **({"flood": rig.procs["flood"]} if "flood" in rig.procs else {})}
         # -- the flood from noise, toward the noise ports
-        procs["flood"] = start_process(st, "noise", flood_argv(sc, cli_ip, noise_ip, ports, ctl["flood"]),
-                                       role="flood", ready=True, cpus=other_cpu, env=env)
+        rig.start_flood(cli_ip, f"{ports[0]}-{ports[-1]}" if ports else "9001", sc.flood_pps,
+                        size=sc.flood_size, seed=sc.seed)
         softnet0 = softnet_drops()
-        if file_consumer:
-            agent.call("file_workload", kind=consumer, pages=sc.workload_pages, seed=sc.seed,
-                       rate_pps=sc.workload_rate_pps)
-        else:
-            agent.call("workload", pages=sc.workload_pages, seed=sc.seed, rate_pps=sc.workload_rate_pps)
+        agent.start_workload(consumer, sc.workload_pages, sc.seed, sc.workload_rate_pps)
         # -- sample, watch
         t0 = time.monotonic()
         entry_extra["t0_wall"] = time.time()  # runner t=0 on the pcaps' (wall) clock
         prog = Progress(prefix=progress_prefix)
-        dctx = {"t": 0.0, "st": st, "procs": procs, "ctl": ctl, "hosts": hosts, "restart_nas": restart_nas,
-                "record": {}}
+        dctx = {"t": 0.0, "st": st, "procs": procs_view(), "ctl": ctl, "hosts": hosts,
+                "restart_nas": rig.restart_nas, "record": {}}
         nxt = t0
         while True:
             nxt += SAMPLE_S
@@ -304,7 +268,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             if nxt > now:
                 time.sleep(nxt - now)
             t = time.monotonic() - t0
-            s = agent.call("snapshot", traces=False)   # the xid/fate records only at the end
+            s = agent.snapshot(traces=False)            # the xid/fate records only at the end
             last_snap = s
             c = compact(t, s)
             sn = softnet_drops() - softnet0
@@ -313,7 +277,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             prog.show(t, c)
             extra = [f"softnet_stat: the kernel dropped {sn} frames at a backlog"] if sn else []
             if during is not None:
-                dctx["t"], dctx["snapshot"] = t, s
+                dctx["t"], dctx["snapshot"], dctx["procs"] = t, s, procs_view()
                 during(dctx)
             if wd.feed(t, s, extra):
                 break
@@ -323,7 +287,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         prog.show(t, timeline[-1], force=True)
         prog.end()
         if wd.outcome == "deadlock":
-            deadlock_snap = agent.call("snapshot")     # with the xid and frame-fate records
+            deadlock_snap = agent.snapshot(traces=True)  # with the xid and frame-fate records
         say(f"outcome {wd.outcome} at t={wd.decided_at:.1f}s: {'; '.join(wd.reasons)}")
         # -- stop the flood, get the swap map, stop the agent
         try:
@@ -331,16 +295,12 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                 entry_extra["flood"] = fc.call("shutdown")
         except ControlError as e:
             entry_extra["flood"] = {"error": str(e)}
-        procs["flood"].stop()
-        final = agent.call("snapshot")
+        rig.stop("flood")
+        final = agent.snapshot(traces=True)
         entry_extra["final_t"] = round(time.monotonic() - t0, 3)
-        swap_map = agent.call("file_map" if file_consumer else "swap_map")
-        try:
-            entry_extra["agent_shutdown"] = agent.call("shutdown")
-        except ControlError as e:
-            entry_extra["agent_shutdown"] = {"error": str(e)}
-        agent.close()
-        procs["agent"].stop()
+        swap_map = agent.workload_map()
+        entry_extra["agent_shutdown"] = agent.stop()
+        rig.stop("agent:client")
         for cap in caps.values():
             cap.stop()
         # -- NAS replies the client's wire saw but the NFS socket never received
@@ -372,7 +332,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                 nc.call("shutdown")
             except ControlError:
                 pass
-        procs["nas"].stop()
+        rig.stop("nas")
         wnote = None if missing_xids is not None else \
             "NAS replies by xid: snapshot()['nfs'] has no xids_replied (agent predates the contract field)"
         text = "\n".join([f"outcome: {wd.outcome} ({'; '.join(wd.reasons)})",
@@ -415,25 +375,24 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             **({"during": dctx["record"]} if during is not None else {}),
             "_timeline": timeline,
         }
-    except (ControlError, ProcessStartError, TimeoutError) as e:
+    except (ControlError, ClientError, RigError, ProcessStartError, TimeoutError) as e:
         raise RunError(f"scenario {sc.name}: {e}") from None
     finally:
-        for c in clients.values():
-            c.close()
-        for cap in caps.values():
+        if agent is not None:
+            agent.close()
+        if rig is not None:
+            for cap in rig.caps.values():
+                try:
+                    cap.stop()
+                except Exception:  # noqa: BLE001 -- teardown goes on
+                    pass
+            for k in list(rig.procs):
+                try:
+                    rig.procs[k].stop()
+                except Exception:  # noqa: BLE001
+                    pass
             try:
-                cap.stop()
-            except Exception:  # noqa: BLE001 -- teardown goes on
-                pass
-        for p in procs.values():
-            try:
-                p.stop()
-            except Exception:  # noqa: BLE001
-                pass
-        try:
-            rep.copy_logs(st.dir, out, logs_dir)
-        except OSError as e:
-            say(f"could not copy logs: {e}")
-        if data_dir and os.path.isdir(data_dir):
-            shutil.rmtree(data_dir, ignore_errors=True)
-        lifecycle.down(name)
+                rep.copy_logs(rig.st.dir, out, logs_dir)
+            except OSError as e:
+                say(f"could not copy logs: {e}")
+            rig.close()

@@ -32,6 +32,9 @@ READERS = ("none", "fast", "ordinary")
 # "extended" (the file's transport too -- beyond Linux).
 CONSUMERS = ("swap", "mmap", "write")
 POLICIES = ("linux", "extended")
+# The NFS client's transport: tcp (every Linux since 5.6: CONFIG_NFS_DISABLE_UDP_SUPPORT) or udp
+# (the "Linux before 5.6" variant, nas-server's one-port layout).
+TRANSPORTS = ("udp", "tcp")
 PAGE_SIZE = 4096
 # An NFSv3 WRITE reply on the wire: RPC accepted-reply header 24 + nfsstat 4 + wcc_data
 # (pre_op_attr 4+24, post_op_attr 4+84) + count 4 + committed 4 + writeverf 8 = 160 bytes of RPC,
@@ -48,7 +51,7 @@ DEFAULT_AGENT_CAPACITY_PPS = 25000
 # 10 ms = 800/s) and by the agent (real runs: ~750 pages/s measured, memalloc 3672 pages in ~5 s).
 # 2000 is a generous bound; the noise-capacity checks below use it.
 DEFAULT_SWAP_RATE_PPS = 2000
-# The receive/transmit model that runs (client_agent/net/stack.py, client_agent/nfs/transport.py):
+# The receive/transmit model that runs (client_agent/net/core/dev.py, client_agent/net/sunrpc/):
 # - receive allocates per frame, then demuxes it (no NAPI batch is allocated ahead of the demux:
 #   ``budget`` only bounds how many frames one poll handles), so a frame from the reserve is
 #   dropped at the demux (PFMemallocDrop) or queued before the next frame takes a page;
@@ -91,6 +94,7 @@ class Scenario:
     workload_rate_pps: int = 0
     stall_threshold_s: float = 6.0
     max_duration_s: float = 60.0
+    transport: str = "udp"
     consumer: str = "swap"
     policy: str = "linux"
     dirty_ratio: int = 20
@@ -149,9 +153,8 @@ CLIENTS = ("agent", "linux")
 GUEST_NICS = tuple(NIC_MODULES)     # the QEMU NIC models whose guest driver the initramfs carries
 GUEST_ACCELS = ACCELS
 _CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
-            "consumer": CONSUMERS, "policy": POLICIES, "client": CLIENTS, "guest_nic": GUEST_NICS,
-            "guest_nfs_proto": ("tcp", "udp"),
-            "guest_accel": GUEST_ACCELS}
+            "consumer": CONSUMERS, "policy": POLICIES, "transport": TRANSPORTS, "client": CLIENTS,
+            "guest_nic": GUEST_NICS, "guest_nfs_proto": ("tcp", "udp"), "guest_accel": GUEST_ACCELS}
 
 
 def _check_value(src: str, key: str, value):
@@ -317,7 +320,7 @@ def figures(sc: Scenario) -> dict:
     """Watermarks and sizes, from the agent's own allocator and stack rules."""
     from client_agent.mm.gfp import GFP_ATOMIC
     from client_agent.mm.page_alloc import PageAllocator
-    from client_agent.net.skb import PAGE_SIZE as SKB_PAGE, SKB_TRUESIZE_OVERHEAD
+    from client_agent.net.core.skbuff import PAGE_SIZE as SKB_PAGE, SKB_TRUESIZE_OVERHEAD
 
     pa = PageAllocator(sc.pool_pages, sc.min_free_kbytes, sc.watermark_scale_factor)
     wmin, low, high = pa.wmark_min, pa.wmark_low, pa.wmark_high
@@ -325,7 +328,7 @@ def figures(sc: Scenario) -> dict:
     frame = ETH_HLEN + UDP_IP_HLEN + sc.flood_size
     pages_per_frame = max(1, math.ceil(frame / SKB_PAGE))
     truesize = pages_per_frame * SKB_PAGE + SKB_TRUESIZE_OVERHEAD
-    # client_agent/net/udp.py: a datagram is admitted while rmem_alloc <= rcvbuf before it, so a
+    # client_agent/net/ipv4/udp.py: a datagram is admitted while rmem_alloc <= rcvbuf before it, so a
     # socket holds floor(rcvbuf / truesize) + 1 datagrams.
     per_socket = sc.noise_rcvbuf_bytes // truesize + 1
     noise_pages = sc.noise_sockets * per_socket * pages_per_frame

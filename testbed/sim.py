@@ -2,12 +2,16 @@
 
 What is composed, on one ``Loop`` with a ``ManualClock``:
 
-    [client_agent.Agent]  wire.a ==== WirePair (latency ``wire_latency_s`` each way) ==== wire.b
+    [client_agent.Host]   wire.a ==== WirePair (latency ``wire_latency_s`` each way) ==== wire.b
       pool, kswapd, NFS transport,                                   |            |
       workload, noise sinks                              NAS host: a second Stack   flood source:
                                                          (big pool) on 198.18.0.1,  frames from
                                                          NasCore(MemoryStore) on     198.18.0.3
                                                          UDP 2049                   (own MAC)
+
+The client is composed by ``client_agent.host.Host`` -- the same composition root the
+``client-agent`` process uses (``add_swap`` / ``add_file`` with an NFS device spec) -- so the
+simulation runs the agent's objects in the agent's order.
 
 The flood is injected on the NAS side of the wire (``wire.b.transmit``) as ready-made Ethernet
 frames from a third address and MAC, as a hub port would deliver them: the agent sees them exactly
@@ -16,15 +20,13 @@ as it would see a noise host's frames, and the NAS stack never touches them. Its
 
 Nothing in here decides an outcome. The allocator's thresholds, the sockets' rcvbuf, the
 pfmemalloc demux and the transport's timers make it; this module only watches, every
-``SAMPLE_S`` of virtual time, with the contract's rules (docs/swap-contract.md):
-``deadlock`` = reclaim needed (free < low or kswapd awake) and ``pswpout`` did not grow for
-``stall_threshold_s``; ``recovered`` = workload done and free > high after free went below the
-atomic floor; ``completed`` = the same without that. ``max_duration_s`` ends a run that is none
-of these (outcome ``timeout``).
+``SAMPLE_S`` of virtual time, feeding a /proc-shaped sample to ``testbed.watchdog.Watchdog`` --
+the same rules a real run is judged by (docs/swap-contract.md). ``max_duration_s`` ends a run
+that is none of deadlock/recovered/completed (outcome ``timeout``).
 
 Why a reserve can be too small even with the cure (scenario memalloc-undersized): every swap
 RPC in flight pins one RPC buffer page taken with __GFP_MEMALLOC (rpc_malloc for a swapper
-task, client_agent/nfs/transport.py) until its reply is read, and every reply needs one more
+task, client_agent/net/sunrpc/xprt.py) until its reply is read, and every reply needs one more
 receive page, taken from the reserve while the flood keeps free pages at the GFP_ATOMIC floor
 (3*min/8). Receive allocates per frame and demuxes that frame before the next (no NAPI batch is
 held), transmit holds one fragment's page at a time. The worst case below the floor is therefore
@@ -46,23 +48,28 @@ import random
 import socket as _pysocket
 from collections import deque
 
-from client_agent.agent import Agent
+from client_agent.host import Host, swap_snapshot
 from client_agent.loop import Loop, ManualClock
-from client_agent.mm.filemap import FileMapping, file_page_bytes
+from client_agent.mm.anon import PAGE_SIZE, page_bytes
+from client_agent.mm.filemap import file_page_bytes
 from client_agent.mm.gfp import GFP_ATOMIC
 from client_agent.mm.page_alloc import PageAllocator
-from client_agent.mm.vmscan import Kswapd
+from client_agent.mm.swapfile import SwapDevice
+
 from client_agent.net.stack import Stack
-from client_agent.nfs.transport import NfsTransport
+from client_agent.phy.device import ForwardsOnRx
 from client_agent.phy.fault import FaultInjector
+from client_agent.phy.pcap import PcapTap
 from client_agent.phy.wire_pair import WirePair
-from client_agent.swap import PAGE_SIZE, SwapDevice, page_bytes
 from client_agent.tasks import Scheduler
 from client_agent.wire.ethernet import ETH_P_IP, emit as eth_emit
 from client_agent.wire.ipv4 import IPPROTO_UDP, emit_header
 from client_agent.wire.udp import emit as udp_emit
+from testbed.watchdog import Watchdog
 from nas_server.core import NasCore
 from nas_server.store import MemoryStore
+
+from .nas_tcp import StackRpcServer
 
 SAMPLE_S = 0.1
 AGENT_IP, NAS_IP, NOISE_IP = "198.18.0.2", "198.18.0.1", "198.18.0.3"
@@ -79,6 +86,9 @@ DEFAULTS = {
     "retrans": 3, "noise_sockets": 4, "noise_rcvbuf_bytes": 851968, "noise_reader": "ordinary",
     "flood_pps": 4000, "flood_size": 64, "workload_pages": 10240, "workload_rate_pps": 0,
     "stall_threshold_s": 6.0, "max_duration_s": 60.0,
+    # the NFS client's transport: udp (nas-server's one-port layout) or tcp (the NAS serves RPC
+    # over its own copy of the agent's TCP, testbed/nas_tcp.py; ports from its portmapper)
+    "transport": "udp",
     # simulation-only knobs
     "wire_latency_s": 0.0002,
     # The NAS as a disk: ``nas_threads`` nfsd threads, each request takes ``nas_service_s``
@@ -104,10 +114,13 @@ DEFAULTS = {
     # for the *_outside kinds, toward the agent otherwise; the export restricted to these networks
     # (None: open to all); the agent's net.ipv4.ipfrag_time.
     "hostile_events": (), "export_networks": None, "ipfrag_time_s": None,
+    # A pcap of the client's side of the in-memory wire (both directions, virtual timestamps):
+    # `testbed run NAME --sim` writes report/pcap/client.pcap. None: no capture.
+    "pcap_path": None,
 }
 
 
-class _LoopFault(FaultInjector):
+class _LoopFault(ForwardsOnRx, FaultInjector):
     """A FaultInjector on the manual-clock loop: it releases its held (delayed/reordered) frames
     by its own timers, and hides them from ``poll_at`` (the agent's timer path runs stack timers,
     not device receives, so a held frame must not look like a due receive)."""
@@ -115,14 +128,6 @@ class _LoopFault(FaultInjector):
     def __init__(self, inner, seed, loop, **kw) -> None:
         super().__init__(inner, seed, **kw)
         self._loop = loop
-
-    @property
-    def on_rx(self):
-        return self.inner.on_rx
-
-    @on_rx.setter
-    def on_rx(self, fn) -> None:
-        self.inner.on_rx = fn
 
     def transmit(self, frame: bytes, now: float) -> bool:
         super().transmit(frame, now)
@@ -165,9 +170,14 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     agent_dev = wire.a
     if p["fault_tx"]:
         agent_dev = _LoopFault(wire.a, f"fault_tx:{seed}", loop, **p["fault_tx"])
-    agent = Agent(loop, agent_dev, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
-                  min_free_kbytes=p["min_free_kbytes"],
-                  watermark_scale_factor=p["watermark_scale_factor"], seed=seed)
+    faulty_dev = agent_dev
+    if p["pcap_path"]:
+        agent_dev = PcapTap(agent_dev, p["pcap_path"])
+    logs: list[tuple[float, str]] = []
+    agent = Host(loop, agent_dev, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
+                 min_free_kbytes=p["min_free_kbytes"],
+                 watermark_scale_factor=p["watermark_scale_factor"], seed=seed,
+                 log=lambda line: logs.append((round(loop.time(), 6), line)))
     alloc = agent.alloc
     agent.stack.policy.pfmemalloc_demux_drop = bool(p["pfmemalloc_demux_drop"])
     agent.stack.neigh.add_permanent(_pysocket.inet_aton(NAS_IP), MAC_NAS, 0.0)
@@ -189,7 +199,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     nas_dev = wire.b
     if p["fault_rx"]:
         nas_dev = _LoopFault(wire.b, f"fault_rx:{seed}", loop, **p["fault_rx"])
-    nas = Stack(nas_alloc, nas_dev, MAC_NAS, NAS_IP, 24, nas_sched)
+    if p["transport"] not in ("udp", "tcp"):
+        raise ValueError(f"transport={p['transport']!r}: udp or tcp")
+    nas = Stack(nas_alloc, nas_dev, MAC_NAS, NAS_IP, 24, nas_sched, seed=seed + 1)
     nas.neigh.add_permanent(_pysocket.inet_aton(AGENT_IP), MAC_AGENT, 0.0)
     nas.neigh.add_permanent(_pysocket.inet_aton(NOISE_IP), MAC_NOISE, 0.0)
     if p["ipfrag_time_s"] is not None:
@@ -197,28 +209,36 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     nsk = nas.udp_socket()
     nsk.bind(("0.0.0.0", 2049))
     nsk.rcvbuf = 64 << 20
+    nas_tcp = StackRpcServer(nas) if p["transport"] == "tcp" else None
     nas_state = {"scheduled": False, "busy": 0, "epoch": 0, "down_until": -1.0, "restarts": 0,
-                 "dropped_down": 0}
+                 "dropped_down": 0, "timer_at": None}
     nas_queue: deque = deque()
     threads, service_s = p["nas_threads"], p["nas_service_s"]
 
-    def nas_done(data, addr, epoch=0):
+    def nas_done(data, addr, epoch=0, conn=None):
         if epoch != nas_state["epoch"]:
             return                      # accepted by a NAS process that was killed since
         now = loop.time()
-        for reply in core.handle(data, addr, now, "udp"):
-            nsk.sendto(reply, addr, now)
+        if conn is None:
+            for reply in core.handle(data, addr, now, "udp"):
+                nsk.sendto(reply, addr, now)
+        else:
+            for reply in core.handle(data, addr, now, "tcp"):
+                nas_tcp.reply(conn, reply, now)
+            nas_arm()
         nas_state["busy"] -= 1
         nas_dispatch()
 
     def nas_dispatch():
         while nas_queue and nas_state["busy"] < threads:
-            data, addr = nas_queue.popleft()
+            data, addr, *conn = nas_queue.popleft()
+            conn = conn[0] if conn else None
             nas_state["busy"] += 1
             if service_s > 0:
-                loop.call_at(loop.time() + service_s, nas_done, data, addr, nas_state["epoch"])
+                loop.call_at(loop.time() + service_s, nas_done, data, addr, nas_state["epoch"],
+                             conn)
             else:
-                nas_done(data, addr, nas_state["epoch"])
+                nas_done(data, addr, nas_state["epoch"], conn)
 
     def nas_poll():
         nas_state["scheduled"] = False
@@ -232,9 +252,24 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                 nas_state["dropped_down"] += 1      # no process bound to 2049: ICMP-less loss
                 continue
             nas_queue.append(got)
+        if nas_tcp is not None:
+            nas_queue.extend(nas_tcp.pump(now))
+            nas_arm()
         nas_dispatch()
         if more is not None and more <= now:
             schedule_nas()
+
+    def nas_timer():
+        nas_state["timer_at"] = None
+        nas_poll()
+
+    def nas_arm():
+        """The NAS stack's TCP timers (retransmit, delayed ACK) as a loop timer."""
+        d = nas.next_deadline()
+        at = nas_state["timer_at"]
+        if d is not None and (at is None or d < at):
+            nas_state["timer_at"] = d
+            loop.call_at(d, nas_timer)
 
     def schedule_nas():
         if not nas_state["scheduled"]:
@@ -245,33 +280,36 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
 
     # -- the agent's services -------------------------------------------------------------------
     for i in range(p["noise_sockets"]):
-        agent.udp_sink(NOISE_PORT0 + i, p["noise_reader"], p["noise_rcvbuf_bytes"])
-    logs: list[tuple[float, str]] = []
-    transport = NfsTransport(agent.stack, agent.sched, NAS_IP, 2049, slots=p["slots"],
-                             timeo_s=p["timeo_s"], retrans=p["retrans"],
-                             timeo_max_s=p["timeo_max_s"], wsize=p["wsize"],
-                             log=lambda line: logs.append((round(loop.time(), 6), line)),
-                             on_tx=agent.kick, seed=seed)
-    swap = SwapDevice(alloc, agent.sched, seed=seed)
-    kswapd = Kswapd(alloc, agent.sched, swap, max_writeback=p["max_writeback"])
+        agent.sink(NOISE_PORT0 + i, p["noise_reader"], p["noise_rcvbuf_bytes"])
+    device = {"kind": "nfs", "server": NAS_IP, "port": 2049, "export": "swap",
+              "proto": p["transport"],
+              "image": "swap.img", "slots": p["slots"], "timeo_s": p["timeo_s"],
+              "retrans": p["retrans"], "timeo_max_s": p["timeo_max_s"], "wsize": p["wsize"],
+              "stable": p["stable"]}
     setup = {"nr_slots": None}
     fm = None
-    if consumer != "swap":
+    if consumer == "swap":
+        swap, activate = agent.add_swap(device, memalloc=bool(p["memalloc"]),
+                                        max_writeback=p["max_writeback"])
+    else:
         # A swapless client writing a file on the NAS: the one transport is the file mount's, and
         # only policy "extended" marks it SOCK_MEMALLOC (Linux marks swap transports only).
-        fm = FileMapping(alloc, agent.sched, seed=seed, dirty_ratio=p["dirty_ratio"],
-                         dirty_background_ratio=p["dirty_background_ratio"],
-                         log=lambda line: logs.append((round(loop.time(), 6), line)))
-        kswapd.filemap = fm
+        fm, activate = agent.add_file({**device, "image": "file.img"}, policy=p["policy"],
+                                      dirty_ratio=p["dirty_ratio"],
+                                      dirty_background_ratio=p["dirty_background_ratio"],
+                                      max_writeback=p["max_writeback"])
+        # no swap device: an idle one (never swapped on, not kswapd's) stands in for the report's
+        # "swap" fields and the timeline's swap columns, as before file consumers existed
+        swap = SwapDevice(agent.alloc, agent.sched, seed=seed)
+    transport = (fm or swap).backend.transport
+    kswapd = agent.kswapd
 
     def setup_task():
         if fm is not None:
-            setup["file_pages"] = yield from fm.attach(transport, "swap", "file.img",
-                                                       policy=p["policy"], stable=p["stable"])
+            setup["file_pages"] = yield from activate
             fm.start_workload(consumer, p["workload_pages"], p["workload_rate_pps"])
             return
-        setup["nr_slots"] = yield from swap.swapon(transport, "swap", "swap.img",
-                                                   memalloc=bool(p["memalloc"]), stable=p["stable"])
+        setup["nr_slots"] = yield from activate
         swap.start_workload(p["workload_pages"], p["workload_rate_pps"])
 
     agent.sched.spawn("swapon", setup_task())
@@ -311,6 +349,11 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         nas_state["epoch"] += 1
         nas_state["restarts"] += 1
         nas_state["down_until"] = now + p["nas_down_s"]
+        if nas_tcp is not None:
+            # the process dies: its connections reset, no listener while it is down
+            nas_tcp.restart(now)
+            loop.call_at(nas_state["down_until"], nas_tcp.listen)
+            nas_arm()
 
     for t, kind, frame in p["hostile_events"] or ():
         end = wire.a if kind.endswith("_outside") else wire.b     # wire.a.transmit reaches the NAS
@@ -320,10 +363,10 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     if p["swapoff_at_s"] is not None:
         loop.call_at(p["swapoff_at_s"], swap.swapoff)
 
-    # -- the watchdog ---------------------------------------------------------------------------
+    # -- the watchdog: testbed.watchdog's rules, fed a /proc-shaped sample every SAMPLE_S -------
     atomic_floor = alloc.watermark_floor(GFP_ATOMIC)
-    st = {"outcome": None, "last_pswpout": 0, "t_progress": 0.0, "t_below_floor": None,
-          "t_stall": None, "t_recover": None, "stop": False, "free_min": alloc.nr_free}
+    wd = Watchdog(p["stall_threshold_s"])
+    st = {"stop": False}
     timeline: list[dict] = []
     stack = agent.stack
     vm = alloc.vmstat
@@ -334,9 +377,6 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         v = alloc.vmstat
         low_point = alloc.nr_free_lowwater
         alloc.reset_lowwater()
-        st["free_min"] = min(st["free_min"], low_point)
-        if low_point < atomic_floor and st["t_below_floor"] is None:
-            st["t_below_floor"] = now
         timeline.append({
             "t": now, "free": free, "free_low_point": low_point, "min": alloc.wmark_min,
             "low": alloc.wmark_low, "high": alloc.wmark_high,
@@ -345,30 +385,14 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             "acked": len(swap.swap_map), "workload_allocated": swap.workload["allocated"],
             "drops": {k: n for k, n in stack.drop_reasons.items() if n},
         })
-        # progress: pages submitted to swap, and file pages whose writeback completed (nr_written)
-        progress = v["pswpout"] + v.get("nr_written", 0)
-        if progress != st["last_pswpout"]:
-            st["last_pswpout"] = progress
-            st["t_progress"] = now
-        reclaim_needed = free < alloc.wmark_low or alloc.kswapd_wanted
-        wl = swap.workload
-        settled = free > alloc.wmark_high and not swap.writeback
+        snap = {"alloc": {"zoneinfo": {"free": free, "low": alloc.wmark_low, "high": alloc.wmark_high},
+                          "vmstat": v, "kswapd": {"wanted": alloc.kswapd_wanted},
+                          "reserve": {"atomic_floor": atomic_floor, "nr_free_lowwater": low_point}},
+                "workload": swap.workload, "swap": {"writeback": len(swap.writeback)}}
         if fm is not None:
-            # a writer throttled in balance_dirty_pages needs writeback as much as reclaim does;
-            # after fsync a file's pages stay cached: settled = kswapd asleep (balanced)
-            reclaim_needed = reclaim_needed or bool(fm.throttled_writers)
-            wl = fm.workload
-            settled = not reclaim_needed and not fm.writeback
-        if wl["done"] and settled:
-            if st["t_below_floor"] is not None:
-                st["outcome"] = "recovered"
-                st["t_recover"] = now
-            else:
-                st["outcome"] = "completed"
-            st["stop"] = True
-        elif reclaim_needed and now - st["t_progress"] >= p["stall_threshold_s"]:
-            st["outcome"] = "deadlock"
-            st["t_stall"] = st["t_progress"]
+            snap["filemap"] = {"active": True, "throttled_writers": fm.throttled_writers,
+                               "nr_writeback": len(fm.writeback), "workload": fm.workload}
+        if wd.feed(now, snap):
             st["stop"] = True
         else:
             loop.call_at(now + SAMPLE_S, sample)
@@ -376,7 +400,10 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     loop.call_at(SAMPLE_S, sample)
     loop.run_until(lambda: st["stop"], p["max_duration_s"])
     duration = round(loop.time(), 6)
-    outcome = st["outcome"] or "timeout"
+    outcome = wd.outcome or "timeout"
+    t_below = wd.first_below_floor_s
+    t_stall = wd.time_to_stall_s if outcome == "deadlock" else None
+    t_recover = wd.decided_at if outcome == "recovered" else None
 
     # -- verification: read every acked slot back from the NAS's store ---------------------------
     verified = failures = 0
@@ -394,19 +421,21 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             else:
                 ffailures += 1
 
+    # the lowest free count seen (between samples too); the pool's size if nothing was sampled
+    reserve_low = min(alloc.nr_pages if wd.reserve_low_pages is None else wd.reserve_low_pages,
+                      alloc.nr_pages)
     snap_alloc = alloc.snapshot()
     tsnap = transport.snapshot()
     c = stack.counters
     result = {
         "name": p["name"], "seed": seed, "outcome": outcome,
         "duration_s": duration,
-        "t_below_atomic_floor_s": st["t_below_floor"],
-        "t_stall_s": st["t_stall"],
-        "time_to_stall_s": st["t_stall"],
-        "t_recover_s": st["t_recover"],
-        "time_to_recover_s": (round(st["t_recover"] - st["t_below_floor"], 6)
-                              if st["t_recover"] is not None and st["t_below_floor"] is not None
-                              else None),
+        "t_below_atomic_floor_s": t_below,
+        "t_stall_s": t_stall,
+        "time_to_stall_s": t_stall,
+        "t_recover_s": t_recover,
+        "time_to_recover_s": (round(t_recover - t_below, 6)
+                              if t_recover is not None and t_below is not None else None),
         "pswpout": vm["pswpout"], "pgscan_kswapd": vm["pgscan_kswapd"],
         "pgsteal_kswapd": vm["pgsteal_kswapd"], "allocstall": vm["allocstall"],
         "pgscan_direct_throttle": vm["pgscan_direct_throttle"],
@@ -416,11 +445,12 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "PFMemallocDrop": c["PFMemallocDrop"], "rx_nobuf": c["rx_nobuf"],
         "tx_nobuf": c["tx_nobuf"], "rx_pfmemalloc": c["rx_pfmemalloc"],
         "drop_reasons": {k: n for k, n in stack.drop_reasons.items() if n},
-        "reserve_low_point": st["free_min"],
-        "reserve_in_use_max": max(0, alloc.wmark_min - st["free_min"]),
+        "reserve_low_point": reserve_low,
+        "reserve_in_use_max": max(0, alloc.wmark_min - reserve_low),
         "zoneinfo": alloc.zoneinfo(), "atomic_floor": atomic_floor,
         "rpc": tsnap["counters"], "rpc_retrans": tsnap["counters"]["rpc_retrans"],
-        "swap": swap.snapshot(), "workload": dict(swap.workload),
+        "swap": swap_snapshot(swap),
+        "workload": dict(swap.workload),
         "nr_slots": setup["nr_slots"],
         "pgalloc_pfmemalloc": snap_alloc["reserve"]["pgalloc_pfmemalloc"],
         "nas": {"writes": core.proc_calls.get("NFS3_WRITE", 0),
@@ -454,7 +484,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     for svc in agent.services.values():
         svc["sock"].close()
     result["faults"] = {
-        "tx": dict(agent_dev.counters) if p["fault_tx"] else None,
+        "tx": dict(faulty_dev.counters) if p["fault_tx"] else None,
         "rx": dict(nas_dev.counters) if p["fault_rx"] else None,
         "nas_restarts": nas_state["restarts"], "nas_dropped_while_down": nas_state["dropped_down"],
         "flood_toggles": flood_state["toggles"],
@@ -467,8 +497,24 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                   "ArpCache": dict(stack.snmp["ArpCache"])},
         "nas": {"counters": dict(core.counters), "nfs_status": dict(core.nfs_status)},
     }
-    # netns exit frees every reassembly queue (inet_frags_fini): their pages are not a leak
+    if nas_tcp is not None:
+        ext = stack.snmp["TcpExt"]
+        result["tcp"] = {
+            "agent": {"Tcp": {k: v for k, v in stack.snmp["Tcp"].items() if v},
+                      "TcpExt": {k: v for k, v in ext.items() if v}},
+            "rpc": {k: transport.counters.get(k, 0) for k in
+                    ("connect_count", "connect_fails", "rpc_reconnects", "record_errors",
+                     "rpc_retrans", "rpc_major_timeouts")},
+            "nas_server": {k: v for k, v in nas_tcp.snapshot().items() if k != "connections"},
+            "nas": {"Tcp": {k: v for k, v in nas.snmp["Tcp"].items() if v}},
+        }
+    # netns exit frees every reassembly queue (inet_frags_fini) and every TCP socket still
+    # closing (orphans in FIN_WAIT/TIME_WAIT): their pages are not a leak
     stack.reasm.run_timers(float("inf"))
+    for sk in stack.tcp.sockets:
+        sk.abort(loop.time())
+    if p["pcap_path"]:
+        agent_dev.close()
     result["leaked_tasks"] = sorted(t.name for t in agent.sched.tasks.values())
     result["leaked_sockets"] = len(stack.sockets) + len(stack.udp_ports)
     result["memalloc_socks_after_swapoff"] = alloc.memalloc_socks

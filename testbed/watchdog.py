@@ -5,7 +5,8 @@ Invariants owned here (docs/swap-contract.md, "Outcome rules"):
   ``stall_threshold_s``; the clock of the stall starts at the later of the last ``pswpout`` growth
   and the moment reclaim became needed, and the outcome is declared at the first sample at or past
   start + threshold -- never earlier.
-- ``recovered``: the workload is done and free > high, after a stall (free went below the GFP_ATOMIC
+- ``recovered``: the workload is done, free > high and no swap page is under writeback (the
+  snapshot's ``swap.writeback``, 0 when absent), after a stall (free went below the GFP_ATOMIC
   floor at some sample); ``completed``: the same without a stall.
 - File-backed consumers (snapshot["filemap"] active, docs/file-backed.md), as testbed.sim: progress
   is ``pswpout + nr_written``, a writer throttled in balance_dirty_pages counts as reclaim needed, and
@@ -22,7 +23,9 @@ Invariants owned here (docs/swap-contract.md, "Outcome rules"):
 - ``invalid``: a snapshot says it is not valid (tp_drops, loop lag) or the runner saw softnet drops.
 - The first outcome is final; ``finish()`` at the end of the budget gives ``unfinished`` when none
   was reached (the run proves nothing either way, so it never equals an ``expect``).
-Pure: fed ``(t, snapshot)``; no clock, no I/O, so it is tested on synthetic timelines.
+Pure: fed ``(t, snapshot)``; no clock, no I/O, so it is tested on synthetic timelines. It is the
+only place the outcome rules live: the runner feeds it the client's snapshots every 0.2 s, the
+simulation (testbed/sim.py) the same shape every 0.1 s of virtual time.
 """
 
 from __future__ import annotations
@@ -70,10 +73,18 @@ def _atomic_floor_linux(wmin: int) -> int:
 
 
 def proc_view(snap: dict) -> dict:
-    """A real kernel's /proc-shaped snapshot (testbed.linux_vm.LinuxVmClient.snapshot) in the shape
-    the rules read (``alloc`` zoneinfo/vmstat/reserve/kswapd, ``workload``), with ``evidence``:
-    the sources this view was built from. An agent snapshot (no "proc") is returned unchanged."""
-    if "proc" not in snap:
+    """A real kernel's /proc-shaped snapshot (testbed.linux_vm.LinuxVmClient.raw_snapshot: ``proc``
+    holds the files as read) in the shape of testbed/clients/base.py's contract -- the keys the
+    rules read (``alloc`` zoneinfo/vmstat/reserve/kswapd, ``workload``) and those the report reads
+    (``stack`` counters/snmp/drop_reasons, ``nfs``, ``swap``) -- with ``evidence``: the sources this
+    view was built from, one line each. The raw snapshot's keys are kept. A snapshot already in the
+    contract's shape (an agent's; one this function made) is returned unchanged.
+
+    drop_reasons: Linux 6.1 shows none in /proc (only the skb:kfree_skb tracepoint has them); the
+    counters incremented at the same drop sites stand in, named by the reason: PFMEMALLOC
+    (TcpExt PFMemallocDrop, sk_filter_trim_cap), SOCKET_RCVBUFF (Udp RcvbufErrors), PROTO_MEM (Udp
+    MemErrors), SOCKET_BACKLOG (TcpExt TCPBacklogDrop)."""
+    if "proc" not in snap or "alloc" in snap:
         return snap
     p = snap.get("proc") or {}
     zones = [z for z in (p.get("zoneinfo") or {}).values() if z.get("managed")]
@@ -99,12 +110,29 @@ def proc_view(snap: dict) -> dict:
         ev.append(f"workload: {wl.get('verified')} of {wl.get('pages')} pages verified, "
                   f"{wl.get('swapped_in_verified')} of them after swap-in")
     ev += list(snap.get("evidence") or [])
-    return {
-        "alloc": {"zoneinfo": zsum, "vmstat": vm,
-                  "reserve": {"atomic_floor": sum(_atomic_floor_linux(int(z.get("min", 0))) for z in zones)},
-                  "kswapd": {"wanted": silent}},
-        "workload": {"done": bool(wl.get("done"))}, "outside": out, "evidence": ev,
-    }
+    netstat, snmp = p.get("netstat") or {}, p.get("snmp") or {}
+    tcp, udp = netstat.get("TcpExt") or {}, snmp.get("Udp") or {}
+    rpc = (p.get("rpc_nfs") or {}).get("rpc") or {}
+    stack = {"counters": {"PFMemallocDrop": int(tcp.get("PFMemallocDrop", 0))} if tcp else {},
+             "snmp": {**snmp, **netstat},
+             "drop_reasons": {r: int(v) for r, v in (("PFMEMALLOC", tcp.get("PFMemallocDrop")),
+                                                     ("SOCKET_RCVBUFF", udp.get("RcvbufErrors")),
+                                                     ("PROTO_MEM", udp.get("MemErrors")),
+                                                     ("SOCKET_BACKLOG", tcp.get("TCPBacklogDrop"))) if v}}
+    view = {**snap,
+            "time_s": snap.get("t_s"), "valid": True, "invalid_reasons": [],
+            "alloc": {"zoneinfo": zsum, "vmstat": vm,
+                      "reserve": {"atomic_floor": sum(_atomic_floor_linux(int(z.get("min", 0))) for z in zones)},
+                      "kswapd": {"wanted": silent}},
+            "stack": stack,
+            "workload": {**wl, "done": bool(wl.get("done")), "allocated": wl.get("allocated"),
+                         "target": wl.get("pages")},
+            "outside": out, "evidence": ev}
+    if rpc:
+        view["nfs"] = {"counters": {"rpc_calls": rpc.get("calls"), "rpc_retrans": rpc.get("retrans")}}
+    if "pswpout" in vm:
+        view["swap"] = {"active": True, "pswpout": int(vm.get("pswpout", 0)), "pswpin": int(vm.get("pswpin", 0))}
+    return view
 
 
 def reclaim_needed(snap: dict) -> bool:
@@ -123,7 +151,7 @@ def nfs_view(snap: dict) -> dict:
     return {**nfs, **(nfs.get("counters") or {})}
 
 
-# The durability loop's counters (client_agent/nfs/transport.py durability_counters), kept per
+# The durability loop's counters (client_agent/fs/nfs/nfs3proc.py durability_counters), kept per
 # consumer: snapshot["swap"] or snapshot["filemap"].
 WRITEBACK_KEYS = ("writes", "commits", "resends", "verifier_changes", "shortwrite",
                   "committed_lt_stable", "delay", "rpcgarbage", "write_errors",
@@ -145,13 +173,15 @@ def workload_done(snap: dict) -> bool:
 
 
 def settled(snap: dict) -> bool:
-    """Swap: free > high. A file's pages stay cached after fsync/msync, so for a file consumer
-    settled = kswapd asleep (no reclaim needed) and no file page under writeback (as testbed.sim)."""
+    """Swap: free > high and no swap page under writeback. A file's pages stay cached after
+    fsync/msync, so for a file consumer settled = kswapd asleep (no reclaim needed) and no file
+    page under writeback."""
     z = zone(snap)
     fm = filemap(snap)
     if fm is not None:
         return not reclaim_needed(snap) and not fm.get("nr_writeback")
-    return z.get("free") is not None and z.get("free") > z.get("high", 0)
+    return (z.get("free") is not None and z.get("free") > z.get("high", 0)
+            and not (snap.get("swap") or {}).get("writeback"))
 
 
 @dataclass
@@ -170,6 +200,11 @@ class Watchdog:
     _last_growth: float | None = None
     _reclaim_since: float | None = None
     _last_t: float | None = None
+
+    @property
+    def first_below_floor_s(self) -> float | None:
+        """When free (or its low-water mark) first went below the atomic floor, if it did."""
+        return self._first_below_floor
 
     def stall_start(self) -> float | None:
         if self._reclaim_since is None:

@@ -10,6 +10,7 @@ from client_agent.net.stack import Stack
 from client_agent.phy.wire_pair import WirePair
 from nas_server.core import NasCore
 from nas_server.store import MemoryStore
+from testbed.nas_tcp import StackRpcServer
 
 MAC_A, MAC_B = b"\x02\0\0\0\0\x0a", b"\x02\0\0\0\0\x0b"
 
@@ -28,9 +29,11 @@ def agent_and_nas(image: str, pages: int, *, pool_pages: int = 1024, seed: int =
     return loop, agent, img
 
 
-def _nas(dev, image: str, pages: int, handle=None):
-    """(serve(now, budget), store, img): a NAS Stack at 198.18.0.1 on ``dev`` feeding NasCore."""
-    nas = Stack(PageAllocator(8192), dev, MAC_B, "198.18.0.1", 24)
+def _nas(dev, image: str, pages: int, handle=None, tcp_box=None):
+    """(serve(now, budget), store, img): a NAS Stack at 198.18.0.1 on ``dev`` feeding NasCore,
+    over UDP on 2049 and over TCP (testbed.nas_tcp) on 2049 and 111; ``tcp_box`` (a dict), if
+    given, receives the TCP server as ``tcp_box["server"]`` (a test restarts it there)."""
+    nas = Stack(PageAllocator(8192), dev, MAC_B, "198.18.0.1", 24, seed=99)
     nas.neigh.add_permanent(socket.inet_aton("198.18.0.2"), MAC_A)
     store = MemoryStore()
     store.add_export("swap")
@@ -38,6 +41,10 @@ def _nas(dev, image: str, pages: int, handle=None):
     core = NasCore(store)
     nsk = nas.udp_socket()
     nsk.bind(("0.0.0.0", 2049))
+    tcp = StackRpcServer(nas)
+    if tcp_box is not None:
+        tcp_box["server"] = tcp
+        tcp_box["stack"] = nas
 
     def serve(now, budget):
         nas.poll(now, budget)
@@ -46,15 +53,20 @@ def _nas(dev, image: str, pages: int, handle=None):
                        else handle(core.handle, got[0], got[1], now))
             for r in replies:
                 nsk.sendto(r, got[1], now)
+        for rec, peer, conn in tcp.pump(now):
+            replies = (core.handle(rec, peer, now, "tcp") if handle is None
+                       else handle(lambda m, p, t: core.handle(m, p, t, "tcp"), rec, peer, now))
+            for r in replies:
+                tcp.reply(conn, r, now)
     return serve, store, img
 
 
-def nas_pumped(loop, client_stack, dev_b, *, image_pages: int = 64, handle=None):
+def nas_pumped(loop, client_stack, dev_b, *, image_pages: int = 64, handle=None, tcp_box=None):
     """A NAS (Stack + NasCore on a MemoryStore) behind ``dev_b`` at 198.18.0.1, polled together with
     ``client_stack`` every millisecond of loop time; returns ``(store, img)``. ``handle``: as for
     ``agent_and_nas``."""
     client_stack.neigh.add_permanent(socket.inet_aton("198.18.0.1"), MAC_B)
-    serve, store, img = _nas(dev_b, "swap.img", image_pages, handle)
+    serve, store, img = _nas(dev_b, "swap.img", image_pages, handle, tcp_box)
 
     def pump():
         now = loop.time()

@@ -102,11 +102,12 @@ def test_stack_records_the_fate_of_every_frame_from_the_nfs_port():
     """The agent side of the exact explanations: NOMEM (no buffer at all), PFMEMALLOC at the demux,
     and queued on the socket -- each recorded once with the frame's IP id and RPC xid."""
     from client_agent.mm.gfp import GFP_ATOMIC, Gfp
+    from client_agent.net.sunrpc.trace import reply_trace
     from tests.test_stack_kit import IP_A, IP_B, Kit
 
     kit = Kit()
     w, sa, sb = kit.pair(nr_pages=256)
-    sb.fate_port = 2049
+    trace = reply_trace(sb, 2049)
     nfs = sb.udp_socket()
     nfs.bind((IP_B, 800))
     other = sb.udp_socket()
@@ -127,8 +128,8 @@ def test_stack_records_the_fate_of_every_frame_from_the_nfs_port():
     kit.exhaust(sb.alloc)                           # down to the atomic floor
     nfs.sk_set_memalloc()
     send(3, 801)                                    # reserve buffer for a non-memalloc socket
-    fates = [(xid, fate) for _ip_id, xid, fate in sb.fates]
+    fates = [(xid, fate) for _ip_id, xid, fate in trace.fates]
     assert fates == [(1, "queued:sk:udp:198.18.0.2:800"), (2, "NOMEM"), (3, "PFMEMALLOC")]
-    assert len({ip_id for ip_id, _x, _f in sb.fates}) == 3
+    assert len({ip_id for ip_id, _x, _f in trace.fates}) == 3
     nfs.sk_clear_memalloc()
     kit.finish()

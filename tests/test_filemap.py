@@ -32,14 +32,14 @@ class FakeTransport:
         self.memalloc = on
 
     # the real transport's durability loop, over this fake's write()
-    from client_agent.nfs.transport import NfsTransport
+    from client_agent.fs.nfs.nfs3proc import NfsTransport
     write_durably = NfsTransport.write_durably
     _until_final = NfsTransport._until_final
     _write_error = NfsTransport._write_error
     del NfsTransport
 
     def write_verdict(self, fh, offset, data, stable):
-        from client_agent.nfs.transport import OK, Verdict
+        from client_agent.fs.nfs.nfs3proc import OK, Verdict
         r = yield from self.write(fh, offset, data, stable)
         return Verdict(OK, r)
 
@@ -62,7 +62,10 @@ def _mapping(pages=1024, **kw):
     sched = Scheduler(alloc)
     fm = FileMapping(alloc, sched, seed=3, **kw)
     t = FakeTransport(sched)
-    fm.transport, fm.fh, fm.active, fm.nr_pages_max = t, b"fh", True, 1 << 20
+    from client_agent.fs.nfs.file import NfsFile
+    fm.backend = NfsFile(t, "swap", "file.img")       # the NFS backend over this fake transport
+    fm.backend.fh = b"fh"
+    fm.active, fm.nr_pages_max = True, 1 << 20
     return alloc, sched, fm, t
 
 

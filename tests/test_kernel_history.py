@@ -18,14 +18,14 @@ from client_agent.bugs import BUGS, NAMES, reintroduced
 from client_agent.loop import Loop, ManualClock
 from client_agent.mm.gfp import GFP_ATOMIC, GFP_KERNEL
 from client_agent.mm.page_alloc import PageAllocator
-from client_agent.net.page_frag import Current, frag_sendto
+from client_agent.net.core.page_frag import Current, frag_sendto
 from client_agent.net.stack import Stack
-from client_agent.nfs.transport import NfsTransport
+from client_agent.fs.nfs.nfs3proc import NfsTransport
 from client_agent.phy.wire_pair import WirePair
-from client_agent.swap import page_bytes
+from client_agent.mm.anon import page_bytes
 from client_agent.tasks import Scheduler, WaitEvent, WaitPages
 from client_agent.wire import ethernet, ipv4, udp
-from nas_server.protocol import nfs3
+from protocols import nfs3
 from test_stack_kit import A, B, IP_A, IP_B, MAC_A, MAC_B, kit, run, udp_frame  # noqa: F401
 from tests.nas_wire_kit import nas_pumped
 

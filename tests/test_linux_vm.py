@@ -295,3 +295,92 @@ def test_watchdog_rules_on_a_real_kernel():
     wd.feed(0.0, _snap(100, 1))
     assert wd.feed(1.0, _snap(9000, 50, done=True)) == "recovered"
     assert any("after swap-in" in e for e in wd.evidence)
+
+
+def test_proc_view_gives_the_client_contract_shape():
+    s = _snap(5000, 7)
+    s["proc"]["netstat"] = parse.parse_netstat(NETSTAT)
+    s["proc"]["snmp"] = {"Udp": {"InDatagrams": 10, "RcvbufErrors": 2, "MemErrors": 3}}
+    s["proc"]["rpc_nfs"] = {"rpc": {"calls": 40, "retrans": 1}}
+    v = proc_view(s)
+    assert v["stack"]["counters"]["PFMemallocDrop"] == 17
+    assert v["stack"]["drop_reasons"] == {"PFMEMALLOC": 17, "SOCKET_RCVBUFF": 2, "PROTO_MEM": 3, "SOCKET_BACKLOG": 3}
+    assert v["nfs"]["counters"] == {"rpc_calls": 40, "rpc_retrans": 1}
+    assert v["swap"]["pswpout"] == 7 and v["valid"] is True and v["proc"] is s["proc"]
+    assert proc_view(v) is v                                      # already contract-shaped: unchanged
+
+
+def test_linux_client_refuses_what_a_kernel_cannot_be_put_in_without_a_vm():
+    from testbed.clients import ClientError
+    from testbed.linux_vm.client import GuestSpec, LinuxVmClient, mount_options
+    c = LinuxVmClient(GuestSpec(), "/nonexistent")
+    dev = {"kind": "nfs", "server": "198.18.0.1", "port": 2049, "export": "swap", "image": "swap.img", "proto": "tcp"}
+    for call, why in ((lambda: c.attach("swap", dev, memalloc=False), "xs_set_memalloc"),
+                      (lambda: c.attach("mmap", dev, memalloc=False, policy="extended"), "never does"),
+                      (lambda: c.attach("swap", {**dev, "kind": "nbd"}, memalloc=True), "NFS only"),
+                      (lambda: c.set("pfmemalloc_demux_drop", False), "sk_filter_trim_cap"),
+                      (lambda: c.set("napi_weight", 3), "not a key"),
+                      (lambda: c.sinks([9001, 9002], "ordinary", 1 << 20), "never read"),
+                      (lambda: c.workload_map(), "verifies every page itself")):
+        with pytest.raises(ClientError, match=why):
+            call()
+    assert c.attach("swap", dev, memalloc=True)["options"] == mount_options(dev)
+    assert c.spec.config["NSDT_MOUNT_OPTS"].startswith("vers=3,proto=tcp,nolock,hard,addr=198.18.0.1,port=2049")
+    assert c.set("min_free_kbytes", 4096) == {"min_free_kbytes": 4096, "at": "boot"}
+    assert c.spec.config["NSDT_MIN_FREE_KBYTES"] == 4096
+    assert [s["port"] for s in c.sinks([9001, 9002], "none", 1 << 20)] == [9001, 9002]
+    assert "timeo=5,retrans=2" in mount_options({**dev, "proto": "udp", "timeo_s": 0.5, "retrans": 2})
+
+
+def test_fault_relay_counts_every_frame_both_ways():
+    from testbed.linux_vm.relay import Relay
+
+    class Wire:
+        mtu, mac = 1500, b"\x02" * 6
+
+        def __init__(self, frames):
+            self.rx, self.tx = list(frames), []
+
+        def receive(self, now, budget):
+            out, self.rx = [(f, False) for f in self.rx[:budget]], self.rx[budget:]
+            return out
+
+        def transmit(self, frame, now):
+            self.tx.append(frame)
+            return True
+
+        def poll_at(self):
+            return None
+    nic, tap = Wire([bytes([i]) * 60 for i in range(200)]), Wire([bytes([i]) * 70 for i in range(100)])
+    r = Relay(nic, tap, {"loss": 0.1, "dup": 0.05, "seed": 3})
+    t = 0.0
+    while nic.rx or tap.rx:
+        r.pump(t)
+        t += 0.01
+    s = r.snapshot()
+    tg, fg = s["to_guest"], s["from_guest"]
+    assert tg["tx_frames"] == 200 and fg["tx_frames"] == 100
+    assert tg["lost"] + tg["passed"] == 200 and tg["lost"] > 0
+    assert len(tap.tx) == tg["passed"] + tg["duplicated"] and len(nic.tx) == fg["passed"] + fg["duplicated"]
+    # seeded: the same frames give the same faults
+    nic2, tap2 = Wire([bytes([i]) * 60 for i in range(200)]), Wire([])
+    r2 = Relay(nic2, tap2, {"loss": 0.1, "dup": 0.05, "seed": 3})
+    r2.pump(0.0), r2.pump(0.01), r2.pump(0.02), r2.pump(0.03)
+    assert tap2.tx == tap.tx
+
+
+def test_side_by_side_rows_pair_agent_and_linux():
+    from testbed.demo import format_side_by_side, side_by_side_rows
+    a = {"name": "memalloc", "outcome": "recovered", "seed": 1, "time_to_stall_s": None, "time_to_recover_s": 9.0,
+         "counters": {"pswpout": 900, "PFMemallocDrop": 3000, "drop_reasons": {"PFMEMALLOC": 3000, "NOMEM": 5}},
+         "reserve_low_pages": 190, "pages_verified": 900, "pages_written": 900, "parameters": {"transport": "tcp"}}
+    lx = {"name": "memalloc", "client": "linux", "outcome": "deadlock", "seed": 1, "time_to_stall_s": 2.5,
+          "time_to_recover_s": None, "counters": {"pswpout": 1200, "PFMemallocDrop": 0, "drop_reasons": {}},
+          "reserve_low_pages": 80, "pages_verified": None, "verification": {"pages": 20000},
+          "parameters": {"guest_nfs_proto": "tcp"}}
+    other = {"name": "no-reserve", "outcome": "deadlock", "counters": {}}
+    rows = side_by_side_rows([a, other, lx])
+    assert [(r["scenario"], r["client"]) for r in rows] == [("memalloc", "agent"), ("memalloc", "linux")]
+    assert rows[0]["drop_reasons"] == {"PFMEMALLOC": 3000, "NOMEM": 5} and rows[1]["pages_total"] == 20000
+    text = format_side_by_side(rows)
+    assert "agent (tcp)" in text and "linux (tcp)" in text and "PFMEMALLOC:3000, NOMEM:5" in text and "-/20000" in text

@@ -4,9 +4,9 @@ import struct
 
 import pytest
 
-from nas_server.protocol import mount as mnt
-from nas_server.protocol import nfs3, rpc
-from nas_server.protocol.xdr import Packer, Unpacker, XdrError
+from protocols import mount as mnt
+from protocols import nfs3, rpc
+from protocols.xdr import Packer, Unpacker, XdrError
 
 # A NULL call to NFS v3, xid 0x01020304, AUTH_NONE: RFC 5531 layout, written out by hand.
 NULL_CALL_BYTES = bytes.fromhex(

@@ -8,9 +8,9 @@ import pytest
 
 from nas_server.core import FH_KIND_FILE, NasCore, make_fh, parse_networks
 from nas_server.drc import DuplicateRequestCache
-from nas_server.protocol import mount as mnt
-from nas_server.protocol import nfs3, rpc
-from nas_server.protocol.xdr import Packer, Unpacker
+from protocols import mount as mnt
+from protocols import nfs3, rpc
+from protocols.xdr import Packer, Unpacker
 from nas_server.store import DirStore, MemoryStore
 
 PEER = ("198.18.5.2", 801)

@@ -9,8 +9,8 @@ import pytest
 
 from nas_server.core import FH_KIND_DIR, TCP_MAX_IO_BYTES, UDP_MAX_IO_BYTES, NasCore, make_fh
 from nas_server.drc import DuplicateRequestCache
-from nas_server.protocol import nfs3, rpc
-from nas_server.protocol.xdr import Packer, Unpacker
+from protocols import nfs3, rpc
+from protocols.xdr import Packer, Unpacker
 from nas_server.server import MAX_RECORD_BYTES
 from nas_server.store import DirStore, MemoryStore
 

@@ -3,8 +3,9 @@
 - swap over NFSv3/TCP with pressure, the distro kernel passed explicitly (--kernel/--modules): the
   guest mounts nas-server, swapon's an image on it, pswpout > 0, every page of the workload verified
   (many after a swap-in), nas-server clean, nothing of the run left behind;
-- a flooded run (memalloc, never-read noise sockets, udp_mem uncapped as in the agent) classified by
-  the watchdog, with the evidence it used in the report;
+- side by side (`testbed demo --client both --scenario memalloc`): the agent and the kernel on the
+  same scenario and seed over NFS/TCP; the kernel's flooded run (never-read noise sockets, udp_mem
+  uncapped as in the agent) classified by the watchdog with the evidence it used;
 - NFS over UDP on Debian's kernel: mount(2) EINVAL reported in one line;
 - a condition a real kernel cannot be put in (no-reserve) refused before anything is created.
 Sizes: a 128 MiB guest and 20000 workload pages (≈1.9× its MemTotal), ≈25-40 s per VM run here.
@@ -71,19 +72,31 @@ def test_swap_over_nfs_tcp_with_pressure_on_an_explicit_kernel(tmp_path):
     assert not left_behind(e["run_name"])
 
 
-def test_flooded_run_is_classified_with_evidence(tmp_path):
-    out = tmp_path / "r"
-    p = cli("run", "memalloc", "--client", "linux", "--out", str(out), *SMALL)
+def test_side_by_side_agent_and_a_flooded_linux_guest_classified_with_evidence(tmp_path):
+    """`testbed demo --client both --scenario memalloc`: the agent and the kernel on the same scenario
+    and seed (both NFS over TCP), the side-by-side table, and the guest's flooded run classified by
+    the watchdog with the evidence it used."""
+    out = tmp_path / "d"
+    p = cli("demo", "--client", "both", "--scenario", "memalloc", "--quick", "--out", str(out),
+            *SMALL, timeout=400)
     assert os.path.exists(out / "report.json"), p.stderr[-3000:]
-    e = report(out)
+    with open(out / "report.json") as f:
+        rj = json.load(f)
+    ents = {e.get("client") or "agent": e for e in rj["scenarios"]}
+    assert set(ents) == {"agent", "linux"}, [e["name"] for e in rj["scenarios"]]
+    a, e = ents["agent"], ents["linux"]
+    assert a["seed"] == e["seed"] and a["parameters"]["transport"] == "tcp" == e["parameters"]["guest_nfs_proto"]
+    # the agent: the cure works (its own expectation), every acked page read back
+    assert a["outcome"] == "recovered" and a["counters"]["PFMemallocDrop"] > 0, a["watchdog"][:2000]
+    assert a["pages_verified"] == a["pages_written"] > 0
+    # the kernel: classified with the evidence used
     assert e["outcome"] in ("completed", "recovered", "deadlock"), e["watchdog"]
-    assert (p.returncode == 0) == (e["outcome"] == "recovered")
     assert e["flood"]["sent"] > 1000, e["flood"]
-    text = (out / "watchdog.txt").read_text()
+    text = (out / "scenarios" / "memalloc-linux" / "watchdog-memalloc-linux.txt").read_text()
     assert text.startswith(f"outcome: {e['outcome']}") and "evidence used:" in text
     assert any(s.startswith("sampler #") for s in e["evidence"])
     assert any(s.startswith("NAS: ") for s in e["evidence"])
-    with open(out / "timeline.json") as f:
+    with open(out / "scenarios" / "memalloc-linux" / "timeline.json") as f:
         tl = json.load(f)["samples"]
     assert max(s["udp_mem_pages"] or 0 for s in tl) > 0                  # the flood's datagrams were held
     if e["outcome"] == "deadlock":
@@ -93,8 +106,21 @@ def test_flooded_run_is_classified_with_evidence(tmp_path):
         assert e["verification"]["verified"] is None
     else:
         assert e["verification"]["verified"] == 20000 and e["verification"]["bad"] == 0
-    assert (out / "guest" / "console.log").stat().st_size > 1000
-    assert not left_behind(e["run_name"])
+    assert e["counters"]["drop_reasons"].get("PFMEMALLOC", 0) == e["counters"]["PFMemallocDrop"]
+    # the side-by-side table: both rows with the figures of their entries
+    side = rj["demo"]["side_by_side"]
+    assert [(r["scenario"], r["client"]) for r in side] == [("memalloc", "agent"), ("memalloc", "linux")]
+    for r, en in zip(side, (a, e)):
+        assert r["outcome"] == en["outcome"] and r["PFMemallocDrop"] == en["counters"]["PFMemallocDrop"]
+        assert r["pswpout"] == en["counters"]["pswpout"] and r["pages_verified"] == en["pages_verified"]
+        assert r["reserve_low_pages"] == en["reserve_low_pages"] is not None
+    assert side[0]["drop_reasons"] and side[0]["pswpout"] > 0
+    table = (out / "table.txt").read_text()
+    assert "agent vs Linux, same scenario and seed" in table and "linux (tcp)" in table and "agent (tcp)" in table
+    assert "agent vs Linux" in p.stdout
+    guest = out / "scenarios" / "memalloc-linux" / "guest-memalloc-linux" / "console.log"
+    assert guest.stat().st_size > 1000
+    assert not left_behind(e["run_name"]) and not left_behind(a["run_name"])
 
 
 def test_nfs_over_udp_einval_in_one_line(tmp_path):

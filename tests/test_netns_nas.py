@@ -20,7 +20,7 @@ import time
 import pytest
 
 from nas_server.netpair import NetPair
-from nas_server.protocol import nfs3, rpc
+from protocols import nfs3, rpc
 from nas_server.refclient import RefClient, page_data
 from netns_setup import nsutil
 from netns_setup.control import ControlClient

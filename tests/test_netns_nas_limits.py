@@ -15,7 +15,7 @@ from pyroute2 import IPRoute
 
 from nas_server.core import NasCore
 from nas_server.netpair import NetPair
-from nas_server.protocol import nfs3, rpc
+from protocols import nfs3, rpc
 from nas_server.server import NasServer
 from nas_server.store import MemoryStore
 from netns_setup import nsutil

@@ -12,13 +12,13 @@ import pytest
 from client_agent.loop import Loop, ManualClock
 from client_agent.mm.page_alloc import PageAllocator
 from client_agent.net.stack import Stack
-from client_agent.nfs import transport as tp
-from client_agent.nfs.transport import NfsTransport, WriteError, classify_reply, durability_counters
+from client_agent.fs.nfs import nfs3proc as tp
+from client_agent.fs.nfs.nfs3proc import NfsTransport, WriteError, classify_reply, durability_counters
 from client_agent.phy.wire_pair import WirePair
-from client_agent.swap import page_bytes
+from client_agent.mm.anon import page_bytes
 from client_agent.tasks import Scheduler
-from nas_server.protocol import nfs3, rpc
-from nas_server.protocol.xdr import Unpacker
+from protocols import nfs3, rpc
+from protocols.xdr import Unpacker
 from tests.nas_wire_kit import MAC_A, MAC_B, agent_and_nas, file_teardown, nas_pumped
 
 PAGE = page_bytes(1, 7, 0)

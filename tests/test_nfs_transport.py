@@ -7,12 +7,12 @@ from client_agent.mm.gfp import GFP_ATOMIC, Gfp
 from client_agent.loop import Loop, ManualClock
 from client_agent.mm.page_alloc import PageAllocator
 from client_agent.net.stack import Stack
-from client_agent.nfs.transport import NfsTransport
+from client_agent.fs.nfs.nfs3proc import NfsTransport
 from client_agent.phy.fault import FaultInjector
 from client_agent.phy.wire_pair import WirePair
-from client_agent.swap import page_bytes
+from client_agent.mm.anon import page_bytes
 from client_agent.tasks import Scheduler
-from nas_server.protocol import nfs3
+from protocols import nfs3
 from tests.nas_wire_kit import nas_pumped
 
 MAC_A, MAC_B = b"\x02\0\0\0\0\x0a", b"\x02\0\0\0\0\x0b"

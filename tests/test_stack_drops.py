@@ -2,7 +2,7 @@
 
 import pytest
 
-from client_agent.net.ipfrag import IPQ_QSIZE
+from client_agent.net.ipv4.ip_fragment import IPQ_QSIZE
 from client_agent.phy.wire_pair import WirePair
 from client_agent.wire import arp, checksum, ethernet, icmp, ipv4, udp
 from test_stack_kit import A, B, IP_A, IP_B, MAC_A, MAC_B, kit, run, udp_frame  # noqa: F401
@@ -33,7 +33,7 @@ CASES = [
     ("ip_csum", [_patch_ip(GOOD, 8, b"\x07", fix_csum=False)], "IP_CSUM", ("Ip", "InCsumErrors")),
     ("ip_trunc", [GOOD[:-2]], "PKT_TOO_SMALL", ("Ip", "InTruncatedPkts")),
     ("ip_notme", [udp_frame(dst=bytes([198, 18, 1, 9]))], "IP_INADDRERRORS", ("Ip", "InAddrErrors")),
-    ("noproto", [_ip(6, b"\0" * 20)], "IP_NOPROTO", ("Ip", "InUnknownProtos")),
+    ("noproto", [_ip(132, b"\0" * 20)], "IP_NOPROTO", ("Ip", "InUnknownProtos")),
     ("udp_short", [_ip(17, b"\0" * 6)], "PKT_TOO_SMALL", ("Udp", "InErrors")),
     ("udp_len", [_ip(17, udp.emit(A, B, 1, 7000, b"ab")[:4] + b"\x00\x30" + b"\0\0ab")],
      "PKT_TOO_SMALL", ("Udp", "InErrors")),

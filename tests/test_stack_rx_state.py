@@ -6,7 +6,7 @@ ARP and the neighbour table: net/ipv4/arp.c arp_process, net/core/neighbour.c ne
 neigh_forced_gc, __neigh_update, neigh_periodic_work.
 """
 
-from client_agent.net.ipfrag import IPQ_QSIZE
+from client_agent.net.ipv4.ip_fragment import IPQ_QSIZE
 from client_agent.phy.wire_pair import WirePair
 from client_agent.wire import arp, ethernet, ipv4, udp
 from test_stack_kit import A, B, IP_B, MAC_A, MAC_B, kit, udp_frame  # noqa: F401

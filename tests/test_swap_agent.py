@@ -1,6 +1,6 @@
 """Agent control ops for swap over NFS on the in-memory wire (no root)."""
 
-from client_agent.swap import page_bytes
+from client_agent.mm.anon import page_bytes
 from tests.nas_wire_kit import agent_and_nas
 
 

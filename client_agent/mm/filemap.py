@@ -1,4 +1,4 @@
-"""The page cache of one file on an NFS mount: dirty/writeback/clean file pages, dirty throttling,
+"""The page cache of one file on a storage backend (NFS today): dirty/writeback/clean file pages, dirty throttling,
 the flusher, and writeback to the file's image on the NAS (mm/filemap.c, mm/page-writeback.c,
 fs/nfs/write.c for one address_space).
 
@@ -59,11 +59,9 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 
-from nas_server.protocol import nfs3
-
-from ..nfs.transport import durability_counters
 from ..tasks import Sleep, WaitEvent, WaitPages
 from .gfp import GFP_KERNEL
+from .vmscan import WRITEBACK_KEY
 
 PAGE_SIZE = 4096
 GFP_HIGHUSER = GFP_KERNEL          # one zone: GFP_HIGHUSER(_MOVABLE) behaves as GFP_KERNEL
@@ -79,7 +77,6 @@ MAX_PAUSE_S = 0.2
 # Writeback pages in flight from this file (the transport's slot table bounds RPCs anyway).
 MAX_WRITEBACK_DEFAULT = 32
 FLUSH_KEY = "flusher_wait"
-STABLE = {"FILE_SYNC": nfs3.FILE_SYNC, "UNSTABLE": nfs3.UNSTABLE, "DATA_SYNC": nfs3.DATA_SYNC}
 DIRTY, WRITEBACK, CLEAN = "dirty", "writeback", "clean"
 
 
@@ -129,10 +126,8 @@ class FileMapping:
         self.max_writeback = max_writeback
         self.writeback_interval_s = writeback_interval_s
         self.log = log or (lambda line: None)
-        self.transport = None
-        self.fh: bytes | None = None
+        self.backend = None             # a mm.page_io.StorageBackend (NFS: fs/nfs/file.py)
         self.policy = "linux"
-        self.stable = nfs3.FILE_SYNC
         self.active = False
         self.nr_pages_max = 0
         self.clean: OrderedDict[int, FilePage] = OrderedDict()     # oldest first
@@ -143,7 +138,7 @@ class FileMapping:
         self.sync_pending = False
         self.throttled_writers: set[str] = set()
         self.wb_err: str | None = None       # errseq wb_err of the mapping: errno name
-        self.counters = {**durability_counters(), "acked": 0, "balance_dirty_pages": 0,
+        self.counters = {"acked": 0, "balance_dirty_pages": 0,
                          "bg_writeback_starts": 0, "pageout": 0, "flusher_pages": 0,
                          "dropped_clean": 0}
         self.workload = {"kind": None, "allocated": 0, "target": 0, "done": False, "seed": seed,
@@ -152,33 +147,26 @@ class FileMapping:
         self._workload_task = None
 
     # -- mount ---------------------------------------------------------------------------------
-    def attach(self, transport, export: str, image: str, policy: str = "linux",
-               stable: str | int = "FILE_SYNC"):
-        """Generator: mount the export, look up the file image, mark the transport per policy,
-        start the flusher. Returns the file's size in pages."""
+    def attach(self, backend, policy: str = "linux"):
+        """Generator: mark the backend per policy, activate it (NFS: mount the export, look up
+        the file), start the flusher. Returns the file's size in pages."""
         if policy not in POLICIES:
             raise ValueError(f"policy={policy!r}: one of {', '.join(POLICIES)}")
-        self.transport = transport
+        self.backend = backend
         self.policy = policy
-        self.stable = STABLE[stable] if isinstance(stable, str) else stable
         if policy == "extended":
-            transport.set_memalloc(True)     # beyond Linux: file writeback's socket SOCK_MEMALLOC
-        root = yield from transport.mount(export)
-        fh, size = yield from transport.lookup(root, image)
-        self.fh = fh
-        self.nr_pages_max = (size or 0) // PAGE_SIZE
-        if self.nr_pages_max <= 0:
-            raise ValueError(f"file image {export}/{image} is empty ({size} bytes)")
+            backend.set_memalloc(True)       # beyond Linux: file writeback's socket SOCK_MEMALLOC
+        self.nr_pages_max = yield from backend.activate()
         self.active = True
         self._flusher = self.sched.spawn("flush-nfs", self._flush_loop(), kthread=True)
-        self.log(f"file {transport.server_ip}:/{export}/{image}: {self.nr_pages_max} pages, "
-                 f"policy {policy}, transport memalloc={bool(transport.memalloc)}")
+        self.log(f"file {backend.describe()}: {self.nr_pages_max} pages, "
+                 f"policy {policy}, transport memalloc={bool(backend.memalloc)}")
         return self.nr_pages_max
 
     def detach(self) -> None:
         self.active = False
-        if self.transport is not None and self.transport.memalloc:
-            self.transport.set_memalloc(False)
+        if self.backend is not None and self.backend.memalloc:
+            self.backend.set_memalloc(False)
 
     # -- counters -------------------------------------------------------------------------------
     @property
@@ -236,7 +224,7 @@ class FileMapping:
         # fsync / msync(MS_SYNC): everything dirty written and acknowledged.
         self.sync_pending = True
         self.sched.wake(FLUSH_KEY)
-        from ..swap import WRITEBACK_KEY
+
         while self.dirty or self.writeback:
             yield WaitEvent(WRITEBACK_KEY, until=self.sched.now + MAX_PAUSE_S,
                             reason=f"{'msync' if mapped else 'fsync'}: writeback of "
@@ -248,7 +236,6 @@ class FileMapping:
 
     def balance_dirty_pages(self, name: str):
         """Generator: the writer's dirty throttle (see the module docstring)."""
-        from ..swap import WRITEBACK_KEY
         throttled = False
         try:
             while True:
@@ -274,7 +261,6 @@ class FileMapping:
 
     # -- the flusher ----------------------------------------------------------------------------
     def _flush_loop(self):
-        from ..swap import WRITEBACK_KEY
         while True:
             bg, _thresh, _ = self.limits()
             if not self.dirty or not (self.sync_pending or len(self.dirty) > bg):
@@ -332,9 +318,8 @@ class FileMapping:
         """One page to its offset in the file image, durably."""
         if self.policy == "extended":
             self.alloc.memalloc_noreclaim_save()      # beyond Linux: as RPC_TASK_SWAPPER
-        err = yield from self.transport.write_durably(
-            self.fh, fp.index * PAGE_SIZE, lambda: file_page_bytes(self.seed, fp.index, fp.generation),
-            self.stable, self.counters)
+        err = yield from self.backend.write_page(
+            fp.index * PAGE_SIZE, lambda: file_page_bytes(self.seed, fp.index, fp.generation))
         if err is None:
             self._complete(fp)
         else:
@@ -355,7 +340,6 @@ class FileMapping:
 
     def _end_writeback(self, fp: FilePage) -> None:
         """end_page_writeback: a page kswapd wrote (PG_reclaim) is freed, any other one is clean."""
-        from ..swap import WRITEBACK_KEY
         del self.writeback[fp.index]
         self._vm("nr_writeback", -1)
         if fp.reclaim:
@@ -397,7 +381,7 @@ class FileMapping:
         bg, thresh, dirtyable = self.limits()
         return {
             "active": self.active, "policy": self.policy,
-            "memalloc": bool(self.transport is not None and self.transport.memalloc),
+            "memalloc": bool(self.backend is not None and self.backend.memalloc),
             "nr_file_pages": self.nr_file_pages, "nr_dirty": len(self.dirty),
             "nr_writeback": len(self.writeback), "nr_clean": len(self.clean),
             "nr_mapped": sum(1 for d in (self.clean, self.dirty, self.writeback)
@@ -409,7 +393,9 @@ class FileMapping:
             "throttled_writers": sorted(self.throttled_writers),
             "acked": len(self.acked),
             "wb_err": self.wb_err,
+            **(self.backend.snapshot() if self.backend is not None else {}),
             **self.counters,
+            "backend": self.backend.describe() if self.backend is not None else None,
         }
 
     def map_json(self) -> dict:

@@ -1,4 +1,4 @@
-"""kswapd: background reclaim of anonymous pages to swap (mm/vmscan.c, for one zone).
+"""kswapd: background reclaim of file pages and of anonymous pages to swap (mm/vmscan.c, one zone).
 
 Invariants owned here:
 - kswapd is a kthread that runs with PF_MEMALLOC for its whole life (as Linux's kswapd sets
@@ -6,14 +6,18 @@ Invariants owned here:
 - It is woken (``alloc.on_kswapd_wake``) when an allocation finds free pages at or below ``low``,
   and goes back to sleep (``alloc.kswapd_sleep()``) only once free pages are above ``high``
   (pgdat_balanced).
-- Reclaim here is writeback: a page freed by kswapd is one the NAS acknowledged (swap.py), or a
-  clean file page (filemap.py: freed first, no I/O; dirty file pages are written first). kswapd
-  starts writeback for the oldest resident anon page while free + pages under writeback <= high
-  (what completion will bring back) and fewer than ``max_writeback`` pages are in flight; else it
-  waits for a writeback completion (reclaim_throttle(VMSCAN_THROTTLE_WRITEBACK), at most
-  ``THROTTLE_WRITEBACK_S``). Counters: ``pgscan_kswapd`` per page scanned (taken off the LRU for
-  writeback), ``pgsteal_kswapd`` per page freed (counted at completion by swap.py), ``pswpout``
-  per page submitted (count_swpout_vm_event, as Linux counts it).
+- It reclaims from any number of file mappings (``filemaps``, mm/filemap.py) and swap devices
+  (``swap_devices``, mm/swapfile.py) fed by one anonymous LRU (``anon``, mm/anon.py), in this
+  order: a clean file page is freed at once (no I/O); else, while free + pages under writeback
+  <= high (what completion will bring back) and fewer than ``max_writeback`` pages are in flight,
+  kswapd starts writeback of a dirty file page (pageout), else of the oldest resident anon page
+  to the first swap device with a free slot (devices in swapon order: Linux's default priorities
+  decrease with each swapon); else it waits for a writeback completion (reclaim_throttle(
+  VMSCAN_THROTTLE_WRITEBACK), at most ``THROTTLE_WRITEBACK_S``). Counters: ``pgscan_kswapd`` per
+  page scanned, ``pgsteal_kswapd`` per page freed (counted at completion by the device/mapping),
+  ``pswpout`` per page submitted (count_swpout_vm_event, as Linux counts it).
+- Reclaim here is writeback: a page freed by kswapd is one the target acknowledged durably, or a
+  clean file page.
 """
 
 from __future__ import annotations
@@ -21,29 +25,40 @@ from __future__ import annotations
 from ..tasks import WaitEvent
 
 KSWAPD_KEY = "kswapd_wait"
+WRITEBACK_KEY = "writeback_done"     # woken on every writeback completion (reclaim_throttle)
 # reclaim_throttle(): VMSCAN_THROTTLE_WRITEBACK sleeps at most HZ/10.
 THROTTLE_WRITEBACK_S = 0.1
 
 
 class Kswapd:
-    def __init__(self, alloc, sched, swap, max_writeback: int = 64):
+    def __init__(self, alloc, sched, anon=None, max_writeback: int = 64):
         self.alloc = alloc
         self.sched = sched
-        self.swap = swap
+        self.anon = anon
         self.max_writeback = max_writeback
+        self.swap_devices: list = []
+        self.filemaps: list = []
         self.counters = {"wakeups": 0, "throttled": 0}
-        # File pages (client_agent/mm/filemap.py), set by whoever mounts the file: clean ones are
-        # freed first (no I/O), then dirty ones written by kswapd itself (pageout, via the file's
-        # NFS transport), then anon pages to swap.
-        self.filemap = None
         alloc.on_kswapd_wake = self._wake
         alloc.zone_reclaimable_pages = self._reclaimable
         self.task = sched.spawn("kswapd0", self._run(), kthread=True)
 
+    def add_swap(self, dev) -> None:
+        if dev not in self.swap_devices:
+            self.swap_devices.append(dev)
+        if self.anon is None:
+            self.anon = dev.anon
+
+    def add_filemap(self, fm) -> None:
+        if fm not in self.filemaps:
+            self.filemaps.append(fm)
+
     def _reclaimable(self) -> int:
-        n = len(self.swap.lru) + self.swap.nr_writeback
-        if self.filemap is not None:
-            n += self.filemap.reclaimable()
+        n = len(self.anon.lru) if self.anon is not None else 0
+        for d in self.swap_devices:
+            n += d.nr_writeback
+        for fm in self.filemaps:
+            n += fm.reclaimable()
         return n
 
     def _wake(self) -> None:
@@ -51,31 +66,32 @@ class Kswapd:
 
     def _run(self):
         alloc = self.alloc
-        swap = self.swap
         vm = alloc.vmstat
         alloc.memalloc_noreclaim_save()          # PF_MEMALLOC for life
-        from ..swap import WRITEBACK_KEY
         while True:
             if not alloc.kswapd_wanted:
                 yield WaitEvent(KSWAPD_KEY, reason="kswapd: sleeping (balanced)")
                 continue
             self.counters["wakeups"] += 1
             while not alloc.kswapd_should_stop():
-                fm = self.filemap
-                if fm is not None and fm.drop_clean():
+                fms = self.filemaps
+                if any(fm.drop_clean() for fm in fms):
                     vm["pgscan_kswapd"] += 1
                     continue
-                nwb = swap.nr_writeback + (fm.nr_reclaim_writeback if fm is not None else 0)
-                if (fm is not None and alloc.nr_free + nwb <= alloc.wmark_high
-                        and nwb < self.max_writeback and fm.can_pageout()):
-                    vm["pgscan_kswapd"] += 1
-                    fm.pageout()
-                    continue
-                if (alloc.nr_free + nwb <= alloc.wmark_high and nwb < self.max_writeback
-                        and swap.can_swap()):
-                    vm["pgscan_kswapd"] += 1
-                    swap.writepage()
-                    continue
+                nwb = (sum(d.nr_writeback for d in self.swap_devices)
+                       + sum(fm.nr_reclaim_writeback for fm in fms))
+                room = alloc.nr_free + nwb <= alloc.wmark_high and nwb < self.max_writeback
+                if room:
+                    fm = next((fm for fm in fms if fm.can_pageout()), None)
+                    if fm is not None:
+                        vm["pgscan_kswapd"] += 1
+                        fm.pageout()
+                        continue
+                    dev = next((d for d in self.swap_devices if d.can_swap()), None)
+                    if dev is not None:
+                        vm["pgscan_kswapd"] += 1
+                        dev.writepage()
+                        continue
                 self.counters["throttled"] += 1
                 yield WaitEvent(WRITEBACK_KEY, until=self.sched.now + THROTTLE_WRITEBACK_S,
                                 reason="kswapd: reclaim_throttle(writeback)")

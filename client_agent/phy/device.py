@@ -25,3 +25,16 @@ class Device:
 
     def poll_at(self) -> float | None:
         return None
+
+
+class ForwardsOnRx:
+    """For a wrapper device (``self.inner``) on an in-memory wire: the wrapped device's receive
+    notification (``on_rx``) is the wrapper's, so a loop that hooks the wrapper hears the wire."""
+
+    @property
+    def on_rx(self):
+        return self.inner.on_rx
+
+    @on_rx.setter
+    def on_rx(self, fn) -> None:
+        self.inner.on_rx = fn

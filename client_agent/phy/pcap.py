@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 
-from .device import Device
+from .device import Device, ForwardsOnRx
 
 LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
@@ -49,7 +49,7 @@ class PcapWriter:
             self._f.close()
 
 
-class PcapTap(Device):
+class PcapTap(ForwardsOnRx, Device):
     """Records frames in both directions of ``inner`` into one pcap file."""
 
     def __init__(self, inner: Device, path) -> None:

@@ -17,7 +17,7 @@ import time
 
 from . import REGISTRY
 from .framework import BenchContext, BenchError, SectionResult
-from .rig import REPO
+from testbed.rig import REPO
 
 TARGET = "value <= 120"
 FULL_LIMIT_S = 400.0

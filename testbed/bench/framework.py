@@ -36,6 +36,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 
 
+from testbed.rig_errors import RigError  # noqa: E402  (the rig's one-line errors end a section too)
+
+
 class BenchError(Exception):
     """A section could not measure (not a missed target). One line: what, with which values, fix."""
 
@@ -217,7 +220,7 @@ def run_sections(registry: Registry, names: list[str] | None, *, quick: bool, se
         try:
             res = sec.fn(BenchContext(quick=quick, seed=seed, progress=say))
             entry = {"figures": [f.to_json() for f in res.figures], "params": res.params}
-        except BenchError as e:
+        except (BenchError, RigError) as e:
             entry = {"figures": [], "params": {}, "error": str(e)}
         except Exception as e:  # a bug: keep the traceback in the log, the document says which section
             traceback.print_exc(file=sys.stderr)

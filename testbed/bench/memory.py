@@ -22,7 +22,7 @@ import time
 
 from . import REGISTRY
 from .framework import BenchContext, BenchError, SectionResult
-from .rig import PAGE, SwapRig
+from testbed.rig import PAGE, SwapRig
 
 POOL_PAGES = 8192
 HEADROOM_MIB = 40

@@ -22,7 +22,7 @@ import time
 
 from . import REGISTRY
 from .framework import BenchContext, BenchError, SectionResult
-from .rig import PAGE, SwapRig, profile_path
+from testbed.rig import PAGE, SwapRig, profile_path
 
 SCENARIO = "memalloc"
 TARGET = "ratio >= 0.8"

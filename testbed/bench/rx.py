@@ -35,7 +35,7 @@ from netns_setup.nsutil import add_permanent_neighbours
 
 from . import REGISTRY
 from .framework import BenchContext, BenchError, Figure, SectionResult
-from .rig import profile_path
+from testbed.rig import profile_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLOOD_PORTS = (9001, 9002, 9003, 9004)

@@ -22,7 +22,7 @@ import time
 
 from . import REGISTRY
 from .framework import BenchContext, BenchError, SectionResult
-from .rig import PAGE, SwapRig
+from testbed.rig import PAGE, SwapRig
 
 HOSTS = (2, 16, 64)
 UP_DOWN_TARGET_S = 10.0

@@ -19,7 +19,7 @@ import os
 
 from . import REGISTRY
 from .framework import BenchContext, BenchError, SectionResult
-from .rig import PAGE, SwapRig, profile_path, refclient_write, stream_rate
+from testbed.rig import PAGE, SwapRig, profile_path, refclient_write, stream_rate
 
 TARGET = "ratio >= 0.9"
 POOL_PAGES = 8192              # 32 MiB, the scenarios' pool; min_free_kbytes 2048 as they have

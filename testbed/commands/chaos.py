@@ -19,6 +19,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=1, help="campaign seed (default 1)")
     p.add_argument("--real", type=int, default=0, metavar="K", help="real-packet runs in namespaces (root; default 0)")
     p.add_argument("--out", metavar="DIR", help="campaign.json and the reports of failed runs (default: ./reports/chaos-<timestamp>)")
+    p.add_argument("--client", choices=("agent", "linux"), default="agent",
+                   help="the client of the --real runs: the agent, or a Linux kernel in a QEMU VM (packet faults "
+                        "through a relay on its tap, NAS restarts; testbed.linux_vm)")
     p.add_argument("--only", type=int, metavar="I", help="replay in-memory run I of the campaign only")
     p.set_defaults(func=run)
 
@@ -42,7 +45,8 @@ def run(args) -> int:
         print(chaos.format_row(row))
         return 0 if row["ok"] else 1
     with known_errors(), sigterm_as_interrupt():
-        res = chaos.campaign(args.runs, args.seed, args.real, out, log=lambda line: print(line, flush=True))
+        res = chaos.campaign(args.runs, args.seed, args.real, out, log=lambda line: print(line, flush=True),
+                             client=args.client)
     print(f"\n{len(res['rows']) - len(res['failed'])}/{len(res['rows'])} runs kept the invariant in {res['wall_s']:.0f} s; "
           f"fault kinds exercised: {', '.join(res['kinds_exercised']) or 'none'}"
           + (f"; not exercised: {', '.join(res['kinds_missing'])}" if res["kinds_missing"] else "")

@@ -17,6 +17,10 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="report directory (default: ./reports/demo-<timestamp>)")
     p.add_argument("--seed", type=int, help="override every scenario's seed")
     p.add_argument("--quick", action="store_true", help="shorter time caps (a run that neither deadlocks nor recovers ends sooner)")
+    p.add_argument("--scenario", action="append", metavar="NAME",
+                   help="run only this scenario (repeatable; default: all of the demo's)")
+    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override a scenario parameter for every run, e.g. --set guest_memory_mib=128 (repeatable)")
     from .run import add_client_args
     add_client_args(p, both=True)
     p.set_defaults(func=run)
@@ -32,9 +36,15 @@ def run(args) -> int:
     ov = client_overrides(args)
     clients = {"both": ("agent", "linux"), "linux": ("linux",)}.get(ov.pop("client", "agent"), ("agent",))
     try:
+        sets = dict(scn.parse_override(o) for o in args.overrides)
         # the real kernel runs the swap scenarios (the file pair needs the agent's filemap)
-        loaded = demo.load_all(args.seed, args.quick, demo.SCENARIOS if "linux" in clients else demo.ALL_SCENARIOS,
-                               clients=clients, client_overrides=ov)
+        names = demo.SCENARIOS if "linux" in clients else demo.ALL_SCENARIOS
+        for n in args.scenario or ():
+            if n not in demo.ALL_SCENARIOS:
+                raise UserError(f"--scenario {n}: not one of the demo's ({', '.join(demo.ALL_SCENARIOS)}); "
+                                "`testbed run NAME` runs any scenario")
+        loaded = demo.load_all(args.seed, args.quick, tuple(args.scenario) if args.scenario else names,
+                               clients=clients, client_overrides=ov, overrides=sets)
     except scn.ScenarioError as e:
         raise UserError(str(e)) from None
     # the preflight's figures are the agent's pool: they bind the agent's runs only
@@ -50,6 +60,10 @@ def run(args) -> int:
     ok = all(e["outcome"] in (e["expect"], "n/a") for e in entries)
     print()
     print(demo.format_table(entries))
+    side = demo.side_by_side_rows(entries)
+    if side:
+        print()
+        print(demo.format_side_by_side(side))
     print()
     from testbed.explain import summary_line
     for e in entries:

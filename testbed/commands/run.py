@@ -1,4 +1,5 @@
-"""`testbed run NAME|FILE`: one scenario on real packets; the report directory; exit 0 iff outcome == expect.
+"""`testbed run NAME|FILE`: one scenario on real packets (or, with ``--sim``, deterministically in
+memory: no root, testbed/sim_report.py); the report directory; exit 0 iff outcome == expect.
 
 Exit status: 0 outcome == expect; 1 outcome differs, is ``invalid``/``unfinished``, or the run failed;
 2 usage, scenario file or preflight errors (nothing was created).
@@ -20,6 +21,9 @@ def register(sub) -> None:
                    help="override a scenario parameter, e.g. --set max_duration_s=30 (repeatable)")
     p.add_argument("--bench", metavar="JSON", help="take agent_capacity_pps from a `testbed bench` JSON")
     p.add_argument("--preflight-only", action="store_true", help="print the preflight checks and stop")
+    p.add_argument("--sim", action="store_true",
+                   help="run deterministically in memory (no root, no namespaces): same report directory, "
+                        "pcap of the in-memory wire, figures of testbed.sim")
     add_client_args(p)
     p.set_defaults(func=run)
 
@@ -90,8 +94,21 @@ def run(args) -> int:
         return 2
     if args.preflight_only:
         return 0
-    from testbed.runner import RunError, run_scenario
     out = rep.prepare(args.out or rep.default_out_dir(sc.name))
+    if args.sim:
+        from testbed import sim_report
+        try:
+            entry, path = sim_report.run(sc, checks, out, extra={"figures": figs, "simulated": True})
+        except ValueError as e:
+            raise UserError(f"scenario {sc.name}: {e}") from None
+        ok = entry["outcome"] == sc.expect
+        print(f"{sc.name}: outcome {entry['outcome']}{' (beyond Linux)' if entry.get('beyond_linux') else ''} "
+              f"(expect {sc.expect}) [simulated, seed {entry['seed']}] -- pages written {entry['pages_written']}, "
+              f"verified {entry['pages_verified']}, lost {entry['pages_lost']}, reserve low {entry['reserve_low_pages']}, "
+              f"rpc_retrans {entry['rpc_retrans']}, PFMemallocDrop {entry['counters']['PFMemallocDrop']}, "
+              f"rx_nobuf {entry['counters']['rx_nobuf']}; report {path}")
+        return 0 if ok else 1
+    from testbed.runner import RunError, run_scenario
     with known_errors(), sigterm_as_interrupt():
         try:
             entry = run_scenario(sc, checks, out)

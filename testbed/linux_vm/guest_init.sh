@@ -27,6 +27,7 @@ sysctl -qw vm.watermark_scale_factor="$NSDT_WATERMARK_SCALE_FACTOR"
 # no watermark boosting (6.1 adds watermark_boost to every watermark after fragmentation events):
 # the scenario's min/low/high are the ones that hold, as in the agent
 sysctl -qw vm.watermark_boost_factor=0
+[ -n "$NSDT_DEV_WEIGHT" ] && sysctl -qw net.core.dev_weight="$NSDT_DEV_WEIGHT"
 [ -n "$NSDT_UDP_MEM" ] && sysctl -qw net.ipv4.udp_mem="$NSDT_UDP_MEM"
 sysctl -qw net.core.rmem_max="$NSDT_NOISE_RCVBUF"
 sysctl -qw kernel.hung_task_timeout_secs="$NSDT_HUNG_TASK_S" 2>/dev/null

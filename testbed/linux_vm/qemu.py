@@ -61,7 +61,7 @@ def cmdline(extra: str = "") -> str:
 
 def argv(*, vmlinux: str, initrd: str, append: str, memory_mib: int, nic_model: str, mac: str,
          tap: str | None, console_path: str, sampler_path: str, accel: str = "tcg",
-         pidfile: str | None = None, monitor: str | None = None) -> list[str]:
+         pidfile: str | None = None, monitor: str | None = None, vnet_hdr: bool = True) -> list[str]:
     """The QEMU argv (no shell). ``monitor``: a Unix socket for the HMP monitor (``sendkey
     alt-sysrq-w`` asks a hung guest's kernel to list its blocked tasks on the console)."""
     a = [qemu_binary(), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -74,7 +74,7 @@ def argv(*, vmlinux: str, initrd: str, append: str, memory_mib: int, nic_model: 
     else:
         a += ["-accel", "tcg", "-cpu", "max"]
     if tap:
-        a += ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+        a += ["-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no" + ("" if vnet_hdr else ",vnet_hdr=off"),
               "-device", f"{nic_model},netdev=n0,mac={mac}"]
     else:
         a += ["-nic", "none"]

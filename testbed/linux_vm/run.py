@@ -17,7 +17,6 @@ Conditions a real kernel cannot be put in are refused before anything is created
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -26,12 +25,12 @@ from testbed import report as rep
 from testbed import scenario as scn
 from testbed.watchdog import Watchdog, proc_view
 
+from .client import mount_options  # noqa: F401 -- re-exported
+
 SAMPLE_S = 0.5
-SETUP_TIMEOUT_S = 180.0       # boot, modules, mount, swapon under TCG on a loaded machine
 EXIT_TIMEOUT_S = 30.0
 SETTLE_S = 2                  # the guest samples this long after its workload before powering off
 NOISE_PORT_BASE = 9001
-EINVAL = 22
 
 
 def unsupported(sc: scn.Scenario) -> str | None:
@@ -68,22 +67,6 @@ def udp_mem(sc: scn.Scenario) -> str:
         return sc.guest_udp_mem
     pages = sc.guest_memory_mib * 256
     return f"{pages} {pages} {pages}"
-
-
-def mount_options(sc: scn.Scenario, nas_ip: str, port: int) -> str:
-    """mount(2) data for NFSv3: TCP with Linux's defaults (timeo=600, retrans=2), or UDP with the
-    scenario's timeo/retrans; MOUNT on the same port (nas-server runs no portmapper here); rsize/wsize
-    negotiated unless guest_wsize says (the agent's ``wsize`` is its own one-page-per-call model: on
-    Linux 6.1 a 4 KiB wsize turns each swapped page into its own RPC, and swap_write_unplug's batching
-    is lost)."""
-    proto = sc.guest_nfs_proto
-    o = [f"vers=3,proto={proto},nolock,hard,addr={nas_ip},port={port},mountport={port},mountproto={proto},"
-         f"mountvers=3,mountaddr={nas_ip}"]
-    if sc.guest_wsize:
-        o.append(f"rsize={sc.guest_wsize},wsize={sc.guest_wsize}")
-    if proto == "udp":
-        o.append(f"timeo={max(1, int(sc.timeo_s * 10))},retrans={sc.retrans}")
-    return ",".join(o)
 
 
 def compact(t: float, snap: dict) -> dict:
@@ -156,12 +139,12 @@ def report_text(wd: Watchdog, snap: dict, client, sysrq_lines: list[str], killed
     return "\n".join(out)
 
 
-def _nas_writes(ctl_path: str) -> tuple[int | None, dict | None]:
-    from netns_setup.control import ControlClient, ControlError
+def _nas_writes(rig) -> tuple[int | None, dict | None]:
+    """NFS3 WRITE calls nas-server has seen (its control snapshot), and the snapshot."""
+    from netns_setup.control import ControlError
     try:
-        with ControlClient(ctl_path, timeout_s=2.0) as nc:
-            snap = nc.call("snapshot")
-    except (ControlError, OSError, TimeoutError):
+        snap = rig.nas().call("snapshot")
+    except (ControlError, OSError, TimeoutError, KeyError):
         return None, None
     return int(((snap.get("procedures") or {}).get("NFS3_WRITE") or {}).get("calls", 0)), snap
 
@@ -177,18 +160,19 @@ def nas_clean(nas: dict | None) -> dict:
 
 def run_linux(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: str | None = None,
               pcap_prefix: str = "", logs_dir: str | None = None, progress_prefix: str = "",
-              print_watchdog: bool = True) -> dict:
-    """testbed.runner.run_scenario for ``client = "linux"``: the same entry shape, plus ``client``,
-    ``guest`` (kernel, accelerator and why, NIC, memory), ``evidence`` and ``nas_clean``."""
-    from netns_setup import lifecycle
-    from netns_setup.capture import start_capture
+              print_watchdog: bool = True, export_networks: str | None = None, during=None) -> dict:
+    """testbed.runner.run_scenario for ``client = "linux"``: the same rig (testbed/rig.py: topology,
+    NAS, flood, captures), the client through the Client interface (LinuxVmClient), the same
+    watchdog; the same entry shape plus ``client``, ``guest`` (kernel, accelerator and why, NIC,
+    memory), ``evidence`` and ``nas_clean``. ``during(ctx)`` as for the agent (testbed chaos):
+    ``ctx`` has t, snapshot (the client's, contract-shaped), st, procs, ctl, hosts, restart_nas,
+    record."""
     from netns_setup.control import ControlClient, ControlError
-    from netns_setup.nsutil import add_permanent_neighbours
-    from netns_setup.process import ProcessStartError, start_process
-    from netns_setup.state import control_socket_path
+    from netns_setup.process import ProcessStartError
     from netns_setup.topology import default_topology
-    from testbed.runner import EXPORT, FILE_IMAGE, IMAGE, IMAGE_EXTRA_MIB, IMAGE_MARGIN, NFS_PORT, Progress, \
-        RunError, flood_argv, nas_server_argv
+    from testbed.clients import ClientError
+    from testbed.rig import Rig, RigError
+    from testbed.runner import EXPORT, FILE_IMAGE, IMAGE, IMAGE_EXTRA_MIB, IMAGE_MARGIN, NFS_PORT, Progress, RunError
 
     from .client import GuestSpec, LinuxVmClient, LinuxVmError
 
@@ -201,76 +185,61 @@ def run_linux(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: s
     nas_ip, cli_ip, noise_ip = (str(hosts[n].address.ip) for n in ("nas", "client", "noise"))
     prefix = hosts["client"].address.network.prefixlen
     name = "l" + uuid.uuid4().hex[:6]
-    guest_cpu, other_cpu = ([0], [1]) if (os.cpu_count() or 1) > 1 else (None, None)
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))}
     ports = list(range(NOISE_PORT_BASE, NOISE_PORT_BASE + sc.noise_sockets))
     pages = guest_workload_pages(sc)
     file_consumer = sc.consumer != "swap"
+    image = FILE_IMAGE if file_consumer else IMAGE
     image_mib = int(pages * 4096 * IMAGE_MARGIN) // (1 << 20) + IMAGE_EXTRA_MIB
-    procs, caps = {}, {}
     timeline: list[dict] = []
     wd = Watchdog(sc.stall_threshold_s)
     client = None
-    data_dir = None
+    rig = None
     extra: dict = {}
-    st = lifecycle.up(topo, name)
-    say(f"topology {name} up (run dir {st.dir}); scenario {sc.name} on a Linux guest, expect {sc.expect}, seed {sc.seed}")
     try:
-        data_dir = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else st.dir, f"nsdt-nasdata-{name}")
-        ctl = {k: control_socket_path(st.dir, k) for k in ("nas", "flood")}
-        procs["nas"] = start_process(st, "nas", nas_server_argv(sc, data_dir, nas_ip, ctl["nas"], image_mib,
-                                                                file_consumer=file_consumer),
-                                     role="nas-server", ready=True, cpus=other_cpu, env=env)
-        for h in ("nas", "noise"):
-            add_permanent_neighbours(st.host_netns(h), st.host_iface(h), [(cli_ip, hosts["client"].mac)])
+        rig = Rig(topo, "l", name=name, images=[(image, image_mib)], nas_on_tmpfs=True,
+                  nas_write_latency_ms=sc.nas_write_latency_ms,
+                  export_networks=export_networks or "198.18.0.0/24", say=say)
+        st = rig.st
+        say(f"topology {name} up (run dir {st.dir}); scenario {sc.name} on a Linux guest, expect {sc.expect}, seed {sc.seed}")
+        ctl = {"nas": rig.control_path("nas"), "flood": rig.control_path("flood")}
         config = {
             "NSDT_ADDR": f"{cli_ip}/{prefix}", "NSDT_NAS": nas_ip, "NSDT_NAS_MAC": hosts["nas"].mac,
-            "NSDT_NOISE": noise_ip, "NSDT_NOISE_MAC": hosts["noise"].mac, "NSDT_EXPORT": "/" + EXPORT,
-            "NSDT_IMAGE": FILE_IMAGE if file_consumer else IMAGE, "NSDT_CONSUMER": sc.consumer,
-            "NSDT_MOUNT_OPTS": mount_options(sc, nas_ip, NFS_PORT),
-            "NSDT_MIN_FREE_KBYTES": sc.min_free_kbytes, "NSDT_WATERMARK_SCALE_FACTOR": sc.watermark_scale_factor,
-            "NSDT_UDP_MEM": udp_mem(sc), "NSDT_NOISE_RCVBUF": sc.noise_rcvbuf_bytes,
-            "NSDT_NOISE_SOCKETS": sc.noise_sockets, "NSDT_NOISE_PORT_BASE": NOISE_PORT_BASE,
-            "NSDT_HUNG_TASK_S": sc.guest_hung_task_s, "NSDT_WORKLOAD_PAGES": pages, "NSDT_SEED": sc.seed,
-            "NSDT_SETTLE_S": SETTLE_S,
+            "NSDT_NOISE": noise_ip, "NSDT_NOISE_MAC": hosts["noise"].mac, "NSDT_UDP_MEM": udp_mem(sc),
+            "NSDT_HUNG_TASK_S": sc.guest_hung_task_s, "NSDT_SETTLE_S": SETTLE_S,
         }
         spec = GuestSpec(kernel=sc.guest_kernel, modules=sc.guest_modules, memory_mib=sc.guest_memory_mib,
                          nic_model=sc.guest_nic, cmdline=sc.guest_cmdline, accel=sc.guest_accel,
-                         sample_ms=sc.guest_sample_ms, config=config)
+                         sample_ms=sc.guest_sample_ms, config=config, faults=sc.client_faults)
         guest_dir = os.path.join(out, "guest" if not pcap_prefix else f"guest-{pcap_prefix.rstrip('-')}")
-        client = LinuxVmClient(st, "client", spec, hosts["client"].mac, guest_dir, cpus=guest_cpu, log=say)
-        try:
-            info = client.prepare()
-        except LinuxVmError as e:
-            raise RunError(str(e)) from None
-        client.start()
+        client = LinuxVmClient(spec, guest_dir, log=say)
+        client.start(rig, "client")
+        info = client.info
+        # -- the client's pcap is the guest's tap; nas and noise their NICs
         for h in ("client", "nas", "noise"):
-            caps[h] = start_capture(st, h, iface=client.tap if h == "client" else None,
-                                    path=os.path.join(pcap_dir or os.path.join(out, "pcap"), f"{pcap_prefix}{h}.pcap"))
+            rig.capture(h, os.path.join(pcap_dir or os.path.join(out, "pcap"), f"{pcap_prefix}{h}.pcap"),
+                        iface=client.tap if h == "client" else None)
+        client.sinks(ports, "none", sc.noise_rcvbuf_bytes)
+        device = {"kind": "nfs", "server": nas_ip, "port": NFS_PORT, "mount_port": NFS_PORT, "export": EXPORT,
+                  "image": image, "proto": sc.guest_nfs_proto, "wsize": sc.guest_wsize or None,
+                  "timeo_s": sc.timeo_s, "retrans": sc.retrans}
+        extra["attach"] = client.attach(sc.consumer, device, memalloc=sc.memalloc, policy=sc.policy)
+        for k in ("min_free_kbytes", "watermark_scale_factor", "budget", "pfmemalloc_demux_drop"):
+            client.set(k, getattr(sc, k))
         # -- boot, modules, mount, swapon: until the workload starts
-        t_boot = time.monotonic()
-        while "workload" not in client.steps:
-            client.poll()
-            if "fail" in client.steps or not client.running() or time.monotonic() - t_boot > SETUP_TIMEOUT_S:
-                mnt = client.steps.get("mount")
-                tail = [ln for ln in client.console.lines if ln.strip()][-3:]
-                if mnt is not None and mnt.get("errno") == EINVAL and sc.guest_nfs_proto == "udp":
-                    raise RunError(f"scenario {sc.name}: the guest kernel refuses NFS over UDP (mount(2) EINVAL): "
-                                   f"it is built with CONFIG_NFS_DISABLE_UDP_SUPPORT=y (Debian's is); use "
-                                   f"guest_nfs_proto = \"tcp\" or pass --kernel with one built with it =n")
-                what = (client.steps.get("fail") or {}).get("line") or ("QEMU exited" if not client.running()
-                                                                        else f"no workload after {SETUP_TIMEOUT_S:.0f} s")
-                raise RunError(f"scenario {sc.name}: guest setup failed: {what}; console ends: {' | '.join(tail)}")
-            time.sleep(0.1)
-        extra["guest_setup_s"] = round(time.monotonic() - t_boot, 2)
-        say(f"guest ready in {extra['guest_setup_s']} s: {client.steps.get('mounted', {}).get('line', '')[:120]}")
+        wl = client.start_workload(sc.consumer, pages, sc.seed)
+        extra["guest_setup_s"] = wl["setup_s"]
+        say(f"guest ready in {wl['setup_s']} s: {wl['mounted'][:120]}")
         if sc.flood_pps > 0:
-            procs["flood"] = start_process(st, "noise", flood_argv(sc, cli_ip, noise_ip, ports, ctl["flood"]),
-                                           role="flood", ready=True, cpus=other_cpu, env=env)
+            rig.start_flood(cli_ip, ports, sc.flood_pps, size=sc.flood_size, seed=sc.seed)
+
+        def procs_view() -> dict:
+            return {k: rig.procs[k] for k in ("nas", "flood", "qemu:client") if k in rig.procs}
         # -- sample, watch
         t0 = time.monotonic()
         extra["t0_wall"] = time.time()
         prog = Progress(prefix=progress_prefix)
+        dctx = {"t": 0.0, "st": st, "procs": procs_view(), "ctl": ctl, "hosts": hosts,
+                "restart_nas": rig.restart_nas, "record": {}}
         nxt, t, snap = t0, 0.0, {}
         while True:
             nxt += SAMPLE_S
@@ -278,14 +247,20 @@ def run_linux(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: s
             if nxt > now:
                 time.sleep(nxt - now)
             t = time.monotonic() - t0
-            writes, _ = _nas_writes(ctl["nas"])
+            writes, _ = _nas_writes(rig)
             if writes is not None:
-                client.outside["nas_write_calls"] = writes
+                client.outside["nas_write_calls"] = client.outside.get("nas_write_base", 0) + writes
             snap = client.snapshot()
             c = compact(t, snap)
             timeline.append(c)
             if c["free"] is not None:
                 prog.show(t, c)
+            if during is not None:
+                dctx["t"], dctx["snapshot"], dctx["procs"] = t, snap, procs_view()
+                n_nas = rig.procs["nas"]
+                during(dctx)
+                if rig.procs["nas"] is not n_nas:      # a restarted NAS counts its calls from 0 again
+                    client.outside["nas_write_base"] = client.outside.get("nas_write_calls", 0)
             if wd.feed(t, snap):
                 break
             if not client.running() and not snap["workload"].get("done"):
@@ -299,30 +274,28 @@ def run_linux(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: s
         sysrq = []
         if wd.outcome in ("deadlock", "unfinished") and client.running():
             sysrq = client.sysrq("w")
-        if "flood" in procs:
+        if "flood" in rig.procs:
             try:
                 with ControlClient(ctl["flood"]) as fc:
                     extra["flood"] = fc.call("shutdown")
             except ControlError as e:
                 extra["flood"] = {"error": str(e)}
-            procs["flood"].stop()
-        if wd.outcome in ("deadlock", "unfinished", "invalid"):
-            stopped = client.stop(kill=True)
-        else:
+            rig.stop("flood")
+        if wd.outcome not in ("deadlock", "unfinished", "invalid"):
             client.wait_exit(EXIT_TIMEOUT_S)
-            stopped = client.stop(kill=True)
+        stopped = client.stop()
+        if sc.client_faults:
+            extra["relay"] = client.relay_counters()
         final = client.snapshot() if client.last else snap
-        final["outside"] = dict(client.outside)
         extra["final_t"] = round(time.monotonic() - t0, 3)
-        for cap in caps.values():
+        for cap in rig.caps.values():
             cap.stop()
-        _w, nas = _nas_writes(ctl["nas"])
+        _w, nas = _nas_writes(rig)
         try:
-            with ControlClient(ctl["nas"]) as nc:
-                nc.call("shutdown")
-        except ControlError:
+            rig.nas().call("shutdown")
+        except (ControlError, OSError):
             pass
-        procs["nas"].stop()
+        rig.stop("nas")
         ver = client.verify()
         text = report_text(wd, final, client, sysrq, stopped)
         if print_watchdog and wd.outcome in ("deadlock", "unfinished"):
@@ -330,8 +303,7 @@ def run_linux(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: s
         with open(os.path.join(out, "watchdog.txt" if not pcap_prefix else f"watchdog-{pcap_prefix.rstrip('-')}.txt"), "w") as f:
             f.write(text + "\n")
         rep.write_json(os.path.join(guest_dir, "final_snapshot.json"), final)
-        v = proc_view(final)
-        vm = v["alloc"]["vmstat"]
+        vm = final["alloc"]["vmstat"]
         p = final.get("proc") or {}
         tcp = (p.get("netstat") or {}).get("TcpExt") or {}
         udp = (p.get("snmp") or {}).get("Udp") or {}
@@ -342,45 +314,37 @@ def run_linux(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: s
                     **{k: vm.get(k, 0) for k in ("pswpout", "pswpin", "pgscan_kswapd", "pgsteal_kswapd",
                                                  "pgscan_direct", "pgscan_direct_throttle", "nr_writeback")},
                     "allocstall": sum(int(x) for k, x in vm.items() if k.startswith("allocstall_")),
-                    "drop_reasons": {}, "nfs": {"rpc_calls": rpc.get("calls"), "rpc_retrans": rpc.get("retrans")},
+                    "drop_reasons": final["stack"]["drop_reasons"],
+                    "nfs": {"rpc_calls": rpc.get("calls"), "rpc_retrans": rpc.get("retrans")},
                     "console": dict(client.console.counts)}
-        lows = [s["free"] for s in timeline if s.get("free") is not None]
         return {
             "name": sc.name, "client": "linux", "outcome": wd.outcome, "seed": sc.seed, "expect": sc.expect,
             "time_to_stall_s": wd.time_to_stall_s, "time_to_recover_s": wd.time_to_recover_s,
             "pages_written": vm.get("pswpout", 0), "pages_verified": verified,
             "pages_lost": None if verified is None else (ver.get("pages") or 0) - verified,
-            "reserve_low_pages": min(lows) if lows else None, "rpc_retrans": rpc.get("retrans"),
+            "reserve_low_pages": wd.reserve_low_pages, "rpc_retrans": rpc.get("retrans"),
             "preflight": [ch.to_json() for ch in checks], "counters": counters, "watchdog": text,
             "evidence": wd.evidence, "decided_at_s": wd.decided_at, "verification": ver,
             "nas": nas, "nas_clean": nas_clean(nas), "guest": {k: v for k, v in info.items() if k != "argv"},
             "guest_steps": {k: e.get("line") for k, e in client.steps.items()}, "guest_stop": stopped,
             "parameters": sc.to_dict(), "run_name": name, "consumer": sc.consumer, "policy": sc.policy,
             "beyond_linux": False, "workload_pages": pages,
-            "pcaps": {h: cap.path for h, cap in caps.items()}, **extra, "_timeline": timeline,
+            "noise_reader": "none" + ("" if sc.noise_reader == "none" else
+                                      f" (the guest's noise sockets are never read; the scenario says {sc.noise_reader})"),
+            "pcaps": {h: cap.path for h, cap in rig.caps.items()}, **extra,
+            **({"during": dctx["record"]} if during is not None else {}), "_timeline": timeline,
         }
-    except (ControlError, ProcessStartError, TimeoutError, LinuxVmError) as e:
+    except (ControlError, ClientError, RigError, ProcessStartError, TimeoutError, LinuxVmError) as e:
         raise RunError(f"scenario {sc.name}: {e}") from None
     finally:
         if client is not None:
             try:
-                client.stop(kill=True)
+                client.stop()
             except Exception:  # noqa: BLE001 -- teardown goes on
                 pass
-        for cap in caps.values():
+        if rig is not None:
             try:
-                cap.stop()
-            except Exception:  # noqa: BLE001
-                pass
-        for pr in procs.values():
-            try:
-                pr.stop()
-            except Exception:  # noqa: BLE001
-                pass
-        try:
-            rep.copy_logs(st.dir, out, logs_dir)
-        except OSError as e:
-            say(f"could not copy logs: {e}")
-        if data_dir and os.path.isdir(data_dir):
-            shutil.rmtree(data_dir, ignore_errors=True)
-        lifecycle.down(name)
+                rep.copy_logs(rig.st.dir, out, logs_dir)
+            except OSError as e:
+                say(f"could not copy logs: {e}")
+            rig.close()

@@ -1,0 +1,1 @@
+"""Device drivers of the agent's host: storage devices that swap and writeback use."""

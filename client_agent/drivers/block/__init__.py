@@ -1,0 +1,1 @@
+"""Block-device drivers (Linux ``drivers/block/``): each a sans-I/O core behind the storage interface."""

@@ -1,0 +1,354 @@
+"""The composition root of one userspace host: allocator, scheduler, stack, kswapd, anonymous
+memory, swap devices and file mappings, wired to a ``Loop``. Used by the ``client-agent`` process
+(agent.py: a host plus the control socket) and by the deterministic simulation (testbed/sim.py),
+so both run the same objects in the same order.
+
+Invariant owned here: ``Host`` is the same object on the in-memory wire (ManualClock, tests and
+deterministic scenarios) and on a real veth (AF_PACKET, MonotonicClock). It only wires the
+sans-I/O parts to the loop: the device's readiness triggers NAPI-style polls of at most
+``budget`` frames, the stack's deadlines become loop timers, the scheduler runs tasks. Nothing
+here allocates from the pool itself; services it starts (echo, sink readers, the hog) do so
+through tasks, so every page is charged to a named owner.
+
+Storage is composed from *device specs* (dicts): ``{"kind": "nfs", "server": ..., "export": ...,
+"image": ..., ...}``. ``STORAGE_KINDS`` maps a kind to the function that builds its
+``mm.page_io.StorageBackend`` -- the one place a storage protocol is named; adding NBD, iSCSI or
+AoE is one function and one row there.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .mm.gfp import GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, Gfp
+from .mm.page_alloc import PageAllocator
+from .net.core.dev import NAPI_BUDGET
+from .net.stack import Stack
+from .tasks import Scheduler, WaitPages
+
+SINK_READERS = ("none", "fast", "ordinary")
+HOG_GFP = {"kernel": GFP_KERNEL, "nowait": GFP_NOWAIT, "atomic": GFP_ATOMIC,
+           "memalloc": GFP_ATOMIC | Gfp.MEMALLOC}
+STABLE_HOWS = ("FILE_SYNC", "UNSTABLE", "DATA_SYNC")
+
+
+# ------------------------------------------------------------------------------ storage kinds
+NFS_SPEC_DEFAULTS = {"kind": "nfs", "server": None, "port": None, "export": "swap",
+                     "image": "swap.img", "slots": 16, "wsize": 4096, "timeo_s": 0.5,
+                     "timeo_max_s": 2.0, "retrans": 3, "stable": "FILE_SYNC", "xid_seed": None,
+                     "mount_port": None, "proto": "udp", "auth": None}
+# keys that may stay None: ports (None: 2049 over UDP, portmap GETPORT over TCP), auth (None:
+# AUTH_SYS over TCP, AUTH_NONE over UDP), the xid seed (None: the host's seed)
+_OPTIONAL_KEYS = ("xid_seed", "mount_port", "port", "auth")
+
+
+def _spec(spec: dict, defaults: dict) -> dict:
+    unknown = sorted(set(spec) - set(defaults))
+    if unknown:
+        raise ValueError(f"{spec.get('kind', '?')} device spec: unknown key(s) "
+                         f"{', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+    out = {**defaults, **spec}
+    missing = [k for k, v in out.items() if v is None and k not in _OPTIONAL_KEYS]
+    if missing:
+        raise ValueError(f"{out['kind']} device spec needs {', '.join(missing)}")
+    return out
+
+
+def nfs_backend(host: "Host", spec: dict):
+    """An ``fs.nfs.file.NfsFile`` on its own NFS client (own RPC transport and socket)."""
+    from .fs.nfs.file import NfsFile
+    from .fs.nfs.nfs3proc import NfsTransport
+    s = _spec(spec, NFS_SPEC_DEFAULTS)
+    if s["stable"] not in STABLE_HOWS:
+        raise ValueError(f"stable must be FILE_SYNC, UNSTABLE or DATA_SYNC, got {s['stable']!r}")
+    if s["proto"] not in ("udp", "tcp"):
+        raise ValueError(f"proto must be udp or tcp, got {s['proto']!r}")
+    if host.trace_replies:
+        host.trace_server_replies(s["port"] or 2049)
+    t = NfsTransport(host.stack, host.sched, s["server"], s["port"], slots=s["slots"],
+                     timeo_s=s["timeo_s"], retrans=s["retrans"], timeo_max_s=s["timeo_max_s"],
+                     wsize=s["wsize"], log=host.log, on_tx=host.kick, mount_port=s["mount_port"],
+                     seed=host.seed if s["xid_seed"] is None else s["xid_seed"],
+                     proto=s["proto"], auth=s["auth"])
+    return NfsFile(t, s["export"], s["image"], s["stable"])
+
+
+STORAGE_KINDS: dict[str, Callable] = {"nfs": nfs_backend}
+
+
+def swap_snapshot(dev) -> dict:
+    """``dev.snapshot()``; a device never swapped on (a file consumer's host has one idle, as
+    before device specs) reports the NFS writeback counters at zero, the fields it always had."""
+    if dev.backend is not None:
+        return dev.snapshot()
+    from .fs.nfs.nfs3proc import durability_counters
+    return {**durability_counters(), **dev.snapshot()}
+
+
+class Host:
+    def __init__(self, loop, dev, *, ip: str, prefix_len: int, pool_pages: int,
+                 min_free_kbytes: int | None = None, watermark_scale_factor: int = 10,
+                 gateway: str | None = None, budget: int = NAPI_BUDGET, seed: int = 0,
+                 log: Callable[[str], None] | None = None, trace_replies: bool = False):
+        self.loop = loop
+        self.dev = dev
+        self.seed = seed
+        self.budget = budget
+        self.alloc = PageAllocator(pool_pages, min_free_kbytes, watermark_scale_factor)
+        self.sched = Scheduler(self.alloc)
+        self.stack = Stack(self.alloc, dev, dev.mac, ip, prefix_len, self.sched, gateway=gateway)
+        self.services: dict[str, dict] = {}
+        self._hogs: list = []
+        self._timer = None
+        self._timer_at = None
+        self.polls = 0
+        self._repoll_pending = False
+        self.started_at = loop.time()
+        self.nfs_log: list = []             # (time, line): the kernel log lines of storage clients
+        self.log = log or (lambda line: self.nfs_log.append((self.loop.time(), line)))
+        self.trace_replies = trace_replies
+        self.reply_trace = None
+        self.anon = None                    # mm.anon.AnonMemory, created with the first swap device
+        self.kswapd = None
+        self.swap_devices: list = []
+        self.filemaps: list = []
+        self.sched.attach_loop(loop)
+        if hasattr(dev, "fileno"):
+            loop.add_reader(dev, self._on_readable)
+        elif hasattr(dev, "on_rx"):
+            dev.on_rx = lambda: loop.call_soon(self._on_readable)
+
+    # -- NAPI-style receive ------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        # NAPI: while a repoll is scheduled the device's "interrupt" stays masked -- a readiness
+        # event then adds nothing (the repoll will read the frames). Without this, every
+        # readiness event during a backlog started one more self-perpetuating repoll chain, so
+        # one loop turn ran N polls for each run of the reader tasks and starved them (sockets
+        # overflowing at 20-50 kpps).
+        if self._repoll_pending:
+            return
+        self._napi_poll()
+
+    def _napi_poll(self) -> None:
+        self._repoll_pending = False
+        now = self.loop.time()
+        self.polls += 1
+        sched = self.sched
+        held = sched.hold_kicks()
+        try:
+            nd = self.stack.poll(now, self.budget)
+        finally:
+            if held:
+                # The readers the poll woke run now, in this loop callback (as softirq work
+                # runs the woken tasks' wakeups on return), not one loop tick later.
+                sched.release_kicks()
+        if nd is not None and nd <= now:
+            # Budget exhausted: repoll after timers and tasks had their turn (napi_schedule).
+            self._repoll_pending = True
+            self.loop.call_soon(self._napi_poll)
+            nd = self.stack.next_deadline()
+        self._arm(nd)
+
+    def _arm(self, deadline: float | None) -> None:
+        if deadline is None:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        now = self.loop.time()
+        pa = self.dev.poll_at()
+        if pa is not None and pa <= now and not self._repoll_pending:
+            # The device holds frames that are now due (a fault wrapper's delay or reordering):
+            # no fd readiness will announce them, so poll as NAPI would on a timer.
+            self._napi_poll()
+            return
+        self.stack.run_timers(now)
+        self._arm(self.stack.next_deadline())
+
+    def kick(self) -> None:
+        """After an out-of-band send (control op, RPC transmit), rearm the stack's timers."""
+        self._arm(self.stack.next_deadline())
+
+    # -- observation hooks ---------------------------------------------------------------------
+    def trace_server_replies(self, port: int) -> None:
+        """Record what becomes of every frame from an RPC server's port (net/sunrpc/trace.py);
+        one record per host, following the last port asked for."""
+        from .net.sunrpc.trace import RpcReplyTrace
+        if self.reply_trace is None:
+            self.reply_trace = RpcReplyTrace(port)
+            self.stack.rx_trace_hooks.append(self.reply_trace)
+        self.reply_trace.port = port
+
+    # -- socket services (test traffic) ----------------------------------------------------------
+    def _socket(self, port: int, rcvbuf: int | None):
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be an integer 1..65535, got {port!r}")
+        if f"udp:{port}" in self.services:
+            raise ValueError(f"UDP port {port} already has a service; pick another port")
+        if rcvbuf is not None and (not isinstance(rcvbuf, int) or rcvbuf < 1024):
+            raise ValueError(f"rcvbuf must be an integer >= 1024 bytes, got {rcvbuf!r}")
+        sk = self.stack.udp_socket()
+        sk.bind(("0.0.0.0", port))
+        if rcvbuf is not None:
+            sk.rcvbuf = rcvbuf
+        return sk
+
+    def echo(self, port: int, rcvbuf: int | None = None) -> dict:
+        """A datagram echo service on ``port``."""
+        sk = self._socket(port, rcvbuf)
+        stats = {"kind": "echo", "port": port, "echoed": 0, "send_errors": 0}
+        self.services[f"udp:{port}"] = {"sock": sk, "stats": stats}
+
+        def echo():
+            while True:
+                got = yield from sk.recvfrom_wait()
+                if got is None:
+                    return
+                data, addr = got
+                rc = sk.sendto(data, addr, self.loop.time())
+                stats["echoed" if rc >= 0 else "send_errors"] += 1
+                self.kick()
+
+        self.sched.spawn(f"udp-echo/{port}", echo())
+        return stats
+
+    def sink(self, port: int, reader: str = "ordinary", rcvbuf: int | None = None) -> dict:
+        """A datagram sink on ``port``. ``reader``: ``none`` (nobody reads: the queue fills to
+        rcvbuf), ``fast`` (reads without allocating), ``ordinary`` (each datagram needs one
+        ordinary GFP_KERNEL page to be processed -- under pressure the reader blocks and the
+        queue fills, holding its receive buffers, as the problem statement's 'other
+        connections' do)."""
+        if reader not in SINK_READERS:
+            raise ValueError(f"reader must be one of {', '.join(SINK_READERS)}, got {reader!r}")
+        sk = self._socket(port, rcvbuf)
+        stats = {"kind": "sink", "port": port, "reader": reader, "read": 0, "bytes": 0}
+        self.services[f"udp:{port}"] = {"sock": sk, "stats": stats}
+        owner = f"sink:{port}"
+
+        def sink():
+            while True:
+                got = yield from sk.recvfrom_wait()
+                while got is not None:
+                    if reader == "ordinary":
+                        pages = yield WaitPages(1, GFP_KERNEL, owner,
+                                                reason=f"page to process a datagram on :{port}")
+                        self.alloc.free(pages)
+                    stats["read"] += 1
+                    stats["bytes"] += len(got[0])
+                    # Drain what is queued before sleeping again: one wakeup per batch.
+                    got = sk.recvfrom()
+                if sk.closed:
+                    return
+
+        if reader != "none":
+            self.sched.spawn(f"udp-sink/{port}", sink())
+        return stats
+
+    def hog(self, pages: int, gfp: str = "kernel") -> dict:
+        """Take ``pages`` pages in context ``gfp`` and hold them (an allocation hog)."""
+        if gfp not in HOG_GFP:
+            raise ValueError(f"gfp must be one of {', '.join(HOG_GFP)}, got {gfp!r}")
+        if not isinstance(pages, int) or pages < 0:
+            raise ValueError(f"pages must be a non-negative integer, got {pages!r}")
+        mask = HOG_GFP[gfp]
+        if gfp == "kernel":
+            held: list = []
+            self._hogs.append(held)
+
+            def hogger():
+                for _ in range(pages):
+                    held.extend((yield WaitPages(1, mask, "hog")))
+            self.sched.spawn(f"hog/{len(self._hogs)}", hogger())
+            return {"requested": pages, "gfp": gfp, "held": "in progress"}
+        held = []
+        for _ in range(pages):
+            got = self.alloc.alloc(1, mask, "hog")
+            if got is None:
+                break
+            held.extend(got)
+        self._hogs.append(held)
+        return {"requested": pages, "gfp": gfp, "held": len(held), "nr_free": self.alloc.nr_free}
+
+    def hog_free(self) -> dict:
+        n = 0
+        for task in list(self.sched.tasks.values()):
+            if task.name.startswith("hog/"):
+                self.sched.kill(task)
+        for held in self._hogs:
+            n += len(held)
+            self.alloc.free(held)
+            held.clear()
+        self._hogs.clear()
+        return {"freed": n, "nr_free": self.alloc.nr_free}
+
+    def set_sock_memalloc(self, port: int, on: bool = True) -> dict:
+        """SOCK_MEMALLOC on (off) the service socket on ``port``."""
+        svc = self.services.get(f"udp:{port}")
+        if svc is None:
+            raise ValueError(f"no service on UDP port {port}; start one with udp_echo or "
+                             f"udp_sink first")
+        sk = svc["sock"]
+        if on and not sk.memalloc:
+            sk.sk_set_memalloc()
+        elif not on and sk.memalloc:
+            sk.sk_clear_memalloc()
+        return {"port": port, "memalloc": sk.memalloc, "memalloc_socks": self.alloc.memalloc_socks}
+
+    # -- storage ----------------------------------------------------------------------------------
+    def storage(self, spec: dict):
+        """The ``StorageBackend`` a device spec describes (not yet activated)."""
+        kind = spec.get("kind", "nfs")
+        make = STORAGE_KINDS.get(kind)
+        if make is None:
+            raise ValueError(f"device kind {kind!r} unknown; known: {', '.join(STORAGE_KINDS)}")
+        return make(self, {**spec, "kind": kind})
+
+    def _ensure_kswapd(self, max_writeback: int = 64):
+        from .mm.vmscan import Kswapd
+        if self.kswapd is None:
+            self.kswapd = Kswapd(self.alloc, self.sched, self.anon, max_writeback=max_writeback)
+        return self.kswapd
+
+    def add_swap(self, spec: dict, *, memalloc: bool = True, max_writeback: int = 64):
+        """A swap device on the backend ``spec`` describes; kswapd started if it was not.
+        Returns ``(device, activation)``: run ``activation`` (a generator, ``swapon``) in a task;
+        it returns the number of slots."""
+        from .mm.anon import AnonMemory
+        from .mm.swapfile import SwapDevice
+        backend = self.storage(spec)
+        if self.anon is None:
+            self.anon = AnonMemory(self.alloc, self.sched, self.seed)
+        dev = SwapDevice(self.alloc, self.sched, log=self.log, anon=self.anon,
+                         priority=-1 - len(self.swap_devices))
+        dev.backend = backend
+        self.swap_devices.append(dev)
+        ks = self._ensure_kswapd(max_writeback)
+        ks.add_swap(dev)
+        return dev, dev.swapon(backend, memalloc=memalloc)
+
+    def add_file(self, spec: dict, *, policy: str = "linux", dirty_ratio: int = 20,
+                 dirty_background_ratio: int = 10, max_writeback: int = 64, log=None):
+        """A page-cache mapping of the file ``spec`` describes (its own client and socket);
+        kswapd started if it was not. Returns ``(mapping, activation)``: run ``activation`` in a
+        task; it returns the file's size in pages."""
+        from .mm.filemap import FileMapping
+        backend = self.storage({"image": "file.img", **spec})
+        fm = FileMapping(self.alloc, self.sched, seed=self.seed, log=log or self.log,
+                         dirty_ratio=int(dirty_ratio),
+                         dirty_background_ratio=int(dirty_background_ratio))
+        fm.backend = backend
+        self.filemaps.append(fm)
+        self._ensure_kswapd(max_writeback).add_filemap(fm)
+        return fm, fm.attach(backend, policy=policy)
+
+    def run_task(self, name: str, gen, timeout_s: float):
+        """Spawn ``gen`` and run the loop until it ends (control ops that answer when done)."""
+        task = self.sched.spawn(name, gen)
+        self.loop.run_until(lambda: task.state in ("done", "crashed", "killed"), timeout_s)
+        return task

@@ -1,0 +1,308 @@
+"""The rig every real-packet run stands on -- `testbed run`, `demo`, `chaos` (testbed/runner.py)
+and the bench sections: a topology, one nas-server, client hosts (testbed/clients/), the flood,
+captures.
+
+Invariants owned here:
+- Everything the rig makes (namespaces, processes) is recorded by netns_setup under one run name
+  and removed by ``close()`` (lifecycle.teardown), whatever happened; ``with SwapRig(...)``.
+- One placement for every run: agents on CPU 0, the NAS, the flood and the reference client on
+  CPU 1 (on a 2-core machine), so the host under study never shares its core with a peer.
+- The NAS and noise hosts get a permanent neighbour entry for every client (its agent may be
+  unable to answer ARP); every agent gets one for the NAS and noise.
+- Figures are read only through control sockets (``snapshot``) and psutil, from outside.
+
+``CLIENT_AGENT_PROFILE`` for one agent: pass ``profile=PATH``; the agent writes a cProfile there
+when it is stopped (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+from netns_setup.nsutil import add_permanent_neighbours
+
+from testbed.rig_errors import RigError
+
+BenchError = RigError       # the name the bench sections knew it by
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NFS_PORT = 2049
+EXPORT = "swap"
+AGENT_CPU = 0
+OTHER_CPU = 1
+PAGE = 4096
+NAS_DATA_ROOT = "/dev/shm"
+# Bench profiles: when set, sections that start agents profile one of them into this directory.
+PROFILE_DIR_ENV = "TESTBED_BENCH_PROFILE_DIR"
+
+
+def profile_path(name: str) -> str | None:
+    d = os.environ.get(PROFILE_DIR_ENV)
+    if not d:
+        return None
+    os.makedirs(d, exist_ok=True)
+    return os.path.join(d, f"{name}.prof")
+
+
+def _cpus(k: int) -> list[int] | None:
+    return [k] if (os.cpu_count() or 1) > 1 else None
+
+
+def _mac(h: Any) -> str:
+    return h.mac if isinstance(h.mac, str) else ":".join(f"{b:02x}" for b in h.mac)
+
+
+class Rig:
+    """``up`` a topology, start a nas-server exporting ``swap`` with ``images`` ([(name, MiB)]),
+    and start clients, the flood and captures on demand. ``export_networks``: the export's ACL
+    (default: the NAS's own network); ``name``: the run name (default ``b<tag><hex>``)."""
+
+    def __init__(self, topo: Any, tag: str, *, images: list[tuple[str, int]], nas_on_tmpfs: bool = True,
+                 nas_write_latency_ms: float = 0.0, say: Callable[[str], None] = lambda _m: None,
+                 export_networks: str | None = None, name: str | None = None):
+        from netns_setup import lifecycle
+        from netns_setup.control import ControlClient
+        from netns_setup.state import control_socket_path
+
+        self.topo, self.say = topo, say
+        self.hosts = {h.name: h for h in topo.hosts}
+        self.clients = [h.name for h in topo.hosts if h.name.startswith("client")]
+        self.nas_ip = str(self.hosts["nas"].address.ip)
+        self.name = name or f"b{tag}{secrets.token_hex(2)}"
+        self.procs: dict[str, Any] = {}
+        self.caps: dict[str, Any] = {}
+        self.data_dir: str | None = None
+        self.ctls: dict[str, Any] = {}
+        self.env = {**os.environ, "PYTHONPATH": REPO}
+        self.env.pop("CLIENT_AGENT_PROFILE", None)
+        self.st = lifecycle.up(topo, self.name)
+        try:
+            # On tmpfs: FILE_SYNC's fdatasync then costs what the server's code costs, not the
+            # disk's latency (/run is on a disk here) -- the figures compare clients, not disks.
+            # nas_on_tmpfs=False: in the run directory.
+            if nas_on_tmpfs:
+                self.data_dir = data = tempfile.mkdtemp(prefix=f"{self.name}-nas-", dir=NAS_DATA_ROOT)
+            else:
+                data = os.path.join(self.st.dir, "nasdata")
+            ctl = control_socket_path(self.st.dir, "nas")
+            self.nas_argv = [sys.executable, "-m", "nas_server.main", "--data-dir", data,
+                             "--export", f"{EXPORT}:{export_networks or self.hosts['nas'].address.network}",
+                             *[f"--create-image={EXPORT}/{img}:{mib}M" for img, mib in images],
+                             "--bind", self.nas_ip, "--port", str(NFS_PORT), "--portmap-port", "0",
+                             "--control", ctl, "--write-latency-ms", str(nas_write_latency_ms)]
+            self._start_nas()
+            self.ctls["nas"] = ControlClient(ctl, timeout_s=10.0)
+            pairs = [(str(self.hosts[c].address.ip), _mac(self.hosts[c])) for c in self.clients]
+            for h in ("nas", "noise"):
+                if h in self.hosts:
+                    add_permanent_neighbours(self.st.host_netns(h), self.st.host_iface(h), pairs)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_nas(self) -> None:
+        from netns_setup.process import ProcessStartError, start_process
+        try:
+            self.procs["nas"] = start_process(self.st, "nas", self.nas_argv, role="nas-server", ready=True,
+                                              cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
+        except ProcessStartError as e:
+            raise RigError(f"nas-server did not start: {str(e).splitlines()[0]}") from None
+
+    def restart_nas(self) -> None:
+        """SIGKILL + restart on the same data directory: UNSTABLE data and the DRC are lost, the
+        write verifier changes (testbed chaos)."""
+        self.procs["nas"].send_signal(9)
+        self.procs["nas"].wait(5.0)
+        self._start_nas()
+
+    def capture(self, host: str, path: str, iface: str | None = None) -> Any:
+        """tcpdump on ``host``'s interface (or ``iface`` in its namespace: a Linux guest's tap) into
+        ``path`` (netns_setup.capture)."""
+        from netns_setup.capture import start_capture
+        cap = self.caps[host] = start_capture(self.st, host, iface=iface, path=path)
+        return cap
+
+    def control_path(self, role: str) -> str:
+        from netns_setup.state import control_socket_path
+        return control_socket_path(self.st.dir, role)
+
+    @property
+    def nas_pid(self) -> int:
+        return self.procs["nas"].pid
+
+    def nas(self) -> Any:
+        return self.ctls["nas"]
+
+    def start_agent(self, host: str, *, pool_pages: int, min_free_kbytes: int | None = None,
+                    budget: int | None = None, profile: str | None = None, seed: int = 1,
+                    extra: list[str] | None = None, python_argv: list[str] | None = None,
+                    client: Any = None, ctl_timeout_s: float = 30.0) -> Any:
+        """Start client-agent on ``host``; returns its ``testbed.clients.AgentClient`` (``call``
+        reaches every control op), its process is ``procs["agent:<host>"]``."""
+        from testbed.clients import AgentClient
+        from netns_setup.control import ControlClient
+        from netns_setup.process import ProcessStartError, start_process
+        from netns_setup.state import control_socket_path
+
+        h = self.hosts[host]
+        neigh = [f"{self.nas_ip}={_mac(self.hosts['nas'])}"]
+        if "noise" in self.hosts:
+            neigh.append(f"{self.hosts['noise'].address.ip}={_mac(self.hosts['noise'])}")
+        ctl = control_socket_path(self.st.dir, f"agent-{host}")
+        argv = [*(python_argv or [sys.executable, "-m", "client_agent.agent"]), "--ifname", self.st.host_iface(host),
+                "--addr", h.address_str if hasattr(h, "address_str") else str(h.address),
+                "--pool-pages", str(pool_pages), "--seed", str(seed), "--control", ctl]
+        for n in neigh:
+            argv += ["--neigh", n]
+        if min_free_kbytes is not None:
+            argv += ["--min-free-kbytes", str(min_free_kbytes)]
+        if budget is not None:
+            argv += ["--budget", str(budget)]
+        argv += extra or []
+        env = dict(self.env)
+        if profile:
+            env["CLIENT_AGENT_PROFILE"] = profile
+        try:
+            self.procs[f"agent:{host}"] = start_process(self.st, host, argv, role="client-agent", ready=True,
+                                                        cpus=_cpus(AGENT_CPU), env=env, cwd=REPO)
+        except ProcessStartError as e:
+            raise RigError(f"client-agent on {host} did not start: {str(e).splitlines()[0]}") from None
+        c = self.ctls[f"agent:{host}"] = ControlClient(ctl, timeout_s=ctl_timeout_s)
+        client = client or AgentClient()
+        client.attach_process(self.procs[f"agent:{host}"], c)
+        return client
+
+    def swapon(self, host: str, **kw: Any) -> dict:
+        kw = {"server": self.nas_ip, "port": NFS_PORT, "export": EXPORT, "image": f"{host}.img", "slots": 16,
+              "wsize": PAGE, "stable": "FILE_SYNC", **kw}
+        return self.ctls[f"agent:{host}"].call("swapon", **kw)
+
+    def start_flood(self, dst: str, ports: list[int], rate_pps: int, *, size: int = 64, seed: int = 1,
+                    start_off: bool = False) -> Any:
+        from netns_setup.control import ControlClient
+        from netns_setup.process import ProcessStartError, start_process
+        from netns_setup.state import control_socket_path
+
+        ctl = control_socket_path(self.st.dir, "flood")
+        spec = ports if isinstance(ports, str) else ",".join(map(str, ports))
+        argv = [sys.executable, "-m", "testbed.flood", "--dst", dst, "--ports", spec,
+                "--rate-pps", str(rate_pps), "--size", str(size), "--seed", str(seed),
+                "--bind", str(self.hosts["noise"].address.ip), "--control", ctl]
+        if start_off:
+            argv.append("--start-off")
+        try:
+            self.procs["flood"] = start_process(self.st, "noise", argv, role="flood", ready=True,
+                                                cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
+        except ProcessStartError as e:
+            raise RigError(f"the flood did not start: {str(e).splitlines()[0]}") from None
+        c = self.ctls["flood"] = ControlClient(ctl, timeout_s=10.0)
+        return c
+
+    def stop(self, key: str) -> None:
+        c = self.ctls.pop(key, None)
+        if c is not None:
+            c.close()
+        p = self.procs.pop(key, None)
+        if p is not None:
+            p.stop()
+
+    def close(self) -> None:
+        from netns_setup import lifecycle
+        for cap in self.caps.values():
+            try:
+                cap.stop()
+            except Exception:  # noqa: BLE001 -- teardown goes on
+                pass
+        for k in [k for k in self.procs if k != "nas"] + ["nas"]:
+            try:
+                self.stop(k)
+            except Exception:  # noqa: BLE001 -- teardown goes on
+                pass
+        for c in self.ctls.values():
+            c.close()
+        self.ctls.clear()
+        try:
+            lifecycle.down(self.name)
+        finally:
+            if self.data_dir:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "Rig":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SwapRig(Rig):
+    """The bench sections' rig: one ``<client>.img`` of ``image_mib`` per client host (and a
+    ``ref.img`` for the reference client)."""
+
+    def __init__(self, topo: Any, tag: str, *, image_mib: int, ref_image_mib: int = 0, **kw: Any):
+        clients = [h.name for h in topo.hosts if h.name.startswith("client")]
+        images = [(f"{c}.img", image_mib) for c in clients]
+        if ref_image_mib:
+            images.append(("ref.img", ref_image_mib))
+        super().__init__(topo, tag, images=images, **kw)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` in seconds, from its CPU clock (ns resolution)."""
+    return time.clock_gettime_ns(((~pid) << 3) | 2) / 1e9
+
+
+def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float = 0.2,
+                max_wait_s: float = 20.0, pid: int | None = None) -> dict:
+    """Swap writeback rate from ``snapshot`` samples: pages the NAS acknowledged (``swap.acked``
+    grows with each FILE_SYNC reply; ``pswpout`` counts writes issued) over ``window_s`` once
+    ``pswpout`` has started and ``warmup_s`` passed. Returns MiB/s and the counters."""
+    t_end = time.monotonic() + max_wait_s
+    while True:
+        s = agent.call("snapshot")
+        if s["alloc"]["vmstat"].get("pswpout", 0) > 0:
+            break
+        if time.monotonic() > t_end:
+            raise BenchError(f"the agent never swapped out within {max_wait_s} s (workload {s.get('workload')}, "
+                             f"free {s['alloc']['zoneinfo'].get('free')}); is the pool smaller than the workload?")
+        time.sleep(0.05)
+    time.sleep(warmup_s)
+    samples = []
+    t0 = time.monotonic()
+    cpu0 = process_cpu_s(pid) if pid else None
+    while True:
+        s = agent.call("snapshot")
+        t = time.monotonic() - t0
+        samples.append((t, s["swap"]["acked"], s["alloc"]["vmstat"].get("pswpout", 0),
+                        s["nfs"].get("rpc_retrans", 0) if s.get("nfs") else 0, s["workload"]["done"], s))
+        if t >= window_s or s["workload"]["done"]:
+            break
+        time.sleep(sample_s)
+    cpu1 = process_cpu_s(pid) if pid else None
+    (ta, a0, p0, r0, _, s0), (tb, a1, p1, r1, done, s1) = samples[0], samples[-1]
+    dt = tb - ta
+    if dt <= 0 or a1 == a0:
+        raise BenchError(f"no acknowledged swap writes in the window ({a0} -> {a1} pages over {dt:.2f} s)")
+    return {"mib_per_s": (a1 - a0) * PAGE / dt / (1 << 20), "pages": a1 - a0, "seconds": dt,
+            "pswpout": p1 - p0, "retrans": r1 - r0, "workload_done_early": bool(done), "first": s0, "last": s1,
+            "samples": [(round(t, 3), a) for t, a, *_ in samples],
+            "cpu_pct": None if cpu0 is None else (cpu1 - cpu0) / (time.monotonic() - t0) * 100}
+
+
+def refclient_write(nas_ip: str, image: str, total_bytes: int, window: int, seed: int, cpu: int | None) -> dict:
+    """Inside a host with a kernel address: the reference client's FILE_SYNC 4 KiB writes."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    from protocols import nfs3
+    from nas_server.refclient import RefClient
+    with RefClient(nas_ip, NFS_PORT, "udp") as c:
+        root = c.mount("/" + EXPORT)
+        fh, _ = c.lookup(root, image)
+        r = c.write_pages(fh, total_bytes, PAGE, seed, nfs3.FILE_SYNC, window)
+        r["client"] = dict(c.stats)
+        return r

@@ -1,0 +1,39 @@
+"""`testbed run NAME --sim`: the in-memory run writes the real run's report directory -- report.json
+with the scenario entry keys, timeline.json, a PNG, a pcap of the in-memory wire -- without root."""
+
+import json
+
+from testbed.cli import main
+from testbed.report import SCENARIO_KEYS
+
+
+def test_run_sim_writes_the_report_directory(tmp_path, capsys):
+    out = tmp_path / "r"
+    rc = main(["run", "no-reserve", "--sim", "--seed", "3", "--out", str(out),
+               "--set", "max_duration_s=20"])
+    assert rc == 0                                   # expect deadlock, and it deadlocks
+    doc = json.loads((out / "report.json").read_text())
+    e = doc["scenarios"][0]
+    assert all(k in e for k in SCENARIO_KEYS) and doc["simulated"] is True
+    assert e["outcome"] == "deadlock" and e["expect"] == "deadlock" and e["seed"] == 3
+    assert e["pages_lost"] == 0 and e["pages_written"] == e["pages_verified"] > 0
+    assert e["counters"]["rx_nobuf"] > 1000 and e["counters"]["PFMemallocDrop"] == 0
+    tl = json.loads((out / "timeline.json").read_text())["samples"]
+    assert tl[0]["t"] == 0.1 and tl[-1]["t"] == e["decided_at_s"]
+    assert (out / "no-reserve.png").stat().st_size > 10_000
+    assert "not responding, still trying" in (out / "logs" / "sim.log").read_text()
+    # the pcap: classic pcap of both directions of the client's NIC, the flood and the NFS traffic
+    from scapy.all import UDP, rdpcap
+    frames = rdpcap(str(out / "pcap" / "client.pcap"))
+    ports = {(f[UDP].sport, f[UDP].dport) for f in frames if UDP in f}
+    assert any(d == 2049 for _s, d in ports) and any(s == 2049 for s, _d in ports)
+    assert any(9000 <= d < 9004 for _s, d in ports)
+    assert len(frames) > e["counters"]["rx_nobuf"]
+    assert "[simulated, seed 3]" in capsys.readouterr().out
+
+
+def test_run_sim_bad_override_is_one_line(tmp_path, capsys):
+    rc = main(["run", "memalloc", "--sim", "--out", str(tmp_path / "x"), "--set", "slots=0"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "slots" in err[0]
