@@ -384,3 +384,18 @@ def test_side_by_side_rows_pair_agent_and_linux():
     assert rows[0]["drop_reasons"] == {"PFMEMALLOC": 3000, "NOMEM": 5} and rows[1]["pages_total"] == 20000
     text = format_side_by_side(rows)
     assert "agent (tcp)" in text and "linux (tcp)" in text and "PFMEMALLOC:3000, NOMEM:5" in text and "-/20000" in text
+
+
+def test_relay_completes_a_partial_checksum():
+    from client_agent.wire import ipv4, tcp, udp
+    from client_agent.wire.ipv4 import ip_aton
+    from testbed.linux_vm.relay import complete_checksum
+    src, dst = ip_aton("198.18.0.1"), ip_aton("198.18.0.2")
+    for seg, proto, off in ((udp.emit(src, dst, 2049, 700, b"hello world!!"), 17, 6),
+                            (tcp.emit(src, dst, 2049, 700, 1, 2, 0x18, 65535, payload=b"x" * 101), 6, 16)):
+        good = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ipv4.emit_header(src, dst, proto, len(seg)) + seg
+        partial = bytearray(good)
+        partial[34 + off:36 + off] = b"\x12\x34"          # what CHECKSUM_PARTIAL leaves there
+        assert complete_checksum(bytes(partial)) == good
+    arp = b"\xff" * 6 + b"\x04" * 6 + b"\x08\x06" + b"\x00" * 28
+    assert complete_checksum(arp) == arp

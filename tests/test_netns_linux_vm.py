@@ -135,3 +135,28 @@ def test_condition_a_real_kernel_cannot_be_put_in_is_refused(tmp_path):
     p = cli("run", "no-reserve", "--client", "linux", "--out", str(tmp_path / "r"))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     assert "xs_set_memalloc" in p.stderr and not os.path.exists(tmp_path / "r" / "report.json")
+
+
+def test_chaos_on_a_linux_guest_faults_through_the_relay_and_a_nas_restart(tmp_path):
+    """`testbed chaos --runs 0 --real 1 --client linux`: seeded loss/dup/reorder/delay on both
+    directions of the guest's wire (relay), nas-server SIGKILLed and restarted mid-swap; the guest
+    verifies every page (or the kernel's OOM killer took the workload: recorded with its line)."""
+    out = tmp_path / "c"
+    p = cli("chaos", "--runs", "0", "--real", "1", "--client", "linux", "--out", str(out), timeout=400)
+    with open(out / "campaign.json") as f:
+        c = json.load(f)
+    (row,) = c["rows"]
+    assert row["kind"] == "real-linux" and row["ok"] is True, (row, p.stdout[-2000:])
+    assert (p.returncode == 0) is True
+    f = row["faults"]
+    assert f["nas_restart"] == 1 and f["loss"] > 0 and f["dup"] > 0 and f["reorder"] > 0 and f["delay"] > 0
+    with open(out / row["run"] / "entry.json") as fh:
+        e = json.load(fh)
+    assert e["nas_clean"]["clean"] is True
+    tg, fg = e["relay"]["to_guest"], e["relay"]["from_guest"]
+    assert tg["tx_frames"] == tg["lost"] + tg["passed"] and fg["tx_frames"] == fg["lost"] + fg["passed"]
+    if row["outcome"] == "oom-killed":
+        assert "oom" in row["oom"]
+    else:
+        assert row["outcome"] in ("completed", "recovered") and row["verified"] == 16000 and row["lost"] == 0
+    assert not left_behind(e["run_name"])
