@@ -153,7 +153,7 @@ class Progress:
 
     def show(self, t: float, c: dict, force: bool = False) -> None:
         line = (f"{self.prefix}t={t:5.1f}s free {c['free']} (min {c['min']} low {c['low']} high {c['high']} floor {c['atomic_floor']}) "
-                f"{'nr_written ' + str(c['nr_written']) if 'nr_written' in c else 'pswpout ' + str(c['pswpout'])} rx_nobuf {c['rx_nobuf']} PFMemallocDrop {c['PFMemallocDrop']} "
+                f"{'nr_written ' + str(c['nr_written']) if 'nr_written' in c else 'pswpout ' + str(c['pswpout'])} {'rx_nobuf ' + str(c['rx_nobuf']) + ' ' if c.get('rx_nobuf') is not None else ''}PFMemallocDrop {c['PFMemallocDrop']} "
                 f"retrans {c['rpc_retrans']} workload {c['workload_allocated']}")
         if self.tty:
             self.stream.write("\r\x1b[K" + line)

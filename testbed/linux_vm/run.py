@@ -88,7 +88,7 @@ def compact(t: float, snap: dict) -> dict:
         "udp_RcvbufErrors": udp.get("RcvbufErrors", 0), "udp_InErrors": udp.get("InErrors", 0),
         "udp_MemErrors": udp.get("MemErrors", 0),
         "udp_mem_pages": ((p.get("sockstat") or {}).get("UDP") or {}).get("mem"),
-        "rpc_calls": rpc.get("calls"), "rpc_retrans": rpc.get("retrans"), "rx_nobuf": 0,
+        "rpc_calls": rpc.get("calls"), "rpc_retrans": rpc.get("retrans"), "rx_nobuf": None,   # no such /proc figure
         "nas_write_calls": (snap.get("outside") or {}).get("nas_write_calls"),
         "workload_allocated": wl.get("allocated"), "workload_verified": wl.get("verified"),
         "workload_done": bool(wl.get("done")), "sample_seq": (snap.get("sample") or {}).get("seq"),
