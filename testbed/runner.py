@@ -335,7 +335,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         rig.stop("nas")
         wnote = None if missing_xids is not None else \
             "NAS replies by xid: snapshot()['nfs'] has no xids_replied (agent predates the contract field)"
-        text = "\n".join([f"outcome: {wd.outcome} ({'; '.join(wd.reasons)})",
+        text = "\n".join([f"outcome: {wd.outcome} ({'; '.join(wd.reasons)})", "evidence used:",
+                          *[f"  {ev}" for ev in wd.evidence],
                           hung_task_report(deadlock_snap or final, sc.stall_threshold_s, missing_xids, wnote)])
         if print_watchdog and wd.outcome in ("deadlock", "unfinished"):
             print(text, file=sys.stderr, flush=True)
@@ -366,7 +367,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "reserve_low_pages": wd.reserve_low_pages,
             "rpc_retrans": nfs_view(final).get("rpc_retrans"),
             "preflight": [ch.to_json() for ch in checks], "counters": counters, "watchdog": text,
-            "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
+            "decided_at_s": wd.decided_at, "evidence": wd.evidence, "missing_reply_xids": missing_xids, "verification": ver,
             "parameters": sc.to_dict(), "run_name": name, ("fileon" if file_consumer else "swapon"): sw,
             "consumer": consumer, "policy": getattr(sc, "policy", "linux"),
             # extended policy: file writeback's transport SOCK_MEMALLOC, which Linux does not do

@@ -229,6 +229,11 @@ class Watchdog:
         if bad:
             return self._decide("invalid", t, bad)
         p = progress(snap)
+        if not self.evidence:       # an agent's snapshot: the figures read, from its own allocator
+            self.evidence = [f"client snapshot at t={t:.1f}s: zoneinfo free {free} min {z.get('min')} low {z.get('low')} "
+                             f"high {z.get('high')}, reserve nr_free_lowwater {lw}, atomic floor {atomic_floor(snap)}, "
+                             f"progress (pswpout + nr_written) {p}, kswapd wanted "
+                             f"{bool(snap.get('alloc', {}).get('kswapd', {}).get('wanted'))}"]
         if self._last_pswpout is None or p > self._last_pswpout:
             self._last_growth = t
             self._last_pswpout = p
