@@ -122,7 +122,8 @@ def proc_view(snap: dict) -> dict:
     view = {**snap,
             "time_s": snap.get("t_s"), "valid": True, "invalid_reasons": [],
             "alloc": {"zoneinfo": zsum, "vmstat": vm,
-                      "reserve": {"atomic_floor": sum(_atomic_floor_linux(int(z.get("min", 0))) for z in zones)},
+                      "reserve": {"atomic_floor": sum(_atomic_floor_linux(int(z.get("min", 0))) for z in zones),
+                                  "pfmemalloc_seen": int(tcp.get("PFMemallocDrop", 0))},
                       "kswapd": {"wanted": silent}},
             "stack": stack,
             "workload": {**wl, "done": bool(wl.get("done")), "allocated": wl.get("allocated"),
@@ -194,6 +195,7 @@ class Watchdog:
     time_to_recover_s: float | None = None
     reserve_low_pages: int | None = None
     evidence: list = field(default_factory=list)
+    reserve_evidence: str | None = None
     stalled: bool = False
     _first_below_floor: float | None = None
     _last_pswpout: int | None = None
@@ -216,7 +218,7 @@ class Watchdog:
         if self.outcome is not None:
             return self.outcome
         snap = proc_view(snap)
-        self.evidence = list(snap.get("evidence") or [])
+        self.evidence = list(snap.get("evidence") or []) + ([self.reserve_evidence] if self.reserve_evidence else [])
         self._last_t = t
         z = zone(snap)
         free = z.get("free")
@@ -240,10 +242,19 @@ class Watchdog:
         floor = atomic_floor(snap)
         # The allocator's low-water mark catches a dip between two samples (0.2 s is long).
         lowest = min(v for v in (free, lw) if v is not None) if (free is not None or lw is not None) else None
-        if lowest is not None and lowest < floor:
+        # A real kernel has no low-water mark in /proc, but a receive buffer from the reserve is
+        # proof of a dip below the floor: page->pfmemalloc is set only for an ALLOC_NO_WATERMARKS
+        # allocation, made after the atomic watermark check failed (__alloc_pages_slowpath), and
+        # TcpExt PFMemallocDrop counts those refused at sk_filter (proc_view: pfmemalloc_seen).
+        pf = snap.get("alloc", {}).get("reserve", {}).get("pfmemalloc_seen")
+        if (lowest is not None and lowest < floor) or pf:
             self.stalled = True
             if self._first_below_floor is None:
                 self._first_below_floor = t
+                if pf and not (lowest is not None and lowest < floor):
+                    self.evidence.append(f"below the atomic floor at t={t:.1f}s by a buffer from the reserve: "
+                                         f"TcpExt PFMemallocDrop {pf} (free {free} in the sample)")
+                    self.reserve_evidence = self.evidence[-1]
         if workload_done(snap) and free is not None and settled(snap):
             how = (f"free {free} > high {z.get('high')}" if filemap(snap) is None else
                    f"file synced, kswapd asleep (free {free}, low {z.get('low')}), no page under writeback")
@@ -251,7 +262,8 @@ class Watchdog:
                 self.time_to_stall_s = self._first_below_floor
                 self.time_to_recover_s = t - self._first_below_floor
                 return self._decide("recovered", t, [f"workload done, {how} "
-                                                     f"{t - self._first_below_floor:.1f} s after free went below the atomic floor {floor}"])
+                                                     f"{t - self._first_below_floor:.1f} s after free went below the atomic floor {floor}"
+                                                     + (" (a reserve buffer seen: TcpExt PFMemallocDrop)" if self.reserve_evidence else "")])
             return self._decide("completed", t, [f"workload done, {how}, free never below the atomic floor {floor}"])
         if reclaim_needed(snap):
             if self._reclaim_since is None:

@@ -399,3 +399,20 @@ def test_relay_completes_a_partial_checksum():
         assert complete_checksum(bytes(partial)) == good
     arp = b"\xff" * 6 + b"\x04" * 6 + b"\x08\x06" + b"\x00" * 28
     assert complete_checksum(arp) == arp
+
+
+def test_a_reserve_buffer_seen_counts_as_below_the_floor():
+    """A kernel's 0.5 s samples miss a dip that the allocator's reserve use proves: PFMemallocDrop."""
+    def snap(free, pswpout, pfdrop, done=False):
+        s = _snap(free, pswpout, done=done)
+        s["proc"]["netstat"] = {"TcpExt": {"PFMemallocDrop": pfdrop}}
+        return s
+    wd = Watchdog(stall_threshold_s=5.0)
+    assert wd.feed(0.0, snap(600, 1, 0)) is None
+    assert wd.feed(0.5, snap(610, 5, 40)) is None                  # free above the floor (192), reserve used
+    assert wd.feed(2.0, snap(9000, 50, 40, done=True)) == "recovered"
+    assert wd.time_to_stall_s == 0.5 and wd.time_to_recover_s == 1.5
+    assert "PFMemallocDrop" in wd.reasons[0] and any("by a buffer from the reserve" in e for e in wd.evidence)
+    wd = Watchdog(stall_threshold_s=5.0)                           # no reserve use, no dip: completed
+    wd.feed(0.0, snap(600, 1, 0))
+    assert wd.feed(2.0, snap(9000, 50, 0, done=True)) == "completed"
