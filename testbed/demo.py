@@ -139,7 +139,7 @@ def format_side_by_side(rows: list[dict]) -> str:
     table = [SIDE_COLUMNS]
     for r in rows:
         drops = ", ".join(f"{k}:{v}" for k, v in list(r["drop_reasons"].items())[:3]) or "-"
-        table.append((r["scenario"], f"{r['client']} ({r['transport']})", r["outcome"], _fmt(r["time_to_stall_s"]),
+        table.append((r["scenario"], r["client"] + (f" ({r['transport']})" if r["transport"] else ""), r["outcome"], _fmt(r["time_to_stall_s"]),
                       _fmt(r["time_to_recover_s"]), _fmt(r["pswpout"]), _fmt(r["PFMemallocDrop"]), drops,
                       _fmt(r["reserve_low_pages"]), f"{_fmt(r['pages_verified'])}/{_fmt(r['pages_total'])}"))
     w = [max(len(t[i]) for t in table) for i in range(len(SIDE_COLUMNS))]
