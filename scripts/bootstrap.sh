@@ -18,7 +18,10 @@ fi
 
 # Debian packages the testbed and its tests use (peers, captures, the NFS baseline server).
 APT_PACKAGES=(tcpdump tshark libnfs-utils rpcbind iproute2 nfs-ganesha nfs-ganesha-vfs vblade aoetools
-              nbdkit nbd-server qemu-utils qemu-block-extra libnbd-bin tgt libiscsi-bin)
+              nbdkit nbd-server qemu-utils qemu-block-extra libnbd-bin tgt libiscsi-bin
+              # a real Linux kernel as the client (testbed.linux_vm): QEMU, the distro kernel and its
+              # modules, a static busybox, and gcc + static libc for the in-guest helper
+              qemu-system-x86 linux-image-amd64 busybox-static gcc libc6-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

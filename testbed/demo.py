@@ -58,12 +58,16 @@ def default_out_dir() -> str:
     return os.path.join("reports", f"demo-{time.strftime('%Y%m%dT%H%M%S')}")
 
 
-def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS,
-             transport: str | None = None) -> list[tuple[scn.Scenario, list, dict]]:
-    """Load + preflight every scenario; raises ScenarioError / returns the failing checks' lines.
+def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS, transport: str | None = None,
+             clients: tuple[str, ...] = ("agent",), client_overrides: dict | None = None,
+             overrides: dict | None = None) -> list[tuple[scn.Scenario, list, dict]]:
+    """Load + preflight every scenario, once per client kind; raises ScenarioError.
     ``names``: scenario names, or (label, scenario, overrides) rows as in PROTOCOL_ROWS.
     ``transport`` overrides every scenario's (the built-ins say "tcp", as every Linux since 5.6
-    mounts; "udp" is the pre-5.6 configuration)."""
+    mounts; "udp" is the pre-5.6 configuration). ``clients``: "agent", "linux"; the linux runs
+    take ``client_overrides`` (guest kernel, NIC, ...); ``overrides`` (--set) apply to both. Side by
+    side (both kinds), the agent speaks the guest's NFS transport (TCP unless guest_nfs_proto or
+    transport says otherwise), so both clients run the same protocol."""
     out = []
     for n in names:
         row_ov: dict = {}
@@ -72,19 +76,28 @@ def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS,
         base = scn.load(n, row_ov)
         cap = QUICK_MAX_DURATION_S if quick else MAX_DURATION_S
         ov: dict = {**row_ov, "max_duration_s": min(base.max_duration_s, cap)}
-        if seed is not None:
-            ov["seed"] = seed
         if transport is not None:
             ov["transport"] = transport
-        sc = scn.load(n, ov)
-        checks, figs = scn.preflight(sc)
-        out.append((sc, checks, figs))
+        if "linux" in clients and "agent" in clients and "transport" not in (overrides or {}) and transport is None:
+            ov["transport"] = (overrides or {}).get("guest_nfs_proto", base.guest_nfs_proto)
+        ov.update(overrides or {})
+        if seed is not None:
+            ov["seed"] = seed
+        for client in clients:
+            sc = scn.load(n, {**ov, **(client_overrides or {}), "client": client} if client == "linux" else ov)
+            checks, figs = scn.preflight(sc)
+            out.append((sc, checks, figs))
     return out
 
 
-def _error_entry(sc: scn.Scenario, checks: list, msg: str) -> dict:
+def run_label(sc: scn.Scenario) -> str:
+    """The scenario's name, with "-linux" for a real-kernel run (its directory and pcap prefix)."""
+    return sc.name + ("-linux" if sc.client == "linux" else "")
+
+
+def _error_entry(sc: scn.Scenario, checks: list, msg: str, outcome: str = "invalid") -> dict:
     e = {k: None for k in rep.SCENARIO_KEYS}
-    e.update(name=sc.name, outcome="invalid", seed=sc.seed, expect=sc.expect, preflight=[c.to_json() for c in checks],
+    e.update(name=sc.name, client=sc.client, outcome=outcome, seed=sc.seed, expect=sc.expect, preflight=[c.to_json() for c in checks],
              counters={"PFMemallocDrop": None, "rx_nobuf": None}, watchdog=f"run failed: {msg}", error=msg)
     return e
 
@@ -107,7 +120,9 @@ def table_rows(entries: list[dict]) -> list[tuple[str, ...]]:
         ok = e["outcome"] == e["expect"]
         ex = e.get("explanations") or {}
         beyond = " (beyond Linux)" if e.get("beyond_linux") else ""
-        rows.append((e["name"], e["expect"], f"{e['outcome']}{beyond} {'ok' if ok else 'MISMATCH'}",
+        verdict = "" if e["outcome"] == "n/a" else " ok" if ok else " MISMATCH"
+        name = e["name"] + (" [linux]" if e.get("client") == "linux" else "")
+        rows.append((name, e["expect"], f"{e['outcome']}{beyond}{verdict}",
                      _fmt(e["time_to_stall_s"]), _fmt(e["time_to_recover_s"]),
                      f"{_fmt(e['pages_written'])}/{_fmt(e['pages_verified'])}",
                      _fmt(e["counters"].get("PFMemallocDrop")), _fmt(e["counters"].get("rx_nobuf")),
@@ -115,6 +130,54 @@ def table_rows(entries: list[dict]) -> list[tuple[str, ...]]:
                      f"{ex.get('fates', {}).get('dropped', 0)}/{ex.get('replies_on_wire', ex.get('responses_on_wire', 0))}"
                      if ex else "-"))
     return rows
+
+
+SIDE_COLUMNS = ("scenario", "client", "outcome", "stall s", "recover s", "pswpout", "PFMemallocDrop",
+                "drops by reason", "reserve low", "pages verified")
+
+
+def side_by_side_rows(entries: list[dict]) -> list[dict]:
+    """Agent vs Linux on the same scenario and seed: one row per (scenario, client) of the scenarios
+    that ran on both, in report order. ``drops``: drop_reasons (the agent's SKB_DROP_REASON counts;
+    the kernel's /proc counters named by the reason they stand for: testbed.watchdog.proc_view)."""
+    by = {}
+    for e in entries:
+        by.setdefault(e["name"], {})[e.get("client") or "agent"] = e
+    rows = []
+    for name, d in by.items():
+        if not {"agent", "linux"} <= set(d):
+            continue
+        for client in ("agent", "linux"):
+            e = d[client]
+            c = e.get("counters") or {}
+            verified = e.get("pages_verified")
+            total = (e.get("verification") or {}).get("pages") if client == "linux" else e.get("pages_written")
+            rows.append({"scenario": name, "client": client, "outcome": e["outcome"], "seed": e.get("seed"),
+                         "time_to_stall_s": e.get("time_to_stall_s"), "time_to_recover_s": e.get("time_to_recover_s"),
+                         "pswpout": c.get("pswpout"), "PFMemallocDrop": c.get("PFMemallocDrop"),
+                         "drop_reasons": dict(sorted((c.get("drop_reasons") or {}).items(), key=lambda kv: -kv[1])),
+                         "reserve_low_pages": e.get("reserve_low_pages"), "pages_verified": verified,
+                         "pages_total": total, "transport": (e.get("parameters") or {}).get(
+                             "guest_nfs_proto" if client == "linux" else "transport")})
+    return rows
+
+
+def format_side_by_side(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    table = [SIDE_COLUMNS]
+    for r in rows:
+        drops = ", ".join(f"{k}:{v}" for k, v in list(r["drop_reasons"].items())[:3]) or "-"
+        table.append((r["scenario"], r["client"] + (f" ({r['transport']})" if r["transport"] else ""), r["outcome"], _fmt(r["time_to_stall_s"]),
+                      _fmt(r["time_to_recover_s"]), _fmt(r["pswpout"]), _fmt(r["PFMemallocDrop"]), drops,
+                      _fmt(r["reserve_low_pages"]), f"{_fmt(r['pages_verified'])}/{_fmt(r['pages_total'])}"))
+    w = [max(len(t[i]) for t in table) for i in range(len(SIDE_COLUMNS))]
+    lines = ["agent vs Linux, same scenario and seed"]
+    for i, t in enumerate(table):
+        lines.append("  ".join(c.ljust(w[j]) if j < 3 or j == 7 else c.rjust(w[j]) for j, c in enumerate(t)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * x for x in w))
+    return "\n".join(lines)
 
 
 def is_file(e: dict) -> bool:
@@ -262,28 +325,38 @@ def run_demo(out: str, loaded: list, *, say=None, protocols: bool = False) -> tu
     entries, items = [], []
     n = len(loaded)
     for i, (sc, checks, figs) in enumerate(loaded, 1):
-        sdir = os.path.join(out, "scenarios", sc.name)
+        label = run_label(sc)
+        sdir = os.path.join(out, "scenarios", label)
         os.makedirs(sdir, exist_ok=True)
-        say(f"[{i}/{n}] {sc.name}: expect {sc.expect} -- {sc.description}")
+        say(f"[{i}/{n}] {label}: expect {sc.expect} -- {sc.description}")
         t1 = time.monotonic()
+        na = None
+        if sc.client == "linux":
+            from testbed.linux_vm.run import unsupported
+            na = unsupported(sc)
         try:
+            if na:
+                raise RunError(na)
             # the runner's swapon line is a dict only `testbed run` readers want; the rest (run name,
             # outcome) is what a demo viewer needs: `testbed stat --live --name RUN` takes that name
             log = lambda m, _n=sc.name: None if m.startswith(("swapon:", "fileon:")) else say(f"[{i}/{n}] {_n}: {m}")  # noqa: E731
             entry = run_scenario(sc, checks, sdir, log=log,
-                                 pcap_dir=os.path.join(out, "pcap"), pcap_prefix=f"{sc.name}-",
-                                 logs_dir=os.path.join(out, "logs", sc.name), progress_prefix=f"[{i}/{n}] {sc.name:<19} ",
+                                 pcap_dir=os.path.join(out, "pcap"), pcap_prefix=f"{label}-",
+                                 logs_dir=os.path.join(out, "logs", label), progress_prefix=f"[{i}/{n}] {label:<19} ",
                                  print_watchdog=False)
         except RunError as e:
-            say(f"[{i}/{n}] {sc.name}: run failed: {e}; logs in {out}/logs/{sc.name}")
-            entry = _error_entry(sc, checks, str(e))
+            if na:
+                say(f"[{i}/{n}] {label}: n/a: {na}")
+            else:
+                say(f"[{i}/{n}] {label}: run failed: {e}; logs in {out}/logs/{label}")
+            entry = _error_entry(sc, checks, str(e), outcome="n/a" if na else "invalid")
             entry["_timeline"] = []
         timeline = entry.pop("_timeline")
         entry["figures"] = figs
         entry["wall_s"] = round(time.monotonic() - t1, 1)
         rep.write_json(os.path.join(sdir, "timeline.json"), {"schema_version": rep.SCHEMA_VERSION, "interval_s": 0.2,
                                                             "samples": timeline})
-        if "error" not in entry:
+        if "error" not in entry and sc.client != "linux":    # explanations read the agent's xid records
             postprocess(out, entry, timeline, say)
         ok = entry["outcome"] == entry["expect"]
         summary = (entry.get("explanations") or {})
@@ -300,11 +373,12 @@ def run_demo(out: str, loaded: list, *, say=None, protocols: bool = False) -> tu
     except Exception as e:  # noqa: BLE001
         say(f"overview PNG failed: {type(e).__name__}: {e}")
     wall = time.monotonic() - t_start
+    side = side_by_side_rows(entries)
     rep.write_report(out, entries, extra={"demo": {"scenarios": [s.name for s, _, _ in loaded], "complete": True,
                                                    "wall_s": round(wall, 1), "overview_png": "overview.png",
-                                                   **tables(entries)}})
+                                                   **tables(entries), "side_by_side": side}})
     with open(os.path.join(out, "table.txt"), "w") as f:
-        f.write(fmt(entries) + "\n")
+        f.write(fmt(entries) + "\n" + (f"\n{format_side_by_side(side)}\n" if side else ""))
     with open(os.path.join(out, "explanations.txt"), "w") as f:
         for e in entries:
             rel = (e.get("files") or {}).get("explanations")     # NFS replies by xid, AoE responses by tag

@@ -261,10 +261,11 @@ class Rig:
         self.procs["nas"].wait(5.0)
         self._start_nas()
 
-    def capture(self, host: str, path: str) -> Any:
-        """tcpdump on ``host``'s interface into ``path`` (netns_setup.capture)."""
+    def capture(self, host: str, path: str, iface: str | None = None) -> Any:
+        """tcpdump on ``host``'s interface (or ``iface`` in its namespace: a Linux guest's tap) into
+        ``path`` (netns_setup.capture)."""
         from netns_setup.capture import start_capture
-        cap = self.caps[host] = start_capture(self.st, host, path=path)
+        cap = self.caps[host] = start_capture(self.st, host, iface=iface, path=path)
         return cap
 
     def control_path(self, role: str) -> str:

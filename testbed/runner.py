@@ -247,7 +247,7 @@ class Progress:
 
     def show(self, t: float, c: dict, force: bool = False) -> None:
         line = (f"{self.prefix}t={t:5.1f}s free {c['free']} (min {c['min']} low {c['low']} high {c['high']} floor {c['atomic_floor']}) "
-                f"{'nr_written ' + str(c['nr_written']) if 'nr_written' in c else 'pswpout ' + str(c['pswpout'])} rx_nobuf {c['rx_nobuf']} PFMemallocDrop {c['PFMemallocDrop']} "
+                f"{'nr_written ' + str(c['nr_written']) if 'nr_written' in c else 'pswpout ' + str(c['pswpout'])} {'rx_nobuf ' + str(c['rx_nobuf']) + ' ' if c.get('rx_nobuf') is not None else ''}PFMemallocDrop {c['PFMemallocDrop']} "
                 f"retrans {c['rpc_retrans']} workload {c['workload_allocated']}")
         if self.tty:
             self.stream.write("\r\x1b[K" + line)
@@ -277,6 +277,11 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
     started (testbed chaos/hostile): ctx has ``t``, ``snapshot`` (the agent's, at t), ``st``, ``procs``, ``ctl``, ``hosts``,
     ``restart_nas()`` (SIGKILL + restart on the same data dir) and ``record`` (a dict kept in the entry).
     """
+    if getattr(sc, "client", "agent") == "linux":       # a real kernel in a QEMU VM (testbed.linux_vm)
+        from testbed.linux_vm.run import run_linux
+        return run_linux(sc, checks, out, log=log, pcap_dir=pcap_dir, pcap_prefix=pcap_prefix, logs_dir=logs_dir,
+                         progress_prefix=progress_prefix, print_watchdog=print_watchdog,
+                         export_networks=export_networks, during=during)
     from netns_setup.control import ControlClient, ControlError
     from netns_setup.process import ProcessStartError, run_in_netns
     from netns_setup.topology import default_topology
@@ -491,7 +496,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         ver["wall_s"] = round(time.monotonic() - t_ver, 2)
         wnote = None if missing_xids is not None else \
             "NAS replies by xid: snapshot()['nfs'] has no xids_replied (agent predates the contract field)"
-        text = "\n".join([f"outcome: {wd.outcome} ({'; '.join(wd.reasons)})",
+        text = "\n".join([f"outcome: {wd.outcome} ({'; '.join(wd.reasons)})", "evidence used:",
+                          *[f"  {ev}" for ev in wd.evidence],
                           hung_task_report(deadlock_snap or final, sc.stall_threshold_s, missing_xids, wnote)])
         if print_watchdog and wd.outcome in ("deadlock", "unfinished"):
             print(text, file=sys.stderr, flush=True)
@@ -526,7 +532,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "reserve_low_pages": wd.reserve_low_pages,
             "rpc_retrans": nfs_view(final).get("rpc_retrans"),
             "preflight": [ch.to_json() for ch in checks], "counters": counters, "watchdog": text,
-            "decided_at_s": wd.decided_at, "missing_reply_xids": missing_xids, "verification": ver,
+            "decided_at_s": wd.decided_at, "evidence": wd.evidence, "missing_reply_xids": missing_xids, "verification": ver,
             "parameters": sc.to_dict(), "run_name": name, ("fileon" if file_consumer else "swapon"): sw,
             "consumer": consumer, "policy": getattr(sc, "policy", "linux"), "storage": storage,
             "target": getattr(sc, "target", "nas-server"),

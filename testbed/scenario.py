@@ -19,6 +19,9 @@ import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 
+from testbed.linux_vm.initramfs import NIC_MODULES
+from testbed.linux_vm.qemu import ACCELS
+
 SCENARIO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scenarios")
 EXPECTS = ("deadlock", "recovered", "completed")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -164,6 +167,24 @@ class Scenario:
     agent_capacity_pps: int = DEFAULT_AGENT_CAPACITY_PPS
     budget: int = 64
     swap_rate_pps: int = DEFAULT_SWAP_RATE_PPS
+    # Which client host runs the scenario: the userspace agent, or a real Linux kernel in a QEMU VM
+    # (testbed.linux_vm). The guest_* keys apply to the latter only: its memory, NIC model, extra
+    # kernel command line, accelerator, anonymous workload (0: workload_pages / pool_pages of the
+    # guest's memory), NFS transport, net.ipv4.udp_mem in pages ("" keeps the kernel's), hung-task timeout, sampler
+    # period, and a kernel (vmlinuz/bzImage/vmlinux) + modules directory ("" = the distro's).
+    client: str = "agent"
+    guest_memory_mib: int = 256
+    guest_nic: str = "virtio-net-pci"
+    guest_cmdline: str = ""
+    guest_accel: str = "auto"
+    guest_workload_pages: int = 0
+    guest_udp_mem: str = ""
+    guest_hung_task_s: int = 10
+    guest_sample_ms: int = 500
+    guest_nfs_proto: str = "tcp"
+    guest_wsize: int = 0        # NFS rsize/wsize of the guest's mount; 0: negotiated (nas-server's 1 MiB)
+    guest_kernel: str = ""
+    guest_modules: str = ""
     source: str = field(default="<defaults>", compare=False)
 
     def to_dict(self) -> dict:
@@ -181,13 +202,19 @@ _INT_RANGES = {
     "workload_rate_pps": (0, 10_000_000), "agent_capacity_pps": (1, 100_000_000), "budget": (1, 4096),
     "swap_rate_pps": (0, 100_000_000), "dirty_ratio": (1, 100), "dirty_background_ratio": (0, 100),
     "aoe_shelf": (0, 65534), "aoe_slot": (0, 254), "aoe_bufcnt": (1, 65535), "nfs_swap_pages": (0, 1 << 20),
+    "guest_memory_mib": (96, 65536), "guest_workload_pages": (0, 1 << 26), "guest_hung_task_s": (0, 3600),
+    "guest_sample_ms": (50, 10000), "guest_wsize": (0, 1 << 20),
 }
 _FLOAT_RANGES = {"timeo_s": (0.01, 600.0), "timeo_max_s": (0.01, 3600.0), "nas_write_latency_ms": (0.0, 10_000.0),
                  "aoe_service_ms": (0.0, 10_000.0),
                  "stall_threshold_s": (0.1, 3600.0), "max_duration_s": (1.0, 86400.0)}
+CLIENTS = ("agent", "linux")
+GUEST_NICS = tuple(NIC_MODULES)     # the QEMU NIC models whose guest driver the initramfs carries
+GUEST_ACCELS = ACCELS
 _CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
             "consumer": CONSUMERS, "policy": POLICIES, "transport": TRANSPORTS,
-            "storage": STORAGES, "target": tuple(TARGETS), "aoe_target": AOE_TARGETS}
+            "storage": STORAGES, "target": tuple(TARGETS), "aoe_target": AOE_TARGETS, "client": CLIENTS,
+            "guest_nic": GUEST_NICS, "guest_nfs_proto": ("tcp", "udp"), "guest_accel": GUEST_ACCELS}
 
 
 def _check_value(src: str, key: str, value):
@@ -217,6 +244,9 @@ def _check_value(src: str, key: str, value):
         raise ScenarioError(f"{src}: {key}: expected a string, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ScenarioError(f"{src}: {key}: {value!r} is not one of {', '.join(_CHOICES[key])}; pick one of them")
+    if key == "guest_udp_mem" and value and value != "kernel" and not re.fullmatch(r"\d+ \d+ \d+", value.strip()):
+        raise ScenarioError(f"{src}: {key}: {value!r} is not three page counts; write e.g. {key} = \"4096 8192 65536\" "
+                            "(min pressure max, in pages, as net.ipv4.udp_mem), \"kernel\" for the kernel's, or \"\" for no cap")
     if key == "client_faults":
         from client_agent.phy.fault import parse_fault_spec
         try:

@@ -12,6 +12,14 @@ Invariants owned here (docs/swap-contract.md, "Outcome rules"):
   is ``pswpout + nr_written``, a writer throttled in balance_dirty_pages counts as reclaim needed, and
   "done" is the file workload synced with kswapd asleep and no page under writeback (the file's pages
   stay cached, free need not exceed high).
+- A real kernel (testbed.linux_vm, snapshot["proc"]: /proc-shaped) is read through ``proc_view``
+  and judged by the same rules: free/min/low/high are the sums over its zones (/proc/zoneinfo), the
+  atomic floor is 3·min/8 per zone (__zone_watermark_ok: ALLOC_HIGH halves min, ALLOC_HARDER takes a
+  further quarter), pswpout is /proc/vmstat's, "done" is the workload's own report after it verified
+  every page. What needs nothing from the guest counts too: NAS-side WRITE calls are progress, and a
+  guest silent for 3 sampler periods before its workload is done counts as needing reclaim (its
+  sampler needs memory to read /proc; a hung guest cannot say free < low). The evidence used is
+  listed in ``evidence``.
 - ``invalid``: a snapshot says it is not valid (tp_drops, loop lag) or the runner saw softnet drops.
 - The first outcome is final; ``finish()`` at the end of the budget gives ``unfinished`` when none
   was reached (the run proves nothing either way, so it never equals an ``expect``).
@@ -47,9 +55,85 @@ def filemap(snap: dict) -> dict | None:
 
 def progress(snap: dict) -> int:
     """Writeback progress, as testbed.sim counts it: pages submitted to swap (pswpout) + file pages
-    whose writeback the NAS acknowledged (nr_written)."""
+    whose writeback the NAS acknowledged (nr_written); for a real kernel also the WRITE calls the NAS
+    saw (``outside``): a guest whose sampler is stuck may still be writing."""
     vm = snap.get("alloc", {}).get("vmstat", {})
-    return int(vm.get("pswpout", 0)) + int(vm.get("nr_written", 0))
+    return (int(vm.get("pswpout", 0)) + int(vm.get("nr_written", 0))
+            + int((snap.get("outside") or {}).get("nas_write_calls", 0)))
+
+
+SILENT_PERIODS = 3
+
+
+def _atomic_floor_linux(wmin: int) -> int:
+    """__zone_watermark_ok for GFP_ATOMIC (ALLOC_HIGH | ALLOC_HARDER), order 0: min -= min/2, then
+    min -= min/4 (Linux 6.1 mm/page_alloc.c)."""
+    m = wmin - wmin // 2
+    return m - m // 4
+
+
+def proc_view(snap: dict) -> dict:
+    """A real kernel's /proc-shaped snapshot (testbed.linux_vm.LinuxVmClient.raw_snapshot: ``proc``
+    holds the files as read) in the shape of testbed/clients/base.py's contract -- the keys the
+    rules read (``alloc`` zoneinfo/vmstat/reserve/kswapd, ``workload``) and those the report reads
+    (``stack`` counters/snmp/drop_reasons, ``nfs``, ``swap``) -- with ``evidence``: the sources this
+    view was built from, one line each. The raw snapshot's keys are kept. A snapshot already in the
+    contract's shape (an agent's; one this function made) is returned unchanged.
+
+    drop_reasons: Linux 6.1 shows none in /proc (only the skb:kfree_skb tracepoint has them); the
+    counters incremented at the same drop sites stand in, named by the reason: PFMEMALLOC
+    (TcpExt PFMemallocDrop, sk_filter_trim_cap), SOCKET_RCVBUFF (Udp RcvbufErrors), PROTO_MEM (Udp
+    MemErrors), SOCKET_BACKLOG (TcpExt TCPBacklogDrop)."""
+    if "proc" not in snap or "alloc" in snap:
+        return snap
+    p = snap.get("proc") or {}
+    zones = [z for z in (p.get("zoneinfo") or {}).values() if z.get("managed")]
+    zsum = {k: sum(int(z.get(k, 0)) for z in zones) for k in ("free", "min", "low", "high", "managed")} if zones else {}
+    vm = p.get("vmstat") or {}
+    wl = snap.get("workload") or {}
+    samp = snap.get("sample") or {}
+    interval = samp.get("interval_s") or 0.5
+    age = samp.get("age_s")
+    silent = (age is None or age >= SILENT_PERIODS * interval) and not wl.get("done")
+    ev = []
+    if zones:
+        ev.append(f"sampler #{samp.get('seq')} ({age if age is not None else '?'} s old): /proc/zoneinfo "
+                  f"free {zsum['free']} min {zsum['min']} low {zsum['low']} high {zsum['high']} (sum of "
+                  f"{len(zones)} zones), /proc/vmstat pswpout {vm.get('pswpout', 0)}")
+    out = snap.get("outside") or {}
+    if "nas_write_calls" in out:
+        ev.append(f"NAS: {out['nas_write_calls']} WRITE calls seen")
+    if silent:
+        ev.append(f"guest silent: no sample for {age if age is not None else 'ever'} s "
+                  f"(>= {SILENT_PERIODS} x {interval} s) before its workload finished; counted as reclaim needed")
+    if wl.get("done"):
+        ev.append(f"workload: {wl.get('verified')} of {wl.get('pages')} pages verified, "
+                  f"{wl.get('swapped_in_verified')} of them after swap-in")
+    ev += list(snap.get("evidence") or [])
+    netstat, snmp = p.get("netstat") or {}, p.get("snmp") or {}
+    tcp, udp = netstat.get("TcpExt") or {}, snmp.get("Udp") or {}
+    rpc = (p.get("rpc_nfs") or {}).get("rpc") or {}
+    stack = {"counters": {"PFMemallocDrop": int(tcp.get("PFMemallocDrop", 0))} if tcp else {},
+             "snmp": {**snmp, **netstat},
+             "drop_reasons": {r: int(v) for r, v in (("PFMEMALLOC", tcp.get("PFMemallocDrop")),
+                                                     ("SOCKET_RCVBUFF", udp.get("RcvbufErrors")),
+                                                     ("PROTO_MEM", udp.get("MemErrors")),
+                                                     ("SOCKET_BACKLOG", tcp.get("TCPBacklogDrop"))) if v}}
+    view = {**snap,
+            "time_s": snap.get("t_s"), "valid": True, "invalid_reasons": [],
+            "alloc": {"zoneinfo": zsum, "vmstat": vm,
+                      "reserve": {"atomic_floor": sum(_atomic_floor_linux(int(z.get("min", 0))) for z in zones),
+                                  "pfmemalloc_seen": int(tcp.get("PFMemallocDrop", 0))},
+                      "kswapd": {"wanted": silent}},
+            "stack": stack,
+            "workload": {**wl, "done": bool(wl.get("done")), "allocated": wl.get("allocated"),
+                         "target": wl.get("pages")},
+            "outside": out, "evidence": ev}
+    if rpc:
+        view["nfs"] = {"counters": {"rpc_calls": rpc.get("calls"), "rpc_retrans": rpc.get("retrans")}}
+    if "pswpout" in vm:
+        view["swap"] = {"active": True, "pswpout": int(vm.get("pswpout", 0)), "pswpin": int(vm.get("pswpin", 0))}
+    return view
 
 
 def reclaim_needed(snap: dict) -> bool:
@@ -111,6 +195,8 @@ class Watchdog:
     time_to_stall_s: float | None = None
     time_to_recover_s: float | None = None
     reserve_low_pages: int | None = None
+    evidence: list = field(default_factory=list)
+    reserve_evidence: str | None = None
     stalled: bool = False
     _first_below_floor: float | None = None
     _last_pswpout: int | None = None
@@ -132,6 +218,8 @@ class Watchdog:
         """One sample at runner time ``t`` (s since start). Returns the outcome once decided."""
         if self.outcome is not None:
             return self.outcome
+        snap = proc_view(snap)
+        self.evidence = list(snap.get("evidence") or []) + ([self.reserve_evidence] if self.reserve_evidence else [])
         self._last_t = t
         z = zone(snap)
         free = z.get("free")
@@ -144,16 +232,30 @@ class Watchdog:
         if bad:
             return self._decide("invalid", t, bad)
         p = progress(snap)
+        if not self.evidence:       # an agent's snapshot: the figures read, from its own allocator
+            self.evidence = [f"client snapshot at t={t:.1f}s: zoneinfo free {free} min {z.get('min')} low {z.get('low')} "
+                             f"high {z.get('high')}, reserve nr_free_lowwater {lw}, atomic floor {atomic_floor(snap)}, "
+                             f"progress (pswpout + nr_written) {p}, kswapd wanted "
+                             f"{bool(snap.get('alloc', {}).get('kswapd', {}).get('wanted'))}"]
         if self._last_pswpout is None or p > self._last_pswpout:
             self._last_growth = t
             self._last_pswpout = p
         floor = atomic_floor(snap)
         # The allocator's low-water mark catches a dip between two samples (0.2 s is long).
         lowest = min(v for v in (free, lw) if v is not None) if (free is not None or lw is not None) else None
-        if lowest is not None and lowest < floor:
+        # A real kernel has no low-water mark in /proc, but a receive buffer from the reserve is
+        # proof of a dip below the floor: page->pfmemalloc is set only for an ALLOC_NO_WATERMARKS
+        # allocation, made after the atomic watermark check failed (__alloc_pages_slowpath), and
+        # TcpExt PFMemallocDrop counts those refused at sk_filter (proc_view: pfmemalloc_seen).
+        pf = snap.get("alloc", {}).get("reserve", {}).get("pfmemalloc_seen")
+        if (lowest is not None and lowest < floor) or pf:
             self.stalled = True
             if self._first_below_floor is None:
                 self._first_below_floor = t
+                if pf and not (lowest is not None and lowest < floor):
+                    self.evidence.append(f"below the atomic floor at t={t:.1f}s by a buffer from the reserve: "
+                                         f"TcpExt PFMemallocDrop {pf} (free {free} in the sample)")
+                    self.reserve_evidence = self.evidence[-1]
         if workload_done(snap) and free is not None and settled(snap):
             how = (f"free {free} > high {z.get('high')}" if filemap(snap) is None else
                    f"file synced, kswapd asleep (free {free}, low {z.get('low')}), no page under writeback")
@@ -161,7 +263,8 @@ class Watchdog:
                 self.time_to_stall_s = self._first_below_floor
                 self.time_to_recover_s = t - self._first_below_floor
                 return self._decide("recovered", t, [f"workload done, {how} "
-                                                     f"{t - self._first_below_floor:.1f} s after free went below the atomic floor {floor}"])
+                                                     f"{t - self._first_below_floor:.1f} s after free went below the atomic floor {floor}"
+                                                     + (" (a reserve buffer seen: TcpExt PFMemallocDrop)" if self.reserve_evidence else "")])
             return self._decide("completed", t, [f"workload done, {how}, free never below the atomic floor {floor}"])
         if reclaim_needed(snap):
             if self._reclaim_since is None:
@@ -169,9 +272,12 @@ class Watchdog:
             start = self.stall_start()
             if t - start + EPS >= self.stall_threshold_s:
                 self.time_to_stall_s = start
+                why = [w for w, on in ((f"free {free} < low {z.get('low')}", free is not None and free < z.get("low", 0)),
+                                       ("kswapd wanted", bool(snap.get("alloc", {}).get("kswapd", {}).get("wanted"))),
+                                       ("a writer throttled", filemap(snap) is not None and reclaim_needed(snap)))
+                       if on] or ["reclaim needed"]
                 return self._decide("deadlock", t, [
-                    f"reclaim needed (free {free} < low {z.get('low')}, kswapd wanted"
-                    f"{' or a writer throttled' if filemap(snap) is not None else ''}) and "
+                    f"reclaim needed ({', '.join(why)}{' -- a silent guest' if snap.get('evidence') and snap['alloc']['kswapd'].get('wanted') else ''}) and "
                     f"{'pswpout + nr_written' if filemap(snap) is not None else 'pswpout'} stuck at "
                     f"{p} for {t - start:.1f} s >= stall_threshold_s {self.stall_threshold_s}"])
         else:

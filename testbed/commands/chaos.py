@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="campaign.json and the reports of failed runs (default: ./reports/chaos-<timestamp>)")
     p.add_argument("--storage", choices=("nfs", "nbd", "iscsi"), default="nfs",
                    help="the storage protocol of every run (its scenarios: nbd-memalloc, ...; default nfs)")
+    p.add_argument("--client", choices=("agent", "linux"), default="agent",
+                   help="the client of the --real runs: the agent, or a Linux kernel in a QEMU VM (packet faults "
+                        "through a relay on its tap, NAS restarts; testbed.linux_vm)")
     p.add_argument("--only", type=int, metavar="I", help="replay in-memory run I of the campaign only")
     p.set_defaults(func=run)
 
@@ -36,6 +39,9 @@ def run(args) -> int:
         raise UserError(f"--runs {args.runs} / --real {args.real}: counts must be >= 0")
     if args.real and __import__("os").geteuid() != 0:
         raise UserError("--real needs root for namespaces: run it with sudo (see `testbed doctor`), or use --real 0")
+    if args.client == "linux" and args.storage != "nfs":
+        raise UserError(f"--client linux --storage {args.storage}: the Linux guest swaps over NFS only; "
+                        "drop --storage or use --client agent")
     out = rep.prepare(args.out or f"reports/chaos-{time.strftime('%Y%m%dT%H%M%S')}")
     print(chaos.HEADER)
     if args.only is not None:
@@ -45,7 +51,7 @@ def run(args) -> int:
         return 0 if row["ok"] else 1
     with known_errors(), sigterm_as_interrupt():
         res = chaos.campaign(args.runs, args.seed, args.real, out, log=lambda line: print(line, flush=True),
-                             storage=args.storage)
+                             storage=args.storage, client=args.client)
     print(f"\n{len(res['rows']) - len(res['failed'])}/{len(res['rows'])} runs kept the invariant in {res['wall_s']:.0f} s; "
           f"fault kinds exercised: {', '.join(res['kinds_exercised']) or 'none'}"
           + (f"; not exercised: {', '.join(res['kinds_missing'])}" if res["kinds_missing"] else "")

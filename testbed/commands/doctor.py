@@ -14,8 +14,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from netns_setup.doctor import all_ok, run_checks
 
+    from netns_setup.doctor import Check
+    from testbed.linux_vm.qemu import doctor as linux_vm_doctor
+
     checks = run_checks()
     ok = all_ok(checks)
+    # a real kernel as the client (--client linux): optional, so never part of ``ok``
+    checks += [Check(n, k, d, f, required=False) for n, k, d, f in linux_vm_doctor()]
     if args.json:
         print(json.dumps({"ok": ok, "checks": [c.to_json() for c in checks]}, indent=2))
         return 0 if ok else 1
