@@ -321,6 +321,7 @@ def _run_planned(pl: dict, out: str, row: dict):
 
 
 def run_real(campaign_seed: int, k: int, out: str, storage: str = "nfs", client: str = "agent") -> dict:
+    from netns_setup.state import list_runs
     if client == "linux":
         if storage != "nfs":
             raise ValueError(f"--client linux with --storage {storage}: the Linux guest swaps over NFS only")

@@ -156,6 +156,8 @@ def run_real(out: str, *, scenario: str = "memalloc", per_kind: int = 3, seed: i
 
     def during(ctx: dict) -> None:
         if "thread" in box:
+            # keep the run (and the topology) up until every hostile frame went out
+            ctx["hold"] = box["thread"].is_alive()
             return
         st, hosts = ctx["st"], ctx["hosts"]
         ip = {h: str(hosts[h].address.ip) for h in ("client", "nas", "noise")}
@@ -174,6 +176,7 @@ def run_real(out: str, *, scenario: str = "memalloc", per_kind: int = 3, seed: i
         box["thread"] = threading.Thread(target=send, daemon=True)
         box["thread"].start()
         ctx["record"]["hostile_started_t"] = round(ctx["t"], 2)
+        ctx["hold"] = True
 
     os.makedirs(out, mode=0o700, exist_ok=True)
     from netns_setup.topology import default_topology

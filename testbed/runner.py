@@ -275,7 +275,9 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
     runs restrict it to the client's and the NAS's own /32; slots are then read back from the NAS host).
     ``during(ctx)``: called at every sample once the workload
     started (testbed chaos/hostile): ctx has ``t``, ``snapshot`` (the agent's, at t), ``st``, ``procs``, ``ctl``, ``hosts``,
-    ``restart_nas()`` (SIGKILL + restart on the same data dir) and ``record`` (a dict kept in the entry).
+    ``restart_nas()`` (SIGKILL + restart on the same data dir) and ``record`` (a dict kept in the entry);
+    setting ``ctx["hold"]`` keeps the run sampling past the watchdog's decision until it is cleared
+    (or max_duration_s), the outcome staying the one decided.
     """
     if getattr(sc, "client", "agent") == "linux":       # a real kernel in a QEMU VM (testbed.linux_vm)
         from testbed.linux_vm.run import run_linux
@@ -386,6 +388,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         dctx = {"t": 0.0, "st": st, "procs": procs_view(), "ctl": ctl, "hosts": hosts,
                 "restart_nas": rig.restart_nas, "record": {}}
         nxt = t0
+        decided = False
         while True:
             nxt += SAMPLE_S
             now = time.monotonic()
@@ -403,10 +406,15 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             if during is not None:
                 dctx["t"], dctx["snapshot"], dctx["procs"] = t, s, procs_view()
                 during(dctx)
-            if wd.feed(t, s, extra):
+            if not decided and wd.feed(t, s, extra):
+                decided = True
+            # a ``during`` hook may hold the run open past the watchdog's decision (``ctx["hold"]``:
+            # e.g. a hostile sender still sending); the outcome stays the one decided
+            if decided and not dctx.get("hold"):
                 break
             if t >= sc.max_duration_s:
-                wd.finish()
+                if not decided:
+                    wd.finish()
                 break
         prog.show(t, timeline[-1], force=True)
         prog.end()

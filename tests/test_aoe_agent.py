@@ -252,3 +252,17 @@ def test_testbed_stat_aoe_view_names_the_counters_as_the_driver_does():
     assert lines[10:14] == [f"\tssthresh:{t['ssthresh']}", "\ttaint:0", "\tr:0", "\tw:4"]   # 4 KiB = 4 frames
     assert "testbed_retransmit 0" in lines and "testbed_rx_pfmemalloc_proto_drop 0" in lines
     assert views.render("aoe", {"swap_devices": [{"active": True, "backend": "198.18.0.1:/swap/swap.img"}]}) == ""
+
+
+def test_aoe_rows_in_the_every_storage_protocol_table():
+    """The demo's "every storage protocol" table carries the AoE pair, with the aoe driver's own
+    counters (retransmit, write_ok) in the request columns."""
+    from testbed import demo
+    assert [r[:2] for r in demo.PROTOCOL_ROWS if r[0] == "AoE"] == [("AoE", "aoe-linux"), ("AoE", "aoe-extended")]
+    e = {"name": "aoe-extended", "expect": "recovered", "outcome": "recovered", "storage": "aoe",
+         "time_to_stall_s": 0.2, "time_to_recover_s": 9.2, "pages_written": 3658, "pages_verified": 3658,
+         "reserve_low_pages": 150, "rpc_retrans": None, "parameters": {"transport": "tcp"},
+         "counters": {"PFMemallocDrop": 0, "rx_nobuf": 0},
+         "aoe": {"device": {"counters": {"retransmit": 4, "write_ok": 3658}}}}
+    row = demo.format_protocol_table([e]).splitlines()[3]
+    assert row.startswith("AoE ") and "retransmit 4" in row and "write_ok 3658" in row

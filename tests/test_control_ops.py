@@ -71,9 +71,9 @@ def test_swap_ops_with_todays_arguments_and_with_a_device_spec():
                                      "slots": 4}, memalloc=True)
     assert res["nr_slots"] == 512 and len(agent.swap_devices) == 2
     assert agent.kswapd.swap_devices == agent.swap_devices
-    with pytest.raises(BadRequest, match="device kind 'nbd' unknown; known: nfs"):
+    with pytest.raises(BadRequest, match="device kind 'nvme' unknown; known: nfs, nbd, iscsi, aoe"):
         agent.swapoff()
-        _call(h, "swapon", device={"kind": "nbd", "server": "198.18.0.1"})
+        _call(h, "swapon", device={"kind": "nvme", "server": "198.18.0.1"})
     with pytest.raises(BadRequest, match="unknown key"):
         _call(h, "swapon", device={"kind": "nfs", "server": "198.18.0.1", "lun": 3})
     with pytest.raises(BadRequest, match="stable must be"):
