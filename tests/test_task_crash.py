@@ -283,3 +283,23 @@ def test_testbed_run_sim_exits_1_with_one_line_and_keeps_the_traceback(tmp_path,
     wtxt = (out / "watchdog.txt").read_text()
     assert wtxt.startswith("outcome: testbed_bug (1 task(s) of the agent crashed")
     assert "BUG: task kswapd0:" in wtxt and "Traceback (most recent call last)" in wtxt
+
+
+def test_file_writeback_task_crash_ends_that_page_with_eio_recorded_on_the_mapping():
+    """The page cache's writeback task (rpc-file) raises: its page leaves writeback (clean, not
+    acknowledged), the error is on the mapping (fsync reports EIO) and counted by name."""
+    from tests.nas_wire_kit import file_teardown
+    loop, agent, _img = agent_and_nas("file.img", 2048)
+    h = agent.handlers(lambda: None)
+    h["fileon"]({"op": "fileon", "server": "198.18.0.1", "memalloc": False})
+    h["file_workload"]({"op": "file_workload", "kind": "write", "pages": 1500, "seed": 4})
+    assert loop.run_until(lambda: any(t.name == "rpc-file" and t.state == "waiting"
+                                      for t in agent.sched.tasks.values()), 30.0)
+    victim = next(t for t in agent.sched.tasks.values() if t.name == "rpc-file" and t.state == "waiting")
+    agent.sched.throw(victim, RuntimeError("typo in nfs_writepage"))
+    assert loop.run_until(lambda: agent.filemap.workload["done"], 600.0)
+    f = h["snapshot"]({"op": "snapshot"})["filemap"]
+    assert f["nr_writeback"] == 0 and f["write_error_reasons"] == {"writeback task crashed": 1}
+    assert f["wb_err"] == "EIO" and f["acked"] == 1500 - 1
+    assert agent.sched.stats()["crashes"][0]["name"] == "rpc-file"
+    file_teardown(agent)
