@@ -238,6 +238,9 @@ class Agent(Host):
                                   if self.aoe_trace is not None else [])} if traces else {}),
             "alloc": self.alloc.snapshot(),
             "tasks": self.sched.snapshot(),
+            # the scheduler's counters (tasks_crashed, ...) and crash records with tracebacks:
+            # any crash makes the run a testbed bug (testbed/watchdog.py)
+            "sched": self.sched.stats(),
             "services": {k: v["stats"] for k, v in self.services.items()},
             "loop": loop,
             "polls": self.polls,

@@ -154,6 +154,15 @@ def swap_snapshot(dev) -> dict:
     return {**durability_counters(), **dev.snapshot()}
 
 
+def op_errors() -> tuple:
+    """The exceptions a storage activation (swapon/fileon) raises as its answer -- a refused
+    mount, an absent target -- as opposed to a bug (client_agent/tasks.py ``errors``)."""
+    from .fs.nfs.nfs3proc import NfsError
+    from .mm.page_io import ActivateError
+    from .net.sunrpc.clnt import RpcSoftError
+    return (ActivateError, NfsError, RpcSoftError, TimeoutError)
+
+
 class Host:
     def __init__(self, loop, dev, *, ip: str, prefix_len: int, pool_pages: int,
                  min_free_kbytes: int | None = None, watermark_scale_factor: int = 10,
@@ -175,6 +184,8 @@ class Host:
         self.started_at = loop.time()
         self.nfs_log: list = []             # (time, line): the kernel log lines of storage clients
         self.log = log or (lambda line: self.nfs_log.append((self.loop.time(), line)))
+        self.sched.log = lambda line: self.log(line)     # "BUG: task ... crashed" (tasks.py)
+        self.sched.epoch = self.started_at               # crash records' t_s: since the host started
         self.trace_replies = trace_replies
         self.reply_trace = None
         self.aoe_trace = None               # drivers.block.aoenet.AoeRspTrace, with an AoE device
@@ -437,7 +448,8 @@ class Host:
         return fm, fm.attach(backend, policy=policy)
 
     def run_task(self, name: str, gen, timeout_s: float):
-        """Spawn ``gen`` and run the loop until it ends (control ops that answer when done)."""
-        task = self.sched.spawn(name, gen)
-        self.loop.run_until(lambda: task.state in ("done", "crashed", "killed"), timeout_s)
+        """Spawn ``gen`` and run the loop until it ends (control ops that answer when done). A
+        storage error it raises (``OP_ERRORS``) is its answer: state "failed", not a crash."""
+        task = self.sched.spawn(name, gen, errors=op_errors())
+        self.loop.run_until(lambda: task.exited, timeout_s)
         return task

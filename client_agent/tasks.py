@@ -26,8 +26,24 @@ PF_MEMALLOC is per task, as in Linux (``current->flags``): the scheduler swaps t
 ``pf_memalloc_depth`` in and out around each step, so a task that yields inside
 ``with alloc.pf_memalloc():`` keeps its scope and lends it to nobody.
 
-A task that raises is recorded ("crashed" with the message) and the scheduler carries on. The
-scheduler reads no clock: ``run(now)`` is given the time and returns the next deadline.
+A task that raises is a bug of this program, never a modelled event, and is never silent (the
+testbed must not turn its own bug into a "deadlock"):
+- the task ends "crashed"; the scheduler keeps a crash record (``crashes``: pid, name, kthread,
+  ``t_s`` since ``epoch``, exception type, message and traceback text), counts it
+  (``counters["tasks_crashed"]``), logs one line ``BUG: task NAME:PID crashed: Type: message``
+  (the oops line) and calls the task's ``on_crash(task)`` hook, given at ``spawn``: the owner wakes
+  with an error whatever waited on the dead task (net/sunrpc: every call on its transport fails
+  with -EIO; mm: the page under writeback ends its writeback with EIO). What Linux does and where
+  this differs is said by each owner; in short: an oops kills the task (do_exit) and what waited
+  on it waits for ever -- here waiters fail with an error so the run ends, and the watchdog
+  (testbed/watchdog.py) classifies any run with a crash as ``testbed_bug``, never as a result.
+- ``stats()`` (the agent's ``snapshot()["sched"]``) carries the counters and the crash records.
+- Exceptions a task raises *as its answer* (``spawn(..., errors=(ActivateError, ...))``: a
+  control operation that failed, as a syscall returns -errno) end it "failed", counted
+  ``tasks_failed``: not a crash.
+- ``throw(task, exc)`` resumes a parked task by raising ``exc`` at its yield, as if the code it
+  was running had raised there (fault injection for tests and testbed.sim).
+The scheduler reads no clock: ``run(now)`` is given the time and returns the next deadline.
 """
 
 from __future__ import annotations
@@ -49,8 +65,10 @@ INLINE_STEPS = 64
 # Passes over the run queue in one run(): enough for a wake chain (A frees, B allocates and
 # wakes C, ...) to settle within one call in practice; the loop runs again at once if not.
 RUN_PASSES = 8
-# Finished tasks (done, crashed, killed) kept for snapshots; older ones are forgotten.
+# Finished tasks (done, failed, crashed, killed) kept for snapshots; older ones are forgotten.
 EXITED_KEPT = 64
+# Crash records kept (with their tracebacks); ``tasks_crashed`` counts every one.
+CRASHES_KEPT = 16
 
 _DIRECT_RECLAIM = int(Gfp.DIRECT_RECLAIM)
 _FS = int(Gfp.FS)
@@ -107,19 +125,20 @@ class Sleep(Wait):
 RUNNABLE, RUNNING = "runnable", "running"
 BLOCKED, THROTTLED = "blocked", "throttled"
 WAITING, SLEEPING = "waiting", "sleeping"
-DONE, CRASHED, KILLED = "done", "crashed", "killed"
-_EXITED = (DONE, CRASHED, KILLED)
+DONE, FAILED, CRASHED, KILLED = "done", "failed", "crashed", "killed"
+EXITED = _EXITED = (DONE, FAILED, CRASHED, KILLED)
 
 # What a runnable task does when it next runs.
-_SEND, _RETRY_AFTER_THROTTLE = 0, 1
+_SEND, _RETRY_AFTER_THROTTLE, _THROW = 0, 1, 2
 
 
 class Task:
     __slots__ = ("name", "gen", "kthread", "state", "wait", "since", "state_since", "result",
                  "error", "traceback", "pf_memalloc_depth", "_value", "_action", "_token",
-                 "_kill_pending", "pid")
+                 "_kill_pending", "pid", "on_crash", "errors")
 
-    def __init__(self, pid: int, name: str, gen: Generator, kthread: bool, now: float):
+    def __init__(self, pid: int, name: str, gen: Generator, kthread: bool, now: float,
+                 on_crash: Callable[["Task"], None] | None = None, errors: tuple = ()):
         self.pid = pid
         self.name = name
         self.gen = gen
@@ -136,6 +155,12 @@ class Task:
         self._action = _SEND
         self._token = 0                 # bumped on every park: stale timers/wakeups are ignored
         self._kill_pending = False
+        self.on_crash = on_crash        # the owner's hook: wake what waited on this task
+        self.errors = errors            # exception types that are the task's answer ("failed")
+
+    @property
+    def exited(self) -> bool:
+        return self.state in _EXITED
 
     def __repr__(self) -> str:
         return f"<Task {self.pid}:{self.name} {self.state}>"
@@ -168,14 +193,18 @@ class Scheduler:
     loop uses it to schedule a ``run()`` soon (see ``attach_loop``).
     """
 
-    def __init__(self, alloc=None, on_runnable: Callable[[], None] | None = None):
+    def __init__(self, alloc=None, on_runnable: Callable[[], None] | None = None,
+                 log: Callable[[str], None] | None = None):
         self.alloc = alloc
         self.on_runnable = on_runnable
+        self.log = log or (lambda line: None)
         self.now = 0.0
+        self.epoch = 0.0                          # crash records' t_s = now - epoch
         self.tasks: dict[int, Task] = {}          # live tasks by pid, in spawn order
         self.exited: deque[Task] = deque(maxlen=EXITED_KEPT)
-        self.counters = {"tasks_spawned": 0, "tasks_exited": 0, "tasks_crashed": 0,
-                         "tasks_killed": 0}
+        self.crashes: deque[dict] = deque(maxlen=CRASHES_KEPT)
+        self.counters = {"tasks_spawned": 0, "tasks_exited": 0, "tasks_failed": 0,
+                         "tasks_crashed": 0, "tasks_killed": 0}
         self._pids = itertools.count(1)
         self._seq = itertools.count()
         self._runq: deque[Task] = deque()
@@ -189,10 +218,14 @@ class Scheduler:
         self._run_now = None
 
     # ------------------------------------------------------------------ public API
-    def spawn(self, name: str, gen: Generator, kthread: bool = False) -> Task:
+    def spawn(self, name: str, gen: Generator, kthread: bool = False,
+              on_crash: Callable[[Task], None] | None = None, errors: tuple = ()) -> Task:
+        """Start ``gen`` as task ``name``. ``on_crash(task)``: called once if the task raises
+        (after the crash is recorded), to fail what waited on it; ``errors``: exception types
+        that end the task "failed" (its answer), not "crashed" (see the module docstring)."""
         if not hasattr(gen, "send"):
             raise TypeError(f"spawn({name!r}): expected a generator, got {type(gen).__name__}")
-        task = Task(next(self._pids), name, gen, kthread, self.now)
+        task = Task(next(self._pids), name, gen, kthread, self.now, on_crash, tuple(errors))
         self.tasks[task.pid] = task
         self.counters["tasks_spawned"] += 1
         self._make_runnable(task, None)
@@ -245,6 +278,26 @@ class Scheduler:
             self._swap_out(task, saved)
         self._finish(task, KILLED)
         self._update_free_hook()
+
+    def throw(self, task: Task, exc: BaseException) -> bool:
+        """Fault injection: resume ``task`` (parked or runnable) by raising ``exc`` at its yield,
+        as if the code it runs had raised there; what follows is what a real bug gives (the
+        task's ``except``/``finally`` blocks run; uncaught, it crashes). False if it has exited.
+        ValueError for the running task (it would raise at itself: just raise)."""
+        if task.state in _EXITED:
+            return False
+        if task.state == RUNNING:
+            raise ValueError(f"throw({task!r}): the task is running")
+        self._unpark(task)
+        task.wait = None
+        task.since = None
+        self._make_runnable(task, exc, _THROW)
+        return True
+
+    def stats(self) -> dict:
+        """The scheduler's counters and its crash records (newest last): what the agent's
+        ``snapshot()["sched"]`` and the watchdog read."""
+        return {"counters": dict(self.counters), "crashes": [dict(c) for c in self.crashes]}
 
     def run(self, now: float) -> float | None:
         """Run everything due at ``now``; return the next deadline (``now`` if more is
@@ -401,20 +454,29 @@ class Scheduler:
         task._value = None
         saved = self._swap_in(task)
         try:
+            throw = False
             if task._action == _RETRY_AFTER_THROTTLE:
                 task._action = _SEND
                 ok, value = self._try_pages(task, task.wait, check_throttle=False)
                 if not ok:
                     return
+            elif task._action == _THROW:
+                task._action = _SEND
+                throw = True
             for _ in range(INLINE_STEPS):
                 try:
-                    w = task.gen.send(value)
+                    if throw:
+                        throw = False
+                        w = task.gen.throw(value)
+                    else:
+                        w = task.gen.send(value)
                 except StopIteration as stop:
                     self._finish(task, DONE, result=stop.value)
                     return
                 except Exception as e:
-                    self._finish(task, CRASHED, error=f"{type(e).__name__}: {e}",
-                                 tb=traceback.format_exc())
+                    state = FAILED if task.errors and isinstance(e, task.errors) else CRASHED
+                    self._finish(task, state, error=f"{type(e).__name__}: {e}",
+                                 tb=traceback.format_exc(), exc=e)
                     return
                 if task._kill_pending:   # it killed itself (or was killed by what it called)
                     task._kill_pending = False
@@ -546,7 +608,7 @@ class Scheduler:
                 self._make_runnable(task, None, _RETRY_AFTER_THROTTLE)
 
     def _finish(self, task: Task, state: str, result: Any = None, error: str | None = None,
-                tb: str | None = None) -> None:
+                tb: str | None = None, exc: BaseException | None = None) -> None:
         task.state = state
         task.state_since = self.now
         task.result = result
@@ -558,6 +620,30 @@ class Scheduler:
         self.counters["tasks_exited"] += 1
         if state == CRASHED:
             self.counters["tasks_crashed"] += 1
+        elif state == FAILED:
+            self.counters["tasks_failed"] += 1
         elif state == KILLED:
             self.counters["tasks_killed"] += 1
         self.wake(task, result)  # joiners: ``yield WaitEvent(task)``
+        if state == CRASHED:
+            self._crashed(task, exc)
+
+    def _crashed(self, task: Task, exc: BaseException | None) -> None:
+        """Record, count (done by _finish), log once, and let the owner fail the waiters."""
+        error = task.error or "unknown error"
+        rec = {"pid": task.pid, "name": task.name, "kthread": task.kthread,
+               "t_s": round(self.now - self.epoch, 6),
+               "exception": type(exc).__name__ if exc is not None else error.split(":", 1)[0],
+               "message": str(exc) if exc is not None else error.split(": ", 1)[-1],
+               "error": error, "traceback": task.traceback or "", "on_crash": None}
+        self.crashes.append(rec)
+        self.log(f"BUG: task {task.name}:{task.pid} crashed: {error}")
+        hook, task.on_crash = task.on_crash, None
+        if hook is not None:
+            try:
+                hook(task)
+                rec["on_crash"] = "waiters failed"
+            except Exception as e:  # noqa: BLE001 -- a broken hook is one more bug, kept
+                rec["on_crash"] = f"on_crash raised {type(e).__name__}: {e}"
+                rec["traceback"] += "\nwhile failing its waiters:\n" + traceback.format_exc()
+                self.log(f"BUG: task {task.name}:{task.pid}: on_crash raised {type(e).__name__}: {e}")

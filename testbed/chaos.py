@@ -2,7 +2,9 @@
 
 Invariant checked for every run (a violation fails the campaign, exit 1, and keeps that run's report):
 - every page the NAS acknowledged durably reads back intact (no lost or corrupted acked page);
-- the run did not crash (an exception anywhere is a failed run, with its traceback kept);
+- the run did not crash (an exception anywhere is a failed run, with its traceback kept) -- in the
+  runner or inside the agent: a task of the agent that raised (outcome ``testbed_bug``,
+  testbed/watchdog.py) fails the run with the task, its exception and traceback;
 - nothing leaked: no page left in the agent's pool after teardown, no task, no socket, no
   SOCK_MEMALLOC count (real runs: no namespace, process or run directory left).
 
@@ -159,9 +161,18 @@ def _fault_counts(r: dict, kinds: list[str], params: dict) -> dict:
     return out
 
 
+def crash_problems(crashes: list[dict], n: int = 0) -> list[str]:
+    """A violation per crashed task of the agent (a testbed bug), with its traceback."""
+    from testbed.watchdog import crash_line
+    bad = [f"testbed bug: {crash_line(c)}\n{c.get('traceback', '')}" for c in crashes]
+    if n > len(crashes):
+        bad.append(f"testbed bug: {n - len(crashes)} more task(s) crashed (records not kept)")
+    return bad
+
+
 def check(r: dict) -> list[str]:
     """The campaign's invariant on one in-memory result: the list of violations (empty = ok)."""
-    bad = []
+    bad = crash_problems(r.get("task_crashes") or [], r.get("tasks_crashed", 0))
     if r["verify_failures"] or r["pages_verified"] != r["acked_pages"]:
         bad.append(f"acked pages lost/corrupted: written {r['acked_pages']}, verified {r['pages_verified']}, "
                    f"failures {r['verify_failures']}")
@@ -353,6 +364,9 @@ def run_real(campaign_seed: int, k: int, out: str, storage: str = "nfs", client:
     row.update(outcome=e["outcome"], written=e["pages_written"], verified=e["pages_verified"],
                lost=e["pages_lost"], rpc_retrans=e["rpc_retrans"], stable=pl["stable"], run_name=e.get("run_name"),
                nas_restart_at=rec.get("nas_restart_at"))
+    problems += crash_problems(e.get("task_crashes") or [])
+    if e["outcome"] == "testbed_bug" and not e.get("task_crashes"):
+        problems.append("testbed bug: a task of the agent crashed (no record kept)")
     if e["pages_lost"] != 0 or e["pages_verified"] is None:
         problems.append(f"acked pages lost/corrupted: written {e['pages_written']}, verified {e['pages_verified']}, "
                         f"mismatched {e['verification'].get('mismatched')}, read errors {e['verification'].get('read_errors')}")

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 OUTCOME_COLOR = {"deadlock": "#c0392b", "recovered": "#27ae60", "completed": "#2980b9",
-                 "invalid": "#7f8c8d", "unfinished": "#e67e22"}
+                 "invalid": "#7f8c8d", "unfinished": "#e67e22", "testbed_bug": "#000000"}
 REASON_COLOR = {"NOMEM": "#c0392b", "PFMEMALLOC": "#8e44ad", "SOCKET_RCVBUFF": "#e67e22"}
 
 

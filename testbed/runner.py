@@ -28,7 +28,7 @@ from client_agent.phy.afpacket import softnet_drops
 from netns_setup.nsutil import add_permanent_neighbours
 from testbed import report as rep
 from testbed import scenario as scn
-from testbed.watchdog import Watchdog, hung_task_report, nfs_view, writeback_view
+from testbed.watchdog import Watchdog, hung_task_report, nfs_view, task_crashes, writeback_view
 
 SAMPLE_S = 0.2
 NOISE_PORT_BASE = 9001
@@ -507,7 +507,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
         text = "\n".join([f"outcome: {wd.outcome} ({'; '.join(wd.reasons)})", "evidence used:",
                           *[f"  {ev}" for ev in wd.evidence],
                           hung_task_report(deadlock_snap or final, sc.stall_threshold_s, missing_xids, wnote)])
-        if print_watchdog and wd.outcome in ("deadlock", "unfinished"):
+        if print_watchdog and wd.outcome in ("deadlock", "unfinished", "testbed_bug"):
             print(text, file=sys.stderr, flush=True)
         rep.write_json(os.path.join(out, "final_snapshot.json"), final)
         with open(os.path.join(out, "watchdog.txt"), "w") as f:
@@ -549,6 +549,8 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "beyond_linux": beyond_linux or (aoe and sc.policy == "extended"),
             "pcaps": {h: cap.path for h, cap in caps.items()}, **entry_extra,
             **({"during": dctx["record"]} if during is not None else {}),
+            # a task of the agent crashed: outcome testbed_bug, the records with their tracebacks
+            "task_crashes": task_crashes(final)[1] or wd.crashes,
             "_timeline": timeline,
         }
     except (ControlError, ClientError, RigError, ProcessStartError, TimeoutError) as e:

@@ -48,7 +48,7 @@ import random
 import socket as _pysocket
 from collections import deque
 
-from client_agent.host import Host, swap_snapshot
+from client_agent.host import Host, op_errors, swap_snapshot
 from client_agent.loop import Loop, ManualClock
 from client_agent.mm.anon import PAGE_SIZE, page_bytes
 from client_agent.mm.filemap import file_page_bytes
@@ -102,6 +102,10 @@ DEFAULTS = {
     # swap -- slower than the workload dirties memory and than the 4 kpps flood, as on the issue.
     "nas_threads": 8, "nas_service_s": 0.01, "image_pages": None, "max_writeback": 64,
     "crash_at_s": None,                 # MemoryStore.crash() at this virtual time (UNSTABLE tests)
+    # A bug injected into the agent: [(t, task name), ...] -- at virtual time t the first live task
+    # of that name (or whose name starts with it and "/") has RuntimeError raised at its yield
+    # (Scheduler.throw). The run must end ``testbed_bug`` (testbed/watchdog.py), never deadlock.
+    "task_fault_at_s": (),
     "swapoff_at_s": None,
     # File-backed consumers (client_agent/mm/filemap.py, docs/file-backed.md): ``consumer`` swap
     # (anon pages to swap.img), mmap (MAP_SHARED pages of file.img dirtied in place) or write
@@ -390,7 +394,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         setup["nr_slots"] = yield from activate
         swap.start_workload(p["workload_pages"], p["workload_rate_pps"])
 
-    agent.sched.spawn("swapon", setup_task())
+    agent.sched.spawn("swapon", setup_task(), errors=op_errors())
 
     # -- the flood ------------------------------------------------------------------------------
     frames = _flood_frames(p["noise_sockets"], p["flood_size"])
@@ -454,6 +458,19 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     if p["swapoff_at_s"] is not None:
         loop.call_at(p["swapoff_at_s"], swap.swapoff)
 
+    def task_fault(t, name):
+        sched = agent.sched
+        task = next((k for k in sched.tasks.values()
+                     if k.name == name or k.name.startswith(name + "/")), None)
+        if task is None:
+            injected.append({"t": t, "task": name, "thrown": False})
+            return
+        injected.append({"t": t, "task": task.name, "thrown": True})
+        sched.throw(task, RuntimeError(f"fault injected into {task.name} at t={t} s (sim)"))
+    injected: list[dict] = []
+    for t, name in p["task_fault_at_s"] or ():
+        loop.call_at(t, task_fault, t, name)
+
     # -- the watchdog: testbed.watchdog's rules, fed a /proc-shaped sample every SAMPLE_S -------
     atomic_floor = alloc.watermark_floor(GFP_ATOMIC)
     wd = Watchdog(p["stall_threshold_s"])
@@ -480,7 +497,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                           "vmstat": v, "kswapd": {"wanted": alloc.kswapd_wanted},
                           "reserve": {"atomic_floor": atomic_floor, "nr_free_lowwater": low_point}},
                 "workload": swap.workload,
-                "swap": {"writeback": sum(len(d.writeback) for d in swaps)}}
+                "swap": {"writeback": sum(len(d.writeback) for d in swaps)},
+                "sched": agent.sched.stats()}
         if fm is not None:
             snap["filemap"] = {"active": True, "throttled_writers": fm.throttled_writers,
                                "nr_writeback": len(fm.writeback), "workload": fm.workload}
@@ -559,6 +577,11 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "storage": storage,
         "logs": logs,
         "timeline": timeline,
+        # a task that raised: a testbed bug (outcome testbed_bug), with its traceback
+        "tasks_crashed": agent.sched.counters["tasks_crashed"],
+        "task_crashes": [dict(c) for c in agent.sched.crashes],
+        "task_faults_injected": injected,
+        "watchdog_reasons": list(wd.reasons),
     }
 
     if aoe:

@@ -19,6 +19,7 @@ import os
 from testbed import plots
 from testbed import report as rep
 from testbed.sim import run_sim
+from testbed.watchdog import crash_report
 
 SIM_SAMPLE_S = 0.1
 
@@ -31,6 +32,17 @@ def _timeline(result: dict) -> list[dict]:
         out.append({**s, "nr_free_lowwater": s["free_low_point"], "atomic_floor": floor,
                     "swap_acked": s["acked"], "drop_reasons": s["drops"]})
     return out
+
+
+def watchdog_text(outcome: str, reasons: str, result: dict) -> str:
+    """The report's ``watchdog`` text (and watchdog.txt): the outcome line; for a testbed bug
+    the crashed tasks with their tracebacks (testbed.watchdog.crash_report)."""
+    text = f"outcome: {outcome} ({reasons}) [simulation]"
+    bug = crash_report({"sched": {"counters": {"tasks_crashed": result.get("tasks_crashed", 0)},
+                                  "crashes": result.get("task_crashes") or []}})
+    if bug:
+        text += "\n" + "\n".join(bug)
+    return text
 
 
 def entry_from(sc, checks, result: dict) -> dict:
@@ -46,6 +58,7 @@ def entry_from(sc, checks, result: dict) -> dict:
         "completed": "workload done and settled; free never below the atomic floor "
                      f"{result['atomic_floor']}",
         "unfinished": f"no outcome within max_duration_s {sc.max_duration_s}",
+        "testbed_bug": "; ".join(result.get("watchdog_reasons") or ["a task of the agent crashed"]),
     }[outcome]
     counters = {"PFMemallocDrop": result["PFMemallocDrop"], "rx_nobuf": result["rx_nobuf"],
                 "rx_pfmemalloc": result["rx_pfmemalloc"], "tx_nobuf": result["tx_nobuf"],
@@ -62,12 +75,13 @@ def entry_from(sc, checks, result: dict) -> dict:
         "pages_written": written, "pages_verified": verified, "pages_lost": written - verified,
         "reserve_low_pages": result["reserve_low_point"], "rpc_retrans": result["rpc_retrans"],
         "preflight": [ch.to_json() for ch in checks], "counters": counters,
-        "watchdog": f"outcome: {outcome} ({reasons}) [simulation]",
+        "watchdog": watchdog_text(outcome, reasons, result),
         "decided_at_s": result["duration_s"] if outcome != "unfinished" else None,
         "parameters": sc.to_dict(), "consumer": result.get("consumer", "swap"),
         "policy": result.get("policy", "linux"), "beyond_linux": result.get("beyond_linux", False),
         "simulated": True, "pcaps": {"client": os.path.join("pcap", "client.pcap")},
         "sim": {k: v for k, v in result.items() if k not in ("timeline", "logs")},
+        "task_crashes": result.get("task_crashes", []),
     }
 
 
@@ -79,6 +93,8 @@ def run(sc, checks, out: str, extra: dict | None = None) -> tuple[dict, str]:
     entry = entry_from(sc, checks, result)
     timeline = _timeline(result)
     rep.write_json(os.path.join(out, "sim_result.json"), result)
+    with open(os.path.join(out, "watchdog.txt"), "w") as f:
+        f.write(entry["watchdog"] + "\n")
     with open(os.path.join(out, "logs", "sim.log"), "w") as f:
         for t, line in result["logs"]:
             f.write(f"[{t:12.6f}] {line}\n")

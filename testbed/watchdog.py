@@ -20,6 +20,11 @@ Invariants owned here (docs/swap-contract.md, "Outcome rules"):
   guest silent for 3 sampler periods before its workload is done counts as needing reclaim (its
   sampler needs memory to read /proc; a hung guest cannot say free < low). The evidence used is
   listed in ``evidence``.
+- ``testbed_bug``: a task of the agent crashed (snapshot["sched"]: ``tasks_crashed`` > 0, the
+  crash records with their tracebacks; client_agent/tasks.py). An exception in the agent is a bug
+  of this program, not a finding: the run is never ``deadlock``/``recovered``/``completed``, even
+  if its figures would say so (a dead writeback task or kswapd stalls reclaim exactly as the
+  deadlock does). Checked first, before every other rule; ``crashes`` keeps the records.
 - ``invalid``: a snapshot says it is not valid (tp_drops, loop lag) or the runner saw softnet drops.
 - The first outcome is final; ``finish()`` at the end of the budget gives ``unfinished`` when none
   was reached (the run proves nothing either way, so it never equals an ``expect``).
@@ -166,6 +171,20 @@ def writeback_view(snap: dict) -> dict:
     return {k: src[k] for k in WRITEBACK_KEYS if k in src}
 
 
+def task_crashes(snap: dict) -> tuple[int, list[dict]]:
+    """(tasks_crashed, the crash records kept: name, pid, t_s, exception, message, traceback)
+    from snapshot["sched"] (client_agent/tasks.py Scheduler.stats); (0, []) for an agent without."""
+    sched = snap.get("sched") or {}
+    crashes = list(sched.get("crashes") or [])
+    return max(int((sched.get("counters") or {}).get("tasks_crashed", 0)), len(crashes)), crashes
+
+
+def crash_line(c: dict) -> str:
+    """One line naming a crashed task and its exception."""
+    return (f"task {c.get('name')}:{c.get('pid')} crashed at t={c.get('t_s', 0):.3f} s: "
+            f"{c.get('exception')}: {c.get('message')}")
+
+
 def workload_done(snap: dict) -> bool:
     fm = filemap(snap)
     if fm is not None:
@@ -198,6 +217,7 @@ class Watchdog:
     evidence: list = field(default_factory=list)
     reserve_evidence: str | None = None
     stalled: bool = False
+    crashes: list = field(default_factory=list)
     _first_below_floor: float | None = None
     _last_pswpout: int | None = None
     _last_growth: float | None = None
@@ -227,6 +247,12 @@ class Watchdog:
         for v in (free, lw):
             if v is not None:
                 self.reserve_low_pages = v if self.reserve_low_pages is None else min(self.reserve_low_pages, v)
+        n, crashes = task_crashes(snap)
+        if n:
+            self.crashes = crashes
+            return self._decide("testbed_bug", t, [
+                f"{n} task(s) of the agent crashed -- a bug in the testbed, not a result: "
+                + "; ".join(crash_line(c) for c in crashes)])
         bad = list(snap.get("invalid_reasons", [])) if snap.get("valid") is False else []
         bad += list(extra_invalid)
         if bad:
@@ -298,13 +324,29 @@ class Watchdog:
 
 
 # ------------------------------------------------------------------------------ report text
+def crash_report(snap: dict) -> list[str]:
+    """The BUG lines of the agent's crashed tasks, each with its traceback; [] if none crashed."""
+    n, crashes = task_crashes(snap)
+    if not n:
+        return []
+    out = [f"BUG: {n} task(s) of the agent crashed: this run is a testbed bug, not a result"
+           + (f" ({n - len(crashes)} record(s) not kept)" if n > len(crashes) else "")]
+    for c in crashes:
+        out.append("BUG: " + crash_line(c) + (" [kthread]" if c.get("kthread") else ""))
+        if c.get("on_crash"):
+            out.append(f"      on_crash: {c['on_crash']}")
+        out.extend("      " + line for line in (c.get("traceback") or "").rstrip().splitlines())
+    return out
+
+
 def hung_task_report(snap: dict, stall_threshold_s: float, missing_xids: list[int] | None = None,
                      wire_note: str | None = None) -> str:
     """What a kernel engineer would want to see: blocked tasks, memory against the watermarks,
-    receive drops by reason, and the NAS replies that reached the wire but not the NFS socket."""
-    out = []
+    receive drops by reason, and the NAS replies that reached the wire but not the NFS socket.
+    Crashed tasks (a testbed bug) come first, each with its traceback."""
+    out = crash_report(snap)
     for task in snap.get("tasks", []):
-        if task.get("state") in ("done", "exited") or task.get("wait") is None:
+        if task.get("state") in ("done", "exited", "failed", "crashed", "killed") or task.get("wait") is None:
             continue  # exited tasks keep their last wait in the snapshot; only live waiters hang
         waited = task.get("waited_s")
         hung = waited is not None and waited >= stall_threshold_s

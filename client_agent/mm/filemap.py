@@ -18,7 +18,9 @@ Invariants owned here:
   (``wb_err``, returned by the next fsync/msync: ``workload["fsync_error"]``, ``synced`` False), the
   page leaves writeback *clean* and not in ``acked`` -- its data is lost, as Linux drops the
   request -- and a page kswapd wrote (PG_reclaim) is freed. Counted by name in ``write_errors``,
-  ``write_error_reasons``, ``write_error_errnos``.
+  ``write_error_reasons``, ``write_error_errnos``. A writeback task that crashed (a bug of this
+  program) ends its page's writeback the same way, reason "writeback task crashed"; a backend
+  that is ``dead`` (mm/page_io.py) gets no new writeback from the flusher or kswapd.
 - Dirty limits are Linux's (domain_dirty_limits over global_dirtyable_memory):
   ``dirtyable = (nr_free - min(nr_free, totalreserve)) + nr_file_pages`` with totalreserve = the
   zone's high watermark (calculate_totalreserve_pages, one zone, no lowmem_reserve);
@@ -62,6 +64,7 @@ from collections import OrderedDict
 from ..tasks import Sleep, WaitEvent, WaitPages
 from .gfp import GFP_KERNEL
 from .vmscan import WRITEBACK_KEY
+from .page_io import TASK_CRASHED, WriteError, backend_dead, count_write_error
 
 PAGE_SIZE = 4096
 GFP_HIGHUSER = GFP_KERNEL          # one zone: GFP_HIGHUSER(_MOVABLE) behaves as GFP_KERNEL
@@ -273,6 +276,10 @@ class FileMapping:
                 yield WaitEvent(WRITEBACK_KEY, until=self.sched.now + MAX_PAUSE_S,
                                 reason="flusher: writeback in flight at its limit")
                 continue
+            if backend_dead(self.backend):                # mm/page_io.py: no new writeback
+                yield WaitEvent(FLUSH_KEY, until=self.sched.now + self.writeback_interval_s,
+                                reason=f"flusher: backing store dead ({backend_dead(self.backend)})")
+                continue
             _idx, fp = self.dirty.popitem(last=False)
             self.counters["flusher_pages"] += 1
             self._start_writeback(fp, reclaim=False)
@@ -292,7 +299,7 @@ class FileMapping:
         return True
 
     def can_pageout(self) -> bool:
-        return self.active and bool(self.dirty)
+        return self.active and bool(self.dirty) and not backend_dead(self.backend)
 
     def pageout(self) -> bool:
         """kswapd's pageout() of the oldest dirty page: written, then freed at completion."""
@@ -312,7 +319,20 @@ class FileMapping:
         self._vm("nr_dirty", -1)
         self._vm("nr_writeback", 1)
         self._vm("pgpgout", PAGE_SIZE >> 10)          # KiB, as /proc/vmstat counts it
-        self.sched.spawn("rpc-file", self._writeback(fp))
+        self.sched.spawn("rpc-file", self._writeback(fp),
+                         on_crash=lambda task: self._writeback_crashed(fp))
+
+    def _writeback_crashed(self, fp: FilePage) -> None:
+        """on_crash of a writeback task (a bug of this program, client_agent/tasks.py): the page's
+        writeback ends with EIO, reason "writeback task crashed", as a write error does -- in
+        Linux the page would stay under writeback for ever; here the run ends and the watchdog
+        classifies it ``testbed_bug``."""
+        if self.writeback.get(fp.index) is not fp:
+            return                                  # it had ended its writeback already
+        err = WriteError("EIO", TASK_CRASHED, fp.index * PAGE_SIZE, "WRITE")
+        if self.backend is not None:
+            count_write_error(self.backend.counters, err)
+        self._write_error(fp, err)
 
     def _writeback(self, fp: FilePage):
         """One page to its offset in the file image, durably."""

@@ -17,6 +17,10 @@ keeps:
   writeback ends with an error; it never raises for anything the target sends.
 - ``read_page(offset)`` (a generator) returns the 4096 bytes at ``offset`` or a ``WriteError``
   (named for the read: ``proc`` is the protocol's read operation).
+- ``dead`` (optional; None when absent): a sentence once the backend can do no more I/O because a
+  task of its own crashed (a bug of this program, client_agent/tasks.py) -- every write would
+  fail at once with EIO, so swap and the page cache start no new writeback on it (else reclaim
+  would resubmit the same page without end at one instant).
 - ``snapshot()`` returns the protocol's counters, named as the protocol's tools name them;
   ``counters`` is the live dict; ``describe()`` names the object (``server:/export/file``);
   ``close()`` releases sockets and tasks.
@@ -51,6 +55,25 @@ class WriteError(NamedTuple):
     @property
     def errno_number(self) -> int:
         return errno_number(self.errno)
+
+
+def backend_dead(backend) -> str | None:
+    """``backend.dead`` if the backend has it (see the module docstring), else None."""
+    return getattr(backend, "dead", None) if backend is not None else None
+
+
+def count_write_error(counters: dict, err: WriteError) -> WriteError:
+    """Count a page write that ended with ``err`` in a consumer's counters: ``write_errors``,
+    and by name in ``write_error_reasons`` / ``write_error_errnos`` (created if absent)."""
+    counters["write_errors"] = counters.get("write_errors", 0) + 1
+    for key, name in (("write_error_reasons", err.reason), ("write_error_errnos", err.errno)):
+        d = counters.setdefault(key, {})
+        d[name] = d.get(name, 0) + 1
+    return err
+
+
+# The reason a page's writeback ends with when its writeback task crashed (a bug of this program).
+TASK_CRASHED = "writeback task crashed"
 
 
 class ActivateError(Exception):

@@ -16,6 +16,13 @@ Invariants owned here:
   resident, and ``nr_writeback`` drops. Differs from Linux: the slot is returned to the free slots
   (Linux keeps it in the swap cache for the page) and the page goes to the LRU's young end (Linux
   leaves it where reclaim put it back).
+- A writeback task that crashes (a bug of this program, never a target's answer: client_agent/
+  tasks.py) ends its page's writeback as a write error (EIO, reason "writeback task crashed",
+  counted in the backend's ``write_errors``): ``nr_writeback`` drops, the page goes back to the
+  LRU. In Linux an oops in the task that would complete the bio leaves the page under writeback
+  for ever (the hang this testbed shows for other reasons); here the run ends and the watchdog
+  classifies it ``testbed_bug``. A backend that is ``dead`` (its own task crashed: mm/page_io.py)
+  gets no new writeback: every write would fail at once and kswapd resubmit it at the same instant.
 - Writeback tasks run with PF_MEMALLOC (sunrpc runs RPC_TASK_SWAPPER tasks under
   memalloc_noreclaim_save): their transmit buffers and RPC buffers may come from the reserve.
 - Every completion wakes ``WRITEBACK_KEY`` (kswapd's reclaim_throttle, dirty throttling).
@@ -26,7 +33,7 @@ from __future__ import annotations
 from collections import deque
 
 from .anon import PAGE_SIZE, AnonMemory, AnonPage, page_bytes
-from .page_io import ActivateError
+from .page_io import TASK_CRASHED, ActivateError, WriteError, backend_dead, count_write_error
 from .vmscan import WRITEBACK_KEY
 
 __all__ = ["PAGE_SIZE", "WRITEBACK_KEY", "AnonMemory", "AnonPage", "SwapDevice", "page_bytes"]
@@ -96,10 +103,11 @@ class SwapDevice:
         return len(self.writeback)
 
     def has_free_slot(self) -> bool:
-        return self.active and bool(self._free_slots)
+        return self.active and bool(self._free_slots) and not backend_dead(self.backend)
 
     def can_swap(self) -> bool:
-        return self.active and bool(self.anon.lru) and bool(self._free_slots)
+        return (self.active and bool(self.anon.lru) and bool(self._free_slots)
+                and not backend_dead(self.backend))
 
     def writepage(self) -> bool:
         """swap_writepage for the oldest resident anon page (LRU tail). False: nothing to do."""
@@ -111,8 +119,18 @@ class SwapDevice:
         vm = self.alloc.vmstat
         vm["nr_writeback"] += 1
         vm["pswpout"] += 1
-        self.sched.spawn("rpc-swap", self._writeback(ap))
+        self.sched.spawn("rpc-swap", self._writeback(ap),
+                         on_crash=lambda task: self._writeback_crashed(ap, task))
         return True
+
+    def _writeback_crashed(self, ap: AnonPage, task) -> None:
+        """on_crash of a writeback task: the page's writeback ends with EIO (see above)."""
+        if ap.slot is None or self.writeback.get(ap.slot) is not ap:
+            return                                  # it had ended its writeback already
+        err = WriteError("EIO", TASK_CRASHED, ap.slot * PAGE_SIZE, "WRITE")
+        if self.backend is not None:
+            count_write_error(self.backend.counters, err)
+        self._write_error(ap, err)
 
     def _writeback(self, ap: AnonPage):
         """One page to its slot, durably (RPC_TASK_SWAPPER: runs under PF_MEMALLOC)."""

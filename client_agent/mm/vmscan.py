@@ -16,6 +16,10 @@ Invariants owned here:
   VMSCAN_THROTTLE_WRITEBACK), at most ``THROTTLE_WRITEBACK_S``). Counters: ``pgscan_kswapd`` per
   page scanned, ``pgsteal_kswapd`` per page freed (counted at completion by the device/mapping),
   ``pswpout`` per page submitted (count_swpout_vm_event, as Linux counts it).
+- kswapd crashing (a bug of this program, client_agent/tasks.py) is as in Linux, where an oops
+  in kswapd kills it (do_exit from the kthread): it is not restarted and reclaim stops; nothing
+  waits on kswapd itself, so there is no waiter to fail. The crash is recorded and the watchdog
+  classifies the run ``testbed_bug`` -- the stall that follows is never reported as a deadlock.
 - Reclaim here is writeback: a page freed by kswapd is one the target acknowledged durably, or a
   clean file page.
 """

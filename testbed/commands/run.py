@@ -1,8 +1,10 @@
 """`testbed run NAME|FILE`: one scenario on real packets (or, with ``--sim``, deterministically in
 memory: no root, testbed/sim_report.py); the report directory; exit 0 iff outcome == expect.
 
-Exit status: 0 outcome == expect; 1 outcome differs, is ``invalid``/``unfinished``, or the run failed;
-2 usage, scenario file or preflight errors (nothing was created).
+Exit status: 0 outcome == expect; 1 outcome differs, is ``invalid``/``unfinished``/``testbed_bug``
+(a task of the agent crashed: one line names the task and its exception, the traceback is in the
+report's watchdog.txt), or the run failed; 2 usage, scenario file or preflight errors (nothing
+was created).
 """
 
 from __future__ import annotations
@@ -57,6 +59,18 @@ def client_overrides(args) -> dict:
     return o
 
 
+def testbed_bug_line(entry: dict, out: str) -> str | None:
+    """The one line of a run in which a task of the agent crashed, or None."""
+    from testbed.watchdog import crash_line
+    crashes = entry.get("task_crashes") or []
+    if entry.get("outcome") != "testbed_bug":
+        return None
+    first = crash_line(crashes[0]) if crashes else "a task crashed (no record kept)"
+    more = f" (+{len(crashes) - 1} more)" if len(crashes) > 1 else ""
+    return (f"testbed: {entry['name']}: testbed bug, not a result -- {first}{more}; "
+            f"traceback in {out}/watchdog.txt")
+
+
 def run(args) -> int:
     from testbed import report as rep
     from testbed import scenario as scn
@@ -101,6 +115,10 @@ def run(args) -> int:
             entry, path = sim_report.run(sc, checks, out, extra={"figures": figs, "simulated": True})
         except ValueError as e:
             raise UserError(f"scenario {sc.name}: {e}") from None
+        bug = testbed_bug_line(entry, out)
+        if bug:
+            print(bug, file=sys.stderr)
+            return 1
         ok = entry["outcome"] == sc.expect
         print(f"{sc.name}: outcome {entry['outcome']}{' (beyond Linux)' if entry.get('beyond_linux') else ''} "
               f"(expect {sc.expect}) [simulated, seed {entry['seed']}] -- pages written {entry['pages_written']}, "
@@ -117,6 +135,10 @@ def run(args) -> int:
             return 1
     timeline = entry.pop("_timeline")
     path = rep.write_report(out, [entry], timeline=timeline, extra={"figures": figs})
+    bug = testbed_bug_line(entry, out)
+    if bug:
+        print(bug, file=sys.stderr)
+        return 1
     ok = entry["outcome"] == sc.expect
     print(f"{sc.name}: outcome {entry['outcome']}{' (beyond Linux)' if entry.get('beyond_linux') else ''} (expect {sc.expect}) -- pages written {entry['pages_written']}, "
           f"verified {entry['pages_verified']}, lost {entry['pages_lost']}, reserve low {entry['reserve_low_pages']}, "

@@ -10,7 +10,8 @@ Invariants owned here:
   before it returns None; a ``WriteError`` ends the page's writeback (fs/nfs/nfs3proc.py).
   Its counters (``durability_counters()``: writes, commits, resends, verifier_changes, shortwrite,
   committed_lt_stable, delay, rpcgarbage, write_errors by reason and errno) are ``counters``.
-- ``read_page`` is one READ of a page; an NFS error is returned as a ``WriteError`` named READ.
+- ``read_page`` is one READ of a page; an NFS error (or a dead transport's -EIO) is returned as a
+  ``WriteError`` named READ.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from protocols import nfs3
 
 from ...mm.page_io import PAGE_SIZE, ActivateError, WriteError
+from ...net.sunrpc.clnt import RpcSoftError
 from .nfs3proc import NfsError, durability_counters
 
 STABLE = {"FILE_SYNC": nfs3.FILE_SYNC, "UNSTABLE": nfs3.UNSTABLE, "DATA_SYNC": nfs3.DATA_SYNC}
@@ -43,6 +45,12 @@ class NfsFile:
     @property
     def memalloc(self) -> bool:
         return bool(self.transport.memalloc)
+
+    @property
+    def dead(self) -> str | None:
+        """The transport's task crashed (net/sunrpc/xprt.py ``dead``): no more I/O."""
+        xprt = self.transport.xprt
+        return xprt.dead if xprt is not None else None
 
     def describe(self) -> str:
         return f"{self.transport.server_ip}:/{self.export}/{self.image}"
@@ -70,7 +78,7 @@ class NfsFile:
         """Generator: the page's 4096 bytes, or a WriteError (proc READ)."""
         try:
             return (yield from self.transport.read(self.fh, offset, PAGE_SIZE))
-        except NfsError as e:
+        except (NfsError, RpcSoftError) as e:       # RpcXprtDead: the transport's task crashed
             return WriteError("EIO", str(e), offset, "READ")
 
     def snapshot(self) -> dict:

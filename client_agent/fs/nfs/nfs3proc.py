@@ -35,6 +35,9 @@ net/sunrpc/clnt.c rpc_decode_header); every reply is first sorted by ``classify_
   ``WriteError`` (never raises): the caller ends the page's writeback with it (swap:
   sio_write_complete, the page stays dirty and resident; file: nfs_mapping_set_error) and the error
   is counted by name in ``write_errors`` / ``write_error_reasons`` / ``write_error_errnos``.
+- The RPC transport dead (its receive task or xprtiod crashed: a bug of this program,
+  net/sunrpc/xprt.py): the call fails with -EIO and the page's writeback ends with EIO, reason
+  "rpc transport dead" -- never a hang that the watchdog would take for the deadlock.
 Where this still differs from Linux: a retried call gets a new xid (call_encode keeps the xid);
 the garbage budget is one per WRITE phase and one per COMMIT of a page (Linux: one per rpc_task,
 and one COMMIT covers many pages); a changed verifier rewrites the page at once (Linux redirties
@@ -58,8 +61,8 @@ from protocols import mount as mnt
 from protocols import nfs3, rpc
 from protocols.xdr import Unpacker
 
-from ...mm.page_io import WriteError, errno_number
-from ...net.sunrpc.clnt import ENOBUFS_RETRY_S, RpcClnt, RpcSoftError
+from ...mm.page_io import WriteError, count_write_error, errno_number
+from ...net.sunrpc.clnt import ENOBUFS_RETRY_S, RpcClnt, RpcSoftError, RpcXprtDead
 from ...net.sunrpc.xprt import ALLOC_RETRY_S, XID_KEPT
 from ...net.sunrpc.xprtsock import REPLY_TRUESIZE, XsTcp, XsUdp, tcp_timeout, udp_timeout
 from ...tasks import Sleep
@@ -97,6 +100,9 @@ NFS3_ERRNO = {
     nfs3.NFS3ERR_BADTYPE: "EBADTYPE", nfs3.NFS3ERR_JUKEBOX: "EJUKEBOX",
 }
 
+
+# The reason a page's writeback ends with when its RPC transport is dead (its task crashed).
+XPRT_DEAD_REASON = "rpc transport dead"
 
 # Verdicts of classify_reply: what the durability loop does with a reply.
 OK, GARBAGE, CRED, JUKEBOX, FATAL = "ok", "garbage", "cred", "jukebox", "fatal"
@@ -422,7 +428,11 @@ class NfsTransport:
         credentials within their budgets. Returns the OK verdict's reply, or a WriteError."""
         garb, cred = RPC_GARB_RETRY, RPC_CRED_RETRY
         while True:
-            v = yield from send()
+            try:
+                v = yield from send()
+            except RpcXprtDead as e:                    # the transport's task crashed: -EIO
+                self.log(f"nfs: {proc} at offset {offset}: {e}")
+                return self._write_error(counters, WriteError("EIO", XPRT_DEAD_REASON, offset, proc))
             if v.kind == OK:
                 return v.reply
             if v.kind == JUKEBOX:
@@ -440,12 +450,7 @@ class NfsTransport:
                 continue
             return self._write_error(counters, WriteError(v.errno, v.reason, offset, proc))
 
-    def _write_error(self, counters: dict, err: WriteError) -> WriteError:
-        counters["write_errors"] += 1
-        for key, name in (("write_error_reasons", err.reason), ("write_error_errnos", err.errno)):
-            d = counters[key]
-            d[name] = d.get(name, 0) + 1
-        return err
+    _write_error = staticmethod(count_write_error)
 
     def write_durably(self, fh: bytes, offset: int, make_data: Callable[[], bytes], stable: int,
                       counters: dict):
@@ -512,6 +517,7 @@ class NfsTransport:
             "slots_in_use": self.xprt.slots_in_use,
             "backlog": self.xprt.backlog,
             "not_responding": self.clnt.not_responding,
+            "xprt_dead": self.xprt.dead,
             "memalloc": self.sk.memalloc if self.sk is not None else False,
             "socket": self.xprt.socket_snapshot(),
             "xids_sent": list(self.xprt.xids_sent),

@@ -7,7 +7,8 @@ Invariants owned here:
   xid after the transport's timeout; after ``timeout.retries`` retransmissions a major timeout
   resets the timeout (xprt_adjust_timeout) and logs ``<prog>: server X not responding, still
   trying`` once; the first reply after that logs ``<prog>: server X OK``. A call never fails with
-  an I/O error.
+  an I/O error -- unless the transport is dead (its task crashed, a bug: xprt.py): then it raises
+  ``RpcXprtDead`` (-EIO, as rpc_exit(task, -EIO)), before sending or when woken.
 - On a stream transport (TCP, ``xprt.stream``) a minor timeout sends nothing -- TCP recovers
   lost segments; the call is sent again at a major timeout, or at once when the transport
   reconnected (it wakes the call with ``XPRT_RESEND``: the request's connection is gone).
@@ -27,19 +28,12 @@ from __future__ import annotations
 from typing import Callable
 
 from ...tasks import TIMEOUT, WaitEvent
-from .xprt import XPRT_CONNFAIL, XPRT_RESEND, XPRT_SEND
+from .xprt import XPRT_CONNFAIL, XPRT_DEAD, XPRT_RESEND, XPRT_SEND, RpcSoftError, RpcXprtDead
+
+__all__ = ["ENOBUFS_RETRY_S", "RpcClnt", "RpcSoftError", "RpcXprtDead"]
 
 # call_transmit_status(): -ENOBUFS -> rpc_delay(task, HZ>>2), scaled down like timeo.
 ENOBUFS_RETRY_S = 0.05
-
-
-class RpcSoftError(Exception):
-    """A soft call gave up: ``reason`` is "ETIMEDOUT" (a major timeout) or "ECONNREFUSED" (the
-    connect failed: refused, reset or timed out); the message says which server and call."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class RpcClnt:
@@ -55,6 +49,8 @@ class RpcClnt:
         ``soft``: raise RpcSoftError at a major timeout or a failed connect (see above)."""
         xprt = self.xprt
         c = xprt.counters
+        if xprt.dead is not None:
+            raise RpcXprtDead(xprt, label)
         if xprt._free_slots:
             slot = xprt._free_slots.popleft()          # xprt_reserve's fast path
         else:
@@ -66,6 +62,8 @@ class RpcClnt:
             buf = xprt.try_alloc_buffer()              # call_allocate, without a generator
             if buf is None:                            # when the pool grants the page at once
                 buf = yield from xprt.alloc_buffer(label)
+            if xprt.dead is not None:                  # died while the buffer was awaited
+                raise RpcXprtDead(xprt, label)
             xid = xprt.next_xid()
             msg = build(xid)
             key = ("rpc", id(xprt), xid)
@@ -85,6 +83,8 @@ class RpcClnt:
                         c["rpc_enobufs"] += 1
                         got = yield WaitEvent(key, until=sched.now + ENOBUFS_RETRY_S,
                                               reason=f"rpc {label} xid {xid:#x} -ENOBUFS, retry")
+                        if got is XPRT_DEAD or xprt.dead is not None:
+                            raise RpcXprtDead(xprt, label)
                         if got is TIMEOUT or got is XPRT_RESEND or got is XPRT_SEND or got is XPRT_CONNFAIL:
                             continue
                         reply = got
@@ -93,6 +93,8 @@ class RpcClnt:
                     need_send = False
                     deadline = sched.now + timeo
                 got = yield WaitEvent(key, until=deadline, reason=f"rpc {label} xid {xid:#x}")
+                if got is XPRT_DEAD or xprt.dead is not None:
+                    raise RpcXprtDead(xprt, label)
                 if got is XPRT_CONNFAIL:
                     if soft:
                         c["rpc_soft_errors"] = c.get("rpc_soft_errors", 0) + 1

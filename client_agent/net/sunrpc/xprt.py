@@ -14,6 +14,13 @@ Invariants owned here:
   ``rpc_bad_xid`` and dropped. Completion allocates nothing.
 - ``timeout`` is the transport's retransmit policy (struct rpc_timeout): each socket transport
   gives its own default (xprtsock.py); the client (clnt.py) applies it.
+- If the transport's own task (the receive task, xprtiod) crashes -- a bug of this program --
+  the transport is dead (``dead`` names the task and the exception; ``xprt_task_crashed``
+  counted): every call waiting on it is woken with ``XPRT_DEAD`` and fails with -EIO
+  (clnt.py ``RpcXprtDead``), so does every later call and every task in the slot backlog. In
+  Linux an oops in rpciod/xprtiod kills that worker and the calls it would have completed wait
+  for ever (a hang, the oops in dmesg); here they fail as rpc_exit(task, -EIO) ends an rpc_task,
+  so the run ends and names the bug (testbed/watchdog.py: outcome ``testbed_bug``).
 
 The socket side -- connect, SOCK_MEMALLOC on every socket, send, the receive task -- is
 xprtsock.py's; the calls and their retransmission are clnt.py's.
@@ -42,6 +49,29 @@ XPRT_SEND = object()
 # xprt_wake_pending_tasks(xprt, -ECONNREFUSED/-ETIMEDOUT) after a failed connect: a hard call goes
 # on waiting for the next attempt; a soft one with RPC_TASK_SOFTCONN fails (call_connect_status)
 XPRT_CONNFAIL = object()
+# The transport's task crashed (``RpcXprt.task_crashed``): the call fails with -EIO.
+XPRT_DEAD = object()
+
+
+class RpcSoftError(Exception):
+    """A soft call gave up: ``reason`` is "ETIMEDOUT" (a major timeout) or "ECONNREFUSED" (the
+    connect failed: refused, reset or timed out), or "EIO" (``RpcXprtDead``); the message says
+    which server and call."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RpcXprtDead(RpcSoftError):
+    """The call's transport is dead: its own task crashed (a bug of this program, xprt.py).
+    ``reason`` "EIO"; ``xprt_error`` names the task and its exception. Raised for hard and soft
+    calls alike."""
+
+    def __init__(self, xprt, label: str) -> None:
+        super().__init__("EIO", f"rpc {label} to {getattr(xprt, 'server_ip', '?')} port "
+                                f"{getattr(xprt, 'port', '?')}: -EIO, transport dead ({xprt.dead})")
+        self.xprt_error = xprt.dead
 
 
 @dataclass
@@ -83,9 +113,20 @@ class RpcXprt:
         self.xids_sent: deque = deque(maxlen=XID_KEPT)
         self.xids_replied: deque = deque(maxlen=XID_KEPT)
         self.backlog = 0
+        self.dead: str | None = None    # "task: Type: message" once the transport's task crashed
         self.counters = {"rpc_calls": 0, "rpc_retrans": 0, "rpc_major_timeouts": 0,
                          "rpc_replies": 0, "rpc_bad_xid": 0, "rpc_enobufs": 0,
-                         "rpc_alloc_nomem": 0, "rpc_reconnects": 0, "backlog_waits": 0}
+                         "rpc_alloc_nomem": 0, "rpc_reconnects": 0, "backlog_waits": 0,
+                         "xprt_task_crashed": 0}
+
+    def task_crashed(self, task) -> None:
+        """``on_crash`` of the transport's own task (see the module docstring): the transport is
+        dead; every pending call and every backlog waiter is woken to fail with -EIO."""
+        self.dead = f"{task.name}: {task.error}"
+        self.counters["xprt_task_crashed"] += 1
+        for xid in list(self.pending):
+            self.sched.wake(self.reply_key(xid), XPRT_DEAD)
+        self.sched.wake(self._slot_key)
 
     # -- slots (xprt_reserve / xprt_release) ---------------------------------------------------
     def reserve(self, label: str):
@@ -103,6 +144,8 @@ class RpcXprt:
                     self.sched.wake_one(self._slot_key)
                 raise
             self.backlog -= 1
+            if self.dead is not None:
+                raise RpcXprtDead(self, label)
         return self._free_slots.popleft()
 
     def release(self, slot: int, xid: int | None, buf) -> None:

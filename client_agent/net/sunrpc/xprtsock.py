@@ -63,7 +63,7 @@ class XsUdp(RpcXprt):
         self.closed = False
         self.sk = None
         self._connect()
-        self.rx_task = sched.spawn("rpciod-rx", self._rx_loop())
+        self.rx_task = sched.spawn("rpciod-rx", self._rx_loop(), on_crash=self.task_crashed)
 
     # -- socket ------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -96,7 +96,7 @@ class XsUdp(RpcXprt):
     def close(self) -> None:
         self.closed = True
         self.sk.close()
-        if self.rx_task.state not in ("done", "crashed", "killed"):
+        if not self.rx_task.exited:
             self.sched.kill(self.rx_task)
 
     # -- transmit and receive ------------------------------------------------------------------
@@ -165,7 +165,8 @@ class XsTcp(RpcXprt):
         self._queued: set = set()               # xids of calls made while not connected
         self._kick_key = ("xs-tcp", id(self))
         self.counters.update(connect_count=0, connect_fails=0, record_errors=0)
-        self.task = sched.spawn(f"xprtiod-tcp/{server_ip}:{port}", self._worker())
+        self.task = sched.spawn(f"xprtiod-tcp/{server_ip}:{port}", self._worker(),
+                                on_crash=self.task_crashed)
 
     # -- the connection ------------------------------------------------------------------------
     def _new_socket(self):
@@ -278,7 +279,7 @@ class XsTcp(RpcXprt):
         if self.sk is not None:
             self.sk.close(self.sched.now)
             self._tx_done()
-        if self.task.state not in ("done", "crashed", "killed"):
+        if not self.task.exited:
             self.sched.kill(self.task)
 
     # -- transmit ------------------------------------------------------------------------------
