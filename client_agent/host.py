@@ -261,13 +261,16 @@ class Host:
         self.reply_trace.port = port
 
     # -- socket services (test traffic) ----------------------------------------------------------
-    def _socket(self, port: int, rcvbuf: int | None):
+    def _check_service(self, proto: str, port: int, rcvbuf: int | None) -> None:
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"port must be an integer 1..65535, got {port!r}")
-        if f"udp:{port}" in self.services:
-            raise ValueError(f"UDP port {port} already has a service; pick another port")
+        if f"{proto}:{port}" in self.services:
+            raise ValueError(f"{proto.upper()} port {port} already has a service; pick another port")
         if rcvbuf is not None and (not isinstance(rcvbuf, int) or rcvbuf < 1024):
             raise ValueError(f"rcvbuf must be an integer >= 1024 bytes, got {rcvbuf!r}")
+
+    def _socket(self, port: int, rcvbuf: int | None):
+        self._check_service("udp", port, rcvbuf)
         sk = self.stack.udp_socket()
         sk.bind(("0.0.0.0", port))
         if rcvbuf is not None:
@@ -336,12 +339,7 @@ class Host:
         """The stream form of ``sink``: listen on ``port`` (rcvbuf set on the listener, so every
         child inherits it, as SO_RCVBUF before listen() does), accept in a task, one reader task
         per connection, owner ``sink:<port>``."""
-        if not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port must be an integer 1..65535, got {port!r}")
-        if f"tcp:{port}" in self.services:
-            raise ValueError(f"TCP port {port} already has a service; pick another port")
-        if rcvbuf is not None and (not isinstance(rcvbuf, int) or rcvbuf < 1024):
-            raise ValueError(f"rcvbuf must be an integer >= 1024 bytes, got {rcvbuf!r}")
+        self._check_service("tcp", port, rcvbuf)
         ln = self.stack.tcp_socket()
         ln.bind(("0.0.0.0", port))
         if rcvbuf is not None:
