@@ -344,6 +344,21 @@ class Rig:
         c = self.ctls["flood"] = ControlClient(ctl, timeout_s=10.0)
         return c
 
+    def start_tcp_noise(self, dst: str, ports: list[int], rate_kbps: int, *, seed: int = 1) -> Any:
+        """Kernel TCP senders in noise (testbed/tcp_noise.py): one connection per port of the
+        client's stream sinks, each paced at ``rate_kbps``; returns once every one is connected.
+        The process is ``procs["tcp-noise"]`` (stopped by pid: ``stop("tcp-noise")``)."""
+        from netns_setup.process import ProcessStartError, start_process
+        argv = [sys.executable, "-m", "testbed.tcp_noise", "--dst", dst,
+                "--ports", ",".join(map(str, ports)), "--rate-kbps", str(rate_kbps), "--seed", str(seed),
+                "--bind", str(self.hosts["noise"].address.ip)]
+        try:
+            self.procs["tcp-noise"] = start_process(self.st, "noise", argv, role="tcp-noise", ready=True,
+                                                    cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
+        except ProcessStartError as e:
+            raise RigError(f"the TCP noise senders did not start: {str(e).splitlines()[0]}") from None
+        return self.procs["tcp-noise"]
+
     def start_block_target(self, kind: str, image: str, *, latency_ms: float = 0.0) -> dict:
         """A third-party target on the NAS host serving nas-server's image ``EXPORT/image`` (the same
         file: read back over NFS or the target itself): ``nbdkit`` (file plugin, its delay filter
