@@ -393,8 +393,13 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             return {"nas": rig.procs["nas"], "agent": rig.procs["agent:client"],
                     **({"flood": rig.procs["flood"]} if "flood" in rig.procs else {})}
         # -- the flood from noise, toward the noise ports
-        rig.start_flood(cli_ip, f"{ports[0]}-{ports[-1]}" if ports else "9001", sc.flood_pps,
-                        size=sc.flood_size, seed=sc.seed)
+        port_spec = f"{ports[0]}-{ports[-1]}" if ports else "9001"
+        if getattr(sc, "flood_command", ""):
+            rig.start_flood_command(sc.flood_command, cli_ip, port_spec, sc.flood_pps, size=sc.flood_size)
+            say(f"flood_command in noise: {sc.flood_command!r} (DST={cli_ip} PORTS={port_spec} "
+                f"RATE_PPS={sc.flood_pps} SIZE={sc.flood_size})")
+        else:
+            rig.start_flood(cli_ip, port_spec, sc.flood_pps, size=sc.flood_size, seed=sc.seed)
         if tcp_ports:
             rig.start_tcp_noise(cli_ip, tcp_ports, sc.noise_tcp_rate_kbps, seed=sc.seed)
             say(f"TCP noise: {len(tcp_ports)} kernel stream(s) from noise at {sc.noise_tcp_rate_kbps} kB/s each "
@@ -436,11 +441,14 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             deadlock_snap = agent.snapshot(traces=True)  # with the xid and frame-fate records
         say(f"outcome {wd.outcome} at t={wd.decided_at:.1f}s: {'; '.join(wd.reasons)}")
         # -- stop the flood, get the swap map, stop the agent
-        try:
-            with ControlClient(ctl["flood"]) as fc:
-                entry_extra["flood"] = fc.call("shutdown")
-        except ControlError as e:
-            entry_extra["flood"] = {"error": str(e)}
+        if rig.flood_command:
+            entry_extra["flood"] = {"command": rig.flood_command, "exited": rig.procs["flood"].poll()}
+        else:
+            try:
+                with ControlClient(ctl["flood"]) as fc:
+                    entry_extra["flood"] = fc.call("shutdown")
+            except ControlError as e:
+                entry_extra["flood"] = {"error": str(e)}
         rig.stop("flood")
         if tcp_ports:
             held = {k: v for k, v in (deadlock_snap or last_snap).get("services", {}).items() if k.startswith("tcp:")}

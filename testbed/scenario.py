@@ -135,6 +135,9 @@ class Scenario:
     # TCP noise (docs/demo.md): kernel TCP senders in noise (testbed/tcp_noise.py), one stream per
     # agent stream sink (reader noise_reader), each paced at noise_tcp_rate_kbps; the sinks'
     # rcvbuf (0: tcp_rmem[1], a socket without SO_RCVBUF). 0 streams: none.
+    # A third-party UDP flood generator instead of the built-in flood (docs/demo.md "Another
+    # flood"): sh -c in noise with DST, PORTS, RATE_PPS, SIZE, IFACE set. Empty: testbed/flood.py.
+    flood_command: str = ""
     noise_tcp_streams: int = 0
     noise_tcp_rate_kbps: int = 2000
     noise_tcp_rcvbuf_bytes: int = 0
