@@ -310,7 +310,7 @@ class Host:
         if kind not in SINK_KINDS:
             raise ValueError(f"sink kind must be one of {', '.join(SINK_KINDS)}, got {kind!r}")
         if kind == "tcp":
-            return self._tcp_sink(port, reader, rcvbuf)
+            return self._stream_sink(port, reader, rcvbuf)
         sk = self._socket(port, rcvbuf)
         stats = {"kind": "sink", "port": port, "reader": reader, "read": 0, "bytes": 0}
         self.services[f"udp:{port}"] = {"sock": sk, "stats": stats}
@@ -335,7 +335,7 @@ class Host:
             self.sched.spawn(f"udp-sink/{port}", sink())
         return stats
 
-    def _tcp_sink(self, port: int, reader: str, rcvbuf: int | None) -> dict:
+    def _stream_sink(self, port: int, reader: str, rcvbuf: int | None) -> dict:
         """The stream form of ``sink``: listen on ``port`` (rcvbuf set on the listener, so every
         child inherits it, as SO_RCVBUF before listen() does), accept in a task, one reader task
         per connection, owner ``sink:<port>``."""
