@@ -6,7 +6,7 @@ or method is named after a protocol: storage is named by a *device spec* (``{"ki
 ...}``, host.py ``STORAGE_KINDS``), so a new protocol adds no op.
 
 Control protocol ops (newline-delimited JSON, see netns_setup/control.py): ``snapshot``, ``set``,
-``shutdown``; test services ``udp_echo``, ``udp_sink``, ``hog``, ``hog_free``, ``memalloc``;
+``shutdown``; test services ``udp_echo``, ``udp_sink``, ``sink`` (``kind`` udp or tcp), ``hog``, ``hog_free``, ``memalloc``;
 swap (docs/swap-contract.md): ``swapon`` (today's NFS arguments -- ``server``,
 ``port``, ``export``, ``image``, ``slots``, ``wsize``, ``timeo_s``, ``timeo_max_s``,
 ``retrans``, ``stable`` -- or ``device``: a device spec; ``priority``: a further area beside
@@ -241,7 +241,7 @@ class Agent(Host):
             # the scheduler's counters (tasks_crashed, ...) and crash records with tracebacks:
             # any crash makes the run a testbed bug (testbed/watchdog.py)
             "sched": self.sched.stats(),
-            "services": {k: v["stats"] for k, v in self.services.items()},
+            "services": self.service_stats(),
             "loop": loop,
             "polls": self.polls,
             "rusage": {"utime_s": ru.ru_utime, "stime_s": ru.ru_stime, "maxrss_kb": ru.ru_maxrss},
@@ -293,6 +293,8 @@ class Agent(Host):
             "udp_echo": lambda r: self._bad(self.echo, need(r, "port"), r.get("rcvbuf")),
             "udp_sink": lambda r: self._bad(self.sink, need(r, "port"), r.get("reader", "ordinary"),
                                             r.get("rcvbuf")),
+            "sink": lambda r: self._bad(self.sink, need(r, "port"), r.get("reader", "ordinary"),
+                                        r.get("rcvbuf"), r.get("kind", "udp")),
             "hog": lambda r: self._bad(self.hog, need(r, "pages"), r.get("gfp", "kernel")),
             "hog_free": lambda r: self.hog_free(),
             "memalloc": lambda r: self.memalloc(need(r, "port"), bool(r.get("on", True))),

@@ -24,9 +24,10 @@ from .mm.gfp import GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, Gfp
 from .mm.page_alloc import PageAllocator
 from .net.core.dev import NAPI_BUDGET
 from .net.stack import Stack
-from .tasks import Scheduler, WaitPages
+from .tasks import Scheduler, WaitEvent, WaitPages
 
 SINK_READERS = ("none", "fast", "ordinary")
+SINK_KINDS = ("udp", "tcp")
 HOG_GFP = {"kernel": GFP_KERNEL, "nowait": GFP_NOWAIT, "atomic": GFP_ATOMIC,
            "memalloc": GFP_ATOMIC | Gfp.MEMALLOC}
 STABLE_HOWS = ("FILE_SYNC", "UNSTABLE", "DATA_SYNC")
@@ -271,13 +272,16 @@ class Host:
         self.reply_trace.port = port
 
     # -- socket services (test traffic) ----------------------------------------------------------
-    def _socket(self, port: int, rcvbuf: int | None):
+    def _check_service(self, proto: str, port: int, rcvbuf: int | None) -> None:
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"port must be an integer 1..65535, got {port!r}")
-        if f"udp:{port}" in self.services:
-            raise ValueError(f"UDP port {port} already has a service; pick another port")
+        if f"{proto}:{port}" in self.services:
+            raise ValueError(f"{proto.upper()} port {port} already has a service; pick another port")
         if rcvbuf is not None and (not isinstance(rcvbuf, int) or rcvbuf < 1024):
             raise ValueError(f"rcvbuf must be an integer >= 1024 bytes, got {rcvbuf!r}")
+
+    def _socket(self, port: int, rcvbuf: int | None):
+        self._check_service("udp", port, rcvbuf)
         sk = self.stack.udp_socket()
         sk.bind(("0.0.0.0", port))
         if rcvbuf is not None:
@@ -303,14 +307,21 @@ class Host:
         self.sched.spawn(f"udp-echo/{port}", echo())
         return stats
 
-    def sink(self, port: int, reader: str = "ordinary", rcvbuf: int | None = None) -> dict:
-        """A datagram sink on ``port``. ``reader``: ``none`` (nobody reads: the queue fills to
-        rcvbuf), ``fast`` (reads without allocating), ``ordinary`` (each datagram needs one
-        ordinary GFP_KERNEL page to be processed -- under pressure the reader blocks and the
-        queue fills, holding its receive buffers, as the problem statement's 'other
-        connections' do)."""
+    def sink(self, port: int, reader: str = "ordinary", rcvbuf: int | None = None,
+             kind: str = "udp") -> dict:
+        """A sink on ``port``: ``kind`` ``udp`` (a datagram socket) or ``tcp`` (a listener that
+        accepts every connection; each accepted stream gets the same reader). ``reader``:
+        ``none`` (nobody reads: the queue fills to rcvbuf -- for TCP the window closes),
+        ``fast`` (reads without allocating), ``ordinary`` (each datagram, or each read of up to
+        one page of a stream, needs one ordinary GFP_KERNEL page to be processed -- under
+        pressure the reader blocks and the queue fills, holding its receive buffers, as the
+        problem statement's 'other connections' do). Returns the live stats dict."""
         if reader not in SINK_READERS:
             raise ValueError(f"reader must be one of {', '.join(SINK_READERS)}, got {reader!r}")
+        if kind not in SINK_KINDS:
+            raise ValueError(f"sink kind must be one of {', '.join(SINK_KINDS)}, got {kind!r}")
+        if kind == "tcp":
+            return self._stream_sink(port, reader, rcvbuf)
         sk = self._socket(port, rcvbuf)
         stats = {"kind": "sink", "port": port, "reader": reader, "read": 0, "bytes": 0}
         self.services[f"udp:{port}"] = {"sock": sk, "stats": stats}
@@ -334,6 +345,91 @@ class Host:
         if reader != "none":
             self.sched.spawn(f"udp-sink/{port}", sink())
         return stats
+
+    def _stream_sink(self, port: int, reader: str, rcvbuf: int | None) -> dict:
+        """The stream form of ``sink``: listen on ``port`` (rcvbuf set on the listener, so every
+        child inherits it, as SO_RCVBUF before listen() does), accept in a task, one reader task
+        per connection, owner ``sink:<port>``."""
+        self._check_service("tcp", port, rcvbuf)
+        ln = self.stack.tcp_socket()
+        ln.bind(("0.0.0.0", port))
+        if rcvbuf is not None:
+            ln.rcvbuf = rcvbuf
+        ln.listen()
+        stats = {"kind": "sink", "proto": "tcp", "port": port, "reader": reader, "accepted": 0,
+                 "read": 0, "bytes": 0}
+        conns: list = []
+        self.services[f"tcp:{port}"] = {"sock": ln, "stats": stats, "conns": conns}
+        owner = f"sink:{port}"
+        sched = self.sched
+
+        def stream(sk):
+            while True:
+                if reader == "ordinary":
+                    # one page to process each read, taken before reading: under pressure the
+                    # reader blocks here and the stream's receive queue (and window) fills
+                    pages = yield WaitPages(1, GFP_KERNEL, owner,
+                                            reason=f"page to process a stream read on :{port}")
+                    self.alloc.free(pages)
+                got = sk.recv(self.loop.time(), 4096 if reader == "ordinary" else 1 << 20)
+                if isinstance(got, bytes) and got:
+                    stats["read"] += 1
+                    stats["bytes"] += len(got)
+                    self.kick()                 # a window update may be due (tcp_cleanup_rbuf)
+                    continue
+                if got == b"" or isinstance(got, int):
+                    sk.close(self.loop.time())
+                    self.kick()
+                    return
+                yield WaitEvent(sk.wait_key, reason=f"stream data on :{port}")
+
+        def acceptor():
+            while True:
+                while (child := ln.accept()) is not None:
+                    conns.append(child)
+                    stats["accepted"] += 1
+                    if reader != "none":
+                        sched.spawn(f"tcp-sink/{port}/{stats['accepted']}", stream(child))
+                yield WaitEvent(ln.wait_key, reason=f"accept on :{port}")
+
+        sched.spawn(f"tcp-accept/{port}", acceptor())
+        return stats
+
+    def service_stats(self) -> dict:
+        """Every service's stats; a stream sink's also give what its accepted connections hold
+        now (``held``: ss's skmem ``r`` summed, receive- and out-of-order-queue segments and
+        pages, connections advertising a zero window, the smallest ``rcv_wnd``) and the most
+        seen at any call so far (``held_max``: each field's own maximum)."""
+        out = {}
+        for key, svc in self.services.items():
+            conns = svc.get("conns")
+            if conns is None:
+                out[key] = svc["stats"]
+                continue
+            live = [c for c in conns if not c.dead]
+            rq = [r for c in live for r in c.receive_queue]
+            ofo = [r for c in live for r in c.ofo]
+            held = {
+                "conns": len(live), "rmem_alloc": sum(c.rmem_alloc for c in live),
+                "recv_q_bytes": sum(len(r.data) for r in rq),
+                "receive_queue": len(rq), "receive_queue_pages": sum(len(r.skb.pages) for r in rq),
+                "ofo_queue": len(ofo), "ofo_queue_pages": sum(len(r.skb.pages) for r in ofo),
+                "zero_window": sum(1 for c in live if c.rcv_wnd == 0),
+                "min_rcv_wnd": min((c.rcv_wnd for c in live), default=None)}
+            peak = svc["stats"].setdefault("held_max", {})
+            for k in ("rmem_alloc", "receive_queue_pages", "ofo_queue_pages", "zero_window"):
+                peak[k] = max(peak.get(k, 0), held[k])
+            out[key] = {**svc["stats"], "held": held}
+        return out
+
+    def close_services(self) -> None:
+        """Close every service socket (a stream sink: its connections, then its listener)."""
+        now = self.loop.time()
+        for svc in self.services.values():
+            for c in svc.get("conns", ()):
+                c.close(now)
+            sk = svc["sock"]
+            sk.close(now) if svc.get("conns") is not None else sk.close()
 
     def hog(self, pages: int, gfp: str = "kernel") -> dict:
         """Take ``pages`` pages in context ``gfp`` and hold them (an allocation hog)."""

@@ -17,7 +17,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the testbed and its tests use (peers, captures, the NFS baseline server).
-APT_PACKAGES=(tcpdump tshark libnfs-utils rpcbind iproute2 nfs-ganesha nfs-ganesha-vfs vblade aoetools
+APT_PACKAGES=(tcpdump tshark libnfs-utils rpcbind iproute2 nfs-ganesha nfs-ganesha-vfs vblade aoetools hping3
               nbdkit nbd-server qemu-utils qemu-block-extra libnbd-bin tgt libiscsi-bin
               # a real Linux kernel as the client (testbed.linux_vm): QEMU, the distro kernel and its
               # modules, a static busybox, and gcc + static libc for the in-guest helper

@@ -136,6 +136,7 @@ class Rig:
         self._tgt_ctl: str | None = None        # tgtd's management socket number (start_block_target)
         self._tgt_made_dir = False
         self.nas_command = nas_command or None
+        self.flood_command: str | None = None     # start_flood_command's
         self.nas_export_dir: str | None = None
         self.block_targets = tuple(block_targets)
         self.env = {**os.environ, "PYTHONPATH": REPO}
@@ -344,6 +345,44 @@ class Rig:
         c = self.ctls["flood"] = ControlClient(ctl, timeout_s=10.0)
         return c
 
+    def start_flood_command(self, command: str, dst: str, ports: str, rate_pps: int, *, size: int = 64,
+                            settle_s: float = 0.5) -> Any:
+        """A third-party flood generator instead of the built-in flood (docs/demo.md "Another
+        flood"): ``command`` (sh -c) in the noise namespace with DST (the client's address),
+        PORTS (the UDP sinks' ports, "9001-9004"), RATE_PPS (datagrams per second, all ports),
+        SIZE (UDP payload bytes) and IFACE (noise's interface) set. No control socket and no
+        ready signal: it counts as started if it still runs after ``settle_s``. The process is
+        ``procs["flood"]``; ``stop("flood")`` ends its whole process group by its pid."""
+        from netns_setup.process import ProcessStartError, start_process
+        env = {**self.env, "DST": dst, "PORTS": ports, "RATE_PPS": str(rate_pps), "SIZE": str(size),
+               "IFACE": self.st.host_iface("noise")}
+        try:
+            self.procs["flood"] = start_process(self.st, "noise", ["sh", "-c", command], role="flood-command",
+                                                cpus=_cpus(OTHER_CPU), env=env, cwd=PROJECT)
+        except ProcessStartError as e:
+            raise RigError(f"flood_command did not start: {str(e).splitlines()[0]}") from None
+        self.flood_command = command
+        time.sleep(settle_s)
+        if self.procs["flood"].poll() is not None:
+            raise RigError(f"flood_command {command!r} exited ({self.procs['flood'].poll()}) at once: "
+                           f"{_log_tail(self.procs['flood'].record['log'])}")
+        return self.procs["flood"]
+
+    def start_tcp_noise(self, dst: str, ports: list[int], rate_kbps: int, *, seed: int = 1) -> Any:
+        """Kernel TCP senders in noise (testbed/tcp_noise.py): one connection per port of the
+        client's stream sinks, each paced at ``rate_kbps``; returns once every one is connected.
+        The process is ``procs["tcp-noise"]`` (stopped by pid: ``stop("tcp-noise")``)."""
+        from netns_setup.process import ProcessStartError, start_process
+        argv = [sys.executable, "-m", "testbed.tcp_noise", "--dst", dst,
+                "--ports", ",".join(map(str, ports)), "--rate-kbps", str(rate_kbps), "--seed", str(seed),
+                "--bind", str(self.hosts["noise"].address.ip)]
+        try:
+            self.procs["tcp-noise"] = start_process(self.st, "noise", argv, role="tcp-noise", ready=True,
+                                                    cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
+        except ProcessStartError as e:
+            raise RigError(f"the TCP noise senders did not start: {str(e).splitlines()[0]}") from None
+        return self.procs["tcp-noise"]
+
     def start_block_target(self, kind: str, image: str, *, latency_ms: float = 0.0) -> dict:
         """A third-party target on the NAS host serving nas-server's image ``EXPORT/image`` (the same
         file: read back over NFS or the target itself): ``nbdkit`` (file plugin, its delay filter
@@ -406,7 +445,7 @@ class Rig:
             c.close()
         p = self.procs.pop(key, None)
         if p is not None:
-            if key == "nas" and self.nas_command:
+            if (key == "nas" and self.nas_command) or (key == "flood" and self.flood_command):
                 _stop_group(p)              # the command's whole process group (its servers)
             p.stop()
 

@@ -19,6 +19,7 @@ Invariants owned here:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -32,6 +33,7 @@ from testbed.watchdog import Watchdog, hung_task_report, nfs_view, task_crashes,
 
 SAMPLE_S = 0.2
 NOISE_PORT_BASE = 9001
+NOISE_TCP_PORT_BASE = 9201      # the stream sinks of TCP noise (scenario noise_tcp_streams)
 NFS_PORT = 2049
 EXPORT = "swap"
 IMAGE = "swap.img"
@@ -263,6 +265,18 @@ class Progress:
 
 
 # ------------------------------------------------------------------ the run
+def _tcp_noise_summary(log_path: str) -> dict | None:
+    """The senders' own summary line (testbed/tcp_noise.py), None if it is not in their log."""
+    try:
+        with open(log_path) as f:
+            for line in f:
+                if line.startswith('{"tcp_noise_summary"'):
+                    return json.loads(line)["tcp_noise_summary"]
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir: str | None = None,
                  pcap_prefix: str = "", logs_dir: str | None = None, progress_prefix: str = "",
                  print_watchdog: bool = True, export_networks: str | None = None, during=None) -> dict:
@@ -344,6 +358,10 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             extra=["--watermark-scale-factor", str(sc.watermark_scale_factor)]
                   + (["--fault", sc.client_faults] if sc.client_faults else []))
         agent.sinks(ports, sc.noise_reader, sc.noise_rcvbuf_bytes)
+        tcp_ports = list(range(NOISE_TCP_PORT_BASE, NOISE_TCP_PORT_BASE + getattr(sc, "noise_tcp_streams", 0)))
+        for p in tcp_ports:
+            agent.call("sink", kind="tcp", port=p, reader=sc.noise_reader,
+                       rcvbuf=sc.noise_tcp_rcvbuf_bytes or None)
         # nas-server: its one-port layout (no portmap); another NAS: both ports from its portmapper
         device = {"kind": "nfs", "server": nas_ip, "port": None if other_nas else NFS_PORT,
                   "export": nas_export or EXPORT,
@@ -377,8 +395,17 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             return {"nas": rig.procs["nas"], "agent": rig.procs["agent:client"],
                     **({"flood": rig.procs["flood"]} if "flood" in rig.procs else {})}
         # -- the flood from noise, toward the noise ports
-        rig.start_flood(cli_ip, f"{ports[0]}-{ports[-1]}" if ports else "9001", sc.flood_pps,
-                        size=sc.flood_size, seed=sc.seed)
+        port_spec = f"{ports[0]}-{ports[-1]}" if ports else "9001"
+        if getattr(sc, "flood_command", ""):
+            rig.start_flood_command(sc.flood_command, cli_ip, port_spec, sc.flood_pps, size=sc.flood_size)
+            say(f"flood_command in noise: {sc.flood_command!r} (DST={cli_ip} PORTS={port_spec} "
+                f"RATE_PPS={sc.flood_pps} SIZE={sc.flood_size})")
+        else:
+            rig.start_flood(cli_ip, port_spec, sc.flood_pps, size=sc.flood_size, seed=sc.seed)
+        if tcp_ports:
+            rig.start_tcp_noise(cli_ip, tcp_ports, sc.noise_tcp_rate_kbps, seed=sc.seed)
+            say(f"TCP noise: {len(tcp_ports)} kernel stream(s) from noise at {sc.noise_tcp_rate_kbps} kB/s each "
+                f"into ports {tcp_ports[0]}-{tcp_ports[-1]}")
         softnet0 = softnet_drops()
         agent.start_workload(consumer, sc.workload_pages, sc.seed, sc.workload_rate_pps)
         # -- sample, watch
@@ -422,12 +449,25 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             deadlock_snap = agent.snapshot(traces=True)  # with the xid and frame-fate records
         say(f"outcome {wd.outcome} at t={wd.decided_at:.1f}s: {'; '.join(wd.reasons)}")
         # -- stop the flood, get the swap map, stop the agent
-        try:
-            with ControlClient(ctl["flood"]) as fc:
-                entry_extra["flood"] = fc.call("shutdown")
-        except ControlError as e:
-            entry_extra["flood"] = {"error": str(e)}
+        if rig.flood_command:
+            entry_extra["flood"] = {"command": rig.flood_command, "exited": rig.procs["flood"].poll()}
+        else:
+            try:
+                with ControlClient(ctl["flood"]) as fc:
+                    entry_extra["flood"] = fc.call("shutdown")
+            except ControlError as e:
+                entry_extra["flood"] = {"error": str(e)}
         rig.stop("flood")
+        if tcp_ports:
+            held = {k: v for k, v in (deadlock_snap or last_snap).get("services", {}).items() if k.startswith("tcp:")}
+            log = rig.procs["tcp-noise"].log_path
+            rig.stop("tcp-noise")
+            entry_extra["tcp_noise"] = {"sinks": held, "senders": _tcp_noise_summary(log)}
+            for k, v in held.items():
+                m = v.get("held_max", {})
+                say(f"TCP noise {k}: read {v.get('bytes', 0)} B; held at most skmem r {m.get('rmem_alloc', 0)} B, "
+                    f"{m.get('receive_queue_pages', 0)} receive-queue + {m.get('ofo_queue_pages', 0)} OFO pages, "
+                    f"zero window {'yes' if m.get('zero_window') else 'no'}; now {v.get('held')}")
         final = agent.snapshot(traces=True)
         entry_extra["final_t"] = round(time.monotonic() - t0, 3)
         swap_map = agent.workload_map()

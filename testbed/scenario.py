@@ -132,6 +132,15 @@ class Scenario:
     noise_reader: str = "ordinary"
     flood_pps: int = 4000
     flood_size: int = 64
+    # TCP noise (docs/demo.md): kernel TCP senders in noise (testbed/tcp_noise.py), one stream per
+    # agent stream sink (reader noise_reader), each paced at noise_tcp_rate_kbps; the sinks'
+    # rcvbuf (0: tcp_rmem[1], a socket without SO_RCVBUF). 0 streams: none.
+    # A third-party UDP flood generator instead of the built-in flood (docs/demo.md "Another
+    # flood"): sh -c in noise with DST, PORTS, RATE_PPS, SIZE, IFACE set. Empty: testbed/flood.py.
+    flood_command: str = ""
+    noise_tcp_streams: int = 0
+    noise_tcp_rate_kbps: int = 2000
+    noise_tcp_rcvbuf_bytes: int = 0
     workload_pages: int = 10240
     workload_rate_pps: int = 0
     stall_threshold_s: float = 6.0
@@ -198,6 +207,7 @@ _INT_RANGES = {
     "seed": (0, 2**63 - 1), "pool_pages": (64, 1 << 22), "min_free_kbytes": (16, 262144),
     "watermark_scale_factor": (1, 3000), "slots": (1, 1024), "wsize": (512, 1048576),
     "retrans": (0, 100), "noise_sockets": (0, 64), "noise_rcvbuf_bytes": (1024, 1 << 30),
+    "noise_tcp_streams": (0, 64), "noise_tcp_rate_kbps": (1, 10_000_000), "noise_tcp_rcvbuf_bytes": (0, 1 << 30),
     "flood_pps": (0, 10_000_000), "flood_size": (12, 1472), "workload_pages": (1, 1 << 24),
     "workload_rate_pps": (0, 10_000_000), "agent_capacity_pps": (1, 100_000_000), "budget": (1, 4096),
     "swap_rate_pps": (0, 100_000_000), "dirty_ratio": (1, 100), "dirty_background_ratio": (0, 100),

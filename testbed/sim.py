@@ -80,6 +80,8 @@ MAC_AGENT = b"\x02\x00\xc6\x12\x00\x02"
 MAC_NAS = b"\x02\x00\xc6\x12\x00\x01"
 MAC_NOISE = b"\x02\x00\xc6\x12\x00\x03"
 NOISE_PORT0 = 9000
+NOISE_TCP_PORT0 = 9100
+NOISE_TCP_TICK_S = 0.005          # the senders' pacing period
 NAS_POOL_PAGES = 1 << 15           # the NAS host's stack: big enough never to be the bottleneck
 
 DEFAULTS = {
@@ -89,6 +91,10 @@ DEFAULTS = {
     "retrans": 3, "noise_sockets": 4, "noise_rcvbuf_bytes": 851968, "noise_reader": "ordinary",
     "flood_pps": 4000, "flood_size": 64, "workload_pages": 10240, "workload_rate_pps": 0,
     "stall_threshold_s": 6.0, "max_duration_s": 60.0,
+    # TCP noise: streams from the NAS host's stack (standing in for noise's kernel senders) into
+    # agent stream sinks on NOISE_TCP_PORT0.. with the noise reader; each paced at the rate
+    # (rcvbuf: 0 = tcp_rmem[1], the default of a socket without SO_RCVBUF)
+    "noise_tcp_streams": 0, "noise_tcp_rate_kbps": 2000, "noise_tcp_rcvbuf_bytes": 0,
     # the NFS client's transport: udp (nas-server's one-port layout) or tcp (the NAS serves RPC
     # over its own copy of the agent's TCP, testbed/nas_tcp.py; ports from its portmapper)
     "transport": "tcp",
@@ -419,6 +425,28 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     if pps > 0 and frames:
         loop.call_at(rng.expovariate(pps), flood)
 
+    # -- TCP noise: the NAS stack's TCP streaming into the agent's stream sinks -------------------
+    tcp_noise = []
+    if p["noise_tcp_streams"]:
+        chunk = max(1, int(p["noise_tcp_rate_kbps"] * 1000 * NOISE_TCP_TICK_S))
+        payload = bytes(rng.getrandbits(8) for _ in range(chunk))
+
+        def tcp_noise_tick():
+            now = loop.time()
+            for sk in tcp_noise:
+                sk.send(payload, now)           # -EAGAIN while the window and sndbuf are full
+            nas_arm()
+            loop.call_at(now + NOISE_TCP_TICK_S, tcp_noise_tick)
+
+        for i in range(p["noise_tcp_streams"]):
+            agent.sink(NOISE_TCP_PORT0 + i, p["noise_reader"], p["noise_tcp_rcvbuf_bytes"] or None,
+                       kind="tcp")
+            sk = nas.tcp_socket()
+            sk.connect((AGENT_IP, NOISE_TCP_PORT0 + i), 0.0)
+            tcp_noise.append(sk)
+        nas_arm()
+        loop.call_at(NOISE_TCP_TICK_S, tcp_noise_tick)
+
     # -- faults on the NAS ----------------------------------------------------------------------
     if p["crash_at_s"] is not None:
         loop.call_at(p["crash_at_s"], lambda: store.crash(b"crashed1"))
@@ -481,6 +509,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
 
     def sample():
         now = round(loop.time(), 6)
+        if tcp_noise:
+            agent.service_stats()               # the stream sinks' held_max, per sample
         free = alloc.nr_free
         v = alloc.vmstat
         low_point = alloc.nr_free_lowwater
@@ -575,6 +605,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                 "commits": core.proc_calls.get("NFS3_COMMIT", 0),
                 "drc_hits": core.counters.get("drc_hits", 0)},
         "storage": storage,
+        **({"tcp_noise": {k: v for k, v in agent.service_stats().items() if k.startswith("tcp:")},
+            "tcp_noise_sent": sum(sk.counters["bytes_acked"] for sk in tcp_noise)}
+           if tcp_noise else {}),
         "logs": logs,
         "timeline": timeline,
         # a task that raised: a testbed bug (outcome testbed_bug), with its traceback
@@ -624,8 +657,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         transport.close()
     for task in list(agent.sched.tasks.values()):
         agent.sched.kill(task)
-    for svc in agent.services.values():
-        svc["sock"].close()
+    agent.close_services()
     result["faults"] = {
         "tx": dict(faulty_dev.counters) if p["fault_tx"] else None,
         "rx": dict(nas_dev.counters) if p["fault_rx"] else None,

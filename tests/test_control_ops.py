@@ -29,6 +29,15 @@ def test_every_service_and_setting_op_with_todays_arguments():
     assert _call(h, "udp_sink", port=9, reader="fast", rcvbuf=65536)["reader"] == "fast"
     with pytest.raises(BadRequest, match="already has a service"):
         _call(h, "udp_sink", port=9)
+    # the generic form: a stream sink (listener + accept, the same readers) on the same port number
+    tcp = _call(h, "sink", port=9, kind="tcp", reader="none", rcvbuf=65536)
+    assert (tcp["proto"], tcp["accepted"], tcp["reader"]) == ("tcp", 0, "none")
+    ln = agent.services["tcp:9"]["sock"].snapshot()
+    assert ln["state"] == "LISTEN" and ln["skmem"]["rb"] == 65536
+    with pytest.raises(BadRequest, match="sink kind must be one of udp, tcp, got 'sctp'"):
+        _call(h, "sink", port=11, kind="sctp")
+    with pytest.raises(BadRequest, match="TCP port 9 already has a service"):
+        _call(h, "sink", port=9, kind="tcp")
     assert _call(h, "memalloc", port=9, on=True) == {"port": 9, "memalloc": True, "memalloc_socks": 1}
     assert _call(h, "memalloc", port=9, on=False)["memalloc_socks"] == 0
     with pytest.raises(BadRequest, match="no service on UDP port 10"):
