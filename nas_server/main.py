@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="0.0.0.0", help="address to listen on")
     p.add_argument("--port", type=int, default=2049, help="NFS and MOUNT port, UDP and TCP (0: any)")
     p.add_argument("--write-latency-ms", type=float, default=0.0,
-                   help="service time of a UDP NFS call and of each NBD/iSCSI request: each reply leaves this long after its call, "
+                   help="service time of every NFS call (UDP and TCP) and NBD/iSCSI request: each reply leaves this long after its call, "
                         "without delaying other calls (models the appliance's disk; default 0)")
     p.add_argument("--aoe-interface", metavar="IFNAME",
                    help="also serve images as an ATA over Ethernet target on this interface (AF_PACKET, EtherType 0x88A2)")

@@ -142,7 +142,7 @@ class _Service:
         self.proto = proto
         self.connect = connect          # (peer, local) -> connection core
         self.stats = stats
-        self.delayed = delayed          # replies held for write_latency_s (NBD, iSCSI)
+        self.delayed = delayed          # replies held for write_latency_s (NFS, NBD, iSCSI: the disk)
         self.conns: dict[socket.socket, _Conn] = {}  # in accept order: the first is the oldest
         self.conns_by_addr: Counter = Counter()
         self.port = 0
@@ -175,7 +175,7 @@ class NasServer:
                  conn_age_period_s: float = CONN_AGE_PERIOD_S, clock=time.monotonic):
         self.core = core
         self.clock = clock  # seconds, monotonic; the only clock of the socket layer (tests inject one)
-        # The appliance's service time for a UDP NFS call and an NBD/iSCSI request (its disk, its
+        # The appliance's service time for an NFS call (UDP or TCP) and an NBD/iSCSI request (its disk, its
         # queue): the reply leaves this long after the call was handled, without holding up other
         # calls (a timer heap, not a sleep), so the client's slot table -- not this process --
         # bounds the rate. Makes a run's writeback rate a stated parameter instead of whatever
@@ -202,7 +202,7 @@ class NasServer:
         self._buf = bytearray(UDP_MAX_DATAGRAM_BYTES)
         self.running = True
         self.aoe = None            # an AoePort when --aoe-interface is given: same loop, same store
-        self.nfs = self.services["nfs"] = _Service("nfs", lambda peer, local: _RpcConn(self, peer), self.stats, False)
+        self.nfs = self.services["nfs"] = _Service("nfs", lambda peer, local: _RpcConn(self, peer), self.stats, True)
         ports = [port] + ([pmap_port] if pmap_port else [])
         for p in ports:
             self._open(bind, p)
