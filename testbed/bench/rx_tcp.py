@@ -53,8 +53,8 @@ def _sink_bytes(snap: dict) -> int:
 def measure(ctx: BenchContext) -> dict:
     """A fresh default topology (``bench-rxtcp-<hex>``, removed on exit); the agent and the bare
     loop in ``client``, the sender in ``noise``; one window after the warm-up. Returns its counts:
-    window_s, agent_cpu_s, bare_cpu_s, in_segs, sink_bytes, bare_frames, flow_frames,
-    agent_tp_drops, bare_tp_drops, softnet_drops. BenchError if a process does not start."""
+    window_s, agent_cpu_s, bare_cpu_s, in_segs, sink_bytes, bare_frames, flow_frames, bare_wakeups
+    (selector wakeups that found frames), agent_tp_drops, bare_tp_drops, softnet_drops. BenchError if a process does not start."""
     from netns_setup.control import ControlClient
     from netns_setup.lifecycle import teardown, up
     from netns_setup.process import ProcessStartError, start_process
@@ -103,6 +103,7 @@ def measure(ctx: BenchContext) -> dict:
                 "sink_bytes": _sink_bytes(a1) - _sink_bytes(a0),
                 "bare_frames": b1["device"]["rx_packets"] - b0["device"]["rx_packets"],
                 "flow_frames": b1["flow_frames"] - b0["flow_frames"],
+                "bare_wakeups": b1["wakeups"] - b0["wakeups"],
                 "agent_tp_drops": a1["device"].get("tp_drops", 0) - a0["device"].get("tp_drops", 0),
                 "bare_tp_drops": b1["device"]["tp_drops"] - b0["device"]["tp_drops"],
                 "softnet_drops": sn1 - sn0}
@@ -136,7 +137,9 @@ def figures(res: SectionResult, m: dict) -> None:
             notes="agent Tcp InSegs over the window; baseline: the bare loop's frames of that flow")
     bare_us = m["bare_cpu_s"] * 1e6 / m["bare_frames"] if m["bare_frames"] else None
     agent_us = m["agent_cpu_s"] * 1e6 / m["in_segs"] if m["in_segs"] else None
-    res.add("tcp.bare_us_per_frame", _r(bare_us), "µs/frame", notes=bad, invalid=bool(bad))
+    batching = f"{m['bare_frames'] / m['bare_wakeups']:.2f} frames per wakeup" if m.get("bare_wakeups") else None
+    res.add("tcp.bare_us_per_frame", _r(bare_us), "µs/frame", notes="; ".join(x for x in (bad, batching) if x) or None,
+            invalid=bool(bad))
     res.add("tcp.agent_us_per_segment", _r(agent_us), "µs/segment", _r(bare_us), TARGET_AGENT_OVER_BARE,
             notes="; ".join(x for x in (bad, "baseline: the recv_into bare loop on the same veth, same window") if x),
             invalid=bool(bad))
