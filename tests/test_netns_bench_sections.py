@@ -1,4 +1,4 @@
-"""`testbed bench --quick` for the issue-8 sections (writeback, recovery, memory, scale), end to end
+"""`testbed bench --quick` for the issue-8 sections (writeback, recovery, memory, scale) and rx_tcp, end to end
 in namespaces they create and remove. Checks the JSON is complete and the figures are real numbers
 -- never whether a speed target was met (that is the bench's output, not a test's verdict)."""
 
@@ -25,6 +25,7 @@ from testbed.bench.framework import FIGURE_KEYS
 from testbed.cli import main
 
 EXPECTED = {
+    "rx_tcp": ["tcp.stream_kB_per_s", "tcp.agent_in_segs", "tcp.bare_us_per_frame", "tcp.agent_us_per_segment"],
     "writeback": ["mtu1500.refclient_mib_per_s", "mtu1500.agent_mib_per_s",
                   "mtu9000.refclient_mib_per_s", "mtu9000.agent_mib_per_s",
                   "tcp.mtu1500.refclient_mib_per_s", "tcp.mtu1500.agent_mib_per_s"],
@@ -57,6 +58,11 @@ def test_bench_quick_section_json_is_complete(section, tmp_path, capsys):
             a = figs[f"{tag}.agent_mib_per_s"]
             assert a["value"] > 0 and a["baseline"] == figs[f"{tag}.refclient_mib_per_s"]["value"] > 0
             assert a["target"] == "ratio >= 0.9" and isinstance(a["met"], bool)
+    if section == "rx_tcp":                                   # CPU per TCP segment vs the bare loop, same frames
+        a, b = figs["tcp.agent_us_per_segment"], figs["tcp.bare_us_per_frame"]
+        assert a["value"] > 0 and a["baseline"] == b["value"] > 0
+        assert a["target"] == "ratio <= 1.2" and isinstance(a["met"], bool)
+        assert figs["tcp.agent_in_segs"]["value"] > 0 and figs["tcp.agent_in_segs"]["baseline"] > 0
     if section == "recovery":
         f = figs["flood.writeback_mib_per_s"]
         assert f["value"] > 0 and f["baseline"] > 0 and f["target"] == "ratio >= 0.8"

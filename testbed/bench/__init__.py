@@ -14,7 +14,7 @@ from .framework import (BenchContext, BenchError, Figure, Registry, SectionResul
                         has_errors, machine_info, run_sections)
 
 # Order is the order sections run and print in.
-SECTION_MODULES = ("rx", "nas", "writeback", "recovery", "memory", "scale", "demo", "capacity")
+SECTION_MODULES = ("rx", "nas", "writeback", "recovery", "memory", "scale", "demo", "capacity", "rx_tcp")
 REGISTRY = Registry(order=SECTION_MODULES)
 
 

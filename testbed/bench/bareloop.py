@@ -9,7 +9,7 @@ allocation from a pool, no parsing. The agent's CPU cost per frame over this one
 its stack.
 
 Control (netns_setup.control): ``snapshot`` returns ``{"device": {"rx_packets", "rx_bytes",
-"tp_packets", "tp_drops"}, "ethertypes": {hex: n}, "rusage": {...}}`` -- the same ``device`` keys as
+"tp_packets", "tp_drops"}, "ethertypes": {hex: n}, "flow_frames": n, "rusage": {...}}`` -- the same ``device`` keys as
 the agent's snapshot; ``shutdown``.
 """
 
@@ -41,11 +41,16 @@ class BareLoop:
         self.csum_notready = 0
         self.wakeups = 0   # selector wakeups that found frames: frames/wakeup is the batching
         self._buf = bytearray(MAX_FRAME_BYTES)
+        # --tcp-port: also count the IPv4/TCP frames to that destination port (one flow's segments,
+        # for section rx_tcp, which reads beside an agent's stream sink); None: no look past the EtherType
+        self.tcp_port: int | None = None
+        self.flow_frames = 0
 
     def on_readable(self, _mask: int) -> None:
         recvmsg_into = self.dev.sock.recvmsg_into
         bufs = [self._buf]
         buf = self._buf
+        tcp_port = self.tcp_port
         n_frames = 0
         for _ in range(BUDGET):
             try:
@@ -59,6 +64,10 @@ class BareLoop:
             self.rx_bytes += n
             if buf[12] == 0x08 and buf[13] == 0x00:
                 self.ipv4 += 1
+                if tcp_port is not None and buf[23] == 6:     # IPPROTO_TCP; dport after IHL words
+                    d = 14 + ((buf[14] & 0x0F) << 2)
+                    if n >= d + 4 and (buf[d + 2] << 8) | buf[d + 3] == tcp_port:
+                        self.flow_frames += 1
             else:
                 et = (buf[12] << 8) | buf[13]
                 self.other[et] = self.other.get(et, 0) + 1
@@ -72,7 +81,7 @@ class BareLoop:
         return {"device": {"rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes, "tp_packets": st["tp_packets"],
                            "tp_drops": st["tp_drops"], "tp_freeze_q_cnt": st.get("tp_freeze_q_cnt", 0), "rx_csum_notready": self.csum_notready,
                            "rcvbuf_bytes": getattr(self.dev, "rcvbuf_bytes", None)},
-                "ethertypes": ets, "wakeups": self.wakeups, "rusage": {"user_s": ru.ru_utime, "system_s": ru.ru_stime}}
+                "ethertypes": ets, "wakeups": self.wakeups, "flow_frames": self.flow_frames, "rusage": {"user_s": ru.ru_utime, "system_s": ru.ru_stime}}
 
 
 class BareRingLoop(BareLoop):
@@ -90,6 +99,8 @@ class BareRingLoop(BareLoop):
         self.other: dict[int, int] = {}
         self.csum_notready = 0
         self.wakeups = 0
+        self.tcp_port = None
+        self.flow_frames = 0
 
     def on_readable(self, _mask: int) -> None:
         view = self.dev._rx_view
@@ -116,12 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-fd", type=int, metavar="N")
     p.add_argument("--ring", type=int, choices=(2, 3), metavar="V",
                    help="read the mmap'ed PACKET_RX_RING (TPACKET_V2 or V3) instead of recvmsg_into")
+    p.add_argument("--tcp-port", type=int, metavar="PORT",
+                   help="also count IPv4/TCP frames to PORT (snapshot: flow_frames); recv_into loop only")
     args = p.parse_args(argv)
+    if args.tcp_port is not None and (args.ring or not 0 < args.tcp_port < 65536):
+        p.error(f"--tcp-port {args.tcp_port}: a port 1-65535, and only without --ring")
     try:
         loop = BareRingLoop(args.ifname, args.ring) if args.ring else BareLoop(args.ifname)
     except AfPacketError as e:
         print(f"bareloop: {e.strerror}", file=sys.stderr)
         return 2
+    loop.tcp_port = args.tcp_port
     stop = False
 
     def on_signal(_s, _f):
