@@ -296,7 +296,11 @@ def _real_during(pl: dict):
         if "flood_off_at_rx_packets" not in pl:
             return
         off_at = pl["flood_off_at_rx_packets"]
-        want_on = not (off_at <= rxp < off_at + pl["flood_off_for_rx_packets"]) or rec["flood_toggle"] >= 2
+        # back on after flood_off_for_rx_packets more frames, or after FLOOD_OFF_MAX_S without them
+        # (with the flood off, the replies alone may never bring that many)
+        off_t = rec.get("flood_off_t")
+        want_on = (not (off_at <= rxp < off_at + pl["flood_off_for_rx_packets"])
+                   or (off_t is not None and ctx["t"] - off_t >= FLOOD_OFF_MAX_S) or rec["flood_toggle"] >= 2)
         state = rec.get("flood_on", True)
         if want_on != state and rec["flood_toggle"] < 2:
             try:
@@ -304,9 +308,16 @@ def _real_during(pl: dict):
                     fc.call("set", key="on", value=want_on)
                 rec["flood_on"] = want_on
                 rec["flood_toggle"] += 1
+                if not want_on:
+                    rec["flood_off_t"] = round(ctx["t"], 2)
             except Exception as e:  # noqa: BLE001 -- recorded; the run goes on
                 rec["flood_error"] = str(e)
+        # a run the flood's absence let finish stays open until the flood is back on (runner hold)
+        ctx["hold"] = rec["flood_toggle"] == 1
     return during
+
+
+FLOOD_OFF_MAX_S = 1.0
 
 
 def _run_planned(pl: dict, out: str, row: dict):

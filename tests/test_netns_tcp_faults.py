@@ -59,7 +59,8 @@ def test_every_acked_page_verifies_under_loss_dup_reorder_both_ways(tmp_path, na
     # the outcome is recorded, not required (memalloc under 10 % loss each way may not finish
     # within the 30 s cap: "unfinished"); what must hold is below
     assert e["outcome"] in ("deadlock", "recovered", "completed", "unfinished"), e["watchdog"]
-    assert e["pages_written"] > 0
+    # no-reserve under 10 % loss may deadlock before the NAS acknowledged any page; memalloc must write
+    assert e["pages_written"] > 0 or (name == "no-reserve" and e["outcome"] == "deadlock"), e["watchdog"]
     assert e["pages_verified"] == e["pages_written"] and e["pages_lost"] == 0, e["verification"]
     snap = json.loads((out / "final_snapshot.json").read_text())
     dev = snap["device"]
