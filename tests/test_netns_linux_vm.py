@@ -91,7 +91,9 @@ def test_side_by_side_agent_and_a_flooded_linux_guest_classified_with_evidence(t
     assert a["outcome"] == "recovered" and a["counters"]["PFMemallocDrop"] > 0, a["watchdog"][:2000]
     assert a["pages_verified"] == a["pages_written"] > 0
     # the kernel: classified with the evidence used
-    assert e["outcome"] in ("completed", "recovered", "deadlock"), e["watchdog"]
+    # unfinished too: at the NAS's stated 16 ms per call (reads included) a guest that keeps
+    # swapping may neither finish nor stall within the cap -- still a classification with evidence
+    assert e["outcome"] in ("completed", "recovered", "deadlock", "unfinished"), e["watchdog"]
     assert e["flood"]["sent"] > 1000, e["flood"]
     text = (out / "scenarios" / "memalloc-linux" / "watchdog-memalloc-linux.txt").read_text()
     assert text.startswith(f"outcome: {e['outcome']}") and "evidence used:" in text
@@ -105,6 +107,8 @@ def test_side_by_side_agent_and_a_flooded_linux_guest_classified_with_evidence(t
         assert "pswpout" in e["watchdog"].splitlines()[0] and e["time_to_stall_s"] is not None
         assert "SysRq-w" in text
         assert e["verification"]["verified"] is None
+    elif e["outcome"] == "unfinished":     # killed at the cap: no verdict of its own, nothing bad seen
+        assert e["guest_stop"]["killed"] is True and not e["verification"].get("bad")
     else:
         assert e["verification"]["verified"] == 20000 and e["verification"]["bad"] == 0
     assert e["counters"]["drop_reasons"].get("PFMEMALLOC", 0) == e["counters"]["PFMemallocDrop"]
