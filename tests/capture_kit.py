@@ -40,3 +40,31 @@ def veth_capture(ifname: str, pcap_path: str | None = None):
             for f, ts in frames:
                 w.write(f, ts)
             w.close()
+
+
+class TcpdumpCapture:
+    """tcpdump on one side of a NetPair (``side`` "server" or "client"), writing ``path``; ``bpf``:
+    an optional capture filter. ``stop()`` keeps tcpdump's own summary in ``stats`` ("N packets
+    captured ... M packets dropped by kernel"); ``tshark(*args)`` reads the file back."""
+
+    def __init__(self, net, path: str, *bpf: str, side: str = "server", buffer_kib: int = 65536):
+        import subprocess
+        ns, ifname = (net.server_ns, net.server_if) if side == "server" else (net.client_ns, net.client_if)
+        self.path = path
+        self.p = net.popen(ns, ["tcpdump", "-i", ifname, "--immediate-mode", "-B", str(buffer_kib), "-U",
+                                "-s", "0", "-w", path, *bpf], stderr=subprocess.PIPE)
+        line = self.p.stderr.readline()
+        assert b"listening on" in line, line
+        self.stats = ""
+
+    def stop(self, settle_s: float = 0.3) -> None:
+        import signal
+        time.sleep(settle_s)
+        self.p.send_signal(signal.SIGINT)
+        self.p.wait(5)
+        self.stats = self.p.stderr.read().decode()
+
+    def tshark(self, *args: str, timeout_s: float = 120) -> str:
+        import subprocess
+        return subprocess.run(["tshark", "-r", self.path, *args], capture_output=True, timeout=timeout_s,
+                              text=True).stdout

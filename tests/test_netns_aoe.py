@@ -21,6 +21,7 @@ import subprocess
 import time
 
 import pytest
+from capture_kit import TcpdumpCapture
 
 from client_agent.drivers.block.aoe_io import AoeSocketDriver
 from nas_server.netpair import NetPair
@@ -47,21 +48,6 @@ def net():
     assert not any(ns in nsutil.list_netns() for ns in (pair.server_ns, pair.client_ns))
 
 
-class Capture:
-    def __init__(self, net, path):
-        self.path = path
-        self.p = net.popen(net.client_ns, ["tcpdump", "-i", net.client_if, "--immediate-mode", "-B", "65536", "-U", "-s", "0",
-                                           "-w", path, "ether", "proto", "0x88a2"], stderr=subprocess.PIPE)
-        assert b"listening on" in self.p.stderr.readline()
-
-    def stop(self):
-        time.sleep(0.2)
-        self.p.send_signal(signal.SIGINT)
-        self.p.wait(5)
-        self.stats = self.p.stderr.read().decode()  # "N packets captured ... M packets dropped by kernel"
-
-    def tshark(self, *args) -> str:
-        return subprocess.run(["tshark", "-r", self.path, *args], capture_output=True, timeout=60, text=True).stdout
 
 
 def driver(net, shelf, slot) -> AoeSocketDriver:
@@ -82,7 +68,7 @@ def write_read_verify(drv: AoeSocketDriver, seed: int) -> list[bytes]:
     return pages
 
 
-def assert_tshark_decodes(cap: Capture, min_frames: int) -> dict:
+def assert_tshark_decodes(cap: TcpdumpCapture, min_frames: int) -> dict:
     assert "\n0 packets dropped by kernel" in cap.stats, cap.stats
     assert cap.tshark("-Y", "_ws.malformed || _ws.expert.severity >= error") == ""
     cmds = cap.tshark("-Y", "aoe", "-T", "fields", "-e", "aoe.cmd", "-e", "aoe.response", "-e", "aoe.ata.cmd").splitlines()
@@ -96,7 +82,7 @@ def test_initiator_against_vblade(net):
     img = os.path.join(net.run_dir, "vblade.img")
     with open(img, "wb") as f:
         f.truncate(IMG_BYTES)
-    cap = Capture(net, os.path.join(net.run_dir, "vblade.pcap"))
+    cap = TcpdumpCapture(net, os.path.join(net.run_dir, "vblade.pcap"), "ether", "proto", "0x88a2", side="client")
     # -s: O_SYNC, so an acknowledged write is on disk (vblade's FLUSH CACHE is a no-op)
     vb = net.popen(net.server_ns, ["vblade", "-s", "3", "7", net.server_if, img],
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -156,7 +142,7 @@ class Nas:
 def test_nas_target_answers_aoetools_probes_and_the_initiator(net):
     nas = Nas(net)
     nas.start()
-    cap = Capture(net, os.path.join(net.run_dir, "nas.pcap"))
+    cap = TcpdumpCapture(net, os.path.join(net.run_dir, "nas.pcap"), "ether", "proto", "0x88a2", side="client")
     try:
         # aoeping: config query, then ATA IDENTIFY, pretty-printed (raw socket, no aoe module)
         p = net.run(net.client_ns, ["aoeping", "-I", "-s", "5", "2", "1", net.client_if], timeout_s=20, text=True)

@@ -7,17 +7,15 @@ process is removed even when a test fails (NetPair.close in the fixture's finall
 
 import contextlib
 import hashlib
-import json
 import os
 import random
 import shutil
 import signal
 import socket
-import struct
-import subprocess
 import time
 
 import pytest
+from capture_kit import TcpdumpCapture
 
 from nas_server.netpair import NetPair
 from protocols import nfs3, rpc
@@ -93,21 +91,6 @@ def client(nas, transport, **kw) -> RefClient:
         return RefClient(nas.net.server_ip, 2049, transport, **kw)
 
 
-class Capture:
-    def __init__(self, nas, name):
-        self.path = os.path.join(nas.run_dir, name)
-        self.p = nas.net.popen(nas.net.server_ns, ["tcpdump", "-i", nas.net.server_if, "--immediate-mode", "-B", "131072", "-U", "-s", "0", "-w", self.path],
-                               stderr=subprocess.PIPE)
-        line = self.p.stderr.readline()
-        assert b"listening on" in line, line
-
-    def stop(self):
-        time.sleep(0.3)
-        self.p.send_signal(signal.SIGINT)
-        self.p.wait(5)
-
-    def tshark(self, *args) -> str:
-        return subprocess.run(["tshark", "-r", self.path, *args], capture_output=True, timeout=60, text=True).stdout
 
 
 def test_rpcinfo_null_over_udp_and_tcp(nas):
@@ -123,7 +106,7 @@ def test_nfs_cp_and_nfs_cat_round_trip_decoded_by_tshark(nas):
     src = os.path.join(nas.run_dir, "rand4m")
     data = random.Random(44).randbytes(4 << 20)
     open(src, "wb").write(data)
-    cap = Capture(nas, "libnfs.pcap")
+    cap = TcpdumpCapture(nas.net, os.path.join(nas.run_dir, "libnfs.pcap"), buffer_kib=131072)
     url = f"nfs://{nas.net.server_ip}/swap/copied?version=3"
     p = nas.net.run(nas.net.client_ns, ["nfs-cp", src, url])
     assert p.returncode == 0 and b"copied 4194304 bytes" in p.stdout, p.stderr
@@ -146,7 +129,7 @@ def test_nfs_cp_and_nfs_cat_round_trip_decoded_by_tshark(nas):
 
 def test_udp_retransmission_answered_from_drc_and_seen_by_tshark(nas):
     before = nas.snapshot()
-    cap = Capture(nas, "dup.pcap")
+    cap = TcpdumpCapture(nas.net, os.path.join(nas.run_dir, "dup.pcap"), buffer_kib=131072)
     c = client(nas, "udp")
     try:
         root = c.mount("/swap")

@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import pytest
+from capture_kit import TcpdumpCapture
 
 from nas_server.blockrefclient import IscsiRefClient, NbdRefClient
 from nas_server.netpair import NetPair
@@ -86,23 +87,6 @@ def nas():
     assert not any(ns in nsutil.list_netns() for ns in (net.server_ns, net.client_ns))
 
 
-class Capture:
-    def __init__(self, net: NetPair, path: str):
-        self.path = path
-        self.p = net.popen(net.server_ns, ["tcpdump", "-i", net.server_if, "--immediate-mode", "-B", "65536", "-U",
-                                           "-s", "0", "-w", path], stderr=subprocess.PIPE)
-        line = self.p.stderr.readline()
-        assert b"listening on" in line, line
-
-    def stop(self):
-        time.sleep(0.3)
-        self.p.send_signal(signal.SIGINT)
-        self.p.wait(5)
-
-    def tshark(self, *args) -> str:
-        # NBD is found by tshark's heuristic dissector (nbd_tcp, on by default); iSCSI by port 3260
-        return subprocess.run(["tshark", "-r", self.path, *args],
-                              capture_output=True, timeout=120, text=True).stdout
 
 
 # a malformed frame that TCP analysis does not explain: a kernel retransmission (the two kernels'
@@ -123,7 +107,7 @@ def test_nbdinfo_nbdcopy_qemu_img_byte_exact_decoded_by_tshark(nas):
     data = bytearray(random.Random(16).randbytes(IMG_BYTES))
     data[4 << 20 : 6 << 20] = bytes(2 << 20)  # a zero run: nbdcopy/qemu-img may send WRITE_ZEROES for it
     open(src, "wb").write(data)
-    cap = Capture(nas.net, os.path.join(nas.run_dir, "nbd.pcap"))
+    cap = TcpdumpCapture(nas.net, os.path.join(nas.run_dir, "nbd.pcap"))
     info = client_run(nas, "nbdinfo", url)
     assert "export-size: 16777216" in info and "can_fua: true" in info and "can_flush: true" in info, info
     listing = client_run(nas, "nbdinfo", "--list", f"nbd://{nas.net.server_ip}")
@@ -153,7 +137,7 @@ def test_nbdinfo_nbdcopy_qemu_img_byte_exact_decoded_by_tshark(nas):
 def test_libiscsi_tools_read_write_byte_exact_decoded_by_tshark(nas):
     base = f"iscsi://{nas.net.server_ip}"
     lun0 = f"{base}/{IQN}/0"
-    cap = Capture(nas.net, os.path.join(nas.run_dir, "iscsi.pcap"))
+    cap = TcpdumpCapture(nas.net, os.path.join(nas.run_dir, "iscsi.pcap"))
     ls = client_run(nas, "iscsi-ls", "-s", base)
     assert f"Target:{IQN} Portal:{nas.net.server_ip}:3260,1" in ls and "DIRECT_ACCESS" in ls, ls
     inq = client_run(nas, "iscsi-inq", lun0)
