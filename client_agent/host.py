@@ -398,8 +398,10 @@ class Host:
     def service_stats(self) -> dict:
         """Every service's stats; a stream sink's also give what its accepted connections hold
         now (``held``: ss's skmem ``r`` summed, receive- and out-of-order-queue segments and
-        pages, connections advertising a zero window, the smallest ``rcv_wnd``) and the most
-        seen at any call so far (``held_max``: each field's own maximum)."""
+        pages, connections advertising a zero window, the smallest ``rcv_wnd``), the most
+        seen at any call so far (``held_max``: each field's own maximum) and, counted at the event
+        rather than sampled, ``to_zero_window``: how often its connections' advertised window
+        went to zero (their share of TcpExt TCPToZeroWindowAdv, closed connections included)."""
         out = {}
         for key, svc in self.services.items():
             conns = svc.get("conns")
@@ -419,7 +421,8 @@ class Host:
             peak = svc["stats"].setdefault("held_max", {})
             for k in ("rmem_alloc", "receive_queue_pages", "ofo_queue_pages", "zero_window"):
                 peak[k] = max(peak.get(k, 0), held[k])
-            out[key] = {**svc["stats"], "held": held}
+            out[key] = {**svc["stats"], "held": held,
+                        "to_zero_window": sum(c.zero_window_advs for c in conns)}
         return out
 
     def close_services(self) -> None:

@@ -47,9 +47,11 @@ def test_tcp_noise_into_blocked_sinks_memalloc_recovers(tmp_path):
         assert s["accepted"] == 1 and s["bytes"] > 0
         assert 64 * 1024 < s["held_max"]["rmem_alloc"] <= 131072 + 4 * 4096
         assert s["held_max"]["receive_queue_pages"] > 0
-    # at least one blocked reader's window went to zero (all four in the recorded runs: docs/tcp.md)
-    assert sum(s["held_max"]["zero_window"] for s in tn["sinks"].values()) >= 1
-    assert snap["stack"]["snmp"]["TcpExt"]["TCPToZeroWindowAdv"] >= 1
+    # at least one blocked reader's window went to zero (all four in the recorded runs: docs/tcp.md),
+    # counted when advertised: held_max samples at snapshots and a quick run may take none then
+    assert sum(s["to_zero_window"] for s in tn["sinks"].values()) >= 1
+    assert snap["stack"]["snmp"]["TcpExt"]["TCPToZeroWindowAdv"] >= sum(
+        s["to_zero_window"] for s in tn["sinks"].values())
     senders = tn["senders"]["streams"]
     assert len(senders) == 4 and all(st["sent"] > 0 and st["eagain"] > 0 and st["error"] is None
                                      for st in senders)

@@ -510,6 +510,7 @@ class TcpSock(Sock):
         self.max_window = 0
         self.irs = self.rcv_nxt = self.rcv_wup = self.copied_seq = 0
         self.rcv_wnd = 0
+        self.zero_window_advs = 0                 # this socket's share of TCPToZeroWindowAdv
         self.window_clamp = 65535 << 14
         self.rcv_ssthresh = 0
         self.scaling_ratio = TCP_DEFAULT_SCALING_RATIO
@@ -1176,6 +1177,7 @@ class TcpSock(Sock):
         if w == 0:
             if old:
                 ext["TCPToZeroWindowAdv"] += 1
+                self.zero_window_advs += 1
         elif old == 0:
             ext["TCPFromZeroWindowAdv"] += 1
         return w
