@@ -140,3 +140,49 @@ def test_nas_adapter_translates_numeric_targets_and_extras():
     assert nobase["met"] is None and nobase["notes"] == "baseline_error: ganesha.nfsd not installed"
     with pytest.raises(BenchError, match="lacks"):
         adapt_figure({"name": "n"})
+
+
+def _doc_with(values, invalid_run=None):
+    """One run's document: section "s", figure "a" = values[k] against baseline 10, target ratio <= 1.4."""
+    docs = []
+    for k, v in enumerate(values):
+        f = Figure("a", v, "µs", 10.0, "ratio <= 1.4", notes="dropped" if k == invalid_run else None,
+                   invalid=k == invalid_run)
+        docs.append({"schema_version": 1, "machine": {"nproc": 2}, "quick": False,
+                     "sections": {"s": {"figures": [f.to_json()] if v is not None else [], "params": {"p": 1},
+                                        "duration_s": 1.0}}})
+    return docs
+
+
+def test_repeated_runs_give_the_median_and_the_range_of_each_figure():
+    doc = bench.summarize_runs(_doc_with([13.0, 11.0, 20.0]))
+    assert doc["repeat"] == 3 and len(doc["runs"]) == 3 and list(doc) .index("sections") < list(doc).index("runs")
+    (f,) = doc["sections"]["s"]["figures"]
+    assert f["value"] == 13.0 and f["baseline"] == 10.0 and f["ratio"] == pytest.approx(1.3)
+    assert f["met"] is True and f["runs"] == 3 and f["values"] == [13.0, 11.0, 20.0]
+    assert f["spread"] == {"value": [11.0, 20.0], "ratio": [pytest.approx(1.1), pytest.approx(2.0)]}
+    row = next(l for l in format_table(doc).splitlines() if l.startswith("s.a"))
+    assert "13.00 (11.00–20.00)" in row and "1.30× (1.10–2.00)" in row and row.endswith("✓")
+    # an even count: the mean of the middle two; a run that did not measure the figure is null
+    f2 = bench.summarize_runs(_doc_with([10.0, None, 12.0, 16.0, 30.0]))["sections"]["s"]["figures"][0]
+    assert f2["value"] == 14.0 and f2["runs"] == 4 and f2["values"][1] is None and f2["met"] is True
+
+
+def test_a_run_that_marked_a_figure_invalid_keeps_it_unmet_and_says_which():
+    f = bench.summarize_runs(_doc_with([11.0, 12.0, 12.5], invalid_run=1))["sections"]["s"]["figures"][0]
+    assert f["met"] is False and f["notes"] == "run 2: dropped" and f["value"] == 12.0
+    with pytest.raises(ValueError):
+        bench.summarize_runs([])
+
+
+def test_command_repeat_writes_the_summary_and_every_run(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(bench, "load_sections", lambda: make_registry(calls))
+    out = tmp_path / "r.json"
+    assert main(["bench", "--quick", "--section", "good", "--repeat", "3", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert calls == [True] * 3 and doc["repeat"] == 3 and len(doc["runs"]) == 3
+    assert doc["sections"]["good"]["figures"][0]["values"] == [10.0, 10.0, 10.0]
+    assert "[run 3/3] section good" in capsys.readouterr().err
+    assert main(["bench", "--repeat", "0"]) == 2
+    assert "--repeat 0: give a number of runs from 1 to 20" in capsys.readouterr().err

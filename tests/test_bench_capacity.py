@@ -79,3 +79,16 @@ def test_testbed_run_reads_the_agent_capacity_figure(tmp_path):
     p = tmp_path / "bench.json"
     p.write_text(json.dumps(doc))
     assert capacity_from_bench(str(p)) == 76000
+
+
+def test_testbed_run_takes_the_median_capacity_of_repeated_runs(tmp_path):
+    """`testbed bench --repeat 3 --json F`: the summary comes before the runs, so the median is used."""
+    import json
+
+    from testbed.scenario import capacity_from_bench
+    docs = [{"schema_version": 1, "machine": {}, "quick": False, "sections": {"capacity": {"figures": [
+        {"name": "agent_capacity_pps", "value": v, "unit": "pps", "baseline": None, "ratio": None,
+         "target": None, "met": None}], "params": {}}}} for v in (90000, 60000, 70000)]
+    p = tmp_path / "bench.json"
+    p.write_text(json.dumps(bench.summarize_runs(docs)))
+    assert capacity_from_bench(str(p)) == 70000

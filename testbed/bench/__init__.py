@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 from .framework import (BenchContext, BenchError, Figure, Registry, SectionResult, Target, format_table,
-                        has_errors, machine_info, run_sections)
+                        has_errors, machine_info, run_sections, summarize_runs)
 
 # Order is the order sections run and print in.
 SECTION_MODULES = ("rx", "nas", "writeback", "recovery", "memory", "scale", "demo", "capacity", "rx_tcp")
@@ -25,4 +25,4 @@ def load_sections() -> Registry:
 
 
 __all__ = ["REGISTRY", "load_sections", "BenchContext", "BenchError", "Figure", "Registry", "SectionResult",
-           "Target", "format_table", "has_errors", "machine_info", "run_sections"]
+           "Target", "format_table", "has_errors", "machine_info", "run_sections", "summarize_runs"]

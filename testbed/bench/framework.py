@@ -234,6 +234,63 @@ def has_errors(doc: dict[str, Any]) -> bool:
     return any("error" in s for s in doc["sections"].values())
 
 
+def _median(xs: list[float]) -> float | None:
+    import statistics
+    return statistics.median(xs) if xs else None
+
+
+def summarize_runs(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The document of ``len(docs)`` repeated runs of the same sections: ``sections`` holds, per
+    figure (matched by section and name), the median value, baseline and ratio over the runs
+    that measured it, ``target`` checked on those medians, and ``runs`` (how many measured it),
+    ``values``/``ratios`` (each run's, in run order; null where a run did not measure it) and
+    ``spread`` (``{"value": [min, max], "ratio": [min, max]}``). A figure that any run marked
+    invalid (``met`` false whatever its value) stays ``met = false`` with that run's notes. A
+    section that failed in any run carries ``error`` ("run K: ..."). The runs' own documents
+    follow under ``runs``. Raises ValueError for an empty list."""
+    if not docs:
+        raise ValueError("summarize_runs needs at least one run's document")
+    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "machine": docs[0]["machine"],
+                           "quick": docs[0]["quick"], "repeat": len(docs), "sections": {}}
+    names: list[str] = []
+    for d in docs:
+        names += [n for n in d["sections"] if n not in names]
+    for sname in names:
+        per_run = [d["sections"].get(sname) for d in docs]
+        entry: dict[str, Any] = {"figures": [], "params": next((s["params"] for s in per_run if s), {}),
+                                 "duration_s": [s and s.get("duration_s") for s in per_run]}
+        errors = [f"run {k + 1}: {s['error']}" for k, s in enumerate(per_run) if s and "error" in s]
+        if errors:
+            entry["error"] = "; ".join(errors)
+        fnames: list[str] = []
+        for s in per_run:
+            fnames += [f["name"] for f in (s or {}).get("figures", []) if f["name"] not in fnames]
+        for fname in fnames:
+            figs = [next((f for f in (s or {}).get("figures", []) if f["name"] == fname), None) for s in per_run]
+            have = [f for f in figs if f is not None]
+            vals = [f["value"] for f in have if _is_number(f["value"])]
+            bases = [f["baseline"] for f in have if _is_number(f["baseline"])]
+            ratios = [f["ratio"] for f in have if _is_number(f["ratio"])]
+            fig = Figure(fname, _median(vals), have[0]["unit"], _median(bases), have[0]["target"])
+            bad = [f"run {k + 1}: {f.get('notes') or 'invalid'}" for k, f in enumerate(figs)
+                   if f is not None and f["met"] is False and Figure.from_dict(f).invalid]
+            if bad:
+                fig.invalid, fig.notes = True, "; ".join(bad)
+            j = fig.to_json()
+            # the ratio of medians is not the median of ratios; the runs' own ratios set both
+            j["ratio"] = _clean(_median(ratios))
+            if fig.target is not None and not bad:
+                j["met"] = fig.target.check(j["value"], j["ratio"])
+            j.update(runs=len(have), values=[f and f["value"] for f in figs],
+                     ratios=[f and f["ratio"] for f in figs],
+                     spread={"value": [min(vals), max(vals)] if vals else None,
+                             "ratio": [min(ratios), max(ratios)] if ratios else None})
+            entry["figures"].append(j)
+        out["sections"][sname] = entry
+    out["runs"] = docs
+    return out
+
+
 # -- the table -------------------------------------------------------------------------------------
 def _fmt_num(x: Any) -> str:
     if x is None:
@@ -257,7 +314,9 @@ def _fmt_num(x: Any) -> str:
 
 
 def format_table(doc: dict[str, Any]) -> str:
-    """One row per figure: section/name, value, unit, baseline, ratio, target, met (✓/✗/–)."""
+    """One row per figure: section/name, value, unit, baseline, ratio, target, met (✓/✗/–). For a
+    summary of repeated runs (``summarize_runs``) value and ratio are medians, the runs' range
+    in parentheses."""
     header = ("figure", "value", "unit", "baseline", "ratio", "target", "met")
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
@@ -268,7 +327,13 @@ def format_table(doc: dict[str, Any]) -> str:
         for f in sec["figures"]:
             met = {True: "✓", False: "✗", None: "–"}[f["met"]]
             ratio = "–" if f["ratio"] is None else f"{f['ratio']:.2f}×"
-            rows.append((f"{sname}.{f['name']}", _fmt_num(f["value"]), f["unit"], _fmt_num(f["baseline"]),
+            value = _fmt_num(f["value"])
+            spread = f.get("spread") or {}
+            if spread.get("value") and f.get("runs", 1) > 1:     # a summary of repeated runs
+                value += " ({}–{})".format(*map(_fmt_num, spread["value"]))
+            if spread.get("ratio") and f.get("runs", 1) > 1:
+                ratio += " ({:.2f}–{:.2f})".format(*spread["ratio"])
+            rows.append((f"{sname}.{f['name']}", value, f["unit"], _fmt_num(f["baseline"]),
                          ratio, f["target"] or "–", met))
             if f.get("notes"):
                 notes.append(f"{sname}.{f['name']}: {f['notes']}")

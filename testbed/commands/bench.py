@@ -1,4 +1,6 @@
 """`testbed bench`: run the benchmark sections, print a table of figures, optionally write JSON.
+With ``--repeat N`` the sections run N times in a row and the table and JSON give each figure's
+median with its range (testbed.bench.framework.summarize_runs).
 
 Exit 0 whenever every section measured, even if targets were missed (figures are measurements);
 exit 1 if a section could not measure (its entry in the JSON carries "error"); 2 for a bad option.
@@ -17,11 +19,14 @@ def register(sub) -> None:
     p.add_argument("--section", action="append", metavar="NAME",
                    help="run only this section (repeatable); default: all. `--section list` lists them")
     p.add_argument("--seed", type=int, default=1, help="seed for the traffic (default 1)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run the sections N times in a row and report each figure's median and range "
+                        "(the JSON keeps every run under \"runs\"); default 1")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from testbed.bench import format_table, has_errors, load_sections, run_sections
+    from testbed.bench import format_table, has_errors, load_sections, run_sections, summarize_runs
     from testbed.cli import UserError
 
     from . import sigterm_as_interrupt
@@ -35,9 +40,15 @@ def run(args) -> int:
     unknown = [n for n in names or [] if n not in registry.names()]
     if unknown:
         raise UserError(f"unknown bench section(s) {', '.join(unknown)}; sections: {', '.join(registry.names())}")
+    if not 1 <= args.repeat <= 20:
+        raise UserError(f"--repeat {args.repeat}: give a number of runs from 1 to 20 (3 for a median with its spread)")
+    docs = []
     with sigterm_as_interrupt():
-        doc = run_sections(registry, names, quick=args.quick, seed=args.seed,
-                           progress=lambda m: print(m, file=sys.stderr, flush=True))
+        for k in range(args.repeat):
+            prefix = f"[run {k + 1}/{args.repeat}] " if args.repeat > 1 else ""
+            docs.append(run_sections(registry, names, quick=args.quick, seed=args.seed,
+                                     progress=lambda m, prefix=prefix: print(prefix + m, file=sys.stderr, flush=True)))
+    doc = docs[0] if args.repeat == 1 else summarize_runs(docs)
     text = json.dumps(doc, indent=1, ensure_ascii=False)
     if args.json == "-":
         print(text)
