@@ -436,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # a second SIGTERM (a supervisor repeating itself) must not cut the cleanup short with a
+        # traceback: the device's rings are being unmapped and the summary written
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile_path)

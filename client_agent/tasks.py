@@ -114,6 +114,9 @@ class WaitEvent(Wait):
 @dataclass(slots=True)
 class Sleep(Wait):
     until: float
+    # a transport's reconnect backoff (xs_connect's delay, a block driver's): the task waits on
+    # its own timer, not on memory or a peer -- the watchdog does not count a stall across it
+    reconnect: bool = False
 
     def __post_init__(self):
         if not self.reason:
@@ -180,6 +183,10 @@ class Task:
         }
         if isinstance(w, WaitPages):
             d["pages"] = {"n": w.n, "gfp": int(w.gfp), "owner": w.owner}
+        elif isinstance(w, Sleep):
+            d["until_s"] = w.until - now                # time left (s)
+            if w.reconnect:
+                d["reconnect"] = True
         if self.error is not None:
             d["error"] = self.error
         return d

@@ -2,8 +2,11 @@
 
 Invariants owned here (docs/swap-contract.md, "Outcome rules"):
 - ``deadlock``: reclaim is needed (free < low, or kswapd wanted) and ``pswpout`` has not grown for
-  ``stall_threshold_s``; the clock of the stall starts at the later of the last ``pswpout`` growth
-  and the moment reclaim became needed, and the outcome is declared at the first sample at or past
+  ``stall_threshold_s``; the clock of the stall starts at the later of the last ``pswpout`` growth,
+  the moment reclaim became needed and the end of any reconnect backoff a storage transport of the
+  agent sleeps in (a task whose wait is ``Sleep(reconnect=True)``: xs_connect's delay, a block
+  driver's; it waits on its own timer, not on memory or a peer, so a stall is not counted across
+  it -- the attempt after it is), and the outcome is declared at the first sample at or past
   start + threshold -- never earlier.
 - ``recovered``: the workload is done, free > high and no swap page is under writeback (the
   snapshot's ``swap.writeback``, 0 when absent), after a stall (free went below the GFP_ATOMIC
@@ -223,6 +226,7 @@ class Watchdog:
     _last_growth: float | None = None
     _reclaim_since: float | None = None
     _last_t: float | None = None
+    _backoff_until: float | None = None
 
     @property
     def first_below_floor_s(self) -> float | None:
@@ -232,7 +236,8 @@ class Watchdog:
     def stall_start(self) -> float | None:
         if self._reclaim_since is None:
             return None
-        return max(self._reclaim_since, self._last_growth if self._last_growth is not None else self._reclaim_since)
+        return max(self._reclaim_since, self._last_growth if self._last_growth is not None else self._reclaim_since,
+                   self._backoff_until if self._backoff_until is not None else self._reclaim_since)
 
     def feed(self, t: float, snap: dict, extra_invalid: list[str] | tuple = ()) -> str | None:
         """One sample at runner time ``t`` (s since start). Returns the outcome once decided."""
@@ -266,6 +271,10 @@ class Watchdog:
         if self._last_pswpout is None or p > self._last_pswpout:
             self._last_growth = t
             self._last_pswpout = p
+        for task in snap.get("tasks") or ():
+            if task.get("reconnect") and task.get("until_s") is not None:
+                end = t + max(task["until_s"], 0.0)
+                self._backoff_until = end if self._backoff_until is None else max(self._backoff_until, end)
         floor = atomic_floor(snap)
         # The allocator's low-water mark catches a dip between two samples (0.2 s is long).
         lowest = min(v for v in (free, lw) if v is not None) if (free is not None or lw is not None) else None

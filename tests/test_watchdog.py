@@ -88,3 +88,31 @@ def test_hung_task_report_lists_tasks_memory_drops_and_xids():
     assert "NOMEM:77" in text and "rx_nobuf:77" in text
     assert "rpc_retrans:12" in text and "not responding" in text
     assert "never received by the NFS socket: 2: xid 0x00001234 0x00001235" in text
+
+
+def _backoff(s, left_s, reconnect=True):
+    """``s`` with xprtiod asleep in xs_connect's delay, ``left_s`` to go (client_agent/tasks.py)."""
+    return {**s, "tasks": [{"name": "xprtiod-tcp/198.18.0.1:2049", "state": "sleeping", "wait": "Sleep",
+                            "reason": "xs_connect delay to 198.18.0.1:2049", "until_s": left_s,
+                            **({"reconnect": True} if reconnect else {})}]}
+
+
+def test_a_reconnect_backoff_is_not_a_stall_the_attempt_after_it_is():
+    """chaos real0 (CI, 2026-11-30): the NAS restarted at t=0.6, two reconnects failed while it was
+    down, xprtiod slept 6 s in xs_connect's delay, and the stall clock (started at 0.6) reached 6 s
+    during that sleep: a false deadlock. The stall now counts from the end of the delay."""
+    # pswpout stops at t=0.6 (sample 3); from t=1.0 to t=3.6 the transport sleeps until t=3.6+6=9.6
+    samples = [snap(300, min(i, 3)) for i in range(5)]
+    samples += [_backoff(snap(300, 3), round(9.6 - i * DT, 6)) for i in range(5, 48)]
+    samples += [snap(300, 3) for _ in range(48, 200)]            # the attempt at 9.6 fails: no progress
+    wd, t = run(samples, threshold=6.0)
+    assert wd.outcome == "deadlock" and abs(t - (9.6 + 6.0)) < 1e-6 and abs(wd.time_to_stall_s - 9.6) < 1e-6
+    # the same samples without the reconnect flag (any other sleep): the stall counts from 0.6
+    plain = samples[:5] + [_backoff(snap(300, 3), 1.0, reconnect=False) for _ in range(5, 48)] + samples[48:]
+    wd2, t2 = run(plain, threshold=6.0)
+    assert wd2.outcome == "deadlock" and abs(t2 - 6.6) < 1e-6
+    # and if the attempt after the delay succeeds, the run goes on to recover
+    ok = samples[:48] + [snap(300 if i < 60 else 900, 3 + i - 47, done=i >= 60) for i in range(48, 61)]
+    ok[4] = snap(150, 3)                                          # below the floor once: a stall seen
+    wd3, _ = run(ok, threshold=6.0)
+    assert wd3.outcome == "recovered"

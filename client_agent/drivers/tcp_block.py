@@ -154,7 +154,8 @@ class TcpBlockDevice:
             old.close(sched.now)               # SOCK_MEMALLOC cleared with the socket
             self._tx_done()
             if start > sched.now:
-                yield Sleep(start, reason=f"{self.kind} reconnect delay to {self.describe()}")
+                yield Sleep(start, reason=f"{self.kind} reconnect delay to {self.describe()}",
+                            reconnect=True)
             if self.closed:
                 return
         self.connect_start = sched.now

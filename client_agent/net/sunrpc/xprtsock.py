@@ -189,7 +189,8 @@ class XsTcp(RpcXprt):
             old, self.sk = self.sk, None
             old.close(sched.now)                    # xs_reset_transport: SOCK_MEMALLOC cleared
             if start > sched.now:
-                yield Sleep(start, reason=f"xs_connect delay to {self.server_ip}:{self.port}")
+                yield Sleep(start, reason=f"xs_connect delay to {self.server_ip}:{self.port}",
+                            reconnect=True)
             if self.closed:
                 return False
         self.connect_start = sched.now
