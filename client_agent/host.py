@@ -401,7 +401,9 @@ class Host:
         pages, connections advertising a zero window, the smallest ``rcv_wnd``), the most
         seen at any call so far (``held_max``: each field's own maximum) and, counted at the event
         rather than sampled, ``to_zero_window``: how often its connections' advertised window
-        went to zero (their share of TcpExt TCPToZeroWindowAdv, closed connections included)."""
+        went to zero (their share of TcpExt TCPToZeroWindowAdv, closed connections included) and
+        ``ack_nomem``: their ACKs that found no memory and were not sent (__tcp_send_ack's failed
+        allocation: the window they would have closed stays closed unannounced)."""
         out = {}
         for key, svc in self.services.items():
             conns = svc.get("conns")
@@ -422,7 +424,8 @@ class Host:
             for k in ("rmem_alloc", "receive_queue_pages", "ofo_queue_pages", "zero_window"):
                 peak[k] = max(peak.get(k, 0), held[k])
             out[key] = {**svc["stats"], "held": held,
-                        "to_zero_window": sum(c.zero_window_advs for c in conns)}
+                        "to_zero_window": sum(c.zero_window_advs for c in conns),
+                        "ack_nomem": sum(c.counters["ack_nomem"] for c in conns)}
         return out
 
     def close_services(self) -> None:

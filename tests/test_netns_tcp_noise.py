@@ -2,8 +2,8 @@
 TCP streams from noise (testbed/tcp_noise.py) into blocked agent stream sinks, and the UDP flood
 sent by hping3 (scenario flood_command) instead of testbed/flood.py; ~5 s each.
 TCP noise (built-in UDP flood beside it): the cure still recovers, every acknowledged page reads
-back; each stream's sink held bytes when its reader blocked and a window went to zero (TcpExt
-TCPToZeroWindowAdv; the kernel senders saw EAGAIN). hping3: its datagrams reach every sink port,
+back; each stream's sink held bytes when its reader blocked (up to rcvbuf) and the kernel senders
+saw EAGAIN; a zero window is advertised in some runs only (see the test). hping3: its datagrams reach every sink port,
 every acknowledged page reads back, the rig stops it by pid. Recorded: with hping3 at the same
 rate memalloc ends ``completed`` (free never below the GFP_ATOMIC floor) in 3 of 3 runs, where the
 built-in flood gives ``recovered`` -- docs/demo.md "Another flood"."""
@@ -47,11 +47,14 @@ def test_tcp_noise_into_blocked_sinks_memalloc_recovers(tmp_path):
         assert s["accepted"] == 1 and s["bytes"] > 0
         assert 64 * 1024 < s["held_max"]["rmem_alloc"] <= 131072 + 4 * 4096
         assert s["held_max"]["receive_queue_pages"] > 0
-    # at least one blocked reader's window went to zero (all four in the recorded runs: docs/tcp.md),
-    # counted when advertised: held_max samples at snapshots and a quick run may take none then
-    assert sum(s["to_zero_window"] for s in tn["sinks"].values()) >= 1
-    assert snap["stack"]["snmp"]["TcpExt"]["TCPToZeroWindowAdv"] >= sum(
-        s["to_zero_window"] for s in tn["sinks"].values())
+    # Whether a zero window is ever *advertised* is not an invariant: tcp_select_window never
+    # shrinks an offered window, so when the sender stops with less than an MSS of it left the
+    # agent keeps offering that remainder (the senders are still blocked: EAGAIN below); and an
+    # ACK that found no memory announces nothing. Measured, 3 runs: zero windows advertised in
+    # 2 (one each sink), in 0 of the other, rmem held 130816-135488 B in all. What the counters
+    # must agree on: the sinks' own zero-window advertisements are among the stack's.
+    ext = snap["stack"]["snmp"]["TcpExt"]
+    assert sum(s["to_zero_window"] for s in tn["sinks"].values()) <= ext["TCPToZeroWindowAdv"]
     senders = tn["senders"]["streams"]
     assert len(senders) == 4 and all(st["sent"] > 0 and st["eagain"] > 0 and st["error"] is None
                                      for st in senders)
