@@ -51,8 +51,13 @@ def test_three_dupacks_newreno(sc):
     assert got and got[0].seq == una + MSS * 3
     assert sk.ca_state == T.CA_RECOVERY and ext["TCPFastRetrans"] == 2
     # full ACK of everything up to high_seq ends recovery with cwnd = ssthresh
+    # (tcp_end_cwnd_reduction); the same ACK then grows it (tcp_cong_control ->
+    # tcp_cong_avoid): the window was cwnd-limited (10 segments into cwnd 10,
+    # tcp_cwnd_validate), and its 7 newly ACKed segments are one cwnd (5) and 2 credits
+    # (tcp_cong_avoid_ai; tcp_init_cwnd_reduction zeroed the count)
     sc.inject(DOT, 5001, una + MSS * 10, opts=sc.ts(612, got[0]))
-    assert sk.ca_state == T.CA_OPEN and sk.snd_cwnd == sk.snd_ssthresh == 5
+    assert sk.ca_state == T.CA_OPEN and sk.snd_ssthresh == 5
+    assert (sk.snd_cwnd, sk.snd_cwnd_cnt) == (6, 2)
     mib = sc.stack.snmp["Tcp"]
     assert mib["RetransSegs"] == 2 and ext["TCPTimeouts"] == 0
 
@@ -99,3 +104,27 @@ def test_receiver_reports_sack_blocks_most_recent_first(sc):
     assert sk.recv(sc.now) == b"p" * 1000 + b"q" * 500
     ext = sc.stack.snmp["TcpExt"]
     assert ext["TCPOFOQueue"] == 3 and len(sk.ofo) == 2
+
+
+def test_cwnd_grows_in_congestion_avoidance_when_each_ack_covers_the_whole_flight(sc):
+    # The iSCSI stall of docs/block.md: reorders had cut cwnd to ssthresh = 2; the peer then
+    # ACKs every second full segment, so each ACK covers the whole flight (snd_una reaches
+    # cwnd_usage_seq on every ACK). tcp_cwnd_validate records the window's cwnd limit at
+    # transmit time, so those ACKs find it (tcp_is_cwnd_limited) and cwnd grows one segment
+    # per window of ACKs (tcp_cong_avoid_ai). The agent used to clear the limit on each such
+    # ACK before tcp_cong_avoid looked at it: cwnd stayed 2 for the rest of the connection.
+    sk, una, segs = _flight(sc, sack=True, n=10)
+    sc.at(0.01)
+    sc.inject(DOT, 5001, una + 10 * MSS, opts=sc.ts(600, segs[-1]))
+    sk.snd_cwnd, sk.snd_ssthresh, sk.snd_cwnd_cnt = 2, 2, 0      # as the reorders left it
+    flights = []
+    for tsval in range(601, 609):
+        while sk.send(b"e" * MSS, sc.now) == MSS:                 # the writer keeps it full
+            pass
+        sent = sc.sent()
+        flights.append((len(sent), sk.snd_cwnd))
+        last = sent[-1]
+        sc.inject(DOT, 5001, last.seq + len(last.data), opts=sc.ts(tsval, last))
+    # each flight fills cwnd; its one ACK (cwnd segments: cnt >= cwnd) adds a segment
+    assert flights == [(n, n) for n in range(2, 10)]
+    assert sk.snd_cwnd == 10 and sk.snd_ssthresh == 2 and sk.ca_state == T.CA_OPEN

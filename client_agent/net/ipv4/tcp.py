@@ -1359,17 +1359,37 @@ class TcpSock(Sock):
                 self.snd_nxt = skb.end_seq
                 if self.ca_state == CA_RECOVERY:
                     self.prr_out += 1
-            if self.packets_out > self.max_packets_out:
-                self.max_packets_out = self.packets_out
             sent += run
             if self.t_xmit is None or self.t_xmit_kind == 2:
                 self._reset_xmit_timer(1, now + self.rto)
         if sent and self.t_xmit_kind == 2:
             self._reset_xmit_timer(1, now + self.rto)
-        # tcp_cwnd_validate: was cwnd what limited us during this window of data?
-        if cwnd_limited or self._in_flight() >= self.snd_cwnd:
-            self.is_cwnd_limited = True
+        cwnd_limited = cwnd_limited or self._in_flight() >= self.snd_cwnd
+        if sent or cwnd_limited:
+            self._cwnd_validate(cwnd_limited)
         return bool(wq)
+
+    def _cwnd_validate(self, is_cwnd_limited: bool) -> None:
+        """tcp_cwnd_validate (Linux f4ce91ce12a7, "not forget is_cwnd_limited"): at transmit
+        time, once per window of data (``cwnd_usage_seq``), remember whether cwnd limited the
+        sender -- or, when it did not, the most packets out in the window. A limit seen in the
+        window is kept until snd_una passes its right edge; the ACKs of that window then find
+        it set (``_cong_avoid``), so cwnd grows even when each ACK covers the whole flight
+        (cwnd 2, every second segment ACKed)."""
+        if (not before(self.snd_una, self.cwnd_usage_seq) or is_cwnd_limited
+                or (not self.is_cwnd_limited and self.packets_out > self.max_packets_out)):
+            self.is_cwnd_limited = is_cwnd_limited
+            self.max_packets_out = self.packets_out
+            self.cwnd_usage_seq = self.snd_nxt
+
+    def _is_cwnd_limited(self) -> bool:
+        """tcp_is_cwnd_limited: cwnd-limited in this window, or in slow start below twice the
+        most packets out."""
+        if self.is_cwnd_limited:
+            return True
+        if self.snd_cwnd < self.snd_ssthresh:
+            return self.snd_cwnd < 2 * self.max_packets_out
+        return False
 
     def _tso_run(self, force: bool) -> int:
         """How many buffers at the head of the write queue go out as one TSO segment
@@ -1927,10 +1947,6 @@ class TcpSock(Sock):
             else:
                 self._clear_xmit_timer()
             self.proto.wake(self.wait_key)            # sk_write_space
-            if not before(ack, self.cwnd_usage_seq):
-                self.cwnd_usage_seq = self.snd_nxt
-                self.max_packets_out = self.packets_out + acked_pkts
-                self.is_cwnd_limited = False
         is_dupack = (not snd_una_advanced and not seg.data and not win_update
                      and not seg.flags & (SYN | FIN) and prior_packets > 0)
         if not snd_una_advanced and not seg.data and not newly_sacked:
@@ -2077,6 +2093,7 @@ class TcpSock(Sock):
         ext["TCPRenoRecovery" if reno else "TCPSackRecovery"] += 1
         self.prior_cwnd = self.snd_cwnd
         self.snd_ssthresh = max(self.snd_cwnd >> 1, 2)
+        self.snd_cwnd_cnt = 0
         self.prr_delivered = 0
         self.prr_out = 0
         self.high_seq = self.snd_nxt
@@ -2102,20 +2119,24 @@ class TcpSock(Sock):
     def _cong_avoid(self, acked: int, prior_in_flight: int) -> None:
         """tcp_reno_cong_avoid, only while cwnd-limited (tcp_is_cwnd_limited): slow start
         below ssthresh, then one segment per cwnd of ACKed segments."""
+        if not self._is_cwnd_limited():
+            return
         cwnd = self.snd_cwnd
         if cwnd < self.snd_ssthresh:
-            if not cwnd < 2 * self.max_packets_out:
-                return
             grow = min(acked, self.snd_ssthresh - cwnd)
             cwnd += grow
             acked -= grow
-        elif not self.is_cwnd_limited:
-            return
         if acked:
+            # tcp_cong_avoid_ai(tp, cwnd, acked): credits at a higher w applied gently first
+            w = cwnd
+            if self.snd_cwnd_cnt >= w:
+                self.snd_cwnd_cnt = 0
+                cwnd += 1
             self.snd_cwnd_cnt += acked
-            if self.snd_cwnd_cnt >= cwnd:
-                cwnd += self.snd_cwnd_cnt // cwnd
-                self.snd_cwnd_cnt %= cwnd
+            if self.snd_cwnd_cnt >= w:
+                delta = self.snd_cwnd_cnt // w
+                self.snd_cwnd_cnt -= delta * w
+                cwnd += delta
         self.snd_cwnd = min(cwnd, 0x7FFFFFFF)
 
     def _enter_loss(self) -> None:
