@@ -156,8 +156,15 @@ def up(topology: Topology, name: str, *, suffix: str | None = None,
         for ns, host, role in [(names.switch_netns, None, "switch")] + [
                 (names.host_netns[h.name], h.name, "host") for h in topology.hosts]:
             idx = st.record_intent("netns", name=ns, host=host, role=role)
-            ino = create_netns(ns)
-            st.mark_created(idx, inode=ino)
+            # pyroute2 creates the namespace in a forked child: a SIGINT/SIGTERM taken while we
+            # wait for it would run the rollback before the child's bind mount exists, and the
+            # namespace would appear after the teardown (a leak seen in CI). Held until recorded.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                ino = create_netns(ns)
+                st.mark_created(idx, inode=ino)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             hook.created()
             with entered(ns):
                 _ns_base_sysctls()

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
+
+
+class CapturedFrames(list):
+    """The (frame, time) list ``veth_capture`` fills; ``drops``: frames the kernel dropped
+    because the capture socket was full (PACKET_STATISTICS tp_drops), set when the block ends."""
+    drops: int = 0
 
 
 @contextlib.contextmanager
@@ -14,9 +21,15 @@ def veth_capture(ifname: str, pcap_path: str | None = None):
     """Capture ``ifname`` while the block runs; yields the list of (frame, time) it fills, and
     writes them to ``pcap_path`` (if given) when the block ends."""
     cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    # a deep queue: this thread shares the GIL with the test's own peer, and with the default
+    # rcvbuf (~90 full frames) a descheduled stretch under load dropped frames (CI, 2026-11-30)
+    try:
+        cap.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)      # SO_RCVBUFFORCE (root)
+    except OSError:
+        cap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
     cap.bind((ifname, 3))
     cap.settimeout(0.2)
-    frames: list = []
+    frames = CapturedFrames()
     stop = threading.Event()
 
     def run():
@@ -33,6 +46,8 @@ def veth_capture(ifname: str, pcap_path: str | None = None):
     finally:
         stop.set()
         t.join()
+        # struct tpacket_stats {tp_packets, tp_drops}: what the kernel could not queue for us
+        frames.drops = struct.unpack("II", cap.getsockopt(263, 6, 8))[1]    # SOL_PACKET, PACKET_STATISTICS
         cap.close()
         if pcap_path is not None:
             from client_agent.phy.pcap import PcapWriter

@@ -33,7 +33,8 @@ def kernel_server(ifname: str, pcap_path: str) -> dict:
         got = _serve()
     longest = max((len(f) for f, _ts in frames
                    if f[12:14] == b"\x08\x00" and f[26:30] == socket.inet_aton(CLIENT_IP)), default=0)
-    return {"ok": got == UP, "got": len(got), "longest_from_agent": longest, "frames": len(frames)}
+    return {"ok": got == UP, "got": len(got), "longest_from_agent": longest, "frames": len(frames),
+            "capture_drops": frames.drops}
 
 
 def _serve() -> bytes:
@@ -140,6 +141,7 @@ def test_agent_tcp_with_checksum_offload_tso_and_gro_against_the_kernel(bed, tmp
                               capture_output=True, text=True, timeout=60, check=True).stdout
     rows = [r.split("\t") for r in tshark("-Y", f"ip.src == {CLIENT_IP} && tcp", "-T", "fields",
                                           "-e", "frame.len", "-e", "tcp.checksum.status").splitlines() if r]
+    assert kres["capture_drops"] == 0, kres          # the capture itself saw every frame
     assert len(rows) > SIZE // 1448
     assert {r[1] for r in rows} == {"1"}, rows[:5]                 # 1 = Good, every one
     assert max(int(r[0]) for r in rows) <= 1514

@@ -16,7 +16,7 @@ from pyroute2 import IPRoute
 from netns_setup import lifecycle
 from netns_setup.capture import start_capture
 from netns_setup.lifecycle import TopologyUpError, clean, down, plan_names, up
-from netns_setup.nsutil import create_netns, list_netns, netns_exists, remove_netns
+from netns_setup.nsutil import create_netns, list_netns, netns_exists, netns_inode, remove_netns
 from netns_setup.process import run_in_netns, start_process
 from netns_setup.state import RunState, list_runs
 from netns_setup.topology import default_topology, generate_topology
@@ -220,6 +220,38 @@ def test_ctrl_c_during_up_rolls_back(runroot, monkeypatch):
         up(default_topology(), name)
     assert len(made) == 2 and not any(netns_exists(n) for n in made)
     assert ours(name) == [] and list_runs() == []
+
+
+def test_sigterm_while_a_namespace_is_being_created_is_taken_after_it_is_recorded(runroot, monkeypatch):
+    """CI, 2026-11-30: a bench stopped `testbed demo` with SIGTERM 0.5 s in, while pyroute2's child
+    was still creating a namespace; the rollback ran before it existed and it appeared afterwards,
+    unrecorded. Now the signal waits until the namespace is recorded, then rolls it back."""
+    name = uname("s")
+    real = lifecycle.create_netns
+    made = []
+
+    def signalled_mid_create(ns):
+        made.append(ns)
+        if len(made) < 2:
+            return real(ns)
+        # as pyroute2 does: a child makes the namespace while we wait for it; the signal comes
+        # in the middle of that wait
+        child = subprocess.Popen(["sh", "-c", f"sleep 0.3; exec ip netns add {ns}"])
+        os.kill(os.getpid(), signal.SIGINT)
+        child.wait()
+        return netns_inode(ns)
+
+    monkeypatch.setattr(lifecycle, "create_netns", signalled_mid_create)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            up(default_topology(), name)
+        time.sleep(0.5)                                # the child had time to finish, whenever
+        assert len(made) == 2 and [n for n in made if netns_exists(n)] == []   # both made, both removed
+        assert ours(name) == [] and list_runs() == []
+    finally:
+        for n in made:
+            if netns_exists(n):
+                remove_netns(n)
 
 
 def test_two_names_coexist_and_collisions_are_refused(runroot):
