@@ -56,10 +56,13 @@ WRITE_REPLY_FRAME_BYTES = 202
 MTU = 1500
 ETH_HLEN = 14
 UDP_IP_HLEN = 28
-# The agent's receive capacity when none is measured: `testbed bench` measured its full receive path at
-# ~38 µs of CPU per frame at 20 kpps on the reference 2-core VM, i.e. ~26 kpps at one full core;
-# round down. Pass `--bench FILE` or `--set agent_capacity_pps=N` to use a measured figure.
-DEFAULT_AGENT_CAPACITY_PPS = 25000
+# The agent's receive capacity when none is measured: the median of three full `testbed bench` runs
+# of the capacity section on the reference 2-core VM, idle (ring-v2 NIC, offloads tx,rx; range
+# 80 000-160 000 pps; benchmarks/results/2026-11-30-full-x3/bench.json): the highest flood rate it
+# absorbed for 10 s with 0 tp_drops, 0 softnet drops and every datagram read. A loaded machine
+# measures less (30-60 kpps in benchmarks/README.md): pass `--bench FILE` (a `testbed bench --json`
+# of this machine) or `--set agent_capacity_pps=N`.
+DEFAULT_AGENT_CAPACITY_PPS = 149_889
 # The fastest kswapd gets pages acknowledged (pages/s): bounded by the NAS (sim: 8 nfsd threads x
 # 10 ms = 800/s) and by the agent (real runs: ~750 pages/s measured, memalloc 3672 pages in ~5 s).
 # 2000 is a generous bound; the noise-capacity checks below use it.

@@ -58,7 +58,7 @@ def test_worked_example_by_hand():
     sc_udp = S.from_dict({**sc.to_dict(), "transport": "udp"})
     udp = {c.name: c for c in S.preflight(sc_udp)[0]}
     assert udp["reserve_covers_slot_table"].values["needed"] == 16 * (1 + 1) + 1 + 0 == 33
-    assert by["flood_within_agent_capacity"].values["limit"] == 25000 // 4 == 6250   # 4 kpps fits
+    assert by["flood_within_agent_capacity"].values["limit"] == 149889 // 4 == 37472   # 4 kpps fits
     assert by["flood_within_agent_capacity"].passed
     assert all(set(c.to_json()) >= {"name", "formula", "values", "pass"} for c in checks)
 
@@ -90,7 +90,7 @@ def test_impossible_scenario_refused_with_numbers():
     assert "flood_pins_free_at_atomic_floor" in [c.name for c in bad]
     assert "noise_pages=1" in bad[0].line(sc) and "min=512" in bad[0].line(sc)
     # flood beyond a quarter of the agent's capacity
-    sc = S.from_dict({"name": "z", "expect": "deadlock", "memalloc": False, "flood_pps": 20000})
+    sc = S.from_dict({"name": "z", "expect": "deadlock", "memalloc": False, "flood_pps": 40000})
     assert "flood_within_agent_capacity" in [c.name for c in S.failing(sc, S.preflight(sc)[0])]
 
 
