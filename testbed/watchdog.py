@@ -314,7 +314,9 @@ class Watchdog:
                 return self._decide("deadlock", t, [
                     f"reclaim needed ({', '.join(why)}{' -- a silent guest' if snap.get('evidence') and snap['alloc']['kswapd'].get('wanted') else ''}) and "
                     f"{'pswpout + nr_written' if filemap(snap) is not None else 'pswpout'} stuck at "
-                    f"{p} for {t - start:.1f} s >= stall_threshold_s {self.stall_threshold_s}"])
+                    f"{p} for {t - start:.1f} s >= stall_threshold_s {self.stall_threshold_s}"
+                    + (f" (counted from the end of a reconnect backoff at t={start:.1f}s)"
+                       if self._backoff_until is not None and start == self._backoff_until else "")])
         else:
             self._reclaim_since = None
         return None

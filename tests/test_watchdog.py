@@ -107,6 +107,7 @@ def test_a_reconnect_backoff_is_not_a_stall_the_attempt_after_it_is():
     samples += [snap(300, 3) for _ in range(48, 200)]            # the attempt at 9.6 fails: no progress
     wd, t = run(samples, threshold=6.0)
     assert wd.outcome == "deadlock" and abs(t - (9.6 + 6.0)) < 1e-6 and abs(wd.time_to_stall_s - 9.6) < 1e-6
+    assert wd.reasons[0].endswith("(counted from the end of a reconnect backoff at t=9.6s)"), wd.reasons
     # the same samples without the reconnect flag (any other sleep): the stall counts from 0.6
     plain = samples[:5] + [_backoff(snap(300, 3), 1.0, reconnect=False) for _ in range(5, 48)] + samples[48:]
     wd2, t2 = run(plain, threshold=6.0)
