@@ -253,6 +253,9 @@ def load_topology(path: str | Path) -> Topology:
         raise TopologyError(f"{source}: cannot read ({e.strerror}); check the path and its permissions") from None
     except tomllib.TOMLDecodeError as e:
         raise TopologyError(f"{source}: not valid TOML ({e}); fix the syntax at that line") from None
+    except UnicodeDecodeError as e:
+        raise TopologyError(f"{source}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                            f"a topology is a TOML file -- save it as UTF-8") from None
     return parse_topology(data, source)
 
 

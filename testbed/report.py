@@ -29,9 +29,14 @@ def prepare(out: str) -> str:
     if os.path.exists(out) and os.listdir(out):
         from testbed.cli import UserError
         raise UserError(f"--out {out}: directory exists and is not empty; pick a new directory or remove it")
-    os.makedirs(out, mode=0o700, exist_ok=True)          # pcaps and logs: owner only
-    os.makedirs(os.path.join(out, "pcap"), mode=0o700, exist_ok=True)
-    os.makedirs(os.path.join(out, "logs"), mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(out, mode=0o700, exist_ok=True)          # pcaps and logs: owner only
+        os.makedirs(os.path.join(out, "pcap"), mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(out, "logs"), mode=0o700, exist_ok=True)
+    except OSError as e:
+        from testbed.cli import UserError
+        raise UserError(f"--out {out}: cannot create the report directory ({e.strerror}); "
+                        f"give a path in a writable directory") from None
     return out
 
 

@@ -282,6 +282,12 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
         # the name becomes part of report paths (reports/<name>-<time>, pcap prefixes)
         raise ScenarioError(f"{src}: name: {sc.name!r} is not a safe name; use 1-64 letters, digits, '.', '_' "
                             "or '-', starting with a letter or digit (no '/', no '..')")
+    from client_agent.mm.page_alloc import zone_watermarks
+    wmin, wlow, whigh = zone_watermarks(sc.pool_pages, sc.min_free_kbytes, sc.watermark_scale_factor)
+    if whigh > sc.pool_pages:
+        raise ScenarioError(f"{src}: pool_pages: a pool of {sc.pool_pages} pages cannot hold its watermarks "
+                            f"(min {wmin}, low {wlow}, high {whigh} pages from min_free_kbytes={sc.min_free_kbytes}); "
+                            f"raise pool_pages above {whigh} or lower min_free_kbytes")
     if sc.stall_threshold_s < 3 * sc.timeo_max_s:
         raise ScenarioError(f"{src}: stall_threshold_s: {sc.stall_threshold_s} < 3 x timeo_max_s = {3 * sc.timeo_max_s}; "
                             f"raise it to at least {3 * sc.timeo_max_s} (a hard mount may be silent that long)")
@@ -348,6 +354,11 @@ def load(name_or_file: str, overrides: dict | None = None) -> Scenario:
             doc = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}; fix the syntax") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                            f"a scenario is a TOML file -- save it as UTF-8") from None
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read it ({e.strerror}); pass a scenario file or a built-in name") from None
     extra = [k for k in doc if k != "scenario"]
     if extra:
         raise ScenarioError(f"{path}: {extra[0]}: unknown top-level key; put every parameter in the [scenario] table")

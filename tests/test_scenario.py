@@ -111,6 +111,7 @@ def test_impossible_scenario_refused_with_numbers():
     ('name="a"\n', "name: unknown top-level key"),
     ('', "scenario: missing [scenario] table"),
     ('[scenario\n', "not valid TOML"),
+    ('[scenario]\nname="a"\npool_pages=64\n', "pool_pages: a pool of 64 pages cannot hold its watermarks (min 512, low 640, high 768"),
 ])
 def test_validation_errors_are_one_line_with_file_and_key(tmp_path, body, needle):
     path = write(tmp_path, body)
@@ -118,6 +119,24 @@ def test_validation_errors_are_one_line_with_file_and_key(tmp_path, body, needle
         S.load(path)
     msg = str(e.value)
     assert needle in msg and path in msg and "\n" not in msg
+
+
+def test_unreadable_scenario_files_are_one_line(tmp_path):
+    """A directory, and a file that is not UTF-8 (found by a new user: tracebacks before)."""
+    with pytest.raises(S.ScenarioError, match=r"cannot read it \(Is a directory\); pass a scenario file"):
+        S.load(str(tmp_path))
+    p = tmp_path / "latin1.toml"
+    p.write_bytes(b"\xff\xfe[scenario]\n")
+    with pytest.raises(S.ScenarioError, match=r"not UTF-8 text \(byte 0xff at offset 0\)"):
+        S.load(str(p))
+
+
+def test_cli_out_that_cannot_be_created_is_one_line(capsys):
+    from testbed.cli import main
+    assert main(["run", "memalloc", "--sim", "--out", "/proc/no-such-dir-here"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["testbed: --out /proc/no-such-dir-here: cannot create the report directory "
+                   "(No such file or directory); give a path in a writable directory"]
 
 
 def test_unknown_scenario_name_lists_builtins():

@@ -145,3 +145,10 @@ def test_planned_names_fit_ifnamsiz():
     assert names.host_if["nas"] == "tabcd-nas" and names.switch_if["nas"] == "tabcd_nas"
     assert names.host_netns["client7"] == "nsdt-" + "x" * 24 + "-abcd-client7"
     assert len(set(names.all_netns)) == 1002
+
+
+def test_a_topology_file_that_is_not_utf8_is_one_line(tmp_path):
+    p = tmp_path / "latin1.toml"
+    p.write_bytes(b"\xff\xfe[switch]\n")
+    with pytest.raises(TopologyError, match=r"latin1.toml: not UTF-8 text \(byte 0xff at offset 0\)"):
+        load_topology(p)
