@@ -34,6 +34,8 @@ def _run(tmp_path, *sets):
     assert (out / "report.json").exists(), p.stderr[-3000:]
     e = json.loads((out / "report.json").read_text())["scenarios"][0]
     assert e["pages_lost"] == 0 and e["pages_verified"] == e["pages_written"] > 0
+    # the run's timeline as a picture, beside the JSON (as the demo and --sim leave it)
+    assert e["png"] == "memalloc.png" and (out / "memalloc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return p, e, json.loads((out / "final_snapshot.json").read_text())
 
 

@@ -9,6 +9,7 @@ was created).
 
 from __future__ import annotations
 
+import os
 import sys
 
 from . import known_errors, sigterm_as_interrupt
@@ -134,6 +135,13 @@ def run(args) -> int:
             print(f"testbed: {e}; logs in {out}/logs", file=sys.stderr)
             return 1
     timeline = entry.pop("_timeline")
+    if sc.client != "linux" and timeline:   # the agent's timeline as a picture, as the demo and --sim leave it
+        try:
+            from testbed import plots
+            entry["png"] = os.path.relpath(plots.scenario_png(entry, timeline, os.path.join(out, f"{sc.name}.png")), out)
+        except Exception as e:  # noqa: BLE001 -- a plot failure must not lose the run's report
+            print(f"testbed: {sc.name}: timeline PNG not written ({type(e).__name__}: {e}); the JSON report is complete",
+                  file=sys.stderr)
     path = rep.write_report(out, [entry], timeline=timeline, extra={"figures": figs})
     bug = testbed_bug_line(entry, out)
     if bug:
