@@ -343,7 +343,6 @@ def _run_planned(pl: dict, out: str, row: dict):
 
 
 def run_real(campaign_seed: int, k: int, out: str, storage: str = "nfs", client: str = "agent") -> dict:
-    from netns_setup.state import list_runs
     if client == "linux":
         if storage != "nfs":
             raise ValueError(f"--client linux with --storage {storage}: the Linux guest swaps over NFS only")
@@ -382,13 +381,19 @@ def run_real(campaign_seed: int, k: int, out: str, storage: str = "nfs", client:
         problems.append(f"acked pages lost/corrupted: written {e['pages_written']}, verified {e['pages_verified']}, "
                         f"mismatched {e['verification'].get('mismatched')}, read errors {e['verification'].get('read_errors')}")
     shut = (e.get("agent_shutdown") or {})
-    # only this run's record: other runs (other users of the machine) may come and go meanwhile
-    if e.get("run_name") in set(list_runs()) - runs_before:
-        problems.append(f"run record {e['run_name']} left after teardown")
     if "error" in shut:
         problems.append(f"agent shutdown failed: {shut['error']}")
     if rec.get("flood_error"):
         problems.append(f"flood control failed: {rec['flood_error']}")
+    return _finish_row(row, problems, e, rdir, runs_before)
+
+
+def _finish_row(row: dict, problems: list[str], e: dict, rdir: str, runs_before: set) -> dict:
+    """A real run's verdict: ``problems`` plus a run record left behind (only this run's: other
+    runs on the machine may come and go meanwhile); the entry kept as rdir/entry.json."""
+    from netns_setup.state import list_runs
+    if e.get("run_name") in set(list_runs()) - runs_before:
+        problems.append(f"run record {e['run_name']} left after teardown")
     row["problems"] = problems
     row["ok"] = not problems
     row["report"] = rdir
@@ -398,7 +403,6 @@ def run_real(campaign_seed: int, k: int, out: str, storage: str = "nfs", client:
 
 
 def run_real_linux(campaign_seed: int, k: int, out: str) -> dict:
-    from netns_setup.state import list_runs
     pl = plan_real_linux(campaign_seed, k)
     row = {"run": pl["run"], "kind": "real-linux", "scenario": pl["scenario"], "seed": pl["seed"],
            "campaign_seed": campaign_seed}
@@ -430,14 +434,7 @@ def run_real_linux(campaign_seed: int, k: int, out: str) -> dict:
         problems.append("no fault counters from the relay")
     if not (e.get("nas_clean") or {}).get("clean"):
         problems.append(f"nas-server not clean: {e.get('nas_clean')}")
-    if e.get("run_name") in set(list_runs()) - runs_before:
-        problems.append(f"run record {e['run_name']} left after teardown")
-    row["problems"] = problems
-    row["ok"] = not problems
-    row["report"] = rdir
-    with open(os.path.join(rdir, "entry.json"), "w") as f:
-        json.dump(e, f, indent=1, default=str)
-    return row
+    return _finish_row(row, problems, e, rdir, runs_before)
 
 
 # ------------------------------------------------------------------ the campaign

@@ -391,6 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def stop_on_signals() -> Callable[[], bool]:
+    """SIGTERM and SIGINT set a flag instead of raising; returns the flag's reader (True once
+    either came). For the senders' loops (this flood, testbed/tcp_noise.py), which stop at the
+    end of their current tick and then print their summary."""
+    state = {"stop": False}
+
+    def on_signal(_sig, _frame):
+        state["stop"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return lambda: state["stop"]
+
+
 def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | None = None,
          make_flood: Callable[..., "Flood"] | None = None) -> int:
     """``parser``/``make_flood(args, ports, on_off)``: a variant's own options and Flood subclass
@@ -418,14 +432,7 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
         print(f"flood: cannot open the UDP socket ({e}); check --bind {args.bind!r} is an address of this host", file=sys.stderr)
         return 2
 
-    stop = False
-
-    def on_signal(_sig, _frame):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopped = stop_on_signals()
 
     def on_set(req: dict):
         try:
@@ -445,7 +452,7 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
     deadline = start + args.duration_s if args.duration_s else None
     signal_ready(args.ready_fd)
     try:
-        flood.run(sel, lambda: stop or (control is not None and control.closing), deadline)
+        flood.run(sel, lambda: stopped() or (control is not None and control.closing), deadline)
     finally:
         summary = flood.snapshot()
         print(json.dumps({"flood_summary": summary}, sort_keys=True), flush=True)

@@ -18,14 +18,13 @@ import argparse
 import errno
 import json
 import random
-import signal
 import socket
 import struct
 import sys
 import time
 
 from netns_setup.control import signal_ready
-from testbed.flood import FloodError, parse_ports
+from testbed.flood import FloodError, parse_ports, stop_on_signals
 
 CONNECT_TIMEOUT_S = 10.0
 # struct tcp_info (include/uapi/linux/tcp.h): byte offsets of the fields summarised
@@ -127,17 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     except FloodError as e:
         print(f"tcp_noise: {e}", file=sys.stderr)
         return 2
-    stop = False
-
-    def on_signal(_sig, _frame):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopped = stop_on_signals()
     signal_ready(args.ready_fd)
     try:
-        stats = run(socks, args.rate_kbps, args.seed, args.tick_ms / 1000.0, lambda: stop)
+        stats = run(socks, args.rate_kbps, args.seed, args.tick_ms / 1000.0, stopped)
         print(json.dumps({"tcp_noise_summary": {"rate_kbps": args.rate_kbps, "streams": stats}},
                          sort_keys=True), flush=True)
     finally:
