@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import selectors
 import socket
 import sys
@@ -264,7 +265,9 @@ class RefClient:
                 yield xid, nfs3.encode_write_call(xid, fh, off, page_data(seed, off, n), stable, self.cred)
 
         t0 = time.perf_counter()
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         replies = self.pump(gen(), window)
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
         dt = time.perf_counter() - t0
         for m in replies.values():
             w = nfs3.decode_write_reply(m)
@@ -272,7 +275,8 @@ class RefClient:
                 raise NfsError("WRITE", w.status)
             verfs.add(w.verf)
         return {"bytes": total_bytes, "seconds": dt, "mib_per_s": total_bytes / dt / (1 << 20) if dt else 0.0,
-                "calls": len(replies), "verifiers": sorted(v.hex() for v in verfs)}
+                "calls": len(replies), "verifiers": sorted(v.hex() for v in verfs),
+                "cpu_user_s": ru1.ru_utime - ru0.ru_utime, "cpu_sys_s": ru1.ru_stime - ru0.ru_stime}
 
     def verify_pages(self, fh: bytes, total_bytes: int, io_bytes: int, seed: int, window: int = DEFAULT_WINDOW,
                      start: int = 0) -> dict:

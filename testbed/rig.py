@@ -505,6 +505,17 @@ def process_cpu_s(pid: int) -> float:
     return time.clock_gettime_ns(((~pid) << 3) | 2) / 1e9
 
 
+def process_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` from /proc/PID/stat's utime and stime (proc(5):
+    fields 14 and 15, in clock ticks of SC_CLK_TCK, 10 ms here). System time is the kernel's
+    work on the process's behalf: for the agent, its ring kicks and the veth/bridge/NAS receive
+    path that runs inside them."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
 def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float = 0.2,
                 max_wait_s: float = 20.0, pid: int | None = None) -> dict:
     """Swap writeback rate from ``snapshot`` samples: pages the NAS acknowledged (``swap.acked``
@@ -523,6 +534,7 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
     samples = []
     t0 = time.monotonic()
     cpu0 = process_cpu_s(pid) if pid else None
+    split0 = process_cpu_split(pid) if pid else None
     while True:
         s = agent.call("snapshot", traces=False)   # no per-xid records: 0.2 s samples
         t = time.monotonic() - t0
@@ -532,6 +544,7 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
             break
         time.sleep(sample_s)
     cpu1 = process_cpu_s(pid) if pid else None
+    split1 = process_cpu_split(pid) if pid else None
     (ta, a0, p0, r0, _, s0), (tb, a1, p1, r1, done, s1) = samples[0], samples[-1]
     dt = tb - ta
     if dt <= 0 or a1 == a0:
@@ -539,7 +552,10 @@ def stream_rate(agent: Any, *, window_s: float, warmup_s: float, sample_s: float
     return {"mib_per_s": (a1 - a0) * PAGE / dt / (1 << 20), "pages": a1 - a0, "seconds": dt,
             "pswpout": p1 - p0, "retrans": r1 - r0, "workload_done_early": bool(done), "first": s0, "last": s1,
             "samples": [(round(t, 3), a) for t, a, *_ in samples],
-            "cpu_pct": None if cpu0 is None else (cpu1 - cpu0) / (time.monotonic() - t0) * 100}
+            "cpu_pct": None if cpu0 is None else (cpu1 - cpu0) / (time.monotonic() - t0) * 100,
+            "cpu_user_s": None if split0 is None else split1[0] - split0[0],
+            "cpu_sys_s": None if split0 is None else split1[1] - split0[1],
+            "pswpout_window": p1 - p0, "window_s": time.monotonic() - t0}
 
 
 def refclient_write(nas_ip: str, image: str, total_bytes: int, window: int, seed: int, cpu: int | None,

@@ -89,4 +89,14 @@ def writeback_section(ctx: BenchContext) -> SectionResult:
                 notes=f"{ref['calls']} calls, {ref['client']['retransmits']} retransmits, kernel {transport.upper()} socket")
         res.add(f"{pre}.agent_mib_per_s", round(ag["mib_per_s"], 3), "MiB/s", round(ref["mib_per_s"], 3), TARGET,
                 notes="; ".join(notes + [f"NFS over {transport.upper()}"]))
+        if ag.get("cpu_user_s") is not None and ref.get("cpu_user_s") is not None:
+            # CPU per page, user and system apart: what each client pays for one acknowledged
+            # page, independent of how the two cores were shared (no target: an explanation).
+            a_us = (ag["cpu_user_s"] * 1e6 / ag["pages"], ag["cpu_sys_s"] * 1e6 / ag["pages"])
+            r_us = (ref["cpu_user_s"] * 1e6 / ref["calls"], ref["cpu_sys_s"] * 1e6 / ref["calls"])
+            res.add(f"{pre}.refclient_cpu_us_per_page", round(sum(r_us), 1), "µs",
+                    notes=f"user {r_us[0]:.1f} µs + system {r_us[1]:.1f} µs per WRITE (getrusage)")
+            res.add(f"{pre}.agent_cpu_us_per_page", round(sum(a_us), 1), "µs", round(sum(r_us), 1),
+                    notes=f"user {a_us[0]:.1f} µs + system {a_us[1]:.1f} µs per acked page "
+                          f"(/proc/PID/stat, 10 ms ticks)")
     return res
