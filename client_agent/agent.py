@@ -30,6 +30,7 @@ from netns_setup.control import BadRequest, ControlServer, signal_ready
 from .host import STABLE_HOWS, Host, swap_snapshot
 from .loop import Loop, MonotonicClock
 from .net.core.dev import NAPI_BUDGET
+from .phy.caps import device_caps
 from .phy.ring import NICS
 
 TESTBED_NET = ipaddress.ip_network("198.18.0.0/15")
@@ -38,7 +39,7 @@ DEFAULT_NIC = "ring-v2"
 # tso/ufo are not defaults: a GSO buffer is one allocation of several pages, so a transmit in
 # kswapd's PF_MEMALLOC context dips that much further into the reserve than a one-page frame
 # (the no-reserve scenario's "never below the floor" holds for one-page buffers only); a scenario
-# or a bench run asks for them (--offload tx,rx,tso,ufo / $CLIENT_AGENT_OFFLOAD).
+# (its `offloads` key) or a bench run asks for them (--offload tx,rx,tso,ufo / $CLIENT_AGENT_OFFLOAD).
 DEFAULT_OFFLOADS = "tx,rx"
 # A run is invalid when the loop was this late for a timer: the agent, not its memory, was the
 # bottleneck, and its drops would not be the ones under study.
@@ -230,6 +231,10 @@ class Agent(Host):
         return {
             "time_s": self.loop.time() - self.started_at,
             "device": dev_counters,
+            # the NIC kind (--nic) and the offloads the stack honours (a fault injector takes
+            # tso/ufo away: it acts per wire frame)
+            "nic": {"kind": getattr(getattr(dev, "real", dev), "nic_kind", type(dev).__name__),
+                    "offloads": device_caps(dev).names()},
             "stack": self.stack.snapshot(),
             **({"nfs_frame_fates": ([list(f) for f in self.reply_trace.fates]   # [ip_id, xid, fate]
                                     if self.reply_trace is not None else []),

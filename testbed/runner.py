@@ -356,7 +356,9 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "client", pool_pages=sc.pool_pages, min_free_kbytes=sc.min_free_kbytes, budget=sc.budget,
             seed=sc.seed, ctl_timeout_s=10.0,
             extra=["--watermark-scale-factor", str(sc.watermark_scale_factor)]
-                  + (["--fault", sc.client_faults] if sc.client_faults else []))
+                  + (["--fault", sc.client_faults] if sc.client_faults else [])
+                  + (["--nic", sc.nic] if sc.nic else [])
+                  + (["--offload", sc.offloads] if sc.offloads else []))
         agent.sinks(ports, sc.noise_reader, sc.noise_rcvbuf_bytes)
         tcp_ports = list(range(NOISE_TCP_PORT_BASE, NOISE_TCP_PORT_BASE + getattr(sc, "noise_tcp_streams", 0)))
         for p in tcp_ports:

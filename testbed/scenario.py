@@ -168,6 +168,14 @@ class Scenario:
     # Seeded packet faults on both directions of the client's NIC on real packets (client-agent
     # --fault; netem is not in this kernel), e.g. "loss=0.05,dup=0.01,seed=7". Empty: none.
     client_faults: str = ""
+    # The agent's NIC (client-agent --nic: socket, ring-v2, ring-v3, ring-v3-send) and the offloads
+    # it has (--offload, ethtool -K short names: tx, rx, gro, tso, ufo, or "none"; phy/caps.py).
+    # "" = client-agent's defaults ($CLIENT_AGENT_NIC / $CLIENT_AGENT_OFFLOAD, else ring-v2 and
+    # tx,rx). The simulation honours ``offloads`` through a software NIC (client_agent/phy/
+    # soft_nic.py; "" there = none, which behaves as tx,rx: checksum offloads change who computes
+    # a checksum, not which frames or buffers exist); ``nic`` is real packets only.
+    nic: str = ""
+    offloads: str = ""
     # A NAS that is not nas-server (docs/tcp.md "Another NAS"): a shell command the runner starts
     # in the nas namespace with NAS_IP, NAS_DATA (the export directory, image files created in it)
     # and NAS_RUN (scratch) set; it must serve NFSv3 over TCP with MOUNT and NFS registered with
@@ -260,6 +268,17 @@ def _check_value(src: str, key: str, value):
     if key == "guest_udp_mem" and value and value != "kernel" and not re.fullmatch(r"\d+ \d+ \d+", value.strip()):
         raise ScenarioError(f"{src}: {key}: {value!r} is not three page counts; write e.g. {key} = \"4096 8192 65536\" "
                             "(min pressure max, in pages, as net.ipv4.udp_mem), \"kernel\" for the kernel's, or \"\" for no cap")
+    if key == "nic" and value:
+        from client_agent.phy.ring import NICS
+        if value not in NICS:
+            raise ScenarioError(f"{src}: {key}: {value!r} is not one of {', '.join(NICS)}; pick one of them "
+                                f"(or \"\" for client-agent's default)")
+    if key == "offloads" and value:
+        from client_agent.phy.caps import parse_offloads
+        try:
+            parse_offloads(value)
+        except ValueError as e:
+            raise ScenarioError(f"{src}: {key}: {e}") from None
     if key == "client_faults":
         from client_agent.phy.fault import parse_fault_spec
         try:
@@ -319,6 +338,9 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
     if sc.storage == "aoe" and sc.consumer != "swap":
         raise ScenarioError(f"{src}: storage: aoe with consumer={sc.consumer}; the AoE device is a swap "
                             f"device: write consumer = \"swap\"")
+    if sc.client == "linux" and (sc.nic or sc.offloads):
+        raise ScenarioError(f"{src}: nic/offloads: they describe the agent's NIC; the Linux VM's is guest_nic "
+                            f"(got nic={sc.nic!r}, offloads={sc.offloads!r}) -- remove them or set client = \"agent\"")
     if sc.wsize % PAGE_SIZE:
         raise ScenarioError(f"{src}: wsize: {sc.wsize} is not a multiple of {PAGE_SIZE}; swap writes whole pages")
     return sc

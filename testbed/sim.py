@@ -58,7 +58,9 @@ from client_agent.mm.swapfile import SwapDevice
 
 from client_agent.net.stack import Stack
 from client_agent.phy.device import ForwardsOnRx
+from client_agent.phy.caps import parse_offloads
 from client_agent.phy.fault import FaultInjector
+from client_agent.phy.soft_nic import SoftNic
 from client_agent.phy.pcap import PcapTap
 from client_agent.phy.wire_pair import WirePair
 from client_agent.tasks import Scheduler
@@ -200,6 +202,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     faulty_dev = agent_dev
     if p["pcap_path"]:
         agent_dev = PcapTap(agent_dev, p["pcap_path"])
+    if p.get("offloads"):
+        # the scenario's NIC offloads, done as the kernel behind a packet socket does them
+        agent_dev = SoftNic(agent_dev, parse_offloads(p["offloads"]))
     logs: list[tuple[float, str]] = []
     agent = Host(loop, agent_dev, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
                  min_free_kbytes=p["min_free_kbytes"],
@@ -601,6 +606,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "workload": dict(swap.workload),
         "nr_slots": setup["nr_slots"],
         "pgalloc_pfmemalloc": snap_alloc["reserve"]["pgalloc_pfmemalloc"],
+        **({"nic": {"kind": "in-memory wire (soft NIC)", "offloads": agent_dev.caps.names(),
+                    **agent_dev.soft_counters}} if p.get("offloads") else {}),
         "nas": {"writes": core.proc_calls.get("NFS3_WRITE", 0),
                 "commits": core.proc_calls.get("NFS3_COMMIT", 0),
                 "drc_hits": core.counters.get("drc_hits", 0)},

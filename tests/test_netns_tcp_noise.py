@@ -42,6 +42,7 @@ def _run(tmp_path, *sets):
 def test_tcp_noise_into_blocked_sinks_memalloc_recovers(tmp_path):
     p, e, snap = _run(tmp_path, "noise_tcp_streams=4")
     assert p.returncode == 0 and e["outcome"] == "recovered", p.stderr[-3000:]
+    assert snap["nic"] == {"kind": "ring-v2", "offloads": ["tx", "rx"]}      # client-agent's defaults
     tn = e["tcp_noise"]
     assert sorted(tn["sinks"]) == ["tcp:9201", "tcp:9202", "tcp:9203", "tcp:9204"]
     for s in tn["sinks"].values():
@@ -64,7 +65,10 @@ def test_tcp_noise_into_blocked_sinks_memalloc_recovers(tmp_path):
 
 def test_hping3_as_the_flood(tmp_path):
     assert shutil.which("hping3"), "hping3 is in scripts/bootstrap.sh APT_PACKAGES"
-    p, e, snap = _run(tmp_path, f"flood_command={HPING}")
+    # ... with the scenario naming its NIC's offloads (TSO: every NFS WRITE record one GSO buffer)
+    p, e, snap = _run(tmp_path, f"flood_command={HPING}", "offloads=tx,rx,tso")
     assert e["outcome"] in ("recovered", "completed"), p.stderr[-3000:]
+    assert snap["nic"] == {"kind": "ring-v2", "offloads": ["tx", "rx", "tso"]}
+    assert snap["device"]["tx_gso"] > 0 and snap["device"]["tp_drops"] == 0
     assert "hping3" in e["flood"]["command"] and "sent" not in e["flood"]
     assert all(snap["services"][f"udp:{port}"]["read"] > 0 for port in range(9001, 9005))

@@ -30,7 +30,7 @@ def _complete(frame: bytearray) -> None:
 def gso_segment(frame: bytes, gso_size: int) -> list[bytes]:
     """tcp4_gso_segment as the kernel does it for a GSO_TCPV4 buffer: the payload cut every
     ``gso_size`` bytes, each piece with the headers copied, seq advanced, PSH/FIN only on the
-    last, IP total length and id per piece, checksums completed."""
+    last, CWR only on the first, IP total length and id per piece, checksums completed."""
     ihl = (frame[14] & 15) * 4
     th = 14 + ihl
     doff = (frame[th + 12] >> 4) * 4
@@ -49,6 +49,8 @@ def gso_segment(frame: bytes, gso_size: int) -> list[bytes]:
         struct.pack_into("!I", f, th + 4, (seq + off) & 0xFFFFFFFF)
         if not last:
             f[th + 13] &= ~0x09                 # PSH and FIN: the last piece's only
+        if i:
+            f[th + 13] &= ~0x80                 # CWR: the first piece's only (th->cwr = 0)
         # the pseudo-header sum for this piece's length, then skb_checksum_help
         f[th + 16:th + 18] = fold(ones_sum(src + dst) + 6 + len(f) - th).to_bytes(2, "big")
         _complete(f)

@@ -520,10 +520,15 @@ def open_device(ifname: str, nic: str, offloads: DeviceCapabilities | None = Non
     (rings; transmit ring on), ``ring-v3-send`` (receive ring, one send() per frame)."""
     from .afpacket import AfPacketDevice
     if nic == "socket":
-        return AfPacketDevice(ifname, offloads=offloads)
-    if nic in ("ring-v3", "ring-v2", "ring-v3-send"):
-        return RingDevice(ifname, version=3 if nic.startswith("ring-v3") else 2, offloads=offloads,
-                          tx_ring=not nic.endswith("-send"))
+        dev = AfPacketDevice(ifname, offloads=offloads)
+    elif nic in ("ring-v3", "ring-v2", "ring-v3-send"):
+        dev = RingDevice(ifname, version=3 if nic.startswith("ring-v3") else 2, offloads=offloads,
+                         tx_ring=not nic.endswith("-send"))
+    else:
+        dev = None
+    if dev is not None:
+        dev.nic_kind = nic                  # what the snapshot reports as the NIC's kind
+        return dev
     raise AfPacketError(errno.EINVAL, f"unknown --nic {nic!r}; known: {', '.join(NICS)}")
 
 
