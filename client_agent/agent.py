@@ -363,6 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Python's cyclic garbage collector, tuned for a long-lived process that allocates many short-lived
+# containers (tasks' generators, buffers, tuples) and holds a large, fixed pool (one Page object
+# per pool page): after set-up everything alive is frozen out of the collector's generations
+# (gc.freeze: never traversed again), and the youngest generation is collected every 20000
+# allocations instead of 700 (most garbage here is freed by reference counting anyway).
+# Measured with testbed/bench/wb_inproc.py under cachegrind: 777k -> 742k instructions per
+# swapped-out page (-4.5 %), no change in behaviour.
+GC_THRESHOLD = (20000, 50, 50)
+
+
+def tune_gc() -> None:
+    """Freeze what set-up built and raise the young generation's threshold (above)."""
+    import gc
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -429,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_sigterm(*_):
         raise KeyboardInterrupt  # leaves run_forever at once, even from a blocking select()
     signal.signal(signal.SIGTERM, on_sigterm)
+    tune_gc()
     signal_ready(args.ready_fd)
     profile_path = os.environ.get("CLIENT_AGENT_PROFILE")  # cProfile the run (benchmarks' profiles)
     profiler = None

@@ -70,9 +70,9 @@ class NfsFile:
         self.transport.set_memalloc(on)
 
     def write_page(self, offset: int, make_data):
-        """Generator: None once durable, or a WriteError."""
-        return (yield from self.transport.write_durably(self.fh, offset, make_data, self.stable,
-                                                        self.counters))
+        """Generator: None once durable, or a WriteError. (The transport's generator itself: one
+        frame less on every resumption of a writeback task.)"""
+        return self.transport.write_durably(self.fh, offset, make_data, self.stable, self.counters)
 
     def read_page(self, offset: int):
         """Generator: the page's 4096 bytes, or a WriteError (proc READ)."""

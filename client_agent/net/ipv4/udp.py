@@ -302,8 +302,9 @@ def udp_output(st, sk: UdpSocket, dst: tuple[bytes, int], data, now: float) -> i
         n = int.from_bytes(payload, "big")
         if length & 1:
             n <<= 8
-        c = (n + int.from_bytes(st.ip, "big") + int.from_bytes(dip, "big") + 17 + length
-             + sport + dport + length) % 0xFFFF or 0xFFFF
+        # the small terms first: one addition to the payload's (32768-bit) number, not seven
+        c = (n + (int.from_bytes(st.ip, "big") + int.from_bytes(dip, "big") + 17 + length
+                  + sport + dport + length)) % 0xFFFF or 0xFFFF
         c = ~c & 0xFFFF or 0xFFFF
     seg = _UDP_HDR.pack(sport, dport, length, c) + payload
     rc = ip_queue_xmit(st, dip, IPPROTO_UDP, seg, now, sk.sk_gfp_mask(sk.sk_allocation), sk.owner,

@@ -1,0 +1,31 @@
+"""`testbed bench --section wb_inproc`: the agent's writeback path in process (no root). No timing
+is asserted (speed lives in the bench's figures); what is asserted is that the section measures
+what it says: every page acknowledged went through the agent's stack as the MTU dictates, nothing
+was retransmitted, and the figures are finite and positive."""
+
+import math
+
+from testbed.bench import load_sections
+from testbed.bench.framework import BenchContext
+from testbed.bench.wb_inproc import MTUS, measure
+
+
+def test_each_write_crosses_the_wire_as_the_mtu_dictates():
+    for mtu, frames in ((1500, 3), (9000, 1)):
+        m = measure(mtu, 400)
+        assert m["pages"] >= 400 and m["writes"] >= m["pages"]          # one WRITE a page, all FILE_SYNC
+        assert m["frames_to_nas"] == frames * m["writes"]                 # 4 KiB + headers: 3 fragments at 1500
+        assert m["rpc_retrans"] == 0 and m["pswpout"] >= m["pages"]
+        assert 0 < m["responder_cpu_s"] < m["cpu_s"] and m["us_per_page"] > 0
+
+
+def test_the_section_reports_per_mtu_figures_against_the_rpc_floor(monkeypatch):
+    import testbed.bench.wb_inproc as wb
+    monkeypatch.setattr(wb, "QUICK_PAGES", 300)
+    res = load_sections().get("wb_inproc").fn(BenchContext(quick=True))
+    figs = {f.name: f for f in res.figures}
+    assert set(figs) == {f"mtu{m}.{k}" for m in MTUS for k in ("agent_cpu_us_per_page", "rpc_min_cpu_us_per_page")}
+    for m in MTUS:
+        a, floor = figs[f"mtu{m}.agent_cpu_us_per_page"], figs[f"mtu{m}.rpc_min_cpu_us_per_page"]
+        assert math.isfinite(a.value) and a.value > 0 and a.baseline == floor.value > 0
+        assert a.target is None and "frames a WRITE" in a.notes
