@@ -79,24 +79,40 @@ class Kswapd:
                 yield WaitEvent(KSWAPD_KEY, reason="kswapd: sleeping (balanced)")
                 continue
             self.counters["wakeups"] += 1
+            fms = self.filemaps
+            devs = self.swap_devices
             while not alloc.kswapd_should_stop():
-                fms = self.filemaps
-                if any(fm.drop_clean() for fm in fms):
+                # (plain loops, not generator expressions: this runs once per page reclaimed)
+                dropped = False
+                for fm in fms:
+                    if fm.drop_clean():
+                        dropped = True
+                        break
+                if dropped:
                     vm["pgscan_kswapd"] += 1
                     continue
-                nwb = (sum(d.nr_writeback for d in self.swap_devices)
-                       + sum(fm.nr_reclaim_writeback for fm in fms))
-                room = alloc.nr_free + nwb <= alloc.wmark_high and nwb < self.max_writeback
-                if room:
-                    fm = next((fm for fm in fms if fm.can_pageout()), None)
-                    if fm is not None:
-                        vm["pgscan_kswapd"] += 1
-                        fm.pageout()
+                nwb = 0
+                for d in devs:
+                    nwb += d.nr_writeback
+                for fm in fms:
+                    nwb += fm.nr_reclaim_writeback
+                if alloc.nr_free + nwb <= alloc.wmark_high and nwb < self.max_writeback:
+                    started = False
+                    for fm in fms:
+                        if fm.can_pageout():
+                            vm["pgscan_kswapd"] += 1
+                            fm.pageout()
+                            started = True
+                            break
+                    if started:
                         continue
-                    dev = next((d for d in self.swap_devices if d.can_swap()), None)
-                    if dev is not None:
-                        vm["pgscan_kswapd"] += 1
-                        dev.writepage()
+                    for d in devs:
+                        if d.can_swap():
+                            vm["pgscan_kswapd"] += 1
+                            d.writepage()
+                            started = True
+                            break
+                    if started:
                         continue
                 self.counters["throttled"] += 1
                 yield WaitEvent(WRITEBACK_KEY, until=self.sched.now + THROTTLE_WRITEBACK_S,

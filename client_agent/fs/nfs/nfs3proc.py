@@ -381,7 +381,8 @@ class NfsTransport:
         return v.reply
 
     def _write_call(self, fh: bytes, offset: int, data: bytes, stable: int):
-        """Generator: one WRITE call; returns the reply's bytes, undecoded."""
+        """Generator (the RPC call's own: one frame less on each resumption): one WRITE call;
+        returns the reply's bytes, undecoded."""
         if len(data) > self.wsize:
             raise ValueError(f"write of {len(data)} bytes exceeds wsize {self.wsize}")
         # nfs3.encode_write_call's bytes: what follows the xid up to the file handle's padding
@@ -394,9 +395,7 @@ class NfsTransport:
         n = len(data)
         tail = _WRITE_TAIL.pack(offset, n, stable, n)
         pad = b"\0" * (-n & 3)
-        msg = yield from self.call(
-            lambda xid: b"".join((_U32.pack(xid), prefix, tail, data, pad)), "WRITE")
-        return msg
+        return self.call(lambda xid: b"".join((_U32.pack(xid), prefix, tail, data, pad)), "WRITE")
 
     def commit(self, fh: bytes, offset: int = 0, count: int = 0):
         """COMMIT -> nfs3.WriteReply (verf). Raises NfsError on anything but NFS3_OK."""
