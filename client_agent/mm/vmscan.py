@@ -97,22 +97,19 @@ class Kswapd:
                 for fm in fms:
                     nwb += fm.nr_reclaim_writeback
                 if alloc.nr_free + nwb <= alloc.wmark_high and nwb < self.max_writeback:
-                    started = False
+                    start = None                        # a dirty file page first, else swap
                     for fm in fms:
                         if fm.can_pageout():
-                            vm["pgscan_kswapd"] += 1
-                            fm.pageout()
-                            started = True
+                            start = fm.pageout
                             break
-                    if started:
-                        continue
-                    for d in devs:
-                        if d.can_swap():
-                            vm["pgscan_kswapd"] += 1
-                            d.writepage()
-                            started = True
-                            break
-                    if started:
+                    else:
+                        for d in devs:
+                            if d.can_swap():
+                                start = d.writepage
+                                break
+                    if start is not None:
+                        vm["pgscan_kswapd"] += 1
+                        start()
                         continue
                 self.counters["throttled"] += 1
                 yield WaitEvent(WRITEBACK_KEY, until=self.sched.now + THROTTLE_WRITEBACK_S,
