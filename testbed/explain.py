@@ -6,7 +6,9 @@ timeline (counters every 0.2 s). Output: one row per NAS reply (UDP from port 20
 IP fragments reassembled by id) with its fate:
 
 - ``delivered``: the xid is in ``xids_replied`` (the transport matched it to a call); a second
-  reply for an xid already answered is ``duplicate`` (the reply to a retransmission);
+  reply for an xid already answered is ``retrans`` over TCP when its segment resends stream bytes
+  already seen (a TCP retransmission: the same bytes at the same sequence numbers), else
+  ``duplicate`` (a new reply record: the server answering an RPC retransmission);
 - ``dropped``: the xid was sent but never answered; the reason and layer are INFERRED from which
   drop counter moved in the sampling interval around the frame's arrival, in this order of
   evidence: the NFS socket's own ``drops`` (SOCKET_RCVBUFF at the socket), ``rx_nobuf``
@@ -139,8 +141,16 @@ def _tcp_replies(ts: float, ip, ihl: int, port: int, flows: dict) -> list[dict]:
         return []
     payload = t[doff:]
     tag = (ts, struct.unpack_from("!H", ip, 4)[0], len(payload))
-    return [{"ts": t0, "xid": xid, "ip_id": ip_id, "frags": 1, "size": n}
-            for (t0, ip_id, n), xid, mtype in sc.segment(seq, payload, tag) if mtype == 1]
+    rel, rcv0 = (seq - sc.isn) & 0xFFFFFFFF, sc.rcv
+    got = sc.segment(seq, payload, tag)
+    # a segment (partly) below the stream's parsed point resends bytes already on the wire: the
+    # replies whose 12th byte it holds again are TCP retransmissions (same bytes, same sequence
+    # numbers), not new RPC records (RecordXidScanner._known)
+    resent = ({x for s, x, _m in sc.starts if rel <= s + 11 < min(rel + len(payload), rcv0)}
+              if got and rel < rcv0 else ())
+    return [{"ts": t0, "xid": xid, "ip_id": ip_id, "frags": 1, "size": n, "flow": cport,
+             "tcp_retransmit": xid in resent}
+            for (t0, ip_id, n), xid, mtype in got if mtype == 1]
 
 
 _ZERO = {"t": float("-inf"), "rx_nobuf": 0, "nfs_sock_drops": 0, "drop_reasons": {}}
@@ -199,7 +209,10 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
         if final_t is not None and t > final_t:
             row.update(fate="unknown", reason="after the final snapshot", layer="-", confidence="-")
         elif r["xid"] in replied:
-            if r["xid"] in answered:
+            if r["xid"] in answered and r.get("tcp_retransmit"):
+                row.update(fate="retrans", reason="TCP retransmission of a reply already received", layer="TCP",
+                           confidence="exact", evidence=f"the same stream bytes again (client port {r['flow']})")
+            elif r["xid"] in answered:
                 row.update(fate="duplicate", reason="reply to a retransmission, xid already answered", layer="transport",
                            confidence="exact")
             else:
@@ -232,6 +245,8 @@ def summary_line(ex: dict) -> str:
     parts = [f"{ex['replies_on_wire']} NFS replies on the client's wire: {f.get('delivered', 0)} delivered"]
     if f.get("duplicate"):
         parts.append(f"{f['duplicate']} duplicate")
+    if f.get("retrans"):
+        parts.append(f"{f['retrans']} TCP retransmission{'s' if f['retrans'] > 1 else ''} of replies already received")
     if f.get("dropped"):
         parts.append(f"{f['dropped']} dropped (" + ", ".join(f"{v} {k}" for k, v in
                                                               sorted(ex["drops_by_reason"].items(), key=lambda kv: -kv[1])) + ")")

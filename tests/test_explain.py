@@ -180,3 +180,38 @@ def test_demo_aoe_table_of_its_own_counts_responses_by_tag():
     assert len(demo._tables(entries[:1])["tables"]) == 2          # no AoE table without AoE entries
     assert demo._tables(entries)["tables"][2] == {"title": demo.AOE_TABLE_TITLE, "scenarios": ["aoe-linux"],
                                                   "beyond_linux": []}
+
+
+def _tcp_pcap(path, segs, cport=700):
+    """NAS:2049 -> CLI:cport, a SYN-ACK (ISN 1000) then ``segs``: (t, seq offset, payload)."""
+    from scapy.all import TCP
+    syn = Ether() / IP(src=NAS, dst=CLI) / TCP(sport=2049, dport=cport, flags="SA", seq=1000)
+    syn.time = T0
+    pkts = [syn]
+    for i, (t, off, data) in enumerate(segs):
+        p = Ether() / IP(src=NAS, dst=CLI, id=200 + i) / TCP(sport=2049, dport=cport, flags="A", seq=1001 + off) / data
+        p.time = T0 + t
+        pkts.append(p)
+    wrpcap(path, pkts)
+
+
+def _record(xid, body=40):
+    return struct.pack("!III", 0x80000000 | (8 + body), xid, 1) + bytes(body)
+
+
+def test_tcp_retransmission_of_a_reply_is_not_a_duplicate_reply(tmp_path):
+    """Over TCP a segment resending stream bytes already seen (same sequence numbers) is a TCP
+    retransmission; a new record for an answered xid (further on in the stream) is a duplicate reply."""
+    a, b = _record(21), _record(22)
+    p = str(tmp_path / "t.pcap")
+    _tcp_pcap(p, [(0.1, 0, a + b), (0.3, 0, a + b), (0.5, len(a + b), _record(22))])
+    r = explain.nfs_replies(p, NAS, CLI)
+    assert [(x["xid"], x["tcp_retransmit"], x["flow"]) for x in r] == [
+        (21, False, 700), (22, False, 700), (21, True, 700), (22, True, 700), (22, False, 700)]
+    ex = explain.explain(r, {"nfs": {"xids_sent": [21, 22], "xids_replied": [21, 22]}}, [], t0_wall=T0)
+    assert [(x["xid"], x["fate"]) for x in ex["rows"]] == [
+        (21, "delivered"), (22, "delivered"), (21, "retrans"), (22, "retrans"), (22, "duplicate")]
+    assert ex["rows"][2]["reason"] == "TCP retransmission of a reply already received"
+    assert ex["rows"][2]["layer"] == "TCP"
+    assert explain.summary_line(ex) == ("5 NFS replies on the client's wire: 2 delivered, 1 duplicate, "
+                                        "2 TCP retransmissions of replies already received")
