@@ -17,6 +17,11 @@ IP fragments reassembled by id) with its fate:
 - ``unknown``: the xid is older than the agent's 16384-xid window, or the frame arrived after the
   final snapshot.
 
+Over TCP the MNT reply (MOUNT on the NFS port, as nas-server serves it) comes on mountd's own
+short-lived connection, whose xids are in no NFS-transport set: a reply on a client port other
+than the NFS transport's is the MOUNT client's, ``delivered`` at layer ``MOUNT client`` (exact from
+``nfs_frame_fates``' ``queued:<socket>``; inferred from the mount having succeeded without it).
+
 Exact attribution: the agent records, for every frame from the NFS server's port, where its
 buffer ended (``snapshot()["nfs_frame_fates"]``: ``[ip_id, xid, fate]``, fate a drop reason or
 ``queued:<socket>``; client_agent/net/sunrpc/trace.py ``RpcReplyTrace``). A drop found there is ``exact``;
@@ -202,6 +207,12 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
     answered: set[int] = set()
     # Exact fates, when the agent recorded them: (ip_id, xid) -> drop reason or "queued:<socket>".
     exact = {(f[0], f[1]): f[2] for f in final_snap.get("nfs_frame_fates") or ()}
+    # Over TCP the MNT call goes on its own short-lived connection to mountd (nfs3proc.py _oneshot),
+    # on the NFS port when the server serves MOUNT there (nas-server): its xid is in no NFS-window
+    # set, its reply arrives on a client port other than the NFS transport's.
+    mount_here = str(nfs.get("mount_port")) == str(nfs.get("server", "")).rpartition(":")[2]
+    nfs_flows = {r.get("flow") for r in replies if r["xid"] in sent or r["xid"] in replied}
+    nfs_flows.add(((nfs.get("socket") or {}).get("local") or (None, None))[1])
     rows = []
     for r in replies:
         t = r["ts"] - t0_wall
@@ -225,6 +236,16 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
         elif r["xid"] in sent:
             reason, layer, ev = infer_drop(t, timeline, memalloc_sock)
             row.update(fate="dropped", reason=reason, layer=layer, confidence="inferred", evidence=ev)
+        elif mount_here and r.get("flow") is not None and r["flow"] not in nfs_flows:
+            fate = exact.get((r["ip_id"], r["xid"]))
+            if fate is not None and not fate.startswith("queued:"):
+                row.update(fate="dropped", reason=fate, layer=LAYER.get(fate, "stack"), confidence="exact",
+                           evidence=f"MNT reply on mountd's connection (client port {r['flow']}), nfs_frame_fates")
+            else:
+                row.update(fate="delivered", reason="MNT reply", layer="MOUNT client",
+                           confidence="exact" if fate else "inferred",
+                           evidence=(f"on mountd's own connection (client port {r['flow']}), not the NFS transport's; "
+                                     + (f"{fate} (nfs_frame_fates)" if fate else "the mount succeeded")))
         else:
             row.update(fate="unknown", reason=f"xid outside the agent's last-{WINDOW} window", layer="-", confidence="-")
         rows.append(row)
@@ -232,6 +253,7 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
     drops = Counter(f"{r['reason']} @ {r['layer']}" for r in rows if r["fate"] == "dropped")
     return {"replies_on_wire": len(rows), "fates": dict(fates), "drops_by_reason": dict(drops),
             "nfs_socket_memalloc": memalloc_sock,
+            "mount_replies_delivered": sum(1 for r in rows if r["layer"] == "MOUNT client" and r["fate"] == "delivered"),
             "method": ("xid sets and the agent's per-frame fate record (exact drop reasons)" if exact else
                        "xid sets from the final snapshot; drop reasons inferred from the counters in the "
                        "0.2 s sampling interval of each frame"),
@@ -242,7 +264,9 @@ def summary_line(ex: dict) -> str:
     if "responses_on_wire" in ex:
         return aoe_summary_line(ex)
     f = ex["fates"]
-    parts = [f"{ex['replies_on_wire']} NFS replies on the client's wire: {f.get('delivered', 0)} delivered"]
+    mnt = ex.get("mount_replies_delivered", 0)
+    parts = [f"{ex['replies_on_wire']} NFS replies on the client's wire: {f.get('delivered', 0)} delivered"
+             + (f" ({mnt} MOUNT)" if mnt else "")]
     if f.get("duplicate"):
         parts.append(f"{f['duplicate']} duplicate")
     if f.get("retrans"):

@@ -215,3 +215,32 @@ def test_tcp_retransmission_of_a_reply_is_not_a_duplicate_reply(tmp_path):
     assert ex["rows"][2]["layer"] == "TCP"
     assert explain.summary_line(ex) == ("5 NFS replies on the client's wire: 2 delivered, 1 duplicate, "
                                         "2 TCP retransmissions of replies already received")
+
+
+def test_the_mnt_reply_on_mountds_own_connection_is_the_mount_clients(tmp_path):
+    """Over TCP the MNT call has its own connection to the NFS port (nas-server serves MOUNT there):
+    its reply, on another client port, is the MOUNT client's -- not an xid outside the NFS window."""
+    from scapy.all import TCP
+    pkts = []
+    for t, cport, data in ((0.0, 701, None), (0.1, 701, _record(0x500)), (0.2, 700, None), (0.3, 700, _record(31)),
+                           (0.4, 702, None), (0.5, 702, _record(0x999))):
+        p = Ether() / IP(src=NAS, dst=CLI, id=int(t * 10)) / (
+            TCP(sport=2049, dport=cport, flags="SA", seq=1000) if data is None else
+            TCP(sport=2049, dport=cport, flags="A", seq=1001) / data)
+        p.time = T0 + t
+        pkts.append(p)
+    path = str(tmp_path / "m.pcap")
+    wrpcap(path, pkts)
+    nfs = {"server": "198.18.0.1:2049", "mount_port": 2049, "xids_sent": [31], "xids_replied": [31],
+           "socket": {"local": ["198.18.0.2", 700]}}
+    snap = {"nfs": nfs, "nfs_frame_fates": [[1, 0x500, "queued:sk:tcp:198.18.0.2:701"]]}
+    ex = explain.explain(explain.nfs_replies(path, NAS, CLI), snap, [], t0_wall=T0)
+    rows = {r["xid"]: r for r in ex["rows"]}
+    assert (rows[0x500]["fate"], rows[0x500]["layer"], rows[0x500]["confidence"]) == ("delivered", "MOUNT client", "exact")
+    assert "client port 701" in rows[0x500]["evidence"]
+    assert (rows[0x999]["layer"], rows[0x999]["confidence"]) == ("MOUNT client", "inferred")   # not in the record
+    assert rows[31]["layer"] == "transport"
+    assert explain.summary_line(ex) == "3 NFS replies on the client's wire: 3 delivered (2 MOUNT)"
+    # a server whose mountd has a port of its own: a reply from the NFS port on another connection is unknown
+    ex = explain.explain(explain.nfs_replies(path, NAS, CLI), {**snap, "nfs": {**nfs, "mount_port": 20048}}, [], t0_wall=T0)
+    assert ex["fates"] == {"delivered": 1, "unknown": 2}
