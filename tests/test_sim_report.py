@@ -33,6 +33,20 @@ def test_run_sim_writes_the_report_directory(tmp_path, capsys):
     assert any(9000 <= d < 9004 for _s, d in ports)
     assert len(frames) > e["counters"]["rx_nobuf"]
     assert "[simulated, seed 3]" in capsys.readouterr().out
+    # final_snapshot.json: the agent's snapshot with a real run's keys, which `testbed stat` reads
+    from client_agent.agent import Agent
+    from client_agent.loop import Loop, ManualClock
+    from client_agent.phy.wire_pair import WirePair
+    loop = Loop(ManualClock())
+    real = Agent(loop, WirePair(loop).a, ip="198.18.0.2", prefix_len=24, pool_pages=512).snapshot()
+    snap = json.loads((out / "final_snapshot.json").read_text())
+    assert set(snap) == set(real)
+    assert snap["nfs"]["proto"] == "tcp" and snap["nfs"]["counters"]["rpc_calls"] > 0
+    assert snap["alloc"]["vmstat"]["pswpout"] == e["counters"]["pswpout"]
+    assert main(["stat", "vmstat", "--report", str(out)]) == 0
+    assert f"pswpout {e['counters']['pswpout']}" in capsys.readouterr().out
+    assert main(["stat", "sst", "--report", str(out)]) == 0           # ss -tinm: the NFS connection
+    assert "198.18.0.1:2049" in capsys.readouterr().out
 
 
 def test_run_sim_bad_override_is_one_line(tmp_path, capsys):
