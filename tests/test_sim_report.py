@@ -3,6 +3,8 @@ with the scenario entry keys, timeline.json, a PNG, a pcap of the in-memory wire
 
 import json
 
+import pytest
+
 from testbed.cli import main
 from testbed.report import SCENARIO_KEYS
 
@@ -54,3 +56,13 @@ def test_run_sim_bad_override_is_one_line(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "slots" in err[0]
+
+
+@pytest.mark.parametrize("flags", [["--client", "linux"], ["--kernel", "/boot/vmlinuz"]])
+def test_run_sim_with_the_linux_client_is_one_line(tmp_path, capsys, flags):
+    """--sim has the agent client only: asking for the Linux VM client is refused, nothing created."""
+    out = tmp_path / "x"
+    assert main(["run", "memalloc", "--sim", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--sim" in err[0] and "client=linux" in err[0] and "without --sim" in err[0]
+    assert not out.exists()
