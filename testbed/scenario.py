@@ -324,6 +324,14 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
     return sc
 
 
+def check_seed(seed: int | None) -> int | None:
+    """``--seed`` as given (None: the scenario's), or ScenarioError naming --seed and its range."""
+    lo, hi = _INT_RANGES["seed"]
+    if seed is not None and not lo <= seed <= hi:
+        raise ScenarioError(f"--seed {seed}: outside {lo}..{hi}; give a seed in that range")
+    return seed
+
+
 def parse_override(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` from ``--set``; VALUE read as TOML (so 30, 2.5, true, "UNSTABLE" work)."""
     if "=" not in text:

@@ -66,3 +66,12 @@ def test_run_sim_with_the_linux_client_is_one_line(tmp_path, capsys, flags):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--sim" in err[0] and "client=linux" in err[0] and "without --sim" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("cmd", [["run", "memalloc", "--sim"], ["demo", "--quick"]])
+@pytest.mark.parametrize("seed", ["-1", str(2**63)])
+def test_a_seed_out_of_range_names_seed_and_its_range(tmp_path, capsys, cmd, seed):
+    assert main([*cmd, "--out", str(tmp_path / "x"), "--seed", seed]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"testbed: --seed {seed}: outside 0..{2**63 - 1}; give a seed in that range"]
+    assert not (tmp_path / "x").exists()

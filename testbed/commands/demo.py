@@ -46,6 +46,7 @@ def run(args) -> int:
     clients = {"both": ("agent", "linux"), "linux": ("linux",)}.get(ov.pop("client", "agent"), ("agent",))
     try:
         sets = dict(scn.parse_override(o) for o in args.overrides)
+        scn.check_seed(args.seed)
         if args.aoe and args.protocols:
             raise UserError("--aoe and --protocols each choose the demo's scenarios; give one of them")
         if (args.aoe or args.protocols) and (clients != ("agent",) or args.scenario):

@@ -79,7 +79,7 @@ def run(args) -> int:
 
     try:
         overrides = dict(scn.parse_override(o) for o in args.overrides)
-        if args.seed is not None:
+        if scn.check_seed(args.seed) is not None:
             overrides["seed"] = args.seed
         if args.bench:
             overrides["agent_capacity_pps"] = scn.capacity_from_bench(args.bench)
