@@ -17,6 +17,11 @@ SCENARIO_KEYS = ("name", "outcome", "seed", "expect", "time_to_stall_s", "time_t
                  "preflight", "counters", "watchdog")
 
 
+def kv_text(d: dict) -> str:
+    """A dict as one progress line's ``key=value key=value`` (a nested dict in parentheses)."""
+    return " ".join(f"{k}=({kv_text(v)})" if isinstance(v, dict) else f"{k}={v}" for k, v in d.items())
+
+
 def default_out_dir(scenario_name: str) -> str:
     return os.path.join("reports", f"{scenario_name}-{time.strftime('%Y%m%dT%H%M%S')}")
 

@@ -75,3 +75,9 @@ def test_a_seed_out_of_range_names_seed_and_its_range(tmp_path, capsys, cmd, see
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"testbed: --seed {seed}: outside 0..{2**63 - 1}; give a seed in that range"]
     assert not (tmp_path / "x").exists()
+
+
+def test_kv_text_is_one_progress_line():
+    from testbed.report import kv_text
+    assert kv_text({"nr_slots": 4096, "device": 0, "fh": "ab01"}) == "nr_slots=4096 device=0 fh=ab01"
+    assert kv_text({"a": {"b": 1, "c": None}}) == "a=(b=1 c=None)"
