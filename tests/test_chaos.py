@@ -89,3 +89,14 @@ def test_cli_refuses_traversal_and_negative_counts(tmp_path, capsys):
     assert main(["chaos", "--runs", "-1", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "'..'" in err and "counts must be >= 0" in err
+
+
+def test_two_campaigns_in_the_same_second_get_their_own_default_directories(tmp_path, monkeypatch, capsys):
+    import time
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261130T120000")
+    assert main(["chaos", "--runs", "0"]) == 0
+    assert main(["chaos", "--runs", "0"]) == 0
+    assert sorted(os.listdir(tmp_path / "reports")) == ["chaos-20261130T120000", "chaos-20261130T120000-2"]
+    for d in ("chaos-20261130T120000", "chaos-20261130T120000-2"):
+        assert json.loads((tmp_path / "reports" / d / "campaign.json").read_text())["runs"] == 0

@@ -18,7 +18,8 @@ def register(sub) -> None:
     p.add_argument("--runs", type=int, default=20, help="in-memory runs (default 20; each replays from --seed and its index)")
     p.add_argument("--seed", type=int, default=1, help="campaign seed (default 1)")
     p.add_argument("--real", type=int, default=0, metavar="K", help="real-packet runs in namespaces (root; default 0)")
-    p.add_argument("--out", metavar="DIR", help="campaign.json and the reports of failed runs (default: ./reports/chaos-<timestamp>)")
+    p.add_argument("--out", metavar="DIR", help="campaign.json and the reports of failed runs (default: ./reports/chaos-<timestamp>, "
+                        "-2, -3, ... after it for another campaign started in the same second)")
     p.add_argument("--storage", choices=("nfs", "nbd", "iscsi"), default="nfs",
                    help="the storage protocol of every run (its scenarios: nbd-memalloc, ...; default nfs)")
     p.add_argument("--client", choices=("agent", "linux"), default="agent",
@@ -29,8 +30,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import time
-
     from testbed import chaos
     from testbed import report as rep
     from testbed.cli import UserError
@@ -42,7 +41,7 @@ def run(args) -> int:
     if args.client == "linux" and args.storage != "nfs":
         raise UserError(f"--client linux --storage {args.storage}: the Linux guest swaps over NFS only; "
                         "drop --storage or use --client agent")
-    out = rep.prepare(args.out or f"reports/chaos-{time.strftime('%Y%m%dT%H%M%S')}")
+    out = rep.prepare(args.out or rep.default_out_dir("chaos"))
     print(chaos.HEADER)
     if args.only is not None:
         row = chaos.run_one(args.seed, args.only, args.storage)
