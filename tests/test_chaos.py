@@ -4,6 +4,8 @@ and the exit status. The real-packet part (--real) is tests/test_netns_chaos.py.
 import json
 import os
 
+import pytest
+
 from testbed import chaos
 from testbed.cli import main
 
@@ -100,3 +102,14 @@ def test_two_campaigns_in_the_same_second_get_their_own_default_directories(tmp_
     assert sorted(os.listdir(tmp_path / "reports")) == ["chaos-20261130T120000", "chaos-20261130T120000-2"]
     for d in ("chaos-20261130T120000", "chaos-20261130T120000-2"):
         assert json.loads((tmp_path / "reports" / d / "campaign.json").read_text())["runs"] == 0
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--only", "20"], "--only 20: the campaign's in-memory runs are 0..19 (--runs 20)"),
+    (["--runs", "3", "--only", "3"], "--only 3: the campaign's in-memory runs are 0..2 (--runs 3)"),
+    (["--only", "-1"], "--only -1: the campaign's in-memory runs are 0..19 (--runs 20)")])
+def test_only_beyond_the_campaign_is_one_line(tmp_path, capsys, argv, line):
+    assert main(["chaos", *argv, "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"testbed: {line}; give --only in that range")
+    assert not (tmp_path / "c").exists()

@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--client", choices=("agent", "linux"), default="agent",
                    help="the client of the --real runs: the agent, or a Linux kernel in a QEMU VM (packet faults "
                         "through a relay on its tap, NAS restarts; testbed.linux_vm)")
-    p.add_argument("--only", type=int, metavar="I", help="replay in-memory run I of the campaign only")
+    p.add_argument("--only", type=int, metavar="I", help="replay in-memory run I of the campaign only (0 <= I < --runs)")
     p.set_defaults(func=run)
 
 
@@ -36,6 +36,9 @@ def run(args) -> int:
 
     if args.runs < 0 or args.real < 0:
         raise UserError(f"--runs {args.runs} / --real {args.real}: counts must be >= 0")
+    if args.only is not None and not 0 <= args.only < args.runs:
+        raise UserError(f"--only {args.only}: the campaign's in-memory runs are 0..{args.runs - 1} (--runs {args.runs}); "
+                        f"give --only in that range, or a larger --runs")
     if args.real and __import__("os").geteuid() != 0:
         raise UserError("--real needs root for namespaces: run it with sudo (see `testbed doctor`), or use --real 0")
     if args.client == "linux" and args.storage != "nfs":
