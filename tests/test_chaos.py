@@ -113,3 +113,21 @@ def test_only_beyond_the_campaign_is_one_line(tmp_path, capsys, argv, line):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"testbed: {line}; give --only in that range")
     assert not (tmp_path / "c").exists()
+
+
+def test_aoe_campaign_in_memory(tmp_path, capsys):
+    """--storage aoe: aoe-linux and aoe-extended under the kinds that apply to AoE; the invariant
+    holds; --real is refused in one line."""
+    pl = [chaos.plan(1, i, "aoe") for i in range(4)]
+    assert [p["scenario"] for p in pl] == ["aoe-linux", "aoe-extended"] * 2
+    assert all(set(p["kinds"]) <= set(chaos.AOE_KINDS) and p["params"]["storage"] == "aoe" for p in pl)
+    out = tmp_path / "c"
+    assert main(["chaos", "--storage", "aoe", "--runs", "2", "--out", str(out)]) == 0
+    camp = json.loads((out / "campaign.json").read_text())
+    assert camp["ok"] and [r["scenario"] for r in camp["rows"]] == ["aoe-linux", "aoe-extended"]
+    assert camp["rows"][1]["written"] > 0 and camp["rows"][1]["lost"] == 0
+    assert set(camp["kinds_exercised"]) | set(camp["kinds_missing"]) == set(chaos.AOE_KINDS)
+    capsys.readouterr()
+    assert main(["chaos", "--storage", "aoe", "--real", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--storage aoe --real 1" in err[0] and "use --real 0" in err[0]
