@@ -57,8 +57,8 @@ def run(args) -> int:
                  else demo.SCENARIOS if "linux" in clients else demo.ALL_SCENARIOS)
         for n in args.scenario or ():
             if n not in demo.ALL_SCENARIOS:
-                raise UserError(f"--scenario {n}: not one of the demo's ({', '.join(demo.ALL_SCENARIOS)}); "
-                                "`testbed run NAME` runs any scenario")
+                raise UserError(f"--scenario {n}: not one of the demo's ({', '.join(demo.ALL_SCENARIOS)})"
+                                f"{scn.did_you_mean(n, demo.ALL_SCENARIOS) or ';'} `testbed run NAME` runs any scenario")
         # --protocols rows name their own transport; --transport applies to the other demos
         loaded = demo.load_all(args.seed, args.quick, tuple(args.scenario) if args.scenario else names,
                                transport=None if args.protocols else args.transport,
