@@ -5,6 +5,8 @@ final snapshot (``nfs.xids_sent`` / ``nfs.xids_replied``: the last 16384 of each
 timeline (counters every 0.2 s). Output: one row per NAS reply (UDP from port 2049 to the client,
 IP fragments reassembled by id) with its fate:
 
+- a frame the agent's per-frame record says it dropped is ``dropped`` with that exact reason,
+  whatever became of its xid later (a retransmitted copy may have been delivered);
 - ``delivered``: the xid is in ``xids_replied`` (the transport matched it to a call); a second
   reply for an xid already answered is ``retrans`` over TCP when its segment resends stream bytes
   already seen (a TCP retransmission: the same bytes at the same sequence numbers), else
@@ -219,6 +221,10 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
         row = {"t_s": round(t, 4), "xid": r["xid"], "ip_id": r["ip_id"], "frags": r["frags"], "size": r["size"]}
         if final_t is not None and t > final_t:
             row.update(fate="unknown", reason="after the final snapshot", layer="-", confidence="-")
+        elif (r["ip_id"], r["xid"]) in exact and not exact[(r["ip_id"], r["xid"])].startswith("queued:"):
+            reason = exact[(r["ip_id"], r["xid"])]
+            row.update(fate="dropped", reason=reason, layer=LAYER.get(reason, "stack"), confidence="exact",
+                       evidence="the agent's per-frame fate record (nfs_frame_fates)")
         elif r["xid"] in replied:
             if r["xid"] in answered and r.get("tcp_retransmit"):
                 row.update(fate="retrans", reason="TCP retransmission of a reply already received", layer="TCP",
@@ -229,23 +235,15 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
             else:
                 answered.add(r["xid"])
                 row.update(fate="delivered", reason="-", layer="transport", confidence="exact")
-        elif (r["ip_id"], r["xid"]) in exact and not exact[(r["ip_id"], r["xid"])].startswith("queued:"):
-            reason = exact[(r["ip_id"], r["xid"])]
-            row.update(fate="dropped", reason=reason, layer=LAYER.get(reason, "stack"), confidence="exact",
-                       evidence="the agent's per-frame fate record (nfs_frame_fates)")
         elif r["xid"] in sent:
             reason, layer, ev = infer_drop(t, timeline, memalloc_sock)
             row.update(fate="dropped", reason=reason, layer=layer, confidence="inferred", evidence=ev)
         elif mount_here and r.get("flow") is not None and r["flow"] not in nfs_flows:
-            fate = exact.get((r["ip_id"], r["xid"]))
-            if fate is not None and not fate.startswith("queued:"):
-                row.update(fate="dropped", reason=fate, layer=LAYER.get(fate, "stack"), confidence="exact",
-                           evidence=f"MNT reply on mountd's connection (client port {r['flow']}), nfs_frame_fates")
-            else:
-                row.update(fate="delivered", reason="MNT reply", layer="MOUNT client",
-                           confidence="exact" if fate else "inferred",
-                           evidence=(f"on mountd's own connection (client port {r['flow']}), not the NFS transport's; "
-                                     + (f"{fate} (nfs_frame_fates)" if fate else "the mount succeeded")))
+            fate = exact.get((r["ip_id"], r["xid"]))        # queued:<socket>, or not recorded
+            row.update(fate="delivered", reason="MNT reply", layer="MOUNT client",
+                       confidence="exact" if fate else "inferred",
+                       evidence=(f"on mountd's own connection (client port {r['flow']}), not the NFS transport's; "
+                                 + (f"{fate} (nfs_frame_fates)" if fate else "the mount succeeded")))
         else:
             row.update(fate="unknown", reason=f"xid outside the agent's last-{WINDOW} window", layer="-", confidence="-")
         rows.append(row)

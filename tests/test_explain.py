@@ -244,3 +244,16 @@ def test_the_mnt_reply_on_mountds_own_connection_is_the_mount_clients(tmp_path):
     # a server whose mountd has a port of its own: a reply from the NFS port on another connection is unknown
     ex = explain.explain(explain.nfs_replies(path, NAS, CLI), {**snap, "nfs": {**nfs, "mount_port": 20048}}, [], t0_wall=T0)
     assert ex["fates"] == {"delivered": 1, "unknown": 2}
+
+
+def test_a_dropped_reply_then_its_tcp_retransmission_delivered(tmp_path):
+    """The agent dropped the first copy (NOMEM, its per-frame record), TCP resent the bytes and the
+    transport got them: the first row is the drop, the resent one the delivery -- not "already received"."""
+    a = _record(41)
+    p = str(tmp_path / "d.pcap")
+    _tcp_pcap(p, [(0.1, 0, a), (0.4, 0, a)])               # ip ids 200, 201
+    snap = {"nfs": {"xids_sent": [41], "xids_replied": [41]},
+            "nfs_frame_fates": [[200, 41, "NOMEM"], [201, 41, "queued:sk:tcp:198.18.0.2:700"]]}
+    ex = explain.explain(explain.nfs_replies(p, NAS, CLI), snap, [], t0_wall=T0)
+    assert [(r["fate"], r["reason"], r["confidence"]) for r in ex["rows"]] == [
+        ("dropped", "NOMEM", "exact"), ("delivered", "-", "exact")]
