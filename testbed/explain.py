@@ -5,8 +5,10 @@ final snapshot (``nfs.xids_sent`` / ``nfs.xids_replied``: the last 16384 of each
 timeline (counters every 0.2 s). Output: one row per NAS reply (UDP from port 2049 to the client,
 IP fragments reassembled by id) with its fate:
 
-- a frame the agent's per-frame record says it dropped is ``dropped`` with that exact reason,
-  whatever became of its xid later (a retransmitted copy may have been delivered);
+- a TCP retransmission of a reply already received is ``retrans`` (the agent's stack drops that
+  copy as TCP_OLD_DATA, as tcp_data_queue does: no loss); any other frame the agent's per-frame
+  record says it dropped is ``dropped`` with that exact reason, whatever became of its xid later
+  (a retransmitted copy may have been delivered);
 - ``delivered``: the xid is in ``xids_replied`` (the transport matched it to a call); a second
   reply for an xid already answered is ``retrans`` over TCP when its segment resends stream bytes
   already seen (a TCP retransmission: the same bytes at the same sequence numbers), else
@@ -221,15 +223,18 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
         row = {"t_s": round(t, 4), "xid": r["xid"], "ip_id": r["ip_id"], "frags": r["frags"], "size": r["size"]}
         if final_t is not None and t > final_t:
             row.update(fate="unknown", reason="after the final snapshot", layer="-", confidence="-")
+        elif r.get("tcp_retransmit") and r["xid"] in answered:
+            # the receiving stack drops such a copy itself (tcp_data_queue: TCP_OLD_DATA): no loss
+            fx = exact.get((r["ip_id"], r["xid"]))
+            row.update(fate="retrans", reason="TCP retransmission of a reply already received", layer="TCP",
+                       confidence="exact", evidence=f"the same stream bytes again (client port {r['flow']})"
+                       + (f"; the stack dropped this copy: {fx}" if fx and not fx.startswith("queued:") else ""))
         elif (r["ip_id"], r["xid"]) in exact and not exact[(r["ip_id"], r["xid"])].startswith("queued:"):
             reason = exact[(r["ip_id"], r["xid"])]
             row.update(fate="dropped", reason=reason, layer=LAYER.get(reason, "stack"), confidence="exact",
                        evidence="the agent's per-frame fate record (nfs_frame_fates)")
         elif r["xid"] in replied:
-            if r["xid"] in answered and r.get("tcp_retransmit"):
-                row.update(fate="retrans", reason="TCP retransmission of a reply already received", layer="TCP",
-                           confidence="exact", evidence=f"the same stream bytes again (client port {r['flow']})")
-            elif r["xid"] in answered:
+            if r["xid"] in answered:
                 row.update(fate="duplicate", reason="reply to a retransmission, xid already answered", layer="transport",
                            confidence="exact")
             else:

@@ -213,6 +213,12 @@ def test_tcp_retransmission_of_a_reply_is_not_a_duplicate_reply(tmp_path):
         (21, "delivered"), (22, "delivered"), (21, "retrans"), (22, "retrans"), (22, "duplicate")]
     assert ex["rows"][2]["reason"] == "TCP retransmission of a reply already received"
     assert ex["rows"][2]["layer"] == "TCP"
+    # the agent's stack drops the resent copy (TCP_OLD_DATA): still a TCP retransmission, not a loss
+    snap = {"nfs": {"xids_sent": [21, 22], "xids_replied": [21, 22]},
+            "nfs_frame_fates": [[200, 21, "queued:sk:tcp:198.18.0.2:700"], [201, 21, "TCP_OLD_DATA"]]}
+    ex2 = explain.explain(r, snap, [], t0_wall=T0)
+    assert [x["fate"] for x in ex2["rows"]] == ["delivered", "delivered", "retrans", "retrans", "duplicate"]
+    assert ex2["rows"][2]["evidence"].endswith("the stack dropped this copy: TCP_OLD_DATA")
     assert explain.summary_line(ex) == ("5 NFS replies on the client's wire: 2 delivered, 1 duplicate, "
                                         "2 TCP retransmissions of replies already received")
 
