@@ -124,7 +124,7 @@ def _kernel_checks(ns: str) -> list[Check]:
             try:
                 offl = disable_offloads("dveth0")
                 ok = not any(offl.values())
-                out.append(Check("offloads", ok, f"TSO/GSO/GRO after disabling: {offl}",
+                out.append(Check("offloads", ok, "offloads after disabling: " + " ".join(f"{k}={'on' if v else 'off'}" for k, v in offl.items()),
                                  "" if ok else "this driver refuses to turn segmentation offloads off; frames on the wire will differ from what the agent sees"))
             except OSError as e:
                 out.append(Check("offloads", False, f"SIOCETHTOOL failed: {e}", "the kernel needs CONFIG_ETHTOOL_NETLINK or the legacy ethtool ioctl"))

@@ -61,6 +61,11 @@ from testbed.scenario import SCENARIO_DIR
 
 SCENARIOS = ("memalloc", "no-reserve", "reserve-no-filter", "memalloc-undersized")
 FAULT_KINDS = ("loss", "dup", "reorder", "delay", "nas_restart", "rst", "flood_toggle", "pool_edge", "wsize8k")
+# AoE (in-memory runs only): its two scenarios, and the kinds that apply to it -- not nas_restart
+# (the sim's restart is the NFS/TCP servers' and would leave the AoE target untouched), rst (no
+# TCP) nor wsize8k (no NFS WRITE); real runs key their faults by the NFS transport's call count.
+AOE_SCENARIOS = ("aoe-linux", "aoe-extended")
+AOE_KINDS = ("loss", "dup", "reorder", "delay", "flood_toggle", "pool_edge")
 PRESERVING = frozenset({"dup", "reorder", "delay"})
 EXTRA_P = 0.25
 # A quarter of the pool and of the workload, half the flood and the reserve: the same physics
@@ -88,12 +93,14 @@ def scenario_name(name: str, storage: str = "nfs") -> str:
 
 def plan(campaign_seed: int, i: int, storage: str = "nfs") -> dict:
     """Run ``i`` of a campaign: scenario, run seed, the sim parameters and the fault kinds drawn.
-    ``storage``: the campaign's storage protocol (nfs, nbd, iscsi): the same draws, its scenarios."""
+    ``storage``: the campaign's storage protocol (nfs, nbd, iscsi): the same draws, its scenarios;
+    aoe: AOE_SCENARIOS under AOE_KINDS."""
     rng = random.Random(f"chaos:{campaign_seed}:{i}")
-    name = scenario_name(SCENARIOS[i % len(SCENARIOS)], storage)
+    names, all_kinds = (AOE_SCENARIOS, AOE_KINDS) if storage == "aoe" else (SCENARIOS, FAULT_KINDS)
+    name = names[i % len(names)] if storage == "aoe" else scenario_name(names[i % len(names)], storage)
     run_seed = rng.randrange(1, 1 << 31)
-    kinds = {FAULT_KINDS[i % len(FAULT_KINDS)]}
-    kinds |= {k for k in FAULT_KINDS if rng.random() < EXTRA_P}
+    kinds = {all_kinds[i % len(all_kinds)]}
+    kinds |= {k for k in all_kinds if rng.random() < EXTRA_P}
     p = scaled(name)
     tx: dict = {}
     rx: dict = {}
@@ -465,7 +472,8 @@ def campaign(runs: int = 20, seed: int = 1, real: int = 0, out: str | None = Non
     exercised = sorted({k for r in rows for k, n in (r.get("faults") or {}).items() if n},
                        key=lambda k: FAULT_KINDS.index(k) if k in FAULT_KINDS else 99)
     res = {"seed": seed, "runs": runs, "real": real, "storage": storage, "ok": all(r["ok"] for r in rows),
-           "kinds_exercised": exercised, "kinds_missing": [k for k in FAULT_KINDS if k not in exercised],
+           "kinds_exercised": exercised,
+           "kinds_missing": [k for k in (AOE_KINDS if storage == "aoe" else FAULT_KINDS) if k not in exercised],
            "lost_total": sum(r["lost"] or 0 for r in rows),
            "failed": [r["run"] for r in rows if not r["ok"]], "wall_s": round(time.monotonic() - t0, 2),
            "rows": [{k: v for k, v in r.items() if k != "params"} for r in rows]}

@@ -21,8 +21,21 @@ class UserError(Exception):
     """A known failure: printed as one line on stderr, exit status 2, no traceback."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``testbed run: <what>; [did you mean X?] see `testbed run --help```
+    (a bad choice gets the closest valid one, difflib.get_close_matches). Subparsers inherit it."""
+
+    def error(self, message: str):
+        import re
+
+        from testbed.scenario import did_you_mean
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        hint = did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2))) if m else ""
+        self.exit(2, f"{self.prog}: {message}{hint or ';'} see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="testbed", description="Network-storage memory-deadlock testbed.")
+    p = Parser(prog="testbed", description="Network-storage memory-deadlock testbed.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"testbed.commands.{name}").register(sub)

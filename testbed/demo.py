@@ -60,7 +60,7 @@ QUICK_MAX_DURATION_S = 15.0
 
 
 def default_out_dir() -> str:
-    return os.path.join("reports", f"demo-{time.strftime('%Y%m%dT%H%M%S')}")
+    return rep.default_out_dir("demo")
 
 
 def load_all(seed: int | None, quick: bool, names=ALL_SCENARIOS, transport: str | None = None,

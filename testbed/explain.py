@@ -5,8 +5,14 @@ final snapshot (``nfs.xids_sent`` / ``nfs.xids_replied``: the last 16384 of each
 timeline (counters every 0.2 s). Output: one row per NAS reply (UDP from port 2049 to the client,
 IP fragments reassembled by id) with its fate:
 
+- a TCP retransmission of a reply already received is ``retrans`` (the agent's stack drops that
+  copy as TCP_OLD_DATA, as tcp_data_queue does: no loss); any other frame the agent's per-frame
+  record says it dropped is ``dropped`` with that exact reason, whatever became of its xid later
+  (a retransmitted copy may have been delivered);
 - ``delivered``: the xid is in ``xids_replied`` (the transport matched it to a call); a second
-  reply for an xid already answered is ``duplicate`` (the reply to a retransmission);
+  reply for an xid already answered is ``retrans`` over TCP when its segment resends stream bytes
+  already seen (a TCP retransmission: the same bytes at the same sequence numbers), else
+  ``duplicate`` (a new reply record: the server answering an RPC retransmission);
 - ``dropped``: the xid was sent but never answered; the reason and layer are INFERRED from which
   drop counter moved in the sampling interval around the frame's arrival, in this order of
   evidence: the NFS socket's own ``drops`` (SOCKET_RCVBUFF at the socket), ``rx_nobuf``
@@ -14,6 +20,11 @@ IP fragments reassembled by id) with its fate:
   the socket is not SOCK_MEMALLOC), any other reason; ``unattributed`` when none moved;
 - ``unknown``: the xid is older than the agent's 16384-xid window, or the frame arrived after the
   final snapshot.
+
+Over TCP the MNT reply (MOUNT on the NFS port, as nas-server serves it) comes on mountd's own
+short-lived connection, whose xids are in no NFS-transport set: a reply on a client port other
+than the NFS transport's is the MOUNT client's, ``delivered`` at layer ``MOUNT client`` (exact from
+``nfs_frame_fates``' ``queued:<socket>``; inferred from the mount having succeeded without it).
 
 Exact attribution: the agent records, for every frame from the NFS server's port, where its
 buffer ended (``snapshot()["nfs_frame_fates"]``: ``[ip_id, xid, fate]``, fate a drop reason or
@@ -139,8 +150,16 @@ def _tcp_replies(ts: float, ip, ihl: int, port: int, flows: dict) -> list[dict]:
         return []
     payload = t[doff:]
     tag = (ts, struct.unpack_from("!H", ip, 4)[0], len(payload))
-    return [{"ts": t0, "xid": xid, "ip_id": ip_id, "frags": 1, "size": n}
-            for (t0, ip_id, n), xid, mtype in sc.segment(seq, payload, tag) if mtype == 1]
+    rel, rcv0 = (seq - sc.isn) & 0xFFFFFFFF, sc.rcv
+    got = sc.segment(seq, payload, tag)
+    # a segment (partly) below the stream's parsed point resends bytes already on the wire: the
+    # replies whose 12th byte it holds again are TCP retransmissions (same bytes, same sequence
+    # numbers), not new RPC records (RecordXidScanner._known)
+    resent = ({x for s, x, _m in sc.starts if rel <= s + 11 < min(rel + len(payload), rcv0)}
+              if got and rel < rcv0 else ())
+    return [{"ts": t0, "xid": xid, "ip_id": ip_id, "frags": 1, "size": n, "flow": cport,
+             "tcp_retransmit": xid in resent}
+            for (t0, ip_id, n), xid, mtype in got if mtype == 1]
 
 
 _ZERO = {"t": float("-inf"), "rx_nobuf": 0, "nfs_sock_drops": 0, "drop_reasons": {}}
@@ -192,12 +211,28 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
     answered: set[int] = set()
     # Exact fates, when the agent recorded them: (ip_id, xid) -> drop reason or "queued:<socket>".
     exact = {(f[0], f[1]): f[2] for f in final_snap.get("nfs_frame_fates") or ()}
+    # Over TCP the MNT call goes on its own short-lived connection to mountd (nfs3proc.py _oneshot),
+    # on the NFS port when the server serves MOUNT there (nas-server): its xid is in no NFS-window
+    # set, its reply arrives on a client port other than the NFS transport's.
+    mount_here = str(nfs.get("mount_port")) == str(nfs.get("server", "")).rpartition(":")[2]
+    nfs_flows = {r.get("flow") for r in replies if r["xid"] in sent or r["xid"] in replied}
+    nfs_flows.add(((nfs.get("socket") or {}).get("local") or (None, None))[1])
     rows = []
     for r in replies:
         t = r["ts"] - t0_wall
         row = {"t_s": round(t, 4), "xid": r["xid"], "ip_id": r["ip_id"], "frags": r["frags"], "size": r["size"]}
         if final_t is not None and t > final_t:
             row.update(fate="unknown", reason="after the final snapshot", layer="-", confidence="-")
+        elif r.get("tcp_retransmit") and r["xid"] in answered:
+            # the receiving stack drops such a copy itself (tcp_data_queue: TCP_OLD_DATA): no loss
+            fx = exact.get((r["ip_id"], r["xid"]))
+            row.update(fate="retrans", reason="TCP retransmission of a reply already received", layer="TCP",
+                       confidence="exact", evidence=f"the same stream bytes again (client port {r['flow']})"
+                       + (f"; the stack dropped this copy: {fx}" if fx and not fx.startswith("queued:") else ""))
+        elif (r["ip_id"], r["xid"]) in exact and not exact[(r["ip_id"], r["xid"])].startswith("queued:"):
+            reason = exact[(r["ip_id"], r["xid"])]
+            row.update(fate="dropped", reason=reason, layer=LAYER.get(reason, "stack"), confidence="exact",
+                       evidence="the agent's per-frame fate record (nfs_frame_fates)")
         elif r["xid"] in replied:
             if r["xid"] in answered:
                 row.update(fate="duplicate", reason="reply to a retransmission, xid already answered", layer="transport",
@@ -205,13 +240,15 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
             else:
                 answered.add(r["xid"])
                 row.update(fate="delivered", reason="-", layer="transport", confidence="exact")
-        elif (r["ip_id"], r["xid"]) in exact and not exact[(r["ip_id"], r["xid"])].startswith("queued:"):
-            reason = exact[(r["ip_id"], r["xid"])]
-            row.update(fate="dropped", reason=reason, layer=LAYER.get(reason, "stack"), confidence="exact",
-                       evidence="the agent's per-frame fate record (nfs_frame_fates)")
         elif r["xid"] in sent:
             reason, layer, ev = infer_drop(t, timeline, memalloc_sock)
             row.update(fate="dropped", reason=reason, layer=layer, confidence="inferred", evidence=ev)
+        elif mount_here and r.get("flow") is not None and r["flow"] not in nfs_flows:
+            fate = exact.get((r["ip_id"], r["xid"]))        # queued:<socket>, or not recorded
+            row.update(fate="delivered", reason="MNT reply", layer="MOUNT client",
+                       confidence="exact" if fate else "inferred",
+                       evidence=(f"on mountd's own connection (client port {r['flow']}), not the NFS transport's; "
+                                 + (f"{fate} (nfs_frame_fates)" if fate else "the mount succeeded")))
         else:
             row.update(fate="unknown", reason=f"xid outside the agent's last-{WINDOW} window", layer="-", confidence="-")
         rows.append(row)
@@ -219,6 +256,7 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
     drops = Counter(f"{r['reason']} @ {r['layer']}" for r in rows if r["fate"] == "dropped")
     return {"replies_on_wire": len(rows), "fates": dict(fates), "drops_by_reason": dict(drops),
             "nfs_socket_memalloc": memalloc_sock,
+            "mount_replies_delivered": sum(1 for r in rows if r["layer"] == "MOUNT client" and r["fate"] == "delivered"),
             "method": ("xid sets and the agent's per-frame fate record (exact drop reasons)" if exact else
                        "xid sets from the final snapshot; drop reasons inferred from the counters in the "
                        "0.2 s sampling interval of each frame"),
@@ -229,9 +267,13 @@ def summary_line(ex: dict) -> str:
     if "responses_on_wire" in ex:
         return aoe_summary_line(ex)
     f = ex["fates"]
-    parts = [f"{ex['replies_on_wire']} NFS replies on the client's wire: {f.get('delivered', 0)} delivered"]
+    mnt = ex.get("mount_replies_delivered", 0)
+    parts = [f"{ex['replies_on_wire']} NFS replies on the client's wire: {f.get('delivered', 0)} delivered"
+             + (f" ({mnt} MOUNT)" if mnt else "")]
     if f.get("duplicate"):
         parts.append(f"{f['duplicate']} duplicate")
+    if f.get("retrans"):
+        parts.append(f"{f['retrans']} TCP retransmission{'s' if f['retrans'] > 1 else ''} of replies already received")
     if f.get("dropped"):
         parts.append(f"{f['dropped']} dropped (" + ", ".join(f"{v} {k}" for k, v in
                                                               sorted(ex["drops_by_reason"].items(), key=lambda kv: -kv[1])) + ")")

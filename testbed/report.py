@@ -17,8 +17,30 @@ SCENARIO_KEYS = ("name", "outcome", "seed", "expect", "time_to_stall_s", "time_t
                  "preflight", "counters", "watchdog")
 
 
+def kv_text(d: dict) -> str:
+    """A dict as one progress line's ``key=value key=value`` (a nested dict in parentheses)."""
+    return " ".join(f"{k}=({kv_text(v)})" if isinstance(v, dict) else f"{k}={v}" for k, v in d.items())
+
+
 def default_out_dir(scenario_name: str) -> str:
-    return os.path.join("reports", f"{scenario_name}-{time.strftime('%Y%m%dT%H%M%S')}")
+    """./reports/<label>-<timestamp>, made here (empty) so that it is this command's alone: two
+    commands started in the same second get <label>-<timestamp> and <label>-<timestamp>-2
+    (os.mkdir is atomic; prepare() accepts the empty directory)."""
+    base = os.path.join("reports", f"{scenario_name}-{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        os.makedirs("reports", mode=0o755, exist_ok=True)
+    except OSError:
+        return base                                   # prepare() says what is wrong with it
+    n = 1
+    while True:
+        d = base if n == 1 else f"{base}-{n}"
+        try:
+            os.mkdir(d, 0o700)
+            return d
+        except FileExistsError:
+            n += 1
+        except OSError:
+            return d
 
 
 def prepare(out: str) -> str:

@@ -376,7 +376,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             if third_party is not None:
                 # the same image file served by nbdkit / qemu-nbd / tgtd instead of nas-server
                 device.update(rig.start_block_target(third_party, IMAGE, latency_ms=sc.nas_write_latency_ms))
-                say(f"{third_party} serves {EXPORT}/{IMAGE}: {device}")
+                say(f"{third_party} serves {EXPORT}/{IMAGE}: {rep.kv_text(device)}")
         # file consumers: a swapless client with one file on its own transport; the policy marks
         # it or not
         if aoe:
@@ -386,11 +386,11 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
                                        "policy": sc.policy}, memalloc=sc.memalloc)
             if sc.nfs_swap_pages:
                 entry_extra["nfs_swapon"] = agent.call("swapon", device=device, memalloc=True)
-                say(f"swapon (NFS, beside the AoE area): {entry_extra['nfs_swapon']}")
+                say(f"swapon (NFS, beside the AoE area): {rep.kv_text(entry_extra['nfs_swapon'])}")
         else:
             sw = agent.attach(consumer, device, memalloc=sc.memalloc, policy=getattr(sc, "policy", "linux"),
                               dirty_ratio=sc.dirty_ratio, dirty_background_ratio=sc.dirty_background_ratio)
-        say(f"{'fileon' if file_consumer else 'swapon'}: {sw}")
+        say(f"{'fileon' if file_consumer else 'swapon'}: {rep.kv_text(sw)}")
         agent.set("pfmemalloc_demux_drop", sc.pfmemalloc_demux_drop)
 
         def procs_view() -> dict:

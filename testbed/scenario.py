@@ -241,7 +241,7 @@ _CHOICES = {"expect": EXPECTS, "stable": STABLE, "noise_reader": READERS,
 def _check_value(src: str, key: str, value):
     """The value converted to the field's type, or ScenarioError naming file, key and fix."""
     if key not in _FIELDS:
-        raise ScenarioError(f"{src}: {key}: unknown key; known keys: {', '.join(_FIELDS)}")
+        raise ScenarioError(f"{src}: {key}: unknown key{did_you_mean(key, _FIELDS) or ';'} known keys: {', '.join(_FIELDS)}")
     typ = _FIELDS[key].type
     if typ == "bool":
         if not isinstance(value, bool):
@@ -264,7 +264,8 @@ def _check_value(src: str, key: str, value):
     if not isinstance(value, str):
         raise ScenarioError(f"{src}: {key}: expected a string, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
-        raise ScenarioError(f"{src}: {key}: {value!r} is not one of {', '.join(_CHOICES[key])}; pick one of them")
+        raise ScenarioError(f"{src}: {key}: {value!r} is not one of {', '.join(_CHOICES[key])}"
+                            f"{did_you_mean(value, _CHOICES[key]) or '; pick one of them'}")
     if key == "guest_udp_mem" and value and value != "kernel" and not re.fullmatch(r"\d+ \d+ \d+", value.strip()):
         raise ScenarioError(f"{src}: {key}: {value!r} is not three page counts; write e.g. {key} = \"4096 8192 65536\" "
                             "(min pressure max, in pages, as net.ipv4.udp_mem), \"kernel\" for the kernel's, or \"\" for no cap")
@@ -346,6 +347,21 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
     return sc
 
 
+def did_you_mean(word: str, choices) -> str:
+    """``"; did you mean X?"`` for the closest of ``choices`` (difflib.get_close_matches), or ""."""
+    import difflib
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def check_seed(seed: int | None) -> int | None:
+    """``--seed`` as given (None: the scenario's), or ScenarioError naming --seed and its range."""
+    lo, hi = _INT_RANGES["seed"]
+    if seed is not None and not lo <= seed <= hi:
+        raise ScenarioError(f"--seed {seed}: outside {lo}..{hi}; give a seed in that range")
+    return seed
+
+
 def parse_override(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` from ``--set``; VALUE read as TOML (so 30, 2.5, true, "UNSTABLE" work)."""
     if "=" not in text:
@@ -366,7 +382,8 @@ def resolve_path(name_or_file: str) -> str:
     if SAFE_NAME.match(name_or_file) and os.path.exists(p):   # a built-in name never leaves SCENARIO_DIR
         return p
     known = sorted(f[:-5] for f in os.listdir(SCENARIO_DIR) if f.endswith(".toml")) if os.path.isdir(SCENARIO_DIR) else []
-    raise ScenarioError(f"{name_or_file}: no such scenario file or built-in scenario; built-ins: {', '.join(known)}")
+    raise ScenarioError(f"{name_or_file}: no such scenario file or built-in scenario"
+                        f"{did_you_mean(name_or_file, known) or ';'} built-ins: {', '.join(known)}")
 
 
 def load(name_or_file: str, overrides: dict | None = None) -> Scenario:

@@ -138,6 +138,9 @@ DEFAULTS = {
     # A pcap of the client's side of the in-memory wire (both directions, virtual timestamps):
     # `testbed run NAME --sim` writes report/pcap/client.pcap. None: no capture.
     "pcap_path": None,
+    # The agent's final snapshot in the real runs' shape (the control op ``snapshot``) as the
+    # result's ``final_snapshot``: `testbed run NAME --sim` writes it to final_snapshot.json.
+    "final_snapshot": False,
     # AoE (docs/aoe.md): ``storage`` nfs or aoe. With aoe the swap device is the AoE device
     # e<aoe_shelf>.<aoe_slot> served by the NAS's AoE target core (nas_server/aoe_target.py, each
     # request ``aoe_service_s``, at most ``aoe_bufcnt`` in service) on the same wire, ``policy``
@@ -182,6 +185,22 @@ def _flood_frames(n_ports: int, size: int) -> list[bytes]:
         out.append(eth_emit(MAC_AGENT, MAC_NOISE, ETH_P_IP,
                             emit_header(src, dst, IPPROTO_UDP, len(seg), ident=i) + seg))
     return out
+
+
+def _final_snapshot(host: Host, swap, fm, swaps) -> dict:
+    """``host``'s snapshot as a real run's agent answers the control op ``snapshot``
+    (client_agent.agent.Agent.snapshot, the same keys): ``swap`` the first area (an idle one for
+    a file consumer, as fileon leaves it), ``transport`` the first area's NFS client, ``filemap``
+    and ``file_transport`` the file consumer's. ``rusage`` is None: the process's CPU time is no
+    figure of the simulation (and would make two runs of one seed differ)."""
+    from client_agent.agent import Agent
+    view = object.__new__(Agent)            # the Agent's snapshot over the sim's Host, read-only
+    view.__dict__.update(host.__dict__)
+    view.swap, view.filemap = swap, fm
+    view.transport = next((d.backend.transport for d in swaps
+                           if getattr(d.backend, "transport", None) is not None), None) if fm is None else None
+    view.file_transport = getattr(fm.backend, "transport", None) if fm is not None else None
+    return {**view.snapshot(), "rusage": None}
 
 
 def run_sim(params: dict, seed: int | None = None) -> dict:
@@ -577,6 +596,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     # the lowest free count seen (between samples too); the pool's size if nothing was sampled
     reserve_low = min(alloc.nr_pages if wd.reserve_low_pages is None else wd.reserve_low_pages,
                       alloc.nr_pages)
+    final_snap = _final_snapshot(agent, swap, fm, swaps) if p["final_snapshot"] else None
     snap_alloc = alloc.snapshot()
     tsnap = transport.snapshot() if transport is not None and not block else {"counters": {"rpc_retrans": 0}}
     c = stack.counters
@@ -624,6 +644,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "watchdog_reasons": list(wd.reasons),
     }
 
+    if final_snap is not None:
+        result["final_snapshot"] = final_snap
     if aoe:
         d = swap.backend.dev
         aoe_trace = agent.aoe_trace.fates if agent.aoe_trace is not None else ()

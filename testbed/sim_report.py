@@ -1,7 +1,8 @@
 """`testbed run NAME --sim`: the deterministic in-memory run (testbed/sim.py) written into the same
 report directory a real run writes -- report.json (the same scenario entry keys, plus ``simulated``
 and the full simulation result under ``sim``), timeline.json, <scenario>.png, pcap/client.pcap (the
-client's side of the in-memory wire, virtual timestamps), logs/sim.log -- with no root, no
+client's side of the in-memory wire, virtual timestamps), final_snapshot.json (the agent's
+snapshot at the run's end, the real runs' shape: `testbed stat --report` reads it), logs/sim.log -- with no root, no
 namespaces and no clock.
 
 Invariants owned here:
@@ -9,7 +10,8 @@ Invariants owned here:
   vocabulary (``acked_pages`` -> ``pages_written``, ``reserve_low_point`` -> ``reserve_low_pages``;
   the sim's ``timeout`` is the runner's ``unfinished``) and keeps the whole result beside them.
 - Same scenario + same seed = the same report figures (the run is deterministic), and
-  ``sim_result.json`` holds exactly what ``testbed.sim.run_sim`` returned (the timeline included).
+  ``sim_result.json`` holds exactly what ``testbed.sim.run_sim`` returned (the timeline included),
+  but its ``final_snapshot``, which is final_snapshot.json.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def run(sc, checks, out: str, extra: dict | None = None) -> tuple[dict, str]:
     """Run ``sc`` in memory, write the report directory ``out`` (already prepared); returns
     (entry, path of report.json)."""
     pcap = os.path.join(out, "pcap", "client.pcap")
-    result = run_sim({**sc.to_dict(), "pcap_path": pcap}, sc.seed)
+    result = run_sim({**sc.to_dict(), "pcap_path": pcap, "final_snapshot": True}, sc.seed)
+    rep.write_json(os.path.join(out, "final_snapshot.json"), result.pop("final_snapshot"))
     entry = entry_from(sc, checks, result)
     timeline = _timeline(result)
     rep.write_json(os.path.join(out, "sim_result.json"), result)

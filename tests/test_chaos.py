@@ -4,6 +4,8 @@ and the exit status. The real-packet part (--real) is tests/test_netns_chaos.py.
 import json
 import os
 
+import pytest
+
 from testbed import chaos
 from testbed.cli import main
 
@@ -89,3 +91,43 @@ def test_cli_refuses_traversal_and_negative_counts(tmp_path, capsys):
     assert main(["chaos", "--runs", "-1", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "'..'" in err and "counts must be >= 0" in err
+
+
+def test_two_campaigns_in_the_same_second_get_their_own_default_directories(tmp_path, monkeypatch, capsys):
+    import time
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261130T120000")
+    assert main(["chaos", "--runs", "0"]) == 0
+    assert main(["chaos", "--runs", "0"]) == 0
+    assert sorted(os.listdir(tmp_path / "reports")) == ["chaos-20261130T120000", "chaos-20261130T120000-2"]
+    for d in ("chaos-20261130T120000", "chaos-20261130T120000-2"):
+        assert json.loads((tmp_path / "reports" / d / "campaign.json").read_text())["runs"] == 0
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--only", "20"], "--only 20: the campaign's in-memory runs are 0..19 (--runs 20)"),
+    (["--runs", "3", "--only", "3"], "--only 3: the campaign's in-memory runs are 0..2 (--runs 3)"),
+    (["--only", "-1"], "--only -1: the campaign's in-memory runs are 0..19 (--runs 20)")])
+def test_only_beyond_the_campaign_is_one_line(tmp_path, capsys, argv, line):
+    assert main(["chaos", *argv, "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"testbed: {line}; give --only in that range")
+    assert not (tmp_path / "c").exists()
+
+
+def test_aoe_campaign_in_memory(tmp_path, capsys):
+    """--storage aoe: aoe-linux and aoe-extended under the kinds that apply to AoE; the invariant
+    holds; --real is refused in one line."""
+    pl = [chaos.plan(1, i, "aoe") for i in range(4)]
+    assert [p["scenario"] for p in pl] == ["aoe-linux", "aoe-extended"] * 2
+    assert all(set(p["kinds"]) <= set(chaos.AOE_KINDS) and p["params"]["storage"] == "aoe" for p in pl)
+    out = tmp_path / "c"
+    assert main(["chaos", "--storage", "aoe", "--runs", "2", "--out", str(out)]) == 0
+    camp = json.loads((out / "campaign.json").read_text())
+    assert camp["ok"] and [r["scenario"] for r in camp["rows"]] == ["aoe-linux", "aoe-extended"]
+    assert camp["rows"][1]["written"] > 0 and camp["rows"][1]["lost"] == 0
+    assert set(camp["kinds_exercised"]) | set(camp["kinds_missing"]) == set(chaos.AOE_KINDS)
+    capsys.readouterr()
+    assert main(["chaos", "--storage", "aoe", "--real", "1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--storage aoe --real 1" in err[0] and "use --real 0" in err[0]

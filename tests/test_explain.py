@@ -180,3 +180,86 @@ def test_demo_aoe_table_of_its_own_counts_responses_by_tag():
     assert len(demo._tables(entries[:1])["tables"]) == 2          # no AoE table without AoE entries
     assert demo._tables(entries)["tables"][2] == {"title": demo.AOE_TABLE_TITLE, "scenarios": ["aoe-linux"],
                                                   "beyond_linux": []}
+
+
+def _tcp_pcap(path, segs, cport=700):
+    """NAS:2049 -> CLI:cport, a SYN-ACK (ISN 1000) then ``segs``: (t, seq offset, payload)."""
+    from scapy.all import TCP
+    syn = Ether() / IP(src=NAS, dst=CLI) / TCP(sport=2049, dport=cport, flags="SA", seq=1000)
+    syn.time = T0
+    pkts = [syn]
+    for i, (t, off, data) in enumerate(segs):
+        p = Ether() / IP(src=NAS, dst=CLI, id=200 + i) / TCP(sport=2049, dport=cport, flags="A", seq=1001 + off) / data
+        p.time = T0 + t
+        pkts.append(p)
+    wrpcap(path, pkts)
+
+
+def _record(xid, body=40):
+    return struct.pack("!III", 0x80000000 | (8 + body), xid, 1) + bytes(body)
+
+
+def test_tcp_retransmission_of_a_reply_is_not_a_duplicate_reply(tmp_path):
+    """Over TCP a segment resending stream bytes already seen (same sequence numbers) is a TCP
+    retransmission; a new record for an answered xid (further on in the stream) is a duplicate reply."""
+    a, b = _record(21), _record(22)
+    p = str(tmp_path / "t.pcap")
+    _tcp_pcap(p, [(0.1, 0, a + b), (0.3, 0, a + b), (0.5, len(a + b), _record(22))])
+    r = explain.nfs_replies(p, NAS, CLI)
+    assert [(x["xid"], x["tcp_retransmit"], x["flow"]) for x in r] == [
+        (21, False, 700), (22, False, 700), (21, True, 700), (22, True, 700), (22, False, 700)]
+    ex = explain.explain(r, {"nfs": {"xids_sent": [21, 22], "xids_replied": [21, 22]}}, [], t0_wall=T0)
+    assert [(x["xid"], x["fate"]) for x in ex["rows"]] == [
+        (21, "delivered"), (22, "delivered"), (21, "retrans"), (22, "retrans"), (22, "duplicate")]
+    assert ex["rows"][2]["reason"] == "TCP retransmission of a reply already received"
+    assert ex["rows"][2]["layer"] == "TCP"
+    # the agent's stack drops the resent copy (TCP_OLD_DATA): still a TCP retransmission, not a loss
+    snap = {"nfs": {"xids_sent": [21, 22], "xids_replied": [21, 22]},
+            "nfs_frame_fates": [[200, 21, "queued:sk:tcp:198.18.0.2:700"], [201, 21, "TCP_OLD_DATA"]]}
+    ex2 = explain.explain(r, snap, [], t0_wall=T0)
+    assert [x["fate"] for x in ex2["rows"]] == ["delivered", "delivered", "retrans", "retrans", "duplicate"]
+    assert ex2["rows"][2]["evidence"].endswith("the stack dropped this copy: TCP_OLD_DATA")
+    assert explain.summary_line(ex) == ("5 NFS replies on the client's wire: 2 delivered, 1 duplicate, "
+                                        "2 TCP retransmissions of replies already received")
+
+
+def test_the_mnt_reply_on_mountds_own_connection_is_the_mount_clients(tmp_path):
+    """Over TCP the MNT call has its own connection to the NFS port (nas-server serves MOUNT there):
+    its reply, on another client port, is the MOUNT client's -- not an xid outside the NFS window."""
+    from scapy.all import TCP
+    pkts = []
+    for t, cport, data in ((0.0, 701, None), (0.1, 701, _record(0x500)), (0.2, 700, None), (0.3, 700, _record(31)),
+                           (0.4, 702, None), (0.5, 702, _record(0x999))):
+        p = Ether() / IP(src=NAS, dst=CLI, id=int(t * 10)) / (
+            TCP(sport=2049, dport=cport, flags="SA", seq=1000) if data is None else
+            TCP(sport=2049, dport=cport, flags="A", seq=1001) / data)
+        p.time = T0 + t
+        pkts.append(p)
+    path = str(tmp_path / "m.pcap")
+    wrpcap(path, pkts)
+    nfs = {"server": "198.18.0.1:2049", "mount_port": 2049, "xids_sent": [31], "xids_replied": [31],
+           "socket": {"local": ["198.18.0.2", 700]}}
+    snap = {"nfs": nfs, "nfs_frame_fates": [[1, 0x500, "queued:sk:tcp:198.18.0.2:701"]]}
+    ex = explain.explain(explain.nfs_replies(path, NAS, CLI), snap, [], t0_wall=T0)
+    rows = {r["xid"]: r for r in ex["rows"]}
+    assert (rows[0x500]["fate"], rows[0x500]["layer"], rows[0x500]["confidence"]) == ("delivered", "MOUNT client", "exact")
+    assert "client port 701" in rows[0x500]["evidence"]
+    assert (rows[0x999]["layer"], rows[0x999]["confidence"]) == ("MOUNT client", "inferred")   # not in the record
+    assert rows[31]["layer"] == "transport"
+    assert explain.summary_line(ex) == "3 NFS replies on the client's wire: 3 delivered (2 MOUNT)"
+    # a server whose mountd has a port of its own: a reply from the NFS port on another connection is unknown
+    ex = explain.explain(explain.nfs_replies(path, NAS, CLI), {**snap, "nfs": {**nfs, "mount_port": 20048}}, [], t0_wall=T0)
+    assert ex["fates"] == {"delivered": 1, "unknown": 2}
+
+
+def test_a_dropped_reply_then_its_tcp_retransmission_delivered(tmp_path):
+    """The agent dropped the first copy (NOMEM, its per-frame record), TCP resent the bytes and the
+    transport got them: the first row is the drop, the resent one the delivery -- not "already received"."""
+    a = _record(41)
+    p = str(tmp_path / "d.pcap")
+    _tcp_pcap(p, [(0.1, 0, a), (0.4, 0, a)])               # ip ids 200, 201
+    snap = {"nfs": {"xids_sent": [41], "xids_replied": [41]},
+            "nfs_frame_fates": [[200, 41, "NOMEM"], [201, 41, "queued:sk:tcp:198.18.0.2:700"]]}
+    ex = explain.explain(explain.nfs_replies(p, NAS, CLI), snap, [], t0_wall=T0)
+    assert [(r["fate"], r["reason"], r["confidence"]) for r in ex["rows"]] == [
+        ("dropped", "NOMEM", "exact"), ("delivered", "-", "exact")]

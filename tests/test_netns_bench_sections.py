@@ -30,7 +30,8 @@ EXPECTED = {
                   "mtu9000.refclient_mib_per_s", "mtu9000.agent_mib_per_s",
                   "tcp.mtu1500.refclient_mib_per_s", "tcp.mtu1500.agent_mib_per_s"],
     "recovery": ["quiet.writeback_mib_per_s", "flood.writeback_mib_per_s", "flood.reserve_to_high_s"],
-    "memory": ["start.rss_mib", "after_flood.rss_mib", "after_flood.rss_over_pool_mib", "scapy_imported"],
+    "memory": ["start.rss_mib", "after_flood.rss_mib", "after_flood.rss_over_pool_mib", "after_flood.rss_minus_pool_mib",
+               "scapy_imported"],
     "scale": ["hosts2.up_s", "hosts2.down_s", "hosts16.up_s", "hosts16.down_s", "hosts64.up_s", "hosts64.down_s",
               "leaked_netns", "leaked_root_links", "fleet1.writeback_mib_per_s", "fleet1.nas_requests_per_s",
               "fleet1.nas_cpu_pct", "fleet4.writeback_mib_per_s", "fleet4.nas_requests_per_s", "fleet4.nas_cpu_pct"],
@@ -68,6 +69,10 @@ def test_bench_quick_section_json_is_complete(section, tmp_path, capsys):
         assert f["value"] > 0 and f["baseline"] > 0 and f["target"] == "ratio >= 0.8"
     if section == "memory":
         assert figs["start.rss_mib"]["value"] > 0 and figs["after_flood.rss_mib"]["baseline"] == figs["start.rss_mib"]["value"]
+        rss, pool = figs["after_flood.rss_over_pool_mib"]["value"], figs["after_flood.rss_over_pool_mib"]["baseline"]
+        assert rss == figs["after_flood.rss_mib"]["value"] and pool == 32.0      # the plain RSS, as published
+        assert abs(figs["after_flood.rss_minus_pool_mib"]["value"] - (rss - pool)) <= 0.01
+        assert figs["after_flood.rss_minus_pool_mib"]["target"] == "value <= 40"
         assert figs["scapy_imported"]["value"] in (0, 1) and figs["scapy_imported"]["target"] == "value == 0"
     if section == "scale":
         assert figs["hosts64.up_s"]["value"] > 0 and figs["hosts64.up_s"]["target"] == "value <= 10"

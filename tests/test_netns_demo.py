@@ -62,6 +62,9 @@ def test_demo_report(tmp_path):
         ex = json.loads((sdir / "explanations.json").read_text())
         assert ex["replies_on_wire"] == len(ex["rows"]) > 0
         assert ex["fates"].get("delivered", 0) >= 1          # FSINFO/LOOKUP replies at least
+        # the MNT reply, on mountd's own TCP connection, is the MOUNT client's, not "outside the window"
+        assert ex["mount_replies_delivered"] == 1, (n, ex["fates"])
+        assert not [r for r in ex["rows"] if r["reason"].startswith("xid outside")], n
         if e["outcome"] == "deadlock" and e["name"] != "file-mmap-linux":
             # over TCP too, replies that never reached the transport are found and explained
             # (record starts walked from the SYN-ACK, matched to the agent's per-frame fates)

@@ -10,6 +10,7 @@ for the deadlock), pcaps and logs present, and nothing of the run left behind.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -78,6 +79,9 @@ def test_memalloc_recovers_and_no_reserve_deadlocks(tmp_path):
     assert e["counters"]["rx_nobuf"] == 0               # no reply ever lacked a buffer
     assert e["reserve_low_pages"] < e["preflight"][0]["values"]["atomic_floor"]   # the reserve was used
     assert e["time_to_recover_s"] is not None
+    # progress lines are key=value text, not Python dicts
+    assert re.search(r"^testbed run: swapon: nr_slots=\d+ device=0 priority=-1 fh=[0-9a-f]+$", p.stdout + p.stderr, re.M), p.stdout[-2000:]
+    assert "{'" not in p.stdout + p.stderr
 
     out = tmp_path / "no-reserve"
     p, rep = run_cli("no-reserve", out, "max_duration_s=20")

@@ -140,6 +140,7 @@ def test_doctor_passes_here_and_leaves_no_namespace(capsys):
     assert report["ok"] is True
     for name in ("privileges", "netns", "veth", "bridge", "af_packet", "offloads", "tcpdump"):
         assert checks[name]["ok"], checks[name]
+    assert checks["offloads"]["detail"] == "offloads after disabling: tso=off gso=off gro=off"
     assert "missing: netem" in checks["qdiscs"]["detail"] and checks["qdiscs"]["required"] is False
     assert "pfifo" in checks["qdiscs"]["detail"].split(";")[0]
     assert not {n for n in set(list_netns()) - before if n.startswith("nsdt-doctor-")}

@@ -144,6 +144,34 @@ def test_unknown_scenario_name_lists_builtins():
         S.load("nope-not-here")
 
 
+@pytest.mark.parametrize("argv,line", [
+    (["run", "memaloc", "--sim"], "testbed: memaloc: no such scenario file or built-in scenario; did you mean memalloc? built-ins: "),
+    (["run", "memalloc", "--sim", "--set", "storag=nfs"], "storag: unknown key; did you mean storage? known keys: "),
+    (["run", "memalloc", "--sim", "--set", "storage=nsf"],
+     "storage: 'nsf' is not one of nfs, nbd, iscsi, aoe; did you mean nfs?"),
+    (["demo", "--scenario", "no-reserv"], "testbed: --scenario no-reserv: not one of the demo's ("),
+    (["chaso"], "testbed: argument COMMAND: invalid choice: 'chaso' (choose from "),
+    (["chaos", "--storage", "aoee"], "testbed chaos: argument --storage: invalid choice: 'aoee' (choose from "
+                                     "'nfs', 'nbd', 'iscsi', 'aoe'); did you mean aoe? see `testbed chaos --help`"),
+    (["stat", "vmstt"], "testbed stat: argument view: invalid choice: 'vmstt'"),
+    (["run", "memalloc", "--client", "linx"], "testbed run: argument --client: invalid choice: 'linx'"),
+])
+def test_a_near_miss_gets_did_you_mean_in_one_line(tmp_path, capsys, argv, line):
+    from testbed.cli import main
+    try:
+        rc = main([*argv, "--out", str(tmp_path / "r")] if argv[0] in ("run", "demo") else argv)
+    except SystemExit as e:                   # argparse's own errors exit through Parser.error
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and line in err[0], err
+    want = {"memaloc": "memalloc", "no-reserv": "no-reserve", "chaso": "chaos", "vmstt": "vmstat", "linx": "linux"}
+    for typo, fix in want.items():
+        if typo in argv:
+            assert f"did you mean {fix}?" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
 def test_overrides():
     k, v = S.parse_override("max_duration_s=30")
     assert (k, v) == ("max_duration_s", 30)

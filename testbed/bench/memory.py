@@ -7,6 +7,9 @@ One topology, one agent (pool POOL_PAGES, swap on the nas-server so the NFS modu
   the only memory the scenarios are meant to exhaust; the interpreter and code are the 40 MiB);
 - ``after_flood.rss_mib``: after FLOOD_PPS for the window (quick 5 s, full 10 s); baseline the
   start figure, target growth ≤ 5 % (ratio ≤ 1.05) -- a leak per frame would show here;
+- ``after_flood.rss_over_pool_mib``: despite its name, the RSS after the flood (as first published;
+  baseline the pool, target ≤ pool + 40 MiB); ``after_flood.rss_minus_pool_mib``: RSS − pool after
+  the flood, target ≤ 40 MiB;
 - ``scapy_imported``: the agent is started through a tiny wrapper (runpy of client_agent.agent in
   the same interpreter) that, at exit, writes which ``scapy`` modules are in ``sys.modules``; no
   ``--pcap`` is given, so the target is 0. This is the agent's real process after the flood, not an
@@ -87,7 +90,14 @@ def memory_section(ctx: BenchContext) -> SectionResult:
     res.add("after_flood.rss_mib", round(mib1, 2), "MiB", round(mib0, 2), "ratio <= 1.05",
             notes=f"{fsum.get('sent')} frames flooded at {fsum.get('achieved_rate_pps', 0):.0f} pps; agent rx {rx}; "
                   f"tp_drops {snap['device'].get('tp_drops', 0)}; baseline: RSS at start")
-    res.add("after_flood.rss_over_pool_mib", round(mib1, 2), "MiB", round(pool_mib, 2), f"value <= {bound:g}")
+    # the published name says "over pool" but the figure has always been the plain RSS (kept: figures are
+    # only added); RSS - pool is the next one
+    res.add("after_flood.rss_over_pool_mib", round(mib1, 2), "MiB", round(pool_mib, 2), f"value <= {bound:g}",
+            notes="the RSS after the flood (not RSS - pool, despite the name: that is after_flood.rss_minus_pool_mib); "
+                  "baseline: the pool")
+    res.add("after_flood.rss_minus_pool_mib", round(mib1 - pool_mib, 2), "MiB", None, f"value <= {HEADROOM_MIB}",
+            notes="RSS after the flood minus the pool (negative while the pool's pages are not all touched: the pool "
+                  "is page accounting, not a preallocated arena)")
     res.add("scapy_imported", int(bool(scapy_mods)), "bool", None, "value == 0",
             notes=(f"modules: {', '.join(scapy_mods[:5])}" if scapy_mods else "no scapy module in the agent's sys.modules at exit"))
     return res

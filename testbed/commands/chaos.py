@@ -18,31 +18,38 @@ def register(sub) -> None:
     p.add_argument("--runs", type=int, default=20, help="in-memory runs (default 20; each replays from --seed and its index)")
     p.add_argument("--seed", type=int, default=1, help="campaign seed (default 1)")
     p.add_argument("--real", type=int, default=0, metavar="K", help="real-packet runs in namespaces (root; default 0)")
-    p.add_argument("--out", metavar="DIR", help="campaign.json and the reports of failed runs (default: ./reports/chaos-<timestamp>)")
-    p.add_argument("--storage", choices=("nfs", "nbd", "iscsi"), default="nfs",
-                   help="the storage protocol of every run (its scenarios: nbd-memalloc, ...; default nfs)")
+    p.add_argument("--out", metavar="DIR", help="campaign.json and the reports of failed runs (default: ./reports/chaos-<timestamp>, "
+                        "-2, -3, ... after it for another campaign started in the same second)")
+    p.add_argument("--storage", choices=("nfs", "nbd", "iscsi", "aoe"), default="nfs",
+                   help="the storage protocol of every run (its scenarios: nbd-memalloc, ...; default nfs); "
+                        "aoe: aoe-linux and aoe-extended under loss/dup/reorder/delay, flood on/off and pool "
+                        "edges, in memory only (no --real: real runs key their faults by NFS calls)")
     p.add_argument("--client", choices=("agent", "linux"), default="agent",
                    help="the client of the --real runs: the agent, or a Linux kernel in a QEMU VM (packet faults "
                         "through a relay on its tap, NAS restarts; testbed.linux_vm)")
-    p.add_argument("--only", type=int, metavar="I", help="replay in-memory run I of the campaign only")
+    p.add_argument("--only", type=int, metavar="I", help="replay in-memory run I of the campaign only (0 <= I < --runs)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import time
-
     from testbed import chaos
     from testbed import report as rep
     from testbed.cli import UserError
 
     if args.runs < 0 or args.real < 0:
         raise UserError(f"--runs {args.runs} / --real {args.real}: counts must be >= 0")
+    if args.only is not None and not 0 <= args.only < args.runs:
+        raise UserError(f"--only {args.only}: the campaign's in-memory runs are 0..{args.runs - 1} (--runs {args.runs}); "
+                        f"give --only in that range, or a larger --runs")
+    if args.storage == "aoe" and args.real:
+        raise UserError(f"--storage aoe --real {args.real}: AoE campaigns run in memory only (the real runs key "
+                        "their faults by the NFS transport's call count); use --real 0")
     if args.real and __import__("os").geteuid() != 0:
         raise UserError("--real needs root for namespaces: run it with sudo (see `testbed doctor`), or use --real 0")
     if args.client == "linux" and args.storage != "nfs":
         raise UserError(f"--client linux --storage {args.storage}: the Linux guest swaps over NFS only; "
                         "drop --storage or use --client agent")
-    out = rep.prepare(args.out or f"reports/chaos-{time.strftime('%Y%m%dT%H%M%S')}")
+    out = rep.prepare(args.out or rep.default_out_dir("chaos"))
     print(chaos.HEADER)
     if args.only is not None:
         row = chaos.run_one(args.seed, args.only, args.storage)

@@ -46,6 +46,7 @@ def run(args) -> int:
     clients = {"both": ("agent", "linux"), "linux": ("linux",)}.get(ov.pop("client", "agent"), ("agent",))
     try:
         sets = dict(scn.parse_override(o) for o in args.overrides)
+        scn.check_seed(args.seed)
         if args.aoe and args.protocols:
             raise UserError("--aoe and --protocols each choose the demo's scenarios; give one of them")
         if (args.aoe or args.protocols) and (clients != ("agent",) or args.scenario):
@@ -56,8 +57,8 @@ def run(args) -> int:
                  else demo.SCENARIOS if "linux" in clients else demo.ALL_SCENARIOS)
         for n in args.scenario or ():
             if n not in demo.ALL_SCENARIOS:
-                raise UserError(f"--scenario {n}: not one of the demo's ({', '.join(demo.ALL_SCENARIOS)}); "
-                                "`testbed run NAME` runs any scenario")
+                raise UserError(f"--scenario {n}: not one of the demo's ({', '.join(demo.ALL_SCENARIOS)})"
+                                f"{scn.did_you_mean(n, demo.ALL_SCENARIOS) or ';'} `testbed run NAME` runs any scenario")
         # --protocols rows name their own transport; --transport applies to the other demos
         loaded = demo.load_all(args.seed, args.quick, tuple(args.scenario) if args.scenario else names,
                                transport=None if args.protocols else args.transport,

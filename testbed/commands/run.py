@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--preflight-only", action="store_true", help="print the preflight checks and stop")
     p.add_argument("--sim", action="store_true",
                    help="run deterministically in memory (no root, no namespaces): same report directory, "
-                        "pcap of the in-memory wire, figures of testbed.sim")
+                        "pcap of the in-memory wire, figures of testbed.sim; the agent client only")
     add_client_args(p)
     p.set_defaults(func=run)
 
@@ -79,7 +79,7 @@ def run(args) -> int:
 
     try:
         overrides = dict(scn.parse_override(o) for o in args.overrides)
-        if args.seed is not None:
+        if scn.check_seed(args.seed) is not None:
             overrides["seed"] = args.seed
         if args.bench:
             overrides["agent_capacity_pps"] = scn.capacity_from_bench(args.bench)
@@ -87,6 +87,9 @@ def run(args) -> int:
         sc = scn.load(args.scenario, overrides)
     except scn.ScenarioError as e:
         raise UserError(str(e)) from None
+    if args.sim and sc.client != "agent":
+        raise UserError(f"--sim runs the userspace agent only, but client={sc.client} asks for a Linux kernel in a "
+                        f"QEMU VM; run without --sim for the Linux VM client, or drop --client/--kernel/--modules/--nic")
     checks, figs = scn.preflight(sc)
     bad = scn.failing(sc, checks)
     if sc.client == "linux":

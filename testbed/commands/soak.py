@@ -19,7 +19,6 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
     import os
-    import time
 
     from testbed import report as rep
     from testbed import soak
@@ -29,7 +28,7 @@ def run(args) -> int:
         raise UserError(f"--duration-s {args.duration_s} / --rate-pps {args.rate_pps}: need >= 10 s and >= 1 page/s")
     if os.geteuid() != 0:
         raise UserError("soak runs on real packets in namespaces: run it as root (see `testbed doctor`)")
-    out = rep.prepare(args.out or f"reports/soak-{time.strftime('%Y%m%dT%H%M%S')}")
+    out = rep.prepare(args.out or rep.default_out_dir("soak"))
     with known_errors(), sigterm_as_interrupt():
         res = soak.run_soak(args.duration_s, out, rate_pps=args.rate_pps, seed=args.seed)
     print(json.dumps({k: res[k] for k in ("duration_s", "outcome", "pages_written", "pages_verified", "figures", "bounds")}, indent=1))
