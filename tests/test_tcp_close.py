@@ -14,7 +14,7 @@ import socket
 import pytest
 
 from client_agent.net.ipv4 import tcp as T
-from tcp_kit import DOT, F, P, R, Script
+from tcp_kit import DOT, F, P, R, S, Script
 
 TRUESIZE = 4672          # one received frame: a page + the sk_buff overhead (ss -m: r4672)
 
@@ -183,3 +183,19 @@ def test_shutdown_rd_alone_still_queues_data_while_established(sc):
     assert sk.state == T.ESTABLISHED and sk.recv(sc.now) == b"kept"
     assert _ext(sc)["TCPAbortOnData"] == 0
     sk.close(sc.now)
+
+
+def test_a_new_syn_reopens_a_time_wait_pair_above_the_old_sequence_space(sc):
+    # the agent's listener: its child closes first and sits in TIME_WAIT; the same peer port
+    # connects again with a higher ISN -> the listener takes it, ISN tw_snd_nxt + 65537
+    child, iss = sc.passive_open()
+    child.close(sc.now)
+    fin = sc.expect(F | DOT, seq=iss + 1, ack=1001)
+    sc.inject(F | DOT, 1001, iss + 2, opts=sc.ts(102, fin))
+    sc.expect(DOT, ack=1002)
+    tw = sc.time_wait()
+    assert tw is not None and child not in sc.tcp.sockets
+    sc.inject(S, 90_000, 0, opts=T.opt_syn(1460, 7, True, (200, 0)))
+    sa = sc.expect(S | DOT, ack=90_001)
+    assert sa.seq == (iss + 2 + 65535 + 2) & 0xFFFFFFFF and sc.tcp.tcp_tw_isn == 0
+    assert sc.time_wait() is None and sc.tcp.tw_count == 0
