@@ -717,11 +717,13 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                            if k not in ("connections", "target")},
             "nas": {"Tcp": {k: v for k, v in nas.snmp["Tcp"].items() if v}},
         }
-    # netns exit frees every reassembly queue (inet_frags_fini) and every TCP socket still
-    # closing (orphans in FIN_WAIT/TIME_WAIT): their pages are not a leak
+    # netns exit frees every reassembly queue (inet_frags_fini), every TCP socket still
+    # closing (orphans in FIN_WAIT/LAST_ACK: their pages are not a leak) and every TIME_WAIT
+    # record (inet_twsk_purge; they hold no pages)
     stack.reasm.run_timers(float("inf"))
     for sk in stack.tcp.sockets:
         sk.abort(loop.time())
+    stack.tcp.inet_twsk_purge()
     if p["pcap_path"]:
         agent_dev.close()
     result["leaked_tasks"] = sorted(t.name for t in agent.sched.tasks.values())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from client_agent.mm.page_alloc import PageAllocator
 from client_agent.net import Stack
+from client_agent.net.ipv4.tcp import TIME_WAIT
 from client_agent.phy.wire_pair import WirePair
 from client_agent.wire import ethernet, ipv4
 from client_agent.wire import tcp as wtcp
@@ -132,6 +133,11 @@ class Script:
         if data is not None:
             assert o.data == data, f"expected {len(data)} bytes, got {o}"
         return o
+
+    def time_wait(self):
+        """The TIME_WAIT record standing for the connection (aport, IP_A, pport), or None."""
+        rec = self.tcp.ehash.get((self.aport, A, self.pport))
+        return rec if rec is not None and rec.state == TIME_WAIT else None
 
     def expect_nothing(self) -> None:
         got = self.sent()

@@ -2,14 +2,19 @@
 corruption in both directions: the bytes arrive exactly, both ways, and every page returns."""
 
 import hashlib
+from socket import SHUT_WR
 
 import pytest
 
+from client_agent.net.ipv4 import tcp as T
 from client_agent.phy.fault import FaultInjector
 from tcp_kit import IP_B, Duo
 
 
 def _transfer(duo: Duo, size: int, both_ways: bool) -> tuple[bytes, bytes]:
+    """Each side sends its bytes, half-closes (shutdown(SHUT_WR): its FIN follows the data),
+    reads until the peer's FIN (b""), then closes -- the order Linux needs: data arriving after
+    close() is answered with a RST (TCPAbortOnData), so no side closes before its EOF."""
     srv = duo.b.tcp.socket()
     srv.bind(("", 2049))
     srv.listen()
@@ -18,33 +23,37 @@ def _transfer(duo: Duo, size: int, both_ways: bool) -> tuple[bytes, bytes]:
     up = hashlib.sha256(b"up").digest() * (size // 32)
     down = hashlib.sha256(b"down").digest() * (size // 32) if both_ways else b""
     st = {"child": None, "up_sent": 0, "down_sent": 0, "up": bytearray(), "down": bytearray(),
-          "fin": False}
+          "closed": set()}
+
+    def side(name, sk, out, sent_key, got_key, now):
+        if name in st["closed"]:
+            return
+        if not sk.snd_shutdown and sk.state in (T.ESTABLISHED, T.CLOSE_WAIT):
+            if st[sent_key] < len(out):
+                n = sk.send(out[st[sent_key]:st[sent_key] + 32768], now)
+                st[sent_key] += max(n, 0)
+            if st[sent_key] == len(out):
+                assert sk.shutdown(SHUT_WR, now) == 0
+        r = sk.recv(now)
+        if isinstance(r, bytes) and r:
+            st[got_key] += r
+        elif r == b"" and sk.snd_shutdown:
+            sk.close(now)
+            st["closed"].add(name)
 
     def apps(now):
         if st["child"] is None:
             st["child"] = srv.accept()
-        child = st["child"]
-        if cli.state == 1 and st["up_sent"] < len(up):
-            n = cli.send(up[st["up_sent"]:st["up_sent"] + 32768], now)
-            st["up_sent"] += max(n, 0)
-        if child is not None:
-            if st["down_sent"] < len(down):
-                n = child.send(down[st["down_sent"]:st["down_sent"] + 32768], now)
-                st["down_sent"] += max(n, 0)
-            r = child.recv(now)
-            if isinstance(r, bytes):
-                st["up"] += r
-        r = cli.recv(now)
-        if isinstance(r, bytes):
-            st["down"] += r
-        if (not st["fin"] and st["up_sent"] == len(up) and child is not None
-                and st["down_sent"] == len(down)):
-            cli.close(now)
-            child.close(now)
-            st["fin"] = True
+        if cli.state != T.SYN_SENT:
+            side("cli", cli, up, "up_sent", "down", now)
+        if st["child"] is not None:
+            side("child", st["child"], down, "down_sent", "up", now)
 
-    duo.run_until(lambda: len(st["up"]) == len(up) and len(st["down"]) == len(down)
-                  and st["fin"] and not duo.a.tcp.sockets or False, limit_s=900, each=apps)
+    duo.run_until(lambda: len(st["closed"]) == 2 and not duo.a.tcp.sockets, limit_s=900,
+                  each=apps)
+    for stack in (duo.a, duo.b):       # nothing arrived after a close()
+        ext = stack.snmp["TcpExt"]
+        assert (ext["TCPAbortOnData"], ext["TCPAbortOnClose"]) == (0, 0)
     return bytes(st["up"]) == up, bytes(st["down"]) == down
 
 

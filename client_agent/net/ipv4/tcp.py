@@ -40,6 +40,10 @@ Invariants owned here:
   fails (an unresolved next hop without memory) is retried after TCP_RESOURCE_PROBE_INTERVAL
   (TCPRetransFail). A failed ACK allocation sends nothing and retries on the
   delayed-ACK timer after TCP_DELACK_MAX.
+- TIME_WAIT (tcp_time_wait): the full socket is replaced in the ehash by a ``TimewaitSock``
+  holding no buffer, and tcp_done'd -- an orphan's queues go back to the pool at once, an owner
+  that has not closed keeps only what it has not read. The record answers segments
+  (tcp_timewait_state_process) for TCP_TIMEWAIT_LEN after the last reschedule.
 - Counters are /proc/net/snmp ``Tcp:`` and /proc/net/netstat ``TcpExt:`` names; every segment
   handed to ``tcp_v4_rcv`` ends in exactly one ``kfree_skb(reason)`` or ``consume_skb``, now or
   when the socket lets go of it.
@@ -48,7 +52,9 @@ Simplifications (each a statement, not a stub): congestion control is Reno (RFC 
 NewReno partial-ACK recovery (RFC 6582) and Linux's PRR cwnd reduction (RFC 6937) -- not CUBIC;
 loss detection is dupthresh (RFC 6675 IsLost with SACK), not RACK-TLP; no DSACK, ECN, TFO, MD5,
 urgent data, keepalive or SYN cookies; no tcp_metrics cache (so no peer is "proven" for the
-SYN queue's last quarter); TIME_WAIT keeps the socket itself (its queues are already empty).
+SYN queue's last quarter); an orphaned FIN_WAIT2 keeps its full socket for tcp_fin_timeout (Linux
+turns it into a timewait socket of substate FIN_WAIT2) -- it holds no buffer: close() emptied
+its receive queue and new data after close() resets the connection.
 """
 
 from __future__ import annotations
@@ -91,6 +97,8 @@ TCP_FASTRETRANS_THRESH = 3      # net.ipv4.tcp_reordering
 TCP_MAX_QUICKACKS = 16
 TCP_INVALID_RATELIMIT = 0.5     # net.ipv4.tcp_invalid_ratelimit (out-of-window ACKs)
 TCP_PAWS_24DAYS = 24 * 86400.0  # a ts_recent older than this is not used for PAWS
+TCP_PAWS_MSL = 60.0             # a RST's timestamp is not checked once ts_recent is this old
+TCP_TW_KILL_TIMEO = 4.0         # __inet_twsk_schedule: a shorter timewait counts TWKilled
 TCP_RMEM = (4096, 131072, 6291456)     # net.ipv4.tcp_rmem
 TCP_WMEM = (4096, 16384, 4194304)      # net.ipv4.tcp_wmem
 TCP_RMEM_TO_WIN_SCALE = 8
@@ -133,7 +141,7 @@ TCPEXT_MIB = (
     "TCPACKSkippedSeq", "TCPACKSkippedChallenge", "PAWSEstab", "TCPAbortOnData",
     "TCPAbortOnClose", "TCPAbortOnTimeout", "TCPAbortOnLinger", "TCPAbortFailed",
     "TCPSACKDiscard", "TCPWantZeroWindowAdv", "TCPToZeroWindowAdv", "TCPFromZeroWindowAdv",
-    "TCPOrigDataSent", "TW", "TWKilled", "ListenOverflows", "ListenDrops",
+    "TCPOrigDataSent", "TW", "TWKilled", "TCPACKSkippedTimeWait", "ListenOverflows", "ListenDrops",
     "TCPMemoryPressures", "EmbryonicRsts", "TCPReqQFullDrop", "TCPSynRetrans")
 
 TCP_DROP_REASONS = (
@@ -141,7 +149,7 @@ TCP_DROP_REASONS = (
     "TCP_OFOMERGE", "TCP_RFC7323_PAWS", "TCP_OLD_SEQUENCE", "TCP_INVALID_SEQUENCE",
     "TCP_RESET", "TCP_INVALID_SYN", "TCP_INVALID_ACK_SEQUENCE", "TCP_CLOSE", "TCP_OLD_ACK", "TCP_TOO_OLD_ACK",
     "TCP_ACK_UNSENT_DATA", "TCP_OFO_QUEUE_PRUNE", "TCP_OFO_DROP", "TCP_LISTEN_OVERFLOW",
-    "PROTO_MEM", "SOCKET_BACKLOG", "TCP_ABORT_ON_DATA",
+    "PROTO_MEM", "SOCKET_BACKLOG", "TCP_ABORT_ON_DATA", "TCP_RFC7323_TW_PAWS",
     # testbed name: tcp_conn_request's drop of a SYN when the SYN queue is full (or its last
     # quarter is reserved for proven peers) -- Linux consumes the SYN and counts ListenDrops
     "TCP_REQQ_FULL")
@@ -231,6 +239,146 @@ class Seg:
                  "opts", "data", "src")
 
 
+class TimewaitSock:
+    """struct tcp_timewait_sock (inet_timewait_sock): what is left of a connection in TIME_WAIT
+    once tcp_time_wait has handed the full socket to tcp_done -- the 4-tuple and port, tw_snd_nxt,
+    tw_rcv_nxt, tw_rcv_wnd (and its scale), the timestamps (tw_ts_recent, tw_ts_recent_stamp,
+    tw_ts_offset) and tw_timer. It holds no buffer and no pool page: it sits in the ehash in the
+    socket's place (inet_twsk_hashdance) and answers for it (``tcp_timewait_state_process``)
+    until the timer kills it (inet_twsk_kill) TCP_TIMEWAIT_LEN after the last reschedule.
+    Only the TIME_WAIT substate is modelled (an orphaned FIN_WAIT2 keeps its full socket)."""
+
+    kind = "tcp-tw"
+    state = TIME_WAIT
+    __slots__ = ("proto", "key", "lport", "rip", "rport", "port_held", "snd_nxt", "rcv_nxt",
+                 "rcv_wnd", "rcv_wscale", "tstamp_ok", "ts_recent", "ts_recent_stamp",
+                 "ts_off", "last_oow_ack_time", "owner", "timer")
+
+    def __init__(self, sk: "TcpSock", now: float, timeo: float) -> None:
+        """tcp_time_wait's copy of ``sk`` and inet_twsk_schedule(timeo) + the hashdance: the
+        record replaces ``sk`` in the ehash and takes over its hold on the local port."""
+        proto = sk.proto
+        self.proto = proto
+        self.key = sk.hashed
+        self.lport, self.rip, self.rport = sk.lport, sk.rip, sk.rport
+        self.port_held = sk.port_held
+        sk.port_held = False
+        self.snd_nxt = sk.snd_nxt
+        self.rcv_nxt = sk.rcv_nxt
+        self.rcv_wnd = sk._receive_window()
+        self.rcv_wscale = sk.rcv_wscale
+        self.tstamp_ok = sk.tstamp_ok
+        self.ts_recent, self.ts_recent_stamp, self.ts_off = \
+            sk.ts_recent, sk.ts_recent_stamp, sk.ts_off
+        self.last_oow_ack_time = -1e9
+        self.owner = sk.owner
+        self.timer = Timer(self._timer_fire, "tcp-timewait")
+        proto.ext["TWKilled" if timeo <= TCP_TW_KILL_TIMEO else "TW"] += 1
+        proto.st.timers.mod_timer(self.timer, now + timeo)
+        proto.ehash[self.key] = self
+        proto.tw_count += 1
+
+    def inet_twsk_kill(self) -> None:
+        """Out of the ehash, the port released, the timer stopped (inet_twsk_deschedule_put)."""
+        proto = self.proto
+        proto.st.timers.del_timer(self.timer)
+        if proto.ehash.get(self.key) is self:
+            del proto.ehash[self.key]
+            proto.tw_count -= 1
+        if self.port_held:
+            proto._put_port(self.lport)
+            self.port_held = False
+
+    def _timer_fire(self, now: float) -> None:
+        self.inet_twsk_kill()
+
+    def _reschedule(self, now: float) -> None:
+        """inet_twsk_reschedule(tw, TCP_TIMEWAIT_LEN): mod_timer_pending."""
+        if self.timer.pending:
+            self.proto.st.timers.mod_timer(self.timer, now + TCP_TIMEWAIT_LEN)
+
+    def _paws_reject(self, tsval: int, rst: bool, now: float) -> bool:
+        """tcp_paws_reject with tcp_paws_check(rx_opt, 0)."""
+        d = (self.ts_recent - tsval) & MASK
+        if d == 0 or d > 0x7FFFFFFF:
+            return False                              # tsval >= ts_recent
+        if now - self.ts_recent_stamp >= TCP_PAWS_24DAYS or not self.ts_recent:
+            return False
+        return not (rst and now - self.ts_recent_stamp >= TCP_PAWS_MSL)
+
+    def _send_ack(self, seg: Seg, now: float) -> None:
+        """tcp_v4_timewait_ack -> tcp_v4_send_ack: seq tw_snd_nxt, ack tw_rcv_nxt, the last
+        window, timestamps if the connection had them; from the control socket at GFP_ATOMIC."""
+        proto = self.proto
+        st = proto.st
+        ts = ((int(now * 1000) + self.ts_off) & MASK, self.ts_recent) if self.tstamp_ok else None
+        out = emit(st.ip, self.rip, self.lport, self.rport, self.snd_nxt, self.rcv_nxt, ACK,
+                   min(self.rcv_wnd >> self.rcv_wscale, 65535),
+                   opt_established(ts, None) if ts else b"", csum_partial=st.tx_csum_tcp)
+        if proto.ip_output(self.rip, out, now, _GFP_ATOMIC, "tcp:ctl") >= 0:
+            proto.mib["OutSegs"] += 1
+
+    def tcp_timewait_state_process(self, seg: Seg, now: float) -> int:
+        """One segment for a TIME_WAIT record (tcp_timewait_state_process, tcp_rfc1337 = 0,
+        and tcp_v4_rcv's do_time_wait). Returns 0 when the segment is dealt with (freed here), or
+        the ISN for a new connection (tw_snd_nxt + 65537) when a new SYN may reopen the pair and
+        a listener is there to take it (TCP_TW_SYN; the record is gone)."""
+        proto = self.proto
+        st = proto.st
+        f = seg.flags
+        o = seg.opts
+        saw_ts = self.tstamp_ok and o is not None and o.saw_tstamp
+        paws_reject = saw_ts and self._paws_reject(o.tsval, bool(f & RST), now)
+        if not paws_reject and seg.seq == self.rcv_nxt and (seg.seq == seg.end_seq or f & RST):
+            # in window: only a RST or a bare ACK can be
+            if f & RST:
+                self.inet_twsk_kill()                 # TIME_WAIT assassination
+                st.kfree_skb(seg.skb, "TCP_RESET")
+                return 0
+            self._reschedule(now)
+            if saw_ts:
+                self.ts_recent, self.ts_recent_stamp = o.tsval, now
+            st.consume_skb(seg.skb, "tcp_tw")
+            return 0
+        if (f & SYN and not f & (RST | ACK) and not paws_reject
+                and (after(seg.seq, self.rcv_nxt)
+                     or (saw_ts and ((self.ts_recent - o.tsval) & MASK) > 0x7FFFFFFF))):
+            if proto.lhash.get(self.lport) is not None:
+                self.inet_twsk_kill()
+                return ((self.snd_nxt + 65535 + 2) & MASK) or 1
+            self._send_ack(seg, now)                  # no listener: TCP_TW_ACK
+            st.consume_skb(seg.skb, "tcp_tw")
+            return 0
+        if paws_reject:
+            proto.ext["PAWSEstab"] += 1
+        if f & RST:
+            st.kfree_skb(seg.skb, "TCP_RFC7323_TW_PAWS" if paws_reject else "TCP_RESET")
+            return 0
+        if paws_reject or f & ACK:
+            self._reschedule(now)
+        # tcp_timewait_check_oow_rate_limit: a segment without data (or a SYN) is answered at
+        # most once per tcp_invalid_ratelimit
+        if seg.seq != seg.end_seq and not f & SYN or \
+                now - self.last_oow_ack_time >= TCP_OOW_RATELIMIT:
+            if seg.seq == seg.end_seq or f & SYN:
+                self.last_oow_ack_time = now
+            self._send_ack(seg, now)
+        else:
+            proto.ext["TCPACKSkippedTimeWait"] += 1
+        if paws_reject:
+            st.kfree_skb(seg.skb, "TCP_RFC7323_TW_PAWS")
+        else:
+            st.consume_skb(seg.skb, "tcp_tw")
+        return 0
+
+    def snapshot(self) -> dict:
+        """ss -tn's line for a timewait socket (no queues, no skmem: it holds no memory)."""
+        return {"state": SS_NAMES[TIME_WAIT],
+                "local": (_pysocket.inet_ntoa(self.proto.st.ip), self.lport),
+                "peer": (_pysocket.inet_ntoa(self.rip), self.rport),
+                "timer": ("timewait", self.timer.expires)}
+
+
 # ================================================================================ protocol
 class Tcp:
     """The protocol: socket tables, demux, RSTs for no socket, counters, tcp_mem, request
@@ -272,6 +420,8 @@ class Tcp:
         # request_sock slab (tcp_request_sock objects): bytes in use, kept out of the page
         # pool as ipfrag keeps its struct ipq -- bounded by max_syn_backlog per listener
         self.reqsk_mem = 0
+        self.tw_count = 0                          # TIME_WAIT records (sockstat "tw")
+        self.tcp_tw_isn = 0                        # tcp_tw_isn: ISN for a SYN a TIME_WAIT let in
 
     @property
     def sockets(self) -> list:
@@ -329,12 +479,25 @@ class Tcp:
         if sk.lport and self.lhash.get(sk.lport) is sk:
             del self.lhash[sk.lport]
         if sk.lport and sk.port_held:
-            n = self.bound.get(sk.lport, 0) - 1
-            if n > 0:
-                self.bound[sk.lport] = n
-            else:
-                self.bound.pop(sk.lport, None)
+            self._put_port(sk.lport)
             sk.port_held = False
+
+    def _put_port(self, port: int) -> None:
+        """inet_put_port: one user of ``port`` fewer."""
+        n = self.bound.get(port, 0) - 1
+        if n > 0:
+            self.bound[port] = n
+        else:
+            self.bound.pop(port, None)
+
+    def time_wait_socks(self) -> list:
+        """The TIME_WAIT records in the ehash (``ss -tn state time-wait``)."""
+        return [s for s in self.ehash.values() if type(s) is TimewaitSock]
+
+    def inet_twsk_purge(self) -> None:
+        """inet_twsk_purge at netns exit: every TIME_WAIT record killed."""
+        for tw in self.time_wait_socks():
+            tw.inet_twsk_kill()
 
     # ------------------------------------------------------------------ memory
     def under_memory_pressure(self) -> bool:
@@ -398,6 +561,17 @@ class Tcp:
         seg.opts = (parse_options(payload[TCP_HLEN:th.doff], bool(flags & SYN))
                     if th.doff > TCP_HLEN else None)
         sk = self.ehash.get((th.dport, src, th.sport))
+        if type(sk) is TimewaitSock:
+            # do_time_wait (before the socket filter: a timewait socket has none)
+            isn = sk.tcp_timewait_state_process(seg, now)
+            if not isn:
+                return
+            self.tcp_tw_isn = isn                       # TCP_TW_SYN: the listener takes it
+            try:
+                self._process(self.lhash[th.dport], seg, now)
+            finally:
+                self.tcp_tw_isn = 0
+            return
         if type(sk) is RequestSock:
             # TCP_NEW_SYN_RECV: the listener's filter, then tcp_check_req
             ln = sk.listener
@@ -414,12 +588,17 @@ class Tcp:
             if sk is None:
                 self._no_socket(seg, src, now)
                 return
-        # tcp_filter -> sk_filter_trim_cap: a reserve buffer only for SOCK_MEMALLOC sockets
-        # (listeners included); PFMemallocDrop is counted there
+        self._process(sk, seg, now)
+
+    def _process(self, sk: "TcpSock", seg: Seg, now: float) -> None:
+        """tcp_v4_rcv's ``process:`` -- tcp_filter -> sk_filter_trim_cap: a reserve buffer only
+        for SOCK_MEMALLOC sockets (listeners included; PFMemallocDrop is counted there), then
+        the backlog if the owner holds the socket, else tcp_v4_do_rcv."""
+        skb = seg.skb
         reason = sk.sk_filter(skb)
         if reason is not None:
             sk.drops += 1
-            st.kfree_skb(skb, reason)
+            self.st.kfree_skb(skb, reason)
             return
         if sk.owned_by_user:
             sk.add_backlog(seg)
@@ -457,7 +636,7 @@ class Tcp:
         return {"memory_allocated_pages": (self.memory_allocated + 4095) >> 12,
                 "tcp_mem": list(self.tcp_mem), "memory_pressure": self.memory_pressure,
                 "request_socks": sum(len(s.reqs) for s in self.sockets if s.state == LISTEN),
-                "reqsk_mem_bytes": self.reqsk_mem}
+                "reqsk_mem_bytes": self.reqsk_mem, "tw": self.tw_count}
 
 
 # ================================================================================ socket
@@ -491,7 +670,7 @@ class TcpSock(Sock):
         self.backlog_len = 0
         self.nodelay = False
         # -- timers on the stack's heap (icsk_retransmit_timer: RTO or probe0;
-        #    icsk_delack_timer; sk_timer: TIME_WAIT / orphaned FIN_WAIT2)
+        #    icsk_delack_timer; sk_timer: orphaned FIN_WAIT2; TIME_WAIT: TimewaitSock.timer)
         self.xmit_timer = Timer(self._xmit_timer_fire, "tcp-retrans")
         self.t_xmit_kind = 0                      # 1 retransmit, 2 probe0
         self.delack_timer = Timer(self._delack_timer, "tcp-delack")
@@ -729,18 +908,33 @@ class TcpSock(Sock):
             return -errno.ENOTCONN
         return None
 
+    def shutdown(self, how: int, now: float) -> int:
+        """shutdown(2) (inet_shutdown -> tcp_shutdown): ``how`` is SHUT_RD (0), SHUT_WR (1) or
+        SHUT_RDWR (2). SHUT_RD sets RCV_SHUTDOWN: reads return b"" once the queue is drained,
+        and new data arriving in FIN_WAIT1/FIN_WAIT2 resets the connection (TCPAbortOnData);
+        SHUT_WR queues a FIN after the data (tcp_close_state: ESTABLISHED -> FIN_WAIT1,
+        CLOSE_WAIT -> LAST_ACK, SYN_RECV -> FIN_WAIT1). 0, -EINVAL for another ``how``,
+        -ENOTCONN in CLOSE; in LISTEN (with SHUT_RD) and SYN_SENT Linux disconnects
+        (tcp_disconnect), which is not modelled here: -EOPNOTSUPP."""
+        if how not in (_pysocket.SHUT_RD, _pysocket.SHUT_WR, _pysocket.SHUT_RDWR):
+            return -errno.EINVAL
+        mask = how + 1                                # 1 RCV_SHUTDOWN, 2 SEND_SHUTDOWN
+        st = self.state
+        if st == SYN_SENT or (st == LISTEN and mask & 1):
+            return -errno.EOPNOTSUPP
+        if mask & 1:
+            self.rcv_shutdown = True
+        if mask & 2:
+            self.snd_shutdown = True
+            if st in (ESTABLISHED, SYN_RECV, CLOSE_WAIT):
+                self._set_state(LAST_ACK if st == CLOSE_WAIT else FIN_WAIT1)
+                self._send_fin(now)
+        self.proto.wake(self.wait_key)                # sk_state_change
+        return -errno.ENOTCONN if st == CLOSE else 0
+
     def shutdown_wr(self, now: float) -> None:
-        """shutdown(SHUT_WR): queue a FIN after the data (tcp_shutdown -> tcp_close_state)."""
-        if self.snd_shutdown:
-            return
-        self.snd_shutdown = True
-        if self.state == ESTABLISHED:
-            self._set_state(FIN_WAIT1)
-        elif self.state == CLOSE_WAIT:
-            self._set_state(LAST_ACK)
-        else:
-            return
-        self._send_fin(now)
+        """shutdown(SHUT_WR)."""
+        self.shutdown(_pysocket.SHUT_WR, now)
 
     def close(self, now: float) -> None:
         """tcp_close: unread data -> RST (TCPAbortOnClose); else FIN and the socket lives on
@@ -749,6 +943,7 @@ class TcpSock(Sock):
         if self.dead:
             return
         self.dead = True
+        self.rcv_shutdown = self.snd_shutdown = True   # sk_shutdown = SHUTDOWN_MASK
         st = self.state
         if st == LISTEN:
             self._set_state(CLOSE)
@@ -774,11 +969,9 @@ class TcpSock(Sock):
             self._done()
             return
         if st in (ESTABLISHED, SYN_RECV):
-            self.snd_shutdown = True
             self._set_state(FIN_WAIT1)
             self._send_fin(now)
         elif st == CLOSE_WAIT:
-            self.snd_shutdown = True
             self._set_state(LAST_ACK)
             self._send_fin(now)
         elif st == FIN_WAIT2:
@@ -1049,10 +1242,8 @@ class TcpSock(Sock):
             self._retransmit_timer(now)
 
     def _misc_timer_fire(self, now: float) -> None:
-        """tcp_keepalive_timer's FIN_WAIT2 part and the TIME_WAIT timer (tw_timer)."""
-        if self.state == TIME_WAIT:
-            self.proto.ext["TW"] += 1
-        if self.state in (TIME_WAIT, FIN_WAIT2):
+        """tcp_keepalive_timer's FIN_WAIT2 part: an orphan's FIN_WAIT2 ends (tcp_fin_timeout)."""
+        if self.state == FIN_WAIT2:
             self._done()
 
     def _delack_timer(self, now: float) -> None:
@@ -1554,9 +1745,6 @@ class TcpSock(Sock):
         if st == SYN_SENT:
             self._rcv_synsent(seg, now)
             return
-        if st == TIME_WAIT:
-            self._timewait_rcv(seg, now)
-            return
         if st == CLOSE:
             self.proto.send_reset(seg, seg.src, now)
             self.stack.kfree_skb(seg.skb, "TCP_CLOSE")
@@ -1725,29 +1913,6 @@ class TcpSock(Sock):
         self._incr_quickack()
         self.proto.wake(self.wait_key)
 
-    # -- TIME_WAIT ----------------------------------------------------------------------
-    def _timewait_rcv(self, seg: Seg, now: float) -> None:
-        """tcp_timewait_state_process (tcp_rfc1337=0: a RST kills the TIME_WAIT)."""
-        f = seg.flags
-        if f & RST:
-            self.proto.ext["TWKilled"] += 1
-            self._drop(seg, "TCP_RESET")
-            self._done()
-            return
-        if f & FIN and seg.end_seq == self.rcv_nxt:
-            self._arm_misc(now + TCP_TIMEWAIT_LEN)  # retransmitted FIN: ACK it again
-        if f & SYN and not f & ACK and after(seg.seq, self.rcv_nxt):
-            # a new incarnation may reuse the pair: drop the TIME_WAIT, let a listener take it
-            self._done()
-            listener = self.proto.lhash.get(self.lport)
-            if listener is not None:
-                listener.tcp_rcv(seg, now)
-                return
-            self.proto._no_socket(seg, seg.src, now)
-            return
-        self.send_ack(now)
-        self._consume(seg)
-
     # -- synchronized states --------------------------------------------------------------
     def _paws_reject(self, o, seg: Seg, now: float) -> bool:
         if not (self.tstamp_ok and o is not None and o.saw_tstamp):
@@ -1854,13 +2019,20 @@ class TcpSock(Sock):
                 self._consume(seg)
                 self._done()
                 return
+        # step 7, the segment text (tcp_rcv_state_process): after the peer's FIN only a
+        # retransmission (seq before rcv_nxt) goes on; once RCV_SHUTDOWN is set -- by close(),
+        # shutdown(SHUT_RD) or that FIN -- new data (or an out-of-order FIN) beyond rcv_nxt
+        # resets the connection (RFC 1122 4.2.2.13): TCPAbortOnData, tcp_reset, and
+        # tcp_v4_do_rcv answers the segment with a RST (tcp_v4_send_reset)
         st = self.state
-        if st in (ESTABLISHED, FIN_WAIT1, FIN_WAIT2) and (seg.data or f & FIN):
-            if self.rcv_shutdown and seg.data and after(seg.end_seq, self.rcv_nxt) and self.dead:
+        if st in (ESTABLISHED, FIN_WAIT1, FIN_WAIT2) or \
+                (st in (CLOSE_WAIT, CLOSING, LAST_ACK) and before(seg.seq, self.rcv_nxt)):
+            if st != ESTABLISHED and self.rcv_shutdown and seg.end_seq != seg.seq and \
+                    after((seg.end_seq - (1 if f & FIN else 0)) & MASK, self.rcv_nxt):
                 proto.ext["TCPAbortOnData"] += 1
-                self._send_active_reset(now)
+                self._reset(now)
+                proto.send_reset(seg, seg.src, now)
                 self._drop(seg, "TCP_ABORT_ON_DATA")
-                self._done()
                 return
             self._data_queue(seg, now)
         else:
@@ -2469,13 +2641,14 @@ class TcpSock(Sock):
         self.proto.wake(self.wait_key)
 
     def _time_wait(self, now: float) -> None:
-        """tcp_time_wait: TIME_WAIT for 2*MSL, then CLOSE."""
-        self._set_state(TIME_WAIT)
-        self._purge_write_queue()
-        self._clear_xmit_timer()
-        self.stack.timers.del_timer(self.delack_timer)
-        self._arm_misc(now + TCP_TIMEWAIT_LEN)
-        self.proto.wake(self.wait_key)
+        """tcp_time_wait(sk, TCP_TIME_WAIT, 0): a ``TimewaitSock`` takes the socket's place in the
+        ehash and its port for TCP_TIMEWAIT_LEN (TW counted as it is scheduled), then tcp_done:
+        the socket is CLOSE and out of the tables. An orphan (SOCK_DEAD) is destroyed at once
+        (inet_csk_destroy_sock: receive, out-of-order and write queues back to the pool); an
+        owner that has not closed keeps its socket, and what it has not read yet, until
+        close() (tcp_close in CLOSE frees the rest without a RST)."""
+        TimewaitSock(self, now, TCP_TIMEWAIT_LEN)
+        self._done()
 
     # -- SACK blocks we send (RFC 2018 §4) ----------------------------------------------
     def _sack_new_ofo(self, seq: int, end: int) -> None:
@@ -2636,7 +2809,9 @@ class RequestSock:
         self.rip, self.rport = seg.src, seg.sport
         self.key = (listener.lport, seg.src, seg.sport)
         self.irs = seg.seq
-        self.iss = proto.secure_tcp_seq(st.ip, seg.src, listener.lport, seg.sport, now)
+        # a SYN that reopened a TIME_WAIT pair starts above the old sequence space (tcp_tw_isn)
+        self.iss = proto.tcp_tw_isn or proto.secure_tcp_seq(st.ip, seg.src, listener.lport,
+                                                            seg.sport, now)
         self.ts_off = proto.secure_tcp_ts_off(st.ip, seg.src)
         o = seg.opts if seg.opts is not None else parse_options(b"", True)
         self.opts = o
