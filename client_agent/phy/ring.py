@@ -163,14 +163,19 @@ class RxRingV2:
     def next_frames(self, budget: int):
         buf = self.buf
         unpack_pkt = _V2_PKT.unpack_from
+        release = _U32.pack_into
+        head, nr = self.head, self.frame_nr
+        fs, pb, bs = self.frame_size, self.per_block, self.block_size
+        contiguous = pb * fs == bs                # no slack at a block's end: slot i at i * fs
         for _ in range(budget):
-            off = self._slot(self.head)
+            off = head * fs if contiguous else (head // pb) * bs + (head % pb) * fs
             status, ln, snap, mac = unpack_pkt(buf, off)
             if not status & TP_STATUS_USER:
                 return
             yield off, snap, ln, status, mac
-            _U32.pack_into(buf, off, TP_STATUS_KERNEL)
-            self.head = self.head + 1 if self.head + 1 < self.frame_nr else 0
+            release(buf, off, TP_STATUS_KERNEL)
+            head = head + 1 if head + 1 < nr else 0
+            self.head = head
 
 
 class TxRingV2:

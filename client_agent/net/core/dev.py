@@ -140,14 +140,18 @@ class NetCore:
 
     # ================================================================== poll and timers
     def poll(self, now: float, budget: int = NAPI_BUDGET) -> float | None:
-        items = self.dev.receive(now, budget)
+        dev = self.dev
+        items = dev.receive(now, budget)
         rx = self.rx_frame
         for item in items:
             rx(item, now)
-        self.run_timers(now)
+        t = self.timers.run(now)                 # run_timers(now), and the deadline after it
         if len(items) >= budget:
             return now
-        return self.next_deadline()
+        d = dev.poll_at()
+        if d is None:
+            return t
+        return d if t is None or d < t else t
 
     def run_timers(self, now: float) -> None:
         self.timers.run(now)

@@ -113,13 +113,21 @@ class UdpSocket(Sock):
         """Non-blocking: the oldest datagram (truncated to ``bufsize``) or None when empty."""
         if not self.rxq:
             return None
-        skb, payload, src = self.rxq.popleft()
+        src = self.rxq[0][2]
+        return self.recv(bufsize), (_pysocket.inet_ntoa(src[0]), src[1])
+
+    def recv(self, bufsize: int = 65535) -> bytes | None:
+        """``recvfrom`` without the sender's address (recv(2)): the oldest datagram's bytes
+        (truncated to ``bufsize``), or None when the queue is empty."""
+        if not self.rxq:
+            return None
+        skb, payload, _src = self.rxq.popleft()
         data = bytes(payload[:bufsize])
         self.rmem_alloc -= skb.truesize
         st = self.stack
         st.snmp["Udp"]["InDatagrams"] += 1              # Linux counts it in udp_recvmsg
         st.consume_skb(skb, "udp_read")
-        return data, (_pysocket.inet_ntoa(src[0]), src[1])
+        return data
 
     def recvfrom_wait(self, bufsize: int = 65535, until: float | None = None):
         """Task-friendly blocking receive: ``data, addr = yield from sk.recvfrom_wait()``.
