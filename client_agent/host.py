@@ -334,8 +334,8 @@ class Host:
             recv = sk.recv                  # the sink needs no sender address (recv(2))
             ordinary = reader == "ordinary"
             while True:
-                got = yield from sk.recvfrom_wait()
-                data = None if got is None else got[0]
+                # Drain what is queued before sleeping again: one wakeup per batch.
+                data = recv()
                 while data is not None:
                     if ordinary:
                         pages = yield WaitPages(1, GFP_KERNEL, owner,
@@ -343,10 +343,10 @@ class Host:
                         self.alloc.free(pages)
                     stats["read"] += 1
                     stats["bytes"] += len(data)
-                    # Drain what is queued before sleeping again: one wakeup per batch.
                     data = recv()
                 if sk.closed:
                     return
+                yield from sk.wait_data()
 
         if reader != "none":
             self.sched.spawn(f"udp-sink/{port}", sink())

@@ -278,12 +278,16 @@ class Loop:
             ready.append(h)
 
         # 5. Run what was ready at this point; what they schedule waits for the next iteration.
+        popleft = ready.popleft
         for _ in range(len(ready)):
-            h = ready.popleft()
+            h = popleft()
             if h.cancelled:
                 continue
             fn, args = h.fn, h.args
-            h.cancel()  # a handle runs once; cancelling it afterwards is a no-op
+            # a handle runs once; cancelling it afterwards is a no-op (h.cancel(), inline)
+            h.cancelled = True
+            h.fn = None
+            h.args = ()
             fn(*args)
         return True
 

@@ -376,11 +376,14 @@ class Scheduler:
 
         def run_now():
             # The loop callback that just made tasks runnable runs them itself (no separate
-            # call_soon tick): the same run(), one loop turn earlier.
+            # call_soon tick): the same run(), one loop turn earlier (tick's body, inline).
             h = state["handle"]
             if h is not None:
                 h.cancel()
-            tick()
+                state["handle"] = None
+            deadline = self.run(loop.time())
+            if deadline is not None:
+                state["handle"] = loop.call_at(deadline, tick)
 
         self.on_runnable = kick
         self._run_now = run_now

@@ -1,8 +1,8 @@
 """Section "rx_inproc": the receive path's Python cost per frame, in-process, with no system call.
 
 What is measured: the agent's own ``Host`` (client_agent/host.py, as ``client-agent`` builds it)
-on a manual clock, its NIC the ring device's receive path (``phy.ring.RingDevice.receive`` over a
-``RxRingV2``, the default ``ring-v2`` NIC) reading a TPACKET_V2 ring laid out in process memory,
+on a manual clock, its NIC the ring device's receive path (``phy.ring.RingDevice.receive_v2``, what
+the default ``ring-v2`` NIC receives with) reading a TPACKET_V2 ring laid out in process memory,
 with a ``fast`` UDP sink and its reader task on each of the rx section's four flood ports. The
 bench plays the kernel: it hands the ring ``batch`` frames at a time (each slot's status word set
 to ``TP_STATUS_USER | TP_STATUS_CSUM_VALID``, as ``tpacket_rcv`` does), tells the host (the
@@ -73,7 +73,7 @@ def udp_frames(n: int, seed: int) -> list[bytes]:
 
 
 class MemoryRingNic:
-    """The ring NIC's receive path (``RingDevice.receive``, TPACKET_V2 slots, ``rx`` offload) over
+    """The ring NIC's receive path (``RingDevice.receive_v2``, TPACKET_V2 slots, ``rx`` offload) over
     a ring in a bytearray; ``hand(k)`` is the kernel's side: the next ``k`` slots become the
     user's. No file descriptor: readiness is ``on_rx`` (set by ``Host``, as for the in-memory
     wire). Transmits nothing (a frame given to ``transmit`` is counted and refused)."""
@@ -105,7 +105,7 @@ class MemoryRingNic:
                                         "rx_gso_frames", "rx_gso_dropped", "rx_blocks", "tx_refused")}
 
     from client_agent.phy.ring import RingDevice as _RingDevice
-    receive = _RingDevice.receive                # the agent's own receive path
+    receive = _RingDevice.receive_v2             # the agent's own receive path (ring-v2)
     del _RingDevice
 
     def hand(self, k: int) -> None:

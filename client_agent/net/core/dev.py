@@ -122,7 +122,12 @@ class NetCore:
         if skb.rx:
             f = self.rx_fate
             f[where] = f.get(where, 0) + 1
-        skb.free()
+        pages = skb.pages
+        if pages is None or skb.frag_list:
+            skb.free()                          # a chain, or a double free: SkBuff.free says so
+        else:
+            skb.pages = None                    # SkBuff.free, inline
+            skb._alloc.free(pages)
 
     def count_rx_fate(self, where: str, n: int = 1) -> None:
         if n:
