@@ -217,7 +217,8 @@ class Host:
 
     def _napi_poll(self) -> None:
         self._repoll_pending = False
-        now = self.loop.time()
+        loop = self.loop
+        now = loop.time()
         self.polls += 1
         sched = self.sched
         held = sched.hold_kicks()
@@ -228,10 +229,12 @@ class Host:
                 # The readers the poll woke run now, in this loop callback (as softirq work
                 # runs the woken tasks' wakeups on return), not one loop tick later.
                 sched.release_kicks()
-        if nd is not None and nd <= now:
+        if nd is None:
+            return
+        if nd <= now:
             # Budget exhausted: repoll after timers and tasks had their turn (napi_schedule).
             self._repoll_pending = True
-            self.loop.call_soon(self._napi_poll)
+            loop.call_soon(self._napi_poll)
             nd = self.stack.next_deadline()
         self._arm(nd)
 
@@ -328,19 +331,22 @@ class Host:
         owner = f"sink:{port}"
 
         def sink():
+            recv = sk.recv                  # the sink needs no sender address (recv(2))
+            ordinary = reader == "ordinary"
             while True:
-                got = yield from sk.recvfrom_wait()
-                while got is not None:
-                    if reader == "ordinary":
+                # Drain what is queued before sleeping again: one wakeup per batch.
+                data = recv()
+                while data is not None:
+                    if ordinary:
                         pages = yield WaitPages(1, GFP_KERNEL, owner,
                                                 reason=f"page to process a datagram on :{port}")
                         self.alloc.free(pages)
                     stats["read"] += 1
-                    stats["bytes"] += len(got[0])
-                    # Drain what is queued before sleeping again: one wakeup per batch.
-                    got = sk.recvfrom()
+                    stats["bytes"] += len(data)
+                    data = recv()
                 if sk.closed:
                     return
+                yield from sk.wait_data()
 
         if reader != "none":
             self.sched.spawn(f"udp-sink/{port}", sink())

@@ -174,6 +174,15 @@ class Loop:
             if not self._run_once(deadline):
                 return pred is not None and bool(pred())
 
+    def has_ready(self) -> bool:
+        """Callbacks are queued to run in the next iteration (call_soon, a repoll)."""
+        return bool(self._ready)
+
+    def run_once(self) -> bool:
+        """One iteration, as ``run_until`` runs them (on a ManualClock with nothing ready, time
+        jumps to the next timer). False: nothing can ever happen again."""
+        return self._run_once(None)
+
     def run_forever(self) -> None:
         """Run until ``stop()`` (or, on a ManualClock, until nothing can ever happen)."""
         self.run_until(None, None)
@@ -269,12 +278,16 @@ class Loop:
             ready.append(h)
 
         # 5. Run what was ready at this point; what they schedule waits for the next iteration.
+        popleft = ready.popleft
         for _ in range(len(ready)):
-            h = ready.popleft()
+            h = popleft()
             if h.cancelled:
                 continue
             fn, args = h.fn, h.args
-            h.cancel()  # a handle runs once; cancelling it afterwards is a no-op
+            # a handle runs once; cancelling it afterwards is a no-op (h.cancel(), inline)
+            h.cancelled = True
+            h.fn = None
+            h.args = ()
             fn(*args)
         return True
 

@@ -314,26 +314,35 @@ class Scheduler:
         now = self.now
         self._kicked = False
         self._in_run = True
+        runq = self._runq
         try:
-            self._fire_timers(now)
+            timers = self._timers
+            if timers and timers[0][0] <= now:
+                self._fire_timers(now)
             if self._pages_freed:
                 self._service_page_waiters()
             # Passes over the run queue: what a pass makes runnable (a wake, freed pages) runs
             # in the next pass; after RUN_PASSES the rest waits for the next run() (we return
             # ``now``), so tasks waking each other forever cannot spin run() forever.
+            step = self._step
+            popleft = runq.popleft
             for _ in range(RUN_PASSES):
-                if not self._runq:
+                if not runq:
                     break
-                for _ in range(len(self._runq)):
-                    task = self._runq.popleft()
+                for _ in range(len(runq)):
+                    task = popleft()
                     if task.state == RUNNABLE:
-                        self._step(task)
+                        step(task)
                 if self._pages_freed:
                     self._service_page_waiters()
         finally:
             self._in_run = False
-            self._update_free_hook()
-        return self.next_deadline()
+            alloc = self.alloc
+            if alloc is not None and alloc.on_pages_freed is not None:
+                self._update_free_hook()
+        if runq or self._pages_freed:
+            return now
+        return self.next_deadline() if self._timers else None
 
     def next_deadline(self) -> float | None:
         if self._runq or self._pages_freed:
@@ -367,11 +376,14 @@ class Scheduler:
 
         def run_now():
             # The loop callback that just made tasks runnable runs them itself (no separate
-            # call_soon tick): the same run(), one loop turn earlier.
+            # call_soon tick): the same run(), one loop turn earlier (tick's body, inline).
             h = state["handle"]
             if h is not None:
                 h.cancel()
-            tick()
+                state["handle"] = None
+            deadline = self.run(loop.time())
+            if deadline is not None:
+                state["handle"] = loop.call_at(deadline, tick)
 
         self.on_runnable = kick
         self._run_now = run_now
@@ -405,7 +417,8 @@ class Scheduler:
         task._value = value
         task._action = action
         self._runq.append(task)
-        self._kick()
+        if not self._in_run:
+            self._kick()
 
     def _park(self, task: Task, state: str) -> int:
         task._token += 1
@@ -456,10 +469,15 @@ class Scheduler:
 
     def _step(self, task: Task) -> None:
         task.state = RUNNING
-        task.state_since = self.now
+        task.state_since = now = self.now
         value = task._value
         task._value = None
-        saved = self._swap_in(task)
+        alloc = self.alloc                      # _swap_in, inline
+        if alloc is not None:
+            saved = alloc.pf_memalloc_depth
+            alloc.pf_memalloc_depth = task.pf_memalloc_depth
+        else:
+            saved = 0
         try:
             throw = False
             if task._action == _RETRY_AFTER_THROTTLE:
@@ -470,13 +488,14 @@ class Scheduler:
             elif task._action == _THROW:
                 task._action = _SEND
                 throw = True
+            send = task.gen.send
             for _ in range(INLINE_STEPS):
                 try:
                     if throw:
                         throw = False
                         w = task.gen.throw(value)
                     else:
-                        w = task.gen.send(value)
+                        w = send(value)
                 except StopIteration as stop:
                     self._finish(task, DONE, result=stop.value)
                     return
@@ -496,10 +515,16 @@ class Scheduler:
                     self._finish(task, KILLED)
                     return
                 task.wait = w
-                task.since = self.now
+                task.since = now
                 if type(w) is WaitEvent:       # the common case (readers, RPC replies) first
-                    token = self._park(task, WAITING)
-                    self._events.setdefault(w.key, []).append((task, token))
+                    task._token = token = task._token + 1       # _park(task, WAITING), inline
+                    task.state = WAITING
+                    task.state_since = now
+                    waiters = self._events.get(w.key)
+                    if waiters is None:
+                        self._events[w.key] = [(task, token)]
+                    else:
+                        waiters.append((task, token))
                     if w.until is not None:
                         self._add_timer(w.until, task)
                     return
@@ -525,7 +550,9 @@ class Scheduler:
                 return
             self._make_runnable(task, value)   # inline budget used up: back of the queue
         finally:
-            self._swap_out(task, saved)
+            if alloc is not None:               # _swap_out, inline
+                task.pf_memalloc_depth = alloc.pf_memalloc_depth
+                alloc.pf_memalloc_depth = saved
 
     def _crash_bad_yield(self, task: Task, w: Any, why: str) -> None:
         try:

@@ -272,3 +272,65 @@ def test_stack_charges_a_gro_frame_what_the_device_says():
     assert alloc.nr_pages - alloc.nr_free == 3       # one buffer per merged segment, not ceil(len/4096) = 1
     data, _addr = sk.recvfrom()
     assert data == b"d" * 3000 and alloc.nr_free == alloc.nr_pages
+
+
+def _v2_device_over(buf, fs, nr, caps, filter_outgoing=False):
+    from client_agent.phy.ring import RingDevice
+    dev = object.__new__(RingDevice)
+    dev.version, dev.caps, dev.mtu = 2, caps, 1500
+    dev._rx_view = memoryview(buf)
+    dev.rx = RxRingV2(dev._rx_view, BS, fs, nr)
+    dev._filter_outgoing = filter_outgoing
+    dev._rx_vnet = False
+    dev._max_plain = 1500 + 14 + 4
+    dev._csum_ok_mask = 8 | 0x80 if caps.rx_csum else 8
+    dev.counters = {k: 0 for k in ("rx_packets", "rx_bytes", "rx_csum_notready", "rx_ring_truncated",
+                                   "rx_gso_frames", "rx_gso_dropped", "rx_blocks")}
+    return dev
+
+
+def test_the_v2_receive_gives_the_same_frames_and_counters_as_the_ring_walk():
+    """receive_v2 (the ring-v2 NIC's inline walk) against receive over RxRingV2.next_frames: the
+    same items, counters and slots given back, across a budget split and a wrap-around, with a
+    truncated, an oversized and an outgoing frame among them."""
+    from client_agent.phy.ring import RingDevice
+    fs, nr = 2048, 6
+    kinds = [("ok", 0x80), ("ok", 8), ("trunc", 0), ("out", 0), ("big", 0), ("ok", 0), ("ok", 0x80), ("ok", 0)]
+    results = []
+    for use_v2 in (False, True):
+        buf = bytearray(fs * nr)
+        dev = _v2_device_over(buf, fs, nr, parse_offloads("rx"), filter_outgoing=True)
+        got, head = [], 0
+        for rnd, budget in ((0, 4), (1, 64), (2, 64)):
+            for i, (kind, st) in enumerate(kinds[rnd * 3:rnd * 3 + 3] if rnd < 2 else kinds[6:]):
+                off = ((head + i) % nr) * fs
+                frame = bytes([rnd * 16 + i]) * (1600 if kind == "big" else 100)
+                snap = 60 if kind == "trunc" else len(frame)
+                struct.pack_into("=IIIH", buf, off, TP_STATUS_USER | st, len(frame), snap, 80)
+                buf[off + 32 + 10] = 4 if kind == "out" else 0          # sll_pkttype
+                buf[off + 80:off + 80 + snap] = frame[:snap]
+            n = 3 if rnd < 2 else 2
+            head = (head + n) % nr
+            recv = RingDevice.receive_v2 if use_v2 else RingDevice.receive
+            got.append(recv(dev, 0.0, budget))
+            if budget == 4:                                  # 3 ready (one truncated): the 4th stops it
+                assert len(got[-1]) == 2
+        assert all(struct.unpack_from("=I", buf, i * fs)[0] == TP_STATUS_KERNEL for i in range(nr))
+        results.append((got, dict(dev.counters), dev.rx.head))
+    assert results[0] == results[1]
+    got, counters, _head = results[1]
+    assert counters["rx_ring_truncated"] == 1 and counters["rx_gso_dropped"] == 1
+    assert counters["rx_packets"] == 5 and counters["rx_csum_notready"] == 1
+    assert [len(g) for g in got] == [2, 1, 2]
+
+
+def test_the_v2_receive_honours_the_budget():
+    from client_agent.phy.ring import RingDevice
+    fs, nr = 2048, 8
+    buf = bytearray(fs * nr)
+    dev = _v2_device_over(buf, fs, nr, parse_offloads("rx"))
+    for i in range(5):
+        struct.pack_into("=IIIH", buf, i * fs, TP_STATUS_USER, 100, 100, 80)
+    assert len(RingDevice.receive_v2(dev, 0.0, 3)) == 3 and dev.rx.head == 3
+    assert len(RingDevice.receive_v2(dev, 0.0, 0)) == 0 and dev.rx.head == 3
+    assert len(RingDevice.receive_v2(dev, 0.0, 64)) == 2 and dev.rx.head == 5

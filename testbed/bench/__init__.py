@@ -14,7 +14,8 @@ from .framework import (BenchContext, BenchError, Figure, Registry, SectionResul
                         has_errors, machine_info, run_sections, summarize_runs)
 
 # Order is the order sections run and print in.
-SECTION_MODULES = ("rx", "nas", "writeback", "recovery", "memory", "scale", "demo", "capacity", "rx_tcp", "wb_inproc")
+SECTION_MODULES = ("rx", "nas", "writeback", "recovery", "memory", "scale", "demo", "capacity", "rx_tcp", "rx_inproc",
+                   "wb_inproc")
 REGISTRY = Registry(order=SECTION_MODULES)
 
 

@@ -90,9 +90,12 @@ class BareRingLoop(BareLoop):
     wakeup walk up to ``BUDGET`` frame headers in the mmap'ed ring, read the status word and peek
     at the EtherType in place, release each block/slot. No copy, no system call per frame."""
 
-    def __init__(self, ifname: str, version: int = 3):
-        from client_agent.phy.ring import RingDevice
-        self.dev = RingDevice(ifname, version=version, tx_ring=False)
+    def __init__(self, ifname: str | None = None, version: int = 3, *, dev=None):
+        # ``dev``: a ring device already open (the in-process bench's ring in memory)
+        if dev is None:
+            from client_agent.phy.ring import RingDevice
+            dev = RingDevice(ifname, version=version, tx_ring=False)
+        self.dev = dev
         self.rx_packets = 0
         self.rx_bytes = 0
         self.ipv4 = 0

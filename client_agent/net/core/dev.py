@@ -122,7 +122,12 @@ class NetCore:
         if skb.rx:
             f = self.rx_fate
             f[where] = f.get(where, 0) + 1
-        skb.free()
+        pages = skb.pages
+        if pages is None or skb.frag_list:
+            skb.free()                          # a chain, or a double free: SkBuff.free says so
+        else:
+            skb.pages = None                    # SkBuff.free, inline
+            skb._alloc.free(pages)
 
     def count_rx_fate(self, where: str, n: int = 1) -> None:
         if n:
@@ -140,14 +145,18 @@ class NetCore:
 
     # ================================================================== poll and timers
     def poll(self, now: float, budget: int = NAPI_BUDGET) -> float | None:
-        items = self.dev.receive(now, budget)
+        dev = self.dev
+        items = dev.receive(now, budget)
         rx = self.rx_frame
         for item in items:
             rx(item, now)
-        self.run_timers(now)
+        t = self.timers.run(now)                 # run_timers(now), and the deadline after it
         if len(items) >= budget:
             return now
-        return self.next_deadline()
+        d = dev.poll_at()
+        if d is None:
+            return t
+        return d if t is None or d < t else t
 
     def run_timers(self, now: float) -> None:
         self.timers.run(now)

@@ -73,19 +73,35 @@ class TimerHeap:
             ds.append(top)
         return min(ds) if ds else None
 
-    def run(self, now: float) -> None:
+    def run(self, now: float) -> float | None:
+        """Run what is due at ``now``; return ``next_deadline()`` as it is afterwards."""
+        fired = False
+        nd = None
         for s in self.sources:
             d = s.next_deadline()
-            if d is not None and d <= now:
-                s.run_timers(now)
+            if d is not None:
+                if d <= now:
+                    s.run_timers(now)
+                    fired = True
+                elif nd is None or d < nd:
+                    nd = d
         h = self._heap
-        while True:
+        while h:
             top = self._top()
             if top is None or top > now:
-                return
+                break
             _e, _s, timer = heapq.heappop(h)
             timer.expires = None
             timer.fn(now)
+            fired = True
+        if fired:
+            # a callback may have armed anything, in any table: ask them all again
+            return self.next_deadline()
+        if h:
+            top = self._top()
+            if top is not None and (nd is None or top < nd):
+                nd = top
+        return nd
 
     def __len__(self) -> int:
         return sum(1 for e, _s, t in self._heap if t.expires == e)

@@ -52,7 +52,9 @@ class UdpSocket(Sock):
         self.local: tuple[bytes, int] | None = None      # (ip or 0.0.0.0, port)
         self.remote: tuple[bytes, int] | None = None
         self.rxq: deque = deque()                        # (skb, payload, (src_ip, sport))
-        self._wait_ev = None                             # cached untimed WaitEvent (recvfrom_wait)
+        self._wait_ev = None                             # cached untimed WaitEvent (wait_data)
+        self._wait_owner = None                          # ... built for this owner
+        self._woken = False                              # readers woken, none has run yet
         self.counters = {"rx_datagrams": 0, "tx_datagrams": 0, "tx_nobufs": 0}
 
     # -- setup ---------------------------------------------------------------------------
@@ -106,33 +108,53 @@ class UdpSocket(Sock):
         self.counters["rx_datagrams"] += 1
         if st.rx_trace_hooks:
             st.rx_trace(skb.data, "queued:" + self.owner)
-        if self._waiters and st.sched is not None:
+        if self._waiters and not self._woken and st.sched is not None:
+            # sk_data_ready: wake the readers once; until one of them runs, the next datagram
+            # finds them all off the wait queue already (autoremove_wake_function)
+            self._woken = True
             st.sched.wake(self.wait_key)
 
     def recvfrom(self, bufsize: int = 65535) -> tuple[bytes, tuple[str, int]] | None:
         """Non-blocking: the oldest datagram (truncated to ``bufsize``) or None when empty."""
         if not self.rxq:
             return None
-        skb, payload, src = self.rxq.popleft()
+        src = self.rxq[0][2]
+        return self.recv(bufsize), (_pysocket.inet_ntoa(src[0]), src[1])
+
+    def recv(self, bufsize: int = 65535) -> bytes | None:
+        """``recvfrom`` without the sender's address (recv(2)): the oldest datagram's bytes
+        (truncated to ``bufsize``), or None when the queue is empty."""
+        if not self.rxq:
+            return None
+        skb, payload, _src = self.rxq.popleft()
         data = bytes(payload[:bufsize])
         self.rmem_alloc -= skb.truesize
         st = self.stack
         st.snmp["Udp"]["InDatagrams"] += 1              # Linux counts it in udp_recvmsg
         st.consume_skb(skb, "udp_read")
-        return data, (_pysocket.inet_ntoa(src[0]), src[1])
+        return data
 
     def recvfrom_wait(self, bufsize: int = 65535, until: float | None = None):
         """Task-friendly blocking receive: ``data, addr = yield from sk.recvfrom_wait()``.
         Yields ``WaitEvent`` while the queue is empty; returns None at ``until``."""
+        if not self.rxq and not (yield from self.wait_data(until)):
+            return None
+        return self.recvfrom(bufsize)
+
+    def wait_data(self, until: float | None = None):
+        """``yield from sk.wait_data()`` in a task: park (WaitEvent on ``wait_key``, reason
+        ``recvfrom <owner>``) until a datagram is queued. Returns True then, False if the socket
+        is closed or ``until`` passed first."""
         while not self.rxq:
             if self.closed:
-                return None
+                return False
             if until is None:
                 # One wait per batch of datagrams: the untimed WaitEvent is built once per owner
                 # (the scheduler never changes a Wait it is given).
                 w = self._wait_ev
-                if w is None or w.reason[9:] != self.owner:
+                if w is None or self._wait_owner is not self.owner:
                     w = self._wait_ev = WaitEvent(self.wait_key, reason=f"recvfrom {self.owner}")
+                    self._wait_owner = self.owner
             else:
                 w = WaitEvent(self.wait_key, until=until, reason=f"recvfrom {self.owner}")
             self._waiters += 1
@@ -140,9 +162,10 @@ class UdpSocket(Sock):
                 got = yield w
             finally:
                 self._waiters -= 1
+                self._woken = False
             if got is TIMEOUT:
-                return None
-        return self.recvfrom(bufsize)
+                return False
+        return True
 
     def close(self) -> None:
         if self.closed:
