@@ -710,7 +710,8 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         result["tcp"] = {
             "agent": {"Tcp": {k: v for k, v in stack.snmp["Tcp"].items() if v},
                       "TcpExt": {k: v for k, v in ext.items() if v}},
-            "rpc": {k: transport.counters.get(k, 0) for k in
+            # (no RPC transport: an AoE run with no NFS swap area beside it)
+            "rpc": {k: transport.counters.get(k, 0) if transport is not None else 0 for k in
                     ("connect_count", "connect_fails", "rpc_reconnects", "record_errors",
                      "rpc_retrans", "rpc_major_timeouts")},
             "nas_server": {k: v for k, v in (nas_tcp or nas_blk).snapshot().items()

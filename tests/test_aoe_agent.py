@@ -266,3 +266,13 @@ def test_aoe_rows_in_the_every_storage_protocol_table():
          "aoe": {"device": {"counters": {"retransmit": 4, "write_ok": 3658}}}}
     row = demo.format_protocol_table([e]).splitlines()[3]
     assert row.startswith("AoE ") and "retransmit 4" in row and "write_ok 3658" in row
+
+
+def test_aoe_alone_without_an_nfs_swap_area_beside_it(sims):
+    """AoE with nfs_swap_pages = 0: no RPC transport exists at all. The report's TCP block (the
+    NAS still listens) must not need one -- it crashed reading the absent transport's counters."""
+    r = run_sim(S.load("aoe-extended", {"nfs_swap_pages": 0, "transport": "tcp"}).to_dict(), 1)
+    _clean(r)
+    assert r["outcome"] == sims["aoe-extended"]["outcome"] == "recovered"
+    assert r["tcp"]["rpc"] == dict.fromkeys(("connect_count", "connect_fails", "rpc_reconnects",
+                                            "record_errors", "rpc_retrans", "rpc_major_timeouts"), 0)
