@@ -9,7 +9,16 @@ and acked pages unchanged) since a retransmission is a clone of the queued buffe
 no page (skb_clone through the fclone companion). They were built at plain GFP_ATOMIC and failed
 at the floor: no-reserve TCPRetransFail 5 / TCPTimeouts 5 -> 2 retransmissions (RetransSegs 2,
 TCPTimeouts 2); memalloc-undersized TCPRetransFail 30 / TCPTimeouts 30 -> RetransSegs 4,
-TCPTimeouts 4 (TCPOrigDataSent 14 -> 13: one buffer resent instead of a new one sent)."""
+TCPTimeouts 4 (TCPOrigDataSent 14 -> 13: one buffer resent instead of a new one sent).
+
+Recorded difference (issue 18, one write-queue buffer per size_goal; outcomes unchanged): a
+4260-byte WRITE record is one buffer in 2 pages where it was 3 one-page buffers, so sndbuf (in
+truesize) and the pool hold more of the stream. file-mmap-linux: the 18 calls' records fit the
+socket at once (before: sndbuf full at 20 one-page buffers = 28960 bytes, then the pool refused
+the rest, 7 calls stuck and timed out: rpc_major_timeouts 7 -> 0), so 16 pages acked instead of
+9 before the deadlock; memalloc-undersized: more of a record is queued before the pool refuses (8
+calls made, 6 stuck and timed out, before 6 and 4); memalloc: 3656 pages in the window, before
+3648; no-reserve: one more segment."""
 
 import json
 from pathlib import Path
