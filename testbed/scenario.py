@@ -486,7 +486,9 @@ def figures(sc: Scenario) -> dict:
             request_bytes, reply_bytes = NBD_REQUEST_HEADER_BYTES + PAGE_SIZE, NBD_SIMPLE_REPLY_BYTES
         else:
             request_bytes, reply_bytes = ISCSI_BHS_BYTES + PAGE_SIZE, ISCSI_BHS_BYTES
-        out.update(request_bytes=request_bytes, request_tx_pages=math.ceil(request_bytes / TCP_MSS),
+        # TCP's write/retransmit queue holds the request's bytes in pages (size_goal buffers,
+        # client_agent/net/ipv4/tcp.py TxSkb): at most ceil(request_bytes / PAGE_SIZE) new pages
+        out.update(request_bytes=request_bytes, request_tx_pages=math.ceil(request_bytes / SKB_PAGE),
                    reply_bytes=reply_bytes, r2t_pages=0, request_rx_pages=1)
     elif sc.transport == "tcp":
         out.update(tcp_figures(sc))
@@ -495,8 +497,10 @@ def figures(sc: Scenario) -> dict:
 
 def tcp_figures(sc: Scenario) -> dict:
     """What one NFS WRITE holds over TCP: its record's size (encoded by the agent's own codec with
-    AUTH_SYS and the largest file handle), the MSS, the write/retransmit-queue buffers the record
-    takes until ACKed (one page each), and the reply segment's frame and pages."""
+    AUTH_SYS and the largest file handle), the MSS and its segments, the write/retransmit-queue
+    pages the record takes until ACKed (its bytes in pages: tcp_sendmsg appends to size_goal
+    buffers, so a record starts at most one new page per 4 KiB of it -- client_agent/net/ipv4/
+    tcp.py TxSkb), and the reply segment's frame and pages."""
     from client_agent.net.core.skbuff import PAGE_SIZE as SKB_PAGE
     from protocols import nfs3, rpc
 
@@ -505,11 +509,10 @@ def tcp_figures(sc: Scenario) -> dict:
     record = RPC_RECORD_MARK + len(call)
     mss = MTU - IPV4_HLEN - TCP_HLEN - TCPOLEN_TSTAMP_ALIGNED
     segs = math.ceil(record / mss)
-    skb_pages = max(1, math.ceil(mss / SKB_PAGE))
     reply_frame = (WRITE_REPLY_FRAME_BYTES - UDP_IP_HLEN + IPV4_HLEN + TCP_HLEN
                    + TCPOLEN_TSTAMP_ALIGNED + RPC_RECORD_MARK)
     return {"tcp_mss": mss, "write_record_bytes": record, "request_segments": segs,
-            "request_skb_pages": segs * skb_pages, "tcp_reply_frame_bytes": reply_frame,
+            "request_skb_pages": math.ceil(record / SKB_PAGE), "tcp_reply_frame_bytes": reply_frame,
             "reply_pages": max(1, math.ceil(reply_frame / SKB_PAGE)), "reassembly_pages": 0}
 
 
@@ -589,7 +592,7 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
         need = (sc.slots * (f["request_tx_pages"] + f["request_rx_pages"]) + TX_FRAME_PAGES
                 + RX_FRAME_PAGES)
         name = "reserve_covers_queue_depth"
-        formula = ("slots * (ceil(request_bytes / tcp_mss) + reply_pages + r2t_pages) + tx_frame_pages "
+        formula = ("slots * (ceil(request_bytes / page_size) + reply_pages + r2t_pages) + tx_frame_pages "
                    "+ rx_frame_pages")
         vals = {"atomic_floor": f["atomic_floor"], "slots": sc.slots, "storage": sc.storage,
                 "request_bytes": f["request_bytes"], "tcp_mss": TCP_MSS,
@@ -600,7 +603,7 @@ def preflight(sc: Scenario) -> tuple[list[Check], dict]:
         need = (sc.slots * (RPC_BUFFER_PAGES + f["request_skb_pages"] + f["reply_pages"])
                 + TX_FRAME_PAGES + RX_FRAME_PAGES)
         formula = ("slots * (rpc_buffer_pages + request_skb_pages + reply_pages) + tx_frame_pages "
-                   "+ rx_frame_pages, request_skb_pages = ceil(write_record_bytes / tcp_mss)")
+                   "+ rx_frame_pages, request_skb_pages = ceil(write_record_bytes / page_size)")
         vals = {"atomic_floor": f["atomic_floor"], "slots": sc.slots, "transport": "tcp",
                 "rpc_buffer_pages": RPC_BUFFER_PAGES, "write_record_bytes": f["write_record_bytes"],
                 "tcp_mss": f["tcp_mss"], "request_skb_pages": f["request_skb_pages"],

@@ -45,14 +45,16 @@ def test_worked_example_by_hand():
     assert pin.passed
     # Over TCP (the default): a WRITE record = 4-byte mark + call (RPC header with AUTH_SYS
     # "client-agent", 64-byte fh, offset/count/stable, 4096 data) = 4260 bytes; MSS 1500 - 20 - 20
-    # - 12 (timestamps) = 1448, so 3 write/retransmit-queue buffers of one page each until ACKed.
+    # - 12 (timestamps) = 1448: 3 segments, its bytes in at most 2 pages of TCP's write/retransmit
+    # queue until ACKed (size_goal buffers).
     # The reply frame: 160 RPC + 4 mark + 32 TCP + 20 IP + 14 Ethernet = 230 bytes, one page.
-    # 16 x (1 RPC buffer + 3 request buffers + 1 reply) + 1 transmit + 1 received ACK = 82.
+    # 16 x (1 RPC buffer + 2 request pages + 1 reply) + 1 transmit + 1 received ACK = 66.
     assert sc.transport == "tcp"
-    assert (f["write_record_bytes"], f["tcp_mss"], f["request_skb_pages"]) == (4260, 1448, 3)
+    assert (f["write_record_bytes"], f["tcp_mss"], f["request_segments"],
+            f["request_skb_pages"]) == (4260, 1448, 3, 2)
     assert f["tcp_reply_frame_bytes"] == 230 and f["reply_pages"] == 1
-    assert by["reserve_covers_slot_table"].values["needed"] == 16 * (1 + 3 + 1) + 1 + 1 == 82
-    assert by["reserve_covers_slot_table"].passed                  # 192 >= 82
+    assert by["reserve_covers_slot_table"].values["needed"] == 16 * (1 + 2 + 1) + 1 + 1 == 66
+    assert by["reserve_covers_slot_table"].passed                  # 192 >= 66
     # The UDP form ("Linux before 5.6"): per-frame receive, one transmit page at a time:
     # 16 x (1 RPC buffer + 1 reply) + 1 = 33.
     sc_udp = S.from_dict({**sc.to_dict(), "transport": "udp"})
@@ -64,14 +66,14 @@ def test_worked_example_by_hand():
 
 
 def test_impossible_scenario_refused_with_numbers():
-    # memalloc-undersized's reserve but expecting recovery: floor 6 < 82 (TCP).
+    # memalloc-undersized's reserve but expecting recovery: floor 6 < 66 (TCP).
     sc = S.from_dict({"name": "x", "expect": "recovered", "min_free_kbytes": 64,
                       "noise_rcvbuf_bytes": 4194304}, "x.toml")
     bad = S.failing(sc, S.preflight(sc)[0])
     assert [c.name for c in bad] == ["reserve_covers_slot_table"]
     line = bad[0].line(sc)
-    assert "x.toml" in line and "atomic_floor=6" in line and "needed=82" in line and "\n" not in line
-    # min_free_kbytes 1024 (floor 96 >= 82): a deadlock is not possible in this model over TCP;
+    assert "x.toml" in line and "atomic_floor=6" in line and "needed=66" in line and "\n" not in line
+    # min_free_kbytes 1024 (floor 96 >= 66): a deadlock is not possible in this model over TCP;
     # 512 (floor 48) is enough over UDP (>= 33) but not over TCP
     sc = S.from_dict({"name": "u", "expect": "deadlock", "min_free_kbytes": 1024}, "u.toml")
     assert "reserve_undersized" in [c.name for c in S.failing(sc, S.preflight(sc)[0])]
@@ -197,7 +199,7 @@ def test_cli_refuses_impossible_scenario_with_exit_2(capsys, tmp_path):
     from testbed.cli import main
     assert main(["run", "memalloc", "--set", "min_free_kbytes=64", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "reserve_covers_slot_table" in err[0] and "atomic_floor=6" in err[0] and "needed=82" in err[0]
+    assert len(err) == 1 and "reserve_covers_slot_table" in err[0] and "atomic_floor=6" in err[0] and "needed=66" in err[0]
     assert not (tmp_path / "r").exists()          # nothing created
     assert main(["run", "memalloc", "--set", "bogus=1"]) == 2
     assert "bogus: unknown key" in capsys.readouterr().err

@@ -14,6 +14,14 @@ Recorded differences (each explained; the figures themselves never changed):
   simulation decides through testbed.watchdog.Watchdog, whose stall clock starts at the first
   sample that saw reclaim needed (the simulation's own rule started it at t=0).
 
+- nbd-* and iscsi-* (the block transports run over the agent's TCP), issue 18's one write-queue
+  buffer per size_goal: a 4 KiB request is one buffer in 2 pages where it was 3 one-page buffers.
+  memalloc: pgalloc_pfmemalloc ~18% lower (e.g. nbd 27108 -> 22484, iscsi 18340 -> 15133),
+  reserve_low_point higher (nbd 185 -> 188, iscsi 182 -> 190), PFMemallocDrop and timings within a
+  few; no-reserve / reserve-no-filter: skmem.w lower (56064 -> 39680), a few more pages written
+  before the same deadlock (e.g. nbd-no-reserve/1 70 -> 77 acked); undersized: skmem.w
+  74752 -> 72448. Outcomes, verification and leak checks unchanged.
+
 Each case goes through the command line, ``testbed run NAME --sim --seed S``, and reads the
 report directory's sim_result.json (what testbed.sim.run_sim returned). CI runs seed 1 of every
 scenario (~25-40 s); all 45 runs (~2-2.5 min on one core):

@@ -21,7 +21,20 @@ expiry, after the runs end). Figures: memalloc pswpout/acked 3648 -> 3672 (PFMem
 pswpout 192 -> 184, acked 128 -> 120, rpc_retrans/major timeouts 16 -> 14, TCPTimeouts 4;
 file-mmap-linux acked 9 -> 0 (rpc_retrans 7 -> 0); file-mmap-extended PFMemallocDrop 12666 ->
 12823; memalloc-undersized only TW. Outcomes unchanged. Checked: the new code with those two
-buffers held (pool and tcp_mem) for 60 s gives every old figure exactly."""
+buffers held (pool and tcp_mem) for 60 s gives every old figure exactly.
+Recorded difference (issue 18, one write-queue buffer per size_goal; outcomes unchanged): a
+4260-byte WRITE record is one buffer in 2 pages where it was 3 one-page buffers, so sndbuf (in
+truesize) and the pool hold more of the stream. file-mmap-linux: the 18 calls' records fit the
+socket at once (before: sndbuf full at 20 one-page buffers = 28960 bytes, then the pool refused
+the rest, 7 calls stuck and timed out: rpc_major_timeouts 7 -> 0), so 16 pages acked instead of
+9 before the deadlock; memalloc-undersized: more of a record is queued before the pool refuses (8
+calls made, 6 stuck and timed out, before 6 and 4); memalloc: 3656 pages in the window, before
+3648; no-reserve: one more segment.
+The recorded file holds both changes together (re-recorded after merging them). Against the
+TIME_WAIT recording, size_goal buffers move only the deadlocked runs, by a record or two before
+the same deadlock: memalloc-undersized rpc_retrans/major timeouts 4 -> 6 (TCPOrigDataSent 13 ->
+14); no-reserve acked 62 -> 64, pswpout 126 -> 128; reserve-no-filter rpc_retrans/major
+timeouts 14 -> 16, NAS records 137 -> 138. memalloc (3672), file-mmap-* unchanged."""
 
 import json
 from pathlib import Path

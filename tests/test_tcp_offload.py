@@ -122,18 +122,21 @@ def test_a_burst_reaches_the_wire_as_mss_frames_with_good_checksums(offloads):
     assert sk.send(data, s.now) == len(data)
     segs = s.sent()
     # whatever the device offers, the wire carries 7 full frames of one MSS with good checksums
-    # (Nagle holds the 104-byte tail while data is in flight), one GSO buffer or 7 frames
+    # (Nagle holds the 104-byte tail while data is in flight): the one write-queue buffer goes
+    # out as 5 + 2 segments (tcp_cwnd_test: at most half of cwnd 10 per buffer, "at least 2 GSO
+    # packets in flight"), two GSO buffers or 7 frames
     assert [len(o.data) for o in segs] == [MSS] * 7
     assert [o.seq for o in segs] == [(iss + 1 + i * MSS) & 0xFFFFFFFF for i in range(7)]
     assert not any(o.flags & P for o in segs)
     assert s.tcp.mib["OutSegs"] - out_segs0 == 7     # tcp_skb_pcount: every piece counted
+    assert [b.pcount for b in sk.rtx_queue] == [5, 2] and sk.packets_out == 7
+    (rest,) = sk.write_queue
+    assert bytes(rest.data) == data[7 * MSS:]
     if offloads == "tx,tso":
-        # one GSO buffer for the burst, gso_size = MSS, charged once: its bytes in pages
-        (glen, gsz), = s.dev.gso_frames
-        assert gsz == MSS and glen == 14 + 20 + 32 + 7 * MSS
-        assert [x[0] for x in seen_alloc] == [MSS]
-        assert seen_alloc[0][1] >= (glen + 4095) >> 12   # the GSO buffer's pages were charged
-        assert len(seen_alloc) == 1
+        # a GSO buffer per write-queue buffer, gso_size = MSS, charged once: its bytes in pages
+        assert s.dev.gso_frames == [(14 + 20 + 32 + 5 * MSS, MSS), (14 + 20 + 32 + 2 * MSS, MSS)]
+        assert [x[0] for x in seen_alloc] == [MSS, MSS]
+        assert seen_alloc[0][1] >= (14 + 20 + 32 + 5 * MSS + 4095) >> 12   # its pages charged
     else:
         assert s.dev.gso_frames == [] and len(seen_alloc) == 7
     s.inject(DOT, 5001, (iss + 1 + 7 * MSS) & 0xFFFFFFFF, 65535, opts=s.ts(600, segs[-1]))

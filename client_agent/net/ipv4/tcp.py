@@ -197,25 +197,43 @@ def _pages_for(nbytes: int) -> int:
 
 
 class TxSkb:
-    """One segment's worth of data in the write queue (unsent) or the retransmit queue (sent).
-    ``pages`` are charged to the socket; ``truesize`` to wmem_queued."""
+    """One write-queue buffer (unsent) or retransmit-queue buffer (sent): up to size_goal bytes,
+    ``pcount`` MSS-sized segments on the wire (tcp_skb_pcount, set when sent). ``pages`` are
+    the pool pages charged to the socket for its bytes; ``truesize`` (pages + the sk_buff) is
+    charged to wmem_queued.
+
+    Page ownership (the page-fragment refcount of Linux's skb frags, without counting): the
+    bytes lie contiguously in pages from offset ``off`` of the first; a page belongs to the
+    buffer holding its last byte. Buffers are freed in sequence order (cumulative ACKs; a purge
+    frees them all), so a page goes back to the pool exactly when its last byte is acked, and a
+    split (tso_fragment / tcp_fragment) needs no allocation: the head keeps the pages that end
+    within it, the rest go with the tail."""
 
     __slots__ = ("seq", "end_seq", "flags", "data", "pages", "truesize", "sent_time",
-                 "first_tx", "ever_retrans", "retrans", "sacked", "lost")
+                 "first_tx", "ever_retrans", "retrans", "sacked", "lost", "pcount", "off")
 
-    def __init__(self, seq: int, flags: int, pages, cap: int) -> None:
+    def __init__(self, seq: int, flags: int, pages) -> None:
         self.seq = seq
         self.end_seq = (seq + (1 if flags & (SYN | FIN) else 0)) & MASK
         self.flags = flags          # SYN / FIN carried (data is the bytearray)
         self.data = bytearray()
         self.pages = pages
         self.truesize = len(pages) * PAGE_SIZE + SKB_TRUESIZE_OVERHEAD
+        self.pcount = 1             # tcp_skb_pcount
+        self.off = 0                # offset of data[0] in its page
         self.sent_time = 0.0
         self.first_tx = 0.0
         self.ever_retrans = False   # Karn: never an RTT sample from this one
         self.retrans = False        # TCPCB_RETRANS: a retransmission is in flight
         self.sacked = False         # TCPCB_SACKED_ACKED
         self.lost = False           # TCPCB_LOST
+
+
+def _page_ends_within(off: int, n: int) -> int:
+    """How many page boundaries lie in (0, n] of data starting at offset ``off`` of a page: the
+    pages whose last byte is among the first ``n`` bytes."""
+    first = PAGE_SIZE - off
+    return 0 if n < first else 1 + (n - first) // PAGE_SIZE
 
 
 class RxSeg:
@@ -709,6 +727,7 @@ class TcpSock(Sock):
         self.selective_acks: list[list[int]] = []   # receiver's SACK blocks, most recent first
         # -- RTT / RTO (integers in µs as tcp_rtt_estimator)
         self.srtt_us = 0
+        self.rtt_min_us = 0
         self.mdev_us = 0
         self.mdev_max_us = 0
         self.rttvar_us = 0
@@ -826,9 +845,12 @@ class TcpSock(Sock):
         return 0
 
     def send(self, data, now: float) -> int:
-        """tcp_sendmsg: queue as much of ``data`` as sndbuf and the pool allow (buffers at
-        ``sk_allocation``), push what the windows allow. Bytes queued, or -errno
-        (-EAGAIN: nothing fits now, -EPIPE: shut down, -ENOTCONN, -ENOBUFS: no memory)."""
+        """tcp_sendmsg_locked: copy as much of ``data`` as sndbuf and the pool allow into the tail
+        write-queue buffer while it is below size_goal (``_size_goal``, tcp_send_mss), else into
+        a new one (sk_stream_memory_free: only while wmem_queued < sndbuf); the bytes go into
+        pages at ``sk_allocation`` charged to the socket (sk_wmem_schedule), the tail's last
+        page first. Then push what the windows allow. Bytes queued, or -errno (-EAGAIN: nothing
+        fits now, -EPIPE: shut down, -ENOTCONN, -ENOBUFS: no memory)."""
         if self.sk_err:
             return -self.sk_err
         if self.snd_shutdown:
@@ -838,36 +860,56 @@ class TcpSock(Sock):
         mv = memoryview(data) if not isinstance(data, memoryview) else data
         n = len(mv)
         done = 0
-        mss = self.mss_cache
+        size_goal = self._size_goal()
         wq = self.write_queue
         gfp = self.sk_allocation
         err = 0
         while done < n:
             tail = wq[-1] if wq else None
-            if tail is not None and not tail.flags & (SYN | FIN) and len(tail.data) < mss:
-                take = min(mss - len(tail.data), n - done)
-                tail.data += mv[done:done + take]
-                tail.end_seq = (tail.end_seq + take) & MASK
-                self.write_seq = tail.end_seq
-                done += take
-                continue
-            if self.wmem_queued >= self._sndbuf():
-                break
-            skb = self._new_txskb(0, gfp, mss)
-            if skb is None:
-                err = -errno.ENOBUFS
-                break
-            skb.seq = skb.end_seq = self.write_seq
-            wq.append(skb)
-            take = min(mss, n - done)
-            skb.data += mv[done:done + take]
-            skb.end_seq = (skb.seq + take) & MASK
+            if tail is not None and not tail.flags & (SYN | FIN) and len(tail.data) < size_goal:
+                have = len(tail.data)
+                take = size_goal - have
+                if take > n - done:
+                    take = n - done
+                room = -(tail.off + have) % PAGE_SIZE if have else len(tail.pages) * PAGE_SIZE
+                if take > room:
+                    if not self._wmem_grow(tail, _pages_for(take - room), gfp):
+                        err = -errno.ENOBUFS
+                        if not room:
+                            break
+                        take = room                 # what the last page still holds
+            else:
+                if self.wmem_queued >= self._sndbuf():
+                    break
+                take = size_goal if size_goal < n - done else n - done
+                tail = self._new_txskb(0, gfp, take)
+                if tail is None:
+                    err = -errno.ENOBUFS
+                    break
+                wq.append(tail)
+            tail.data += mv[done:done + take]
+            tail.end_seq = self.write_seq = (tail.end_seq + take) & MASK
             done += take
-            self.write_seq = skb.end_seq
+            if err:
+                break
         if done:
             self._push(now)
             return done
         return err or -errno.EAGAIN
+
+    def _size_goal(self) -> int:
+        """tcp_send_mss -> tcp_xmit_size_goal with GSO (sk_can_gso: Linux segments in software
+        when the device has no TSO, and so does ``_send_skb``): whole MSS up to the largest
+        packet the device takes (gso_max_size less headers), bounded by half the peer's largest
+        window (tcp_bound_to_half_wnd); at least one MSS. tcp_tso_autosize cuts it at transmit."""
+        mss = self.mss_cache
+        goal = GSO_MAX_SIZE - 1 - 20 - 60           # gso_max_size - 1 - MAX_TCP_HEADER
+        mw = self.max_window
+        cutoff = mw >> 1 if mw > TCP_MSS_DEFAULT else mw
+        if cutoff and goal > cutoff:
+            goal = cutoff
+        goal = goal // mss * mss
+        return goal if goal > mss else mss
 
     def recv(self, now: float, bufsize: int = 1 << 20) -> bytes | int | None:
         """tcp_recvmsg: up to ``bufsize`` in-order bytes; b"" after the peer's FIN; None when
@@ -1047,18 +1089,33 @@ class TcpSock(Sock):
     def _new_txskb(self, flags: int, gfp: int, cap: int) -> TxSkb | None:
         """tcp_stream_alloc_skb + sk_wmem_schedule: pages for ``cap`` bytes at ``gfp``, charged
         to this socket; None when the pool or tcp_mem refuses."""
-        n = _pages_for(cap)
-        proto = self.proto
-        truesize = n * PAGE_SIZE + SKB_TRUESIZE_OVERHEAD
-        if proto.over_hard_limit(truesize) and self.wmem_queued >= TCP_WMEM[0]:
-            return None
-        pages = self.alloc.alloc(n, gfp, self.owner)
+        pages = self._wmem_pages(_pages_for(cap), gfp, SKB_TRUESIZE_OVERHEAD)
         if pages is None:
             return None
-        skb = TxSkb(self.write_seq, flags, pages, cap)
+        skb = TxSkb(self.write_seq, flags, pages)
         self.wmem_queued += skb.truesize
-        proto._mem_charge(skb.truesize)
+        self.proto._mem_charge(skb.truesize)
         return skb
+
+    def _wmem_pages(self, n: int, gfp: int, head: int = 0) -> list | None:
+        """sk_wmem_schedule + the page-fragment refill: ``n`` pool pages at ``gfp`` (``head``:
+        the bytes of a new sk_buff charged with them), or None when tcp_mem's hard limit (past
+        tcp_wmem[0] of this socket) or the pool refuses."""
+        if self.proto.over_hard_limit(n * PAGE_SIZE + head) and self.wmem_queued >= TCP_WMEM[0]:
+            return None
+        return self.alloc.alloc(n, gfp, self.owner)
+
+    def _wmem_grow(self, skb: TxSkb, n: int, gfp: int) -> bool:
+        """``n`` more pages for the tail buffer's bytes (skb_copy_to_page_nocache's charge)."""
+        pages = self._wmem_pages(n, gfp)
+        if pages is None:
+            return False
+        skb.pages += pages
+        size = n * PAGE_SIZE
+        skb.truesize += size
+        self.wmem_queued += size
+        self.proto._mem_charge(size)
+        return True
 
     def _free_txskb(self, skb: TxSkb) -> None:
         self.wmem_queued -= skb.truesize
@@ -1114,10 +1171,15 @@ class TcpSock(Sock):
         tx = sum(s.truesize for q in (self.write_queue, self.rtx_queue) for s in q)
         assert rx == self.rmem_alloc, (rx, self.rmem_alloc)
         assert tx == self.wmem_queued, (tx, self.wmem_queued)
-        assert self.packets_out == len(self.rtx_queue), (self.packets_out, len(self.rtx_queue))
-        assert self.sacked_out == sum(s.sacked for s in self.rtx_queue) or not self.sack_ok
-        assert self.lost_out == sum(s.lost for s in self.rtx_queue)
-        assert self.retrans_out == sum(s.retrans for s in self.rtx_queue)
+        rtx = self.rtx_queue
+        assert self.packets_out == sum(s.pcount for s in rtx), (self.packets_out, len(rtx))
+        assert self.sacked_out == sum(s.pcount for s in rtx if s.sacked) or not self.sack_ok
+        assert self.lost_out == sum(s.pcount for s in rtx if s.lost)
+        assert self.retrans_out == sum(s.pcount for s in rtx if s.retrans)
+        for s in (*self.write_queue, *rtx):           # page ownership (TxSkb)
+            n = len(s.data)
+            own = _page_ends_within(s.off, n) if n else 0
+            assert len(s.pages) in (own, own + 1) or not n, (len(s.pages), own)
 
     # ================================================================ state
     def _set_state(self, new: int) -> None:
@@ -1285,6 +1347,7 @@ class TcpSock(Sock):
             elif self.ca_state == CA_DISORDER or self.sacked_out:
                 ext["TCPSackFailures" if self.sack_ok else "TCPRenoFailures"] += 1
             self.retrans_stamp = self.rtx_queue[0].first_tx
+        self._rtx_split()
         self._enter_loss()
         self.retransmits += 1
         if self._retransmit_skb(self.rtx_queue[0], now) < 0:
@@ -1521,36 +1584,58 @@ class TcpSock(Sock):
             self._reset_xmit_timer(2, now + max(self.rto, TCP_RTO_MIN))
 
     def _write_xmit(self, now: float, force: bool = False) -> bool:
-        """tcp_write_xmit: send new segments while cwnd and the peer's window allow. True if
-        something is left unsent."""
+        """tcp_write_xmit: send new data while cwnd and the peer's window allow, a write-queue
+        buffer at a time: its segments (tcp_init_tso_segs), as many as tcp_cwnd_test's quota
+        (at most half of cwnd, "at least 2 GSO packets in flight"), tcp_tso_autosize and the
+        window allow (tcp_mss_split_point); a longer buffer is split there first
+        (tso_fragment). True if something is left unsent."""
         wq = self.write_queue
         sent = 0
         cwnd_limited = False
-        tso = self.stack.tso
+        mss = self.mss_cache
+        max_segs = 0
         while wq:
             skb = wq[0]
-            if self._in_flight() >= self.snd_cwnd and not skb.flags & SYN:
-                cwnd_limited = True
+            dlen = len(skb.data)
+            if skb.flags & SYN:
+                quota = 1
+            else:
+                cwnd = self.snd_cwnd
+                quota = cwnd - self._in_flight()
+                if quota <= 0:
+                    cwnd_limited = True
+                    break
+                half = cwnd >> 1 or 1
+                if quota > half:
+                    quota = half
+                wnd_end = (self.snd_una + self.snd_wnd) & MASK
+                if after((skb.seq + mss) & MASK if dlen > mss else skb.end_seq, wnd_end):
+                    break                                       # tcp_snd_wnd_test
+            if dlen > mss:
+                if not max_segs:
+                    max_segs = self._tso_segs(mss)
+                limit = self._mss_split_point(skb, mss, quota if quota < max_segs else max_segs,
+                                              force)
+                if dlen > limit:
+                    self._split(skb, limit, wq)             # tso_fragment
+                    dlen = limit
+                pcount = (dlen + mss - 1) // mss
+            else:
+                pcount = 1
+                if (not self.nodelay and not force and not skb.flags & (SYN | FIN)
+                        and dlen < mss and self.packets_out and len(wq) == 1):
+                    break                                       # Nagle
+            skb.pcount = pcount
+            if self._send_skb(skb, now, new=True) < 0:
                 break
-            if not skb.flags & SYN and after(skb.end_seq,
-                                             (self.snd_una + self.snd_wnd) & MASK):
-                break                                           # tcp_snd_wnd_test
-            if (not self.nodelay and not force and not skb.flags & (SYN | FIN)
-                    and len(skb.data) < self.mss_cache and self.packets_out
-                    and len(wq) == 1):
-                break                                           # Nagle
-            run = self._tso_run(force) if tso and len(skb.data) == self.mss_cache else 1
-            if (self._send_skb(skb, now, new=True) if run == 1
-                    else self._send_tso(run, now)) < 0:
-                break
-            for _ in range(run):
-                skb = wq.popleft()
-                self.rtx_queue.append(skb)
-                self.packets_out += 1
-                self.snd_nxt = skb.end_seq
-                if self.ca_state == CA_RECOVERY:
-                    self.prr_out += 1
-            sent += run
+            skb = wq.popleft()
+            self.rtx_queue.append(skb)
+            pcount = skb.pcount                 # fewer if the device took only part of it
+            self.packets_out += pcount
+            self.snd_nxt = skb.end_seq
+            if self.ca_state == CA_RECOVERY:
+                self.prr_out += pcount
+            sent += pcount
             if self.t_xmit is None or self.t_xmit_kind == 2:
                 self._reset_xmit_timer(1, now + self.rto)
         if sent and self.t_xmit_kind == 2:
@@ -1559,6 +1644,95 @@ class TcpSock(Sock):
         if sent or cwnd_limited:
             self._cwnd_validate(cwnd_limited)
         return bool(wq)
+
+    def _tso_segs(self, mss: int) -> int:
+        """tcp_tso_segs -> tcp_tso_autosize (min_tso_segs 2): about one ms of the pacing rate
+        (sk_pacing_rate >> sk_pacing_shift 10; tcp_update_pacing_rate: mss * cwnd / srtt, x2 in
+        slow start below half ssthresh, else x1.2; unlimited before an RTT sample) plus
+        gso_max_size >> (min RTT in µs >> tcp_tso_rtt_log 9), within gso_max_size."""
+        gso_max = GSO_MAX_SIZE - 1 - 20 - 60
+        srtt = self.srtt_us
+        if not srtt:
+            return gso_max // mss
+        cwnd = max(self.snd_cwnd, self.packets_out)
+        ratio = 2.0 if self.snd_cwnd < self.snd_ssthresh >> 1 else 1.2
+        nbytes = int(mss * cwnd * ratio * 8e6 / srtt) >> 10
+        r = self.rtt_min_us >> 9
+        if r < 32:
+            nbytes += GSO_MAX_SIZE >> r
+        if nbytes > gso_max:
+            nbytes = gso_max
+        segs = nbytes // mss
+        return segs if segs > 2 else 2
+
+    def _mss_split_point(self, skb: TxSkb, mss: int, max_segs: int, force: bool) -> int:
+        """tcp_mss_split_point: the bytes of ``skb`` to send now -- ``max_segs`` MSS, or what
+        the window allows, less a partial last segment Nagle would hold (tcp_nagle_check)."""
+        window = ((self.snd_una + self.snd_wnd) & MASK) - skb.seq & MASK
+        max_len = mss * max_segs
+        tail = skb is self.write_queue[-1]
+        if max_len <= window and not tail:
+            return max_len
+        needed = min(len(skb.data), window)
+        if max_len <= needed:
+            return max_len
+        partial = needed % mss
+        if partial and tail and not self.nodelay and not force and self.packets_out:
+            return needed - partial
+        return needed
+
+    def _split(self, skb: TxSkb, keep: int, q) -> TxSkb:
+        """tso_fragment / tcp_fragment: ``skb`` keeps its first ``keep`` bytes, a new buffer
+        with the rest goes right after it in ``q`` (the write or the retransmit queue). No page
+        is allocated: the pages ending within the first ``keep`` bytes stay, the others move
+        (``TxSkb``); the new sk_buff's overhead is charged. FIN, the marks and the times go
+        with the tail as tcp_fragment copies them; pcounts by the current MSS (the retransmit
+        queue's counters follow, tcp_adjust_pcount)."""
+        nh = _page_ends_within(skb.off, keep)
+        pages = skb.pages
+        tail = TxSkb((skb.seq + keep) & MASK, skb.flags & (FIN | PSH), pages[nh:])
+        skb.pages = pages[:nh]
+        skb.truesize = nh * PAGE_SIZE + SKB_TRUESIZE_OVERHEAD
+        tail.data = skb.data[keep:]
+        del skb.data[keep:]
+        tail.off = (skb.off + keep) % PAGE_SIZE
+        tail.end_seq = skb.end_seq
+        skb.flags &= ~(FIN | PSH)
+        skb.end_seq = tail.seq
+        tail.sent_time, tail.first_tx, tail.ever_retrans = skb.sent_time, skb.first_tx, \
+            skb.ever_retrans
+        self.wmem_queued += SKB_TRUESIZE_OVERHEAD
+        self.proto._mem_charge(SKB_TRUESIZE_OVERHEAD)
+        mss = self.mss_cache
+        old = skb.pcount
+        skb.pcount = (keep + mss - 1) // mss
+        tail.pcount = (len(tail.data) + mss - 1) // mss or 1
+        if q is self.rtx_queue:
+            delta = skb.pcount + tail.pcount - old
+            self.packets_out += delta
+            for mark, name in ((skb.sacked, "sacked_out"), (skb.lost, "lost_out"),
+                               (skb.retrans, "retrans_out")):
+                if mark:
+                    setattr(self, name, getattr(self, name) + delta)
+            tail.sacked, tail.lost, tail.retrans = skb.sacked, skb.lost, skb.retrans
+        q.insert(q.index(skb) + 1, tail)
+        return tail
+
+    def _rtx_split(self) -> None:
+        """Every multi-segment buffer of the retransmit queue cut into MSS-sized ones (Linux
+        fragments where SACK, loss marking and retransmission need a segment's own state --
+        tcp_match_skb_to_sack, tcp_mark_head_lost, __tcp_retransmit_skb; here the whole queue
+        at the first sign of trouble: a dupack, a SACK block, recovery, an RTO)."""
+        if self.packets_out == len(self.rtx_queue):
+            return
+        q = self.rtx_queue
+        mss = self.mss_cache
+        i = 0
+        while i < len(q):
+            skb = q[i]
+            if skb.pcount > 1 and len(skb.data) > mss:
+                self._split(skb, mss, q)
+            i += 1
 
     def _cwnd_validate(self, is_cwnd_limited: bool) -> None:
         """tcp_cwnd_validate (Linux f4ce91ce12a7, "not forget is_cwnd_limited"): at transmit
@@ -1582,45 +1756,6 @@ class TcpSock(Sock):
             return self.snd_cwnd < 2 * self.max_packets_out
         return False
 
-    def _tso_run(self, force: bool) -> int:
-        """How many buffers at the head of the write queue go out as one TSO segment
-        (tcp_tso_should_defer without deferring): the head is a full-MSS data buffer; each
-        further one must be a data buffer (no SYN/FIN) after a full-MSS one, fit cwnd and the
-        peer's window, pass Nagle as it would on its own, and keep the IP packet within
-        GSO_MAX_SIZE."""
-        wq = self.write_queue
-        mss = self.mss_cache
-        room = min(self.snd_cwnd - self._in_flight(), (GSO_MAX_SIZE - 1 - 20 - 60) // mss)
-        wnd_end = (self.snd_una + self.snd_wnd) & MASK
-        n = 1
-        last = len(wq) - 1
-        while n < room and n <= last:
-            skb = wq[n]
-            if (skb.flags & (SYN | FIN) or not skb.data or len(wq[n - 1].data) != mss
-                    or after(skb.end_seq, wnd_end)):
-                break
-            if len(skb.data) < mss and n == last and not self.nodelay and not force:
-                break                                           # Nagle, as for a lone buffer
-            n += 1
-        return n
-
-    def _send_tso(self, run: int, now: float) -> int:
-        """The first ``run`` write-queue buffers as one TSO segment (every piece full-MSS but the
-        last): flags of the last buffer (PSH/FIN are the last wire segment's, tcp_gso_segment),
-        the same per-buffer bookkeeping as ``_send_skb``."""
-        wq = self.write_queue
-        skbs = [wq[i] for i in range(run)]
-        last = skbs[-1]
-        rc = self._xmit(skbs[0].seq, self._seg_flags(last, True), b"".join(s.data for s in skbs),
-                        now, self.sk_gfp_mask(_GFP_ATOMIC), run)
-        if rc < 0:
-            return rc
-        ext = self.proto.ext
-        for skb in skbs:
-            skb.sent_time = skb.first_tx = now
-            ext["TCPOrigDataSent"] += 1
-        return 0
-
     def _seg_flags(self, skb: TxSkb, new: bool) -> int:
         """SYN (+ACK in SYN_RECV), else ACK + FIN as queued; PSH on the last buffer of what
         was written (tcp_mark_push), kept for its retransmissions."""
@@ -1633,35 +1768,73 @@ class TcpSock(Sock):
         return f | ACK
 
     def _send_skb(self, skb: TxSkb, now: float, new: bool) -> int:
-        """One transmission of a queued buffer: new data at sk_gfp_mask(GFP_ATOMIC),
-        retransmissions at GFP_ATOMIC (tcp_retransmit_skb) as a clone of the queued buffer:
-        skb_clone takes the buffer's fclone companion, free again once the previous
-        transmission completed, so a retransmission allocates no page (``clone_of``; a frame at
-        GFP_ATOMIC only when the next hop is unresolved)."""
+        """One transmission of a queued buffer (tcp_transmit_skb): new data at
+        sk_gfp_mask(GFP_ATOMIC), retransmissions at GFP_ATOMIC (tcp_retransmit_skb) as a clone
+        of the queued buffer: skb_clone takes the buffer's fclone companion, free again once
+        the previous transmission completed, so a retransmission allocates no page
+        (``clone_of``; a frame at GFP_ATOMIC only when the next hop is unresolved).
+
+        A buffer of ``pcount`` > 1 segments goes to a TSO device as one GSO buffer (gso_size =
+        MSS); otherwise it is segmented here as software GSO does (skb_gso_segment ->
+        tcp_gso_segment: MSS-sized pieces, PSH and FIN on the last only), one frame each. If the
+        device takes only the first pieces, the buffer is split after them (the rest stays
+        unsent); if it takes none, -errno."""
         gfp = self.sk_gfp_mask(_GFP_ATOMIC) if new else _GFP_ATOMIC
-        rc = self._xmit(skb.seq, self._seg_flags(skb, new), skb.data, now, gfp,
-                        clone_of=None if new else skb.pages)
+        flags = self._seg_flags(skb, new)
+        pcount = skb.pcount
+        if pcount == 1:
+            rc = self._xmit(skb.seq, flags, skb.data, now, gfp,
+                            clone_of=None if new else skb.pages)
+        elif self.stack.tso:
+            rc = self._xmit(skb.seq, flags, skb.data, now, gfp, pcount,
+                            clone_of=None if new else skb.pages)
+        else:
+            mss = self.mss_cache
+            data = memoryview(skb.data)
+            dlen = len(data)
+            seq = skb.seq
+            inner = flags & ~(FIN | PSH)
+            clone = None if new else skb.pages
+            xmit = self._xmit
+            off = 0
+            rc = 0
+            while off < dlen:
+                end = off + mss
+                rc = xmit((seq + off) & MASK, inner if end < dlen else flags, data[off:end],
+                          now, gfp, clone_of=clone)
+                if rc < 0:
+                    break
+                off = end
+            data.release()
+            if rc < 0:
+                if not off:
+                    return rc
+                self._split(skb, off, self.write_queue if new else self.rtx_queue)
         if rc < 0:
             return rc
         skb.sent_time = now
         if new:
             skb.first_tx = now
             if skb.data:
-                self.proto.ext["TCPOrigDataSent"] += 1
+                self.proto.ext["TCPOrigDataSent"] += skb.pcount
         return 0
 
     def _retransmit_skb(self, skb: TxSkb, now: float) -> int:
-        """tcp_retransmit_skb: RetransSegs; TCPRetransFail when the buffer cannot be built."""
+        """tcp_retransmit_skb: one segment (a longer buffer is cut to MSS first, as
+        __tcp_retransmit_skb fragments to what cwnd allows); RetransSegs; TCPRetransFail when
+        the buffer cannot be built."""
+        if skb.pcount > 1 and len(skb.data) > self.mss_cache:
+            self._split(skb, self.mss_cache, self.rtx_queue)
         if self._send_skb(skb, now, new=False) < 0:
             self.proto.ext["TCPRetransFail"] += 1
             return -1
-        self.proto.mib["RetransSegs"] += 1
+        self.proto.mib["RetransSegs"] += skb.pcount
         self.counters["retrans"] += 1
         self.total_retrans += 1
         skb.ever_retrans = True
         if not skb.retrans:
             skb.retrans = True
-            self.retrans_out += 1
+            self.retrans_out += skb.pcount
         return 0
 
     def _xmit_retransmit_queue(self, now: float) -> None:
@@ -1688,9 +1861,9 @@ class TcpSock(Sock):
         err = 0
         if wq and before(wq[0].seq, wnd_end):
             skb = wq[0]
-            room = (wnd_end - skb.seq) & MASK
-            if room < ((skb.end_seq - skb.seq) & MASK) and skb.data:
-                self._fragment(skb, min(room, self.mss_cache))
+            seg_size = min((wnd_end - skb.seq) & MASK, self.mss_cache)
+            if skb.data and seg_size < len(skb.data):
+                self._split(skb, seg_size, wq)
             if self._write_xmit(now, force=True) and not self.packets_out:
                 err = -1
         else:
@@ -1711,28 +1884,6 @@ class TcpSock(Sock):
             when = min(max(self.rto, TCP_RTO_MIN) * (1 << self.backoff),
                        TCP_RESOURCE_PROBE_INTERVAL)
         self._reset_xmit_timer(2, now + when)
-
-    def _fragment(self, skb: TxSkb, keep: int) -> bool:
-        """tcp_fragment: keep ``keep`` bytes in ``skb``, the rest in a new buffer right after
-        it (GFP_ATOMIC). False if the pool refused."""
-        rest = len(skb.data) - keep
-        if rest <= 0 or keep <= 0:
-            return False
-        n = _pages_for(rest)
-        pages = self.alloc.alloc(n, _GFP_ATOMIC, self.owner)
-        if pages is None:
-            return False
-        tail = TxSkb((skb.seq + keep) & MASK, skb.flags & FIN, pages, rest)
-        tail.data = skb.data[keep:]
-        tail.end_seq = skb.end_seq
-        skb.data = skb.data[:keep]
-        skb.flags &= ~FIN
-        skb.end_seq = (skb.seq + keep) & MASK
-        self.wmem_queued += tail.truesize
-        self.proto._mem_charge(tail.truesize)
-        i = self.write_queue.index(skb)
-        self.write_queue.insert(i + 1, tail)
-        return True
 
     # ================================================================ input
     def tcp_rcv(self, seg: Seg, now: float) -> None:
@@ -2079,28 +2230,35 @@ class TcpSock(Sock):
         first_acked_lost = False
         while q and not after(q[0].end_seq, ack):
             skb = q.popleft()
-            acked_pkts += 1
+            pcount = skb.pcount
+            acked_pkts += pcount
             acked_bytes += len(skb.data)
-            self.packets_out -= 1
+            self.packets_out -= pcount
             if skb.sacked:
-                self.sacked_out -= 1 if self.sack_ok else 0
+                self.sacked_out -= pcount if self.sack_ok else 0
             if skb.lost:
-                self.lost_out -= 1
+                self.lost_out -= pcount
                 first_acked_lost = True
             if skb.retrans:
-                self.retrans_out -= 1
+                self.retrans_out -= pcount
             if not skb.ever_retrans:
                 rtt = now - skb.sent_time             # Karn: only never-retransmitted ones
             self._free_txskb(skb)
-        if q and before(q[0].seq, ack) and after(q[0].end_seq, ack):
-            self._trim_head(q[0], ack)                # ACK inside a buffer (after a split)
-            acked_bytes += 0
+        if q and before(q[0].seq, ack):
+            skb = q[0]                                # ACK inside a buffer: tcp_tso_acked
+            acked_pkts += self._trim_head(skb, ack)
+            if rtt is None and not skb.ever_retrans:
+                rtt = now - skb.sent_time
         o = seg.opts
         if rtt is None and acked_pkts and self.tstamp_ok and o is not None and o.saw_tstamp \
                 and o.tsecr:
             ts_rtt = ((self._ts_now(now) - o.tsecr) & MASK) / 1000.0
             if ts_rtt > 0x7FFFFFF:
                 ts_rtt = None
+        if self.packets_out != len(q) and (
+                self.ca_state != CA_OPEN or not after(ack, prior_snd_una)
+                or (o is not None and o.sack)):
+            self._rtx_split()                         # per-segment state from here on
         newly_sacked = 0
         if self.sack_ok and o is not None and o.sack:
             newly_sacked = self._sacktag(o.sack)
@@ -2137,10 +2295,37 @@ class TcpSock(Sock):
     def _old_ack(self, seg: Seg) -> str:
         return "TCP_OLD_ACK"
 
-    def _trim_head(self, skb: TxSkb, ack: int) -> None:
+    def _trim_head(self, skb: TxSkb, ack: int) -> int:
+        """tcp_tso_acked -> tcp_trim_head: drop the acked bytes and the pages that held only
+        acked bytes (their last byte is acked), recount the segments; the segments acked."""
         n = (ack - skb.seq) & MASK
-        skb.data = skb.data[n:]
+        del skb.data[:n]
         skb.seq = ack
+        nd = _page_ends_within(skb.off, n)
+        if nd:
+            pages = skb.pages
+            self.alloc.free(pages[:nd])
+            skb.pages = pages[nd:]
+            size = nd * PAGE_SIZE
+            skb.truesize -= size
+            self.wmem_queued -= size
+            self.proto._mem_uncharge(size)
+        skb.off = (skb.off + n) % PAGE_SIZE
+        mss = self.mss_cache
+        old = skb.pcount
+        new = (len(skb.data) + mss - 1) // mss or 1
+        if new >= old:
+            return 0
+        skb.pcount = new
+        delta = old - new
+        self.packets_out -= delta
+        if skb.sacked:
+            self.sacked_out -= delta
+        if skb.lost:
+            self.lost_out -= delta
+        if skb.retrans:
+            self.retrans_out -= delta
+        return delta
 
     def _ack_update_window(self, seg: Seg, ack: int) -> bool:
         """tcp_ack_update_window (RFC 9293 SND.WL1/WL2 rule)."""
@@ -2171,15 +2356,16 @@ class TcpSock(Sock):
                 if after(skb.end_seq, end):
                     break
                 if not skb.sacked:
+                    pcount = skb.pcount
                     skb.sacked = True
-                    self.sacked_out += 1
-                    newly += 1
+                    self.sacked_out += pcount
+                    newly += pcount
                     if skb.lost:
                         skb.lost = False
-                        self.lost_out -= 1
+                        self.lost_out -= pcount
                     if skb.retrans:
                         skb.retrans = False
-                        self.retrans_out -= 1
+                        self.retrans_out -= pcount
         return newly
 
     def _mark_lost_sack(self) -> None:
@@ -2187,10 +2373,10 @@ class TcpSock(Sock):
         above = 0
         for skb in reversed(self.rtx_queue):
             if skb.sacked:
-                above += 1
+                above += skb.pcount
             elif above >= TCP_FASTRETRANS_THRESH and not skb.lost and not skb.retrans:
                 skb.lost = True
-                self.lost_out += 1
+                self.lost_out += skb.pcount
 
     def _mark_head_lost(self) -> None:
         q = self.rtx_queue
@@ -2198,7 +2384,7 @@ class TcpSock(Sock):
             h = q[0]
             if not h.lost and not h.sacked and not h.retrans:
                 h.lost = True
-                self.lost_out += 1
+                self.lost_out += h.pcount
 
     def _fastretrans_alert(self, acked: int, newly_sacked: int, is_dupack: bool,
                            advanced: bool, prior_in_flight: int, now: float) -> None:
@@ -2327,7 +2513,7 @@ class TcpSock(Sock):
             if not skb.sacked and not skb.lost:
                 skb.lost = True
         self.retrans_out = 0
-        self.lost_out = sum(1 for s in self.rtx_queue if s.lost)
+        self.lost_out = sum(s.pcount for s in self.rtx_queue if s.lost)
         self.snd_cwnd = self._in_flight() + 1
         self.snd_cwnd_cnt = 0
         self.high_seq = self.snd_nxt
@@ -2337,6 +2523,8 @@ class TcpSock(Sock):
         """tcp_rtt_estimator + tcp_set_rto (integer µs, Linux's scaled srtt/mdev), and
         RFC 6298 5.7: a valid sample ends the backoff."""
         m = max(int(mrtt * 1e6), 1)
+        if m < self.rtt_min_us or not self.rtt_min_us:
+            self.rtt_min_us = m                     # tcp_min_rtt (a minimum over the connection)
         rto_min_us = int(TCP_RTO_MIN * 1e6)
         srtt = self.srtt_us
         if srtt:
