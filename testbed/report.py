@@ -48,6 +48,9 @@ def prepare(out: str) -> str:
         from testbed.cli import UserError
         raise UserError(f"--out {out!r}: '..' components and NUL bytes are not allowed; give a plain directory path")
     out = os.path.abspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        from testbed.cli import UserError
+        raise UserError(f"--out {out}: exists and is not a directory; give a directory path (new or empty)")
     if os.path.exists(out) and os.listdir(out):
         from testbed.cli import UserError
         raise UserError(f"--out {out}: directory exists and is not empty; pick a new directory or remove it")

@@ -141,6 +141,16 @@ def test_cli_out_that_cannot_be_created_is_one_line(capsys):
                    "(No such file or directory); give a path in a writable directory"]
 
 
+@pytest.mark.parametrize("cmd", [["run", "memalloc", "--sim"], ["demo"]])
+def test_cli_out_that_is_a_file_is_one_line(cmd, tmp_path, capsys):
+    from testbed.cli import main
+    f = tmp_path / "f"
+    f.write_text("")
+    assert main([*cmd, "--out", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"testbed: --out {f}: exists and is not a directory; give a directory path (new or empty)"]
+
+
 def test_unknown_scenario_name_lists_builtins():
     with pytest.raises(S.ScenarioError, match="built-ins: .*file-mmap-linux.*iscsi-memalloc.*, memalloc, memalloc-undersized, nbd-memalloc.*, no-reserve"):
         S.load("nope-not-here")
