@@ -45,6 +45,22 @@ _libc = ctypes.CDLL(None, use_errno=True)
 class ProcessStartError(Exception):
     """The program could not be started or did not become ready; the message has its log's tail."""
 
+    # set by _not_ready: what went wrong, the host, the log and its tail
+    what: str = ""
+    host: str = ""
+    log_path: str = ""
+    tail: str = ""
+
+    def one_line(self) -> str:
+        """One line for a CLI error: what went wrong and the last non-empty line of the log --
+        usually the program's own reason (``client-agent: offload gro needs ...``) -- then the
+        log's path; the full argv and tail stay in ``str(self)``."""
+        if not self.what:
+            return str(self).splitlines()[0]
+        last = next((ln.strip() for ln in reversed(self.tail.splitlines()) if ln.strip()), "")
+        said = f"; it said: {last}" if last else ""
+        return f"in host {self.host} it {self.what}{said} (log {self.log_path})"
+
 
 def _tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
     try:
@@ -252,7 +268,10 @@ def _read_all(fd: int) -> str:
 
 def _not_ready(proc: HostProcess, what: str) -> ProcessStartError:
     argv = " ".join(proc.record["argv"])
-    return ProcessStartError(f"{argv!r} in host {proc.record['host']} {what}; log {proc.log_path} ends with:\n{proc.log_tail()}")
+    tail = proc.log_tail()
+    e = ProcessStartError(f"{argv!r} in host {proc.record['host']} {what}; log {proc.log_path} ends with:\n{tail}")
+    e.what, e.host, e.log_path, e.tail = what, proc.record["host"], proc.log_path, tail
+    return e
 
 
 def _wait_ready_fd(proc: HostProcess, ready_r: int, timeout_s: float) -> None:

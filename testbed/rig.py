@@ -212,7 +212,7 @@ class Rig:
                                               role="nas-command", cpus=_cpus(OTHER_CPU), env=env,
                                               cwd=PROJECT)
         except ProcessStartError as e:
-            raise RigError(f"nas_command did not start: {str(e).splitlines()[0]}") from None
+            raise RigError(f"nas_command did not start: {e.one_line()}") from None
         deadline = time.monotonic() + ready_timeout_s
         last = "no answer"
         while time.monotonic() < deadline:
@@ -236,7 +236,7 @@ class Rig:
             self.procs["nas"] = start_process(self.st, "nas", self.nas_argv, role="nas-server", ready=True,
                                               cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
         except ProcessStartError as e:
-            raise RigError(f"nas-server did not start: {str(e).splitlines()[0]}") from None
+            raise RigError(f"nas-server did not start: {e.one_line()}") from None
 
     def start_vblade(self) -> None:
         """vblade (Debian's AoE target) in the nas namespace on the AoE image: ``-s`` opens it
@@ -251,7 +251,7 @@ class Rig:
             self.procs["vblade"] = start_process(self.st, "nas", argv, role="vblade", ready_line=b"sectors",
                                                  cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
         except ProcessStartError as e:
-            raise RigError(f"vblade did not start: {str(e).splitlines()[0]} (Debian package vblade)") from None
+            raise RigError(f"vblade did not start: {e.one_line()} (Debian package vblade)") from None
 
     def restart_nas(self) -> None:
         """SIGKILL + restart on the same data directory: UNSTABLE data and the DRC are lost, the
@@ -313,7 +313,7 @@ class Rig:
             self.procs[f"agent:{host}"] = start_process(self.st, host, argv, role="client-agent", ready=True,
                                                         cpus=_cpus(AGENT_CPU), env=env, cwd=REPO)
         except ProcessStartError as e:
-            raise RigError(f"client-agent on {host} did not start: {str(e).splitlines()[0]}") from None
+            raise RigError(f"client-agent on {host} did not start: {e.one_line()}") from None
         c = self.ctls[f"agent:{host}"] = ControlClient(ctl, timeout_s=ctl_timeout_s)
         client = client or AgentClient()
         client.attach_process(self.procs[f"agent:{host}"], c)
@@ -341,7 +341,7 @@ class Rig:
             self.procs["flood"] = start_process(self.st, "noise", argv, role="flood", ready=True,
                                                 cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
         except ProcessStartError as e:
-            raise RigError(f"the flood did not start: {str(e).splitlines()[0]}") from None
+            raise RigError(f"the flood did not start: {e.one_line()}") from None
         c = self.ctls["flood"] = ControlClient(ctl, timeout_s=10.0)
         return c
 
@@ -360,7 +360,7 @@ class Rig:
             self.procs["flood"] = start_process(self.st, "noise", ["sh", "-c", command], role="flood-command",
                                                 cpus=_cpus(OTHER_CPU), env=env, cwd=PROJECT)
         except ProcessStartError as e:
-            raise RigError(f"flood_command did not start: {str(e).splitlines()[0]}") from None
+            raise RigError(f"flood_command did not start: {e.one_line()}") from None
         self.flood_command = command
         time.sleep(settle_s)
         if self.procs["flood"].poll() is not None:
@@ -380,7 +380,7 @@ class Rig:
             self.procs["tcp-noise"] = start_process(self.st, "noise", argv, role="tcp-noise", ready=True,
                                                     cpus=_cpus(OTHER_CPU), env=self.env, cwd=REPO)
         except ProcessStartError as e:
-            raise RigError(f"the TCP noise senders did not start: {str(e).splitlines()[0]}") from None
+            raise RigError(f"the TCP noise senders did not start: {e.one_line()}") from None
         return self.procs["tcp-noise"]
 
     def start_block_target(self, kind: str, image: str, *, latency_ms: float = 0.0) -> dict:
@@ -415,7 +415,7 @@ class Rig:
             self.procs["target"] = start_process(self.st, "nas", argv, role=kind, cpus=_cpus(OTHER_CPU),
                                                  env=self.env, cwd=REPO)
         except ProcessStartError as e:
-            raise RigError(f"{kind} did not start: {str(e).splitlines()[0]}") from None
+            raise RigError(f"{kind} did not start: {e.one_line()}") from None
         self._wait_port(spec["port"], kind)
         if kind == "tgtd":
             import subprocess

@@ -339,6 +339,15 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
     if sc.storage == "aoe" and sc.consumer != "swap":
         raise ScenarioError(f"{src}: storage: aoe with consumer={sc.consumer}; the AoE device is a swap "
                             f"device: write consumer = \"swap\"")
+    if sc.client == "agent" and "gro" in [o.strip() for o in sc.offloads.split(",")]:
+        import os as _os
+        from client_agent.agent import DEFAULT_NIC
+        from client_agent.phy.ring import GRO_NICS
+        nic = sc.nic or _os.environ.get("CLIENT_AGENT_NIC") or DEFAULT_NIC
+        if nic not in GRO_NICS:
+            raise ScenarioError(f"{src}: offloads: gro needs a TPACKET_V3 ring (a merged frame is up to 64 KiB) and "
+                                f"the agent's NIC is {nic}{'' if sc.nic else ' (the default)'}; add nic = "
+                                f"\"ring-v3\" (or {' / '.join(GRO_NICS[1:])}), or drop gro")
     if sc.client == "linux" and (sc.nic or sc.offloads):
         raise ScenarioError(f"{src}: nic/offloads: they describe the agent's NIC; the Linux VM's is guest_nic "
                             f"(got nic={sc.nic!r}, offloads={sc.offloads!r}) -- remove them or set client = \"agent\"")

@@ -146,10 +146,31 @@ def test_the_simulation_honours_a_scenarios_offloads():
     ({"offloads": "tx,lro"}, "unknown offload 'lro'"),
     ({"nic": "ring-v9"}, "not one of socket, ring-v3, ring-v2, ring-v3-send"),
     ({"client": "linux", "offloads": "tx"}, "the Linux VM's is guest_nic"),
+    ({"offloads": "tx,rx,gro"}, r"gro needs a TPACKET_V3 ring .* NIC is ring-v2 \(the default\); add nic = \"ring-v3\""),
+    ({"offloads": "gro", "nic": "socket"}, "gro needs a TPACKET_V3 ring .* NIC is socket;"),
 ])
 def test_scenario_nic_and_offloads_are_checked(overrides, message):
     with pytest.raises(ScenarioError, match=message):
         scenario.load("memalloc", overrides)
-    ok = scenario.load("memalloc", {"nic": "ring-v3", "offloads": "tx,rx,tso,ufo"})
-    assert (ok.nic, ok.offloads) == ("ring-v3", "tx,rx,tso,ufo")
+    ok = scenario.load("memalloc", {"nic": "ring-v3", "offloads": "tx,rx,tso,ufo,gro"})
+    assert (ok.nic, ok.offloads) == ("ring-v3", "tx,rx,tso,ufo,gro")
     assert NO_OFFLOADS.names() == []
+
+
+def test_a_program_that_did_not_start_is_one_line_with_its_own_reason():
+    """The rig's error for an agent that refused its arguments ends with what the agent said
+    (it used to end at "ends with:", the reason cut off with the log's tail)."""
+    from netns_setup.process import _not_ready
+
+    class Proc:
+        record = {"argv": ["python", "-m", "client_agent.agent", "--offload", "gro"], "host": "client"}
+        log_path = "/run/x/logs/client.client-agent.log"
+
+        def log_tail(self):
+            return "starting\nclient-agent: offload gro needs the TPACKET_V3 ring (a merged frame is up to 64 KiB)\n\n"
+
+    e = _not_ready(Proc(), "closed --ready-fd without signalling readiness (exit code 1)")
+    assert e.one_line() == ("in host client it closed --ready-fd without signalling readiness (exit code 1); "
+                            "it said: client-agent: offload gro needs the TPACKET_V3 ring (a merged frame is up "
+                            "to 64 KiB) (log /run/x/logs/client.client-agent.log)")
+    assert "--offload gro" in str(e) and "starting" in str(e)          # the whole story stays in the message

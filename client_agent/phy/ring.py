@@ -590,3 +590,4 @@ def open_device(ifname: str, nic: str, offloads: DeviceCapabilities | None = Non
 
 
 NICS = ("socket", "ring-v3", "ring-v2", "ring-v3-send")
+GRO_NICS = ("ring-v3", "ring-v3-send")     # a merged frame needs a V3 block (up to 64 KiB)

@@ -297,7 +297,7 @@ class LinuxVmClient(Client):
             self.relay = start_process(self.st, self.host, argv, role="relay", ready=True, cpus=self.rig_cpus_other,
                                        env=self.rig.env, cwd=REPO)
         except ProcessStartError as e:
-            raise ClientError(f"the fault relay did not start: {str(e).splitlines()[0]}") from None
+            raise ClientError(f"the fault relay did not start: {e.one_line()}") from None
         self.rig.procs[f"relay:{self.host}"] = self.relay
         self.relay_ctl = ctl
 
