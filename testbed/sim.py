@@ -58,8 +58,8 @@ from client_agent.mm.swapfile import SwapDevice
 
 from client_agent.net.stack import Stack
 from client_agent.phy.device import ForwardsOnRx
-from client_agent.phy.caps import parse_offloads
-from client_agent.phy.fault import FaultInjector
+from client_agent.phy.caps import device_caps, parse_offloads
+from client_agent.phy.fault import FaultInjector, parse_fault_spec
 from client_agent.phy.soft_nic import SoftNic
 from client_agent.phy.pcap import PcapTap
 from client_agent.phy.wire_pair import WirePair
@@ -212,18 +212,29 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     if p["stall_threshold_s"] < 3 * p["timeo_max_s"]:
         raise ValueError(f"stall_threshold_s={p['stall_threshold_s']} must be >= 3 x timeo_max_s "
                          f"({3 * p['timeo_max_s']}): a slow server is not a deadlock")
+    fault_seed = seed
+    if p.get("client_faults") and not (p["fault_tx"] or p["fault_rx"]):
+        # the scenario's faults on the client's NIC, both ways, as client-agent --fault applies
+        # them on real packets (phy/fault.py BothWays), seeded by the spec's seed if it has one
+        spec = parse_fault_spec(p["client_faults"])
+        kw = {"loss": spec.get("loss", 0.0), "dup": spec.get("dup", 0.0), "reorder": spec.get("reorder", 0.0),
+              "delay_s": spec.get("delay_ms", 0.0) / 1000}
+        p["fault_tx"], p["fault_rx"] = kw, dict(kw)
+        fault_seed = spec.get("seed", seed)
     rng = random.Random(f"flood:{seed}")
     loop = Loop(ManualClock())
     wire = WirePair(loop, latency_s=p["wire_latency_s"], mac_a=MAC_AGENT, mac_b=MAC_NAS)
     agent_dev = wire.a
     if p["fault_tx"]:
-        agent_dev = _LoopFault(wire.a, f"fault_tx:{seed}", loop, **p["fault_tx"])
+        agent_dev = _LoopFault(wire.a, f"fault_tx:{fault_seed}", loop, **p["fault_tx"])
     faulty_dev = agent_dev
     if p["pcap_path"]:
         agent_dev = PcapTap(agent_dev, p["pcap_path"])
     if p.get("offloads"):
         # the scenario's NIC offloads, done as the kernel behind a packet socket does them
         agent_dev = SoftNic(agent_dev, parse_offloads(p["offloads"]))
+    # what the snapshot's "nic" says (the scenario's ``nic`` is the agent's on real packets only)
+    agent_dev.nic_kind = "in-memory wire (soft NIC)" if p.get("offloads") else "in-memory wire"
     logs: list[tuple[float, str]] = []
     agent = Host(loop, agent_dev, ip=AGENT_IP, prefix_len=24, pool_pages=p["pool_pages"],
                  min_free_kbytes=p["min_free_kbytes"],
@@ -262,7 +273,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
     nas_sched = Scheduler(nas_alloc)
     nas_dev = wire.b
     if p["fault_rx"]:
-        nas_dev = _LoopFault(wire.b, f"fault_rx:{seed}", loop, **p["fault_rx"])
+        nas_dev = _LoopFault(wire.b, f"fault_rx:{fault_seed}", loop, **p["fault_rx"])
     if p["transport"] not in ("udp", "tcp"):
         raise ValueError(f"transport={p['transport']!r}: udp or tcp")
     storage = p["storage"]
@@ -626,8 +637,9 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "workload": dict(swap.workload),
         "nr_slots": setup["nr_slots"],
         "pgalloc_pfmemalloc": snap_alloc["reserve"]["pgalloc_pfmemalloc"],
-        **({"nic": {"kind": "in-memory wire (soft NIC)", "offloads": agent_dev.caps.names(),
-                    **agent_dev.soft_counters}} if p.get("offloads") else {}),
+        "nic": {"kind": agent_dev.nic_kind, "offloads": device_caps(agent_dev).names(),
+                **getattr(agent_dev, "soft_counters", {}),
+                **({"ignored": {"nic": p["nic"]}} if p.get("nic") else {})},
         "nas": {"writes": core.proc_calls.get("NFS3_WRITE", 0),
                 "commits": core.proc_calls.get("NFS3_COMMIT", 0),
                 "drc_hits": core.counters.get("drc_hits", 0)},

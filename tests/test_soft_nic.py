@@ -132,9 +132,9 @@ def test_the_simulation_honours_a_scenarios_offloads():
     base = run_sim(sc.to_dict(), seed=1)
     tso = run_sim({**sc.to_dict(), "offloads": "tx,rx,tso"}, seed=1)
     assert base["outcome"] == tso["outcome"] == "recovered"
-    assert "nic" not in base
+    assert base["nic"] == {"kind": "in-memory wire", "offloads": []}
     nic = tso["nic"]
-    assert nic["offloads"] == ["tx", "rx", "tso"] and nic["soft_gso"] > 0
+    assert nic["kind"] == "in-memory wire (soft NIC)" and nic["offloads"] == ["tx", "rx", "tso"] and nic["soft_gso"] > 0
     assert nic["soft_gso_segs"] >= 2 * nic["soft_gso"] and nic["soft_rx_csum_bad"] == 0
     # one GSO buffer where there were several frames: fewer reserve allocations for the same pages
     assert tso["acked_pages"] == tso["pages_verified"] and tso["verify_failures"] == 0
@@ -174,3 +174,18 @@ def test_a_program_that_did_not_start_is_one_line_with_its_own_reason():
                             "it said: client-agent: offload gro needs the TPACKET_V3 ring (a merged frame is up "
                             "to 64 KiB) (log /run/x/logs/client.client-agent.log)")
     assert "--offload gro" in str(e) and "starting" in str(e)          # the whole story stays in the message
+
+
+def test_the_simulation_honours_a_scenarios_client_faults():
+    """client_faults (client-agent --fault on real packets: both directions of the client's NIC)
+    in the simulation too -- it used to be ignored there, the run reporting no fault at all."""
+    from testbed.sim import run_sim
+    sc = scenario.load("memalloc", {"transport": "udp", "client_faults": "loss=0.02,seed=5", "max_duration_s": 30.0,
+                                    "workload_pages": 9000})
+    r = run_sim(sc.to_dict(), seed=1)
+    f = r["faults"]
+    assert f["tx"]["lost"] > 0 and f["rx"]["lost"] > 0                 # both ways, as BothWays
+    assert abs(f["tx"]["lost"] / f["tx"]["tx_frames"] - 0.02) < 0.01
+    assert r["rpc_retrans"] > 0 and r["verify_failures"] == 0 and r["acked_pages"] == r["pages_verified"]
+    again = run_sim({**sc.to_dict(), "client_faults": "loss=0.02,seed=6"}, seed=1)
+    assert again["faults"]["tx"]["lost"] != f["tx"]["lost"]             # the spec's seed seeds them

@@ -115,6 +115,9 @@ def run(args) -> int:
     out = rep.prepare(args.out or rep.default_out_dir(sc.name))
     if args.sim:
         from testbed import sim_report
+        if sc.nic:
+            print(f"testbed run: note: nic = {sc.nic!r} is the agent's NIC on real packets; the simulation's "
+                  f"is the in-memory wire (offloads apply there, through its software NIC)", file=sys.stderr)
         try:
             entry, path = sim_report.run(sc, checks, out, extra={"figures": figs, "simulated": True})
         except ValueError as e:
