@@ -189,3 +189,16 @@ def test_the_simulation_honours_a_scenarios_client_faults():
     assert r["rpc_retrans"] > 0 and r["verify_failures"] == 0 and r["acked_pages"] == r["pages_verified"]
     again = run_sim({**sc.to_dict(), "client_faults": "loss=0.02,seed=6"}, seed=1)
     assert again["faults"]["tx"]["lost"] != f["tx"]["lost"]             # the spec's seed seeds them
+
+
+@pytest.mark.parametrize("nic,message", [
+    ("ring-v3", "--nic ring-v3: --nic is the Linux guest's NIC model (virtio-net-pci, e1000, "),
+    ("e1001", "--nic e1001: not a guest NIC model; pick one of virtio-net-pci, e1000, "),
+])
+def test_run_nic_is_the_guests_and_says_so(nic, message, capsys):
+    from testbed.cli import main
+    assert main(["run", "memalloc", "--sim", "--nic", nic]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"testbed: {message}")
+    if nic == "ring-v3":
+        assert err[0].endswith("the agent's NIC is the scenario key nic: use --set nic=ring-v3")

@@ -49,7 +49,19 @@ def client_overrides(args) -> dict:
     o: dict = {}
     if args.client:
         o["client"] = args.client
+    if args.nic:
+        from client_agent.phy.ring import NICS
+        from testbed.cli import UserError
+        from testbed.scenario import GUEST_NICS
+        if args.nic in NICS:
+            raise UserError(f"--nic {args.nic}: --nic is the Linux guest's NIC model ({', '.join(GUEST_NICS)}); "
+                            f"the agent's NIC is the scenario key nic: use --set nic={args.nic}")
+        if args.nic not in GUEST_NICS:
+            raise UserError(f"--nic {args.nic}: not a guest NIC model; pick one of {', '.join(GUEST_NICS)}")
     if (args.kernel or args.modules or args.nic) and o.get("client") != "both":
+        if o.get("client") != "linux":
+            given = next(f for f, v in (("--kernel", args.kernel), ("--modules", args.modules), ("--nic", args.nic)) if v)
+            print(f"testbed run: {given} is the Linux VM client's: running with --client linux", file=sys.stderr)
         o["client"] = "linux"
     if args.kernel:
         o["guest_kernel"] = os.path.abspath(args.kernel)
