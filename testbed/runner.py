@@ -352,6 +352,9 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             rig.capture(h, os.path.join(pcap_dir or os.path.join(out, "pcap"), f"{pcap_prefix}{h}.pcap"))
         caps = rig.caps
         # -- the client agent, alone on CPU 0
+        if sc.client_faults and {"tso", "ufo"} & {o.strip() for o in sc.offloads.split(",")}:
+            say("note: client_faults act per wire frame, so the agent runs without tso/ufo "
+                "(the snapshot's nic.offloads says what it ran with)")
         agent = rig.start_agent(
             "client", pool_pages=sc.pool_pages, min_free_kbytes=sc.min_free_kbytes, budget=sc.budget,
             seed=sc.seed, ctl_timeout_s=10.0,

@@ -144,6 +144,7 @@ def test_the_simulation_honours_a_scenarios_offloads():
 @pytest.mark.parametrize("overrides,message", [
     ({"offloads": "tso"}, "needs 'tx'"),
     ({"offloads": "tx,lro"}, "unknown offload 'lro'"),
+    ({"offloads": "none,tx"}, "'none' stands alone"),
     ({"nic": "ring-v9"}, "not one of socket, ring-v3, ring-v2, ring-v3-send"),
     ({"client": "linux", "offloads": "tx"}, "the Linux VM's is guest_nic"),
     ({"offloads": "tx,rx,gro"}, r"gro needs a TPACKET_V3 ring .* NIC is ring-v2 \(the default\); add nic = \"ring-v3\""),

@@ -106,6 +106,8 @@ def parse_offloads(text: str) -> DeviceCapabilities:
     caps = NO_OFFLOADS
     items = [t.strip() for t in text.split(",") if t.strip()] if text.strip() != "none" else []
     for item in items:
+        if item == "none":
+            raise ValueError(f"offloads {text!r}: 'none' stands alone (no offloads); drop it or the others")
         if item not in OFFLOAD_NAMES:
             raise ValueError(f"unknown offload {item!r}; known: {', '.join(OFFLOAD_NAMES)} (or none)")
         if item == "tso":
