@@ -90,7 +90,10 @@ def test_cli_refuses_traversal_and_negative_counts(tmp_path, capsys):
     assert main(["chaos", "--runs", "1", "--out", str(tmp_path / ".." / "x")]) == 2
     assert main(["chaos", "--runs", "-1", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
-    assert "'..'" in err and "counts must be >= 0" in err
+    assert "'..'" in err and "testbed: --runs -1: a count of runs must be >= 0" in err and "--real" not in err
+    assert main(["chaos", "--runs", "0", "--out", str(tmp_path / "z")]) == 2       # nothing to run
+    assert capsys.readouterr().err.strip() == ("testbed: --runs 0 --real 0: nothing to run; give --runs N "
+                                               "(in memory) and/or --real N (root)")
 
 
 def test_two_campaigns_in_the_same_second_get_their_own_default_directories(tmp_path, monkeypatch, capsys):

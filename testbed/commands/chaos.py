@@ -36,8 +36,11 @@ def run(args) -> int:
     from testbed import report as rep
     from testbed.cli import UserError
 
-    if args.runs < 0 or args.real < 0:
-        raise UserError(f"--runs {args.runs} / --real {args.real}: counts must be >= 0")
+    for flag, n in (("--runs", args.runs), ("--real", args.real)):
+        if n < 0:
+            raise UserError(f"{flag} {n}: a count of runs must be >= 0")
+    if args.runs == 0 and args.real == 0:
+        raise UserError("--runs 0 --real 0: nothing to run; give --runs N (in memory) and/or --real N (root)")
     if args.only is not None and not 0 <= args.only < args.runs:
         raise UserError(f"--only {args.only}: the campaign's in-memory runs are 0..{args.runs - 1} (--runs {args.runs}); "
                         f"give --only in that range, or a larger --runs")
