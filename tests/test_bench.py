@@ -186,3 +186,38 @@ def test_command_repeat_writes_the_summary_and_every_run(tmp_path, monkeypatch, 
     assert "[run 3/3] section good" in capsys.readouterr().err
     assert main(["bench", "--repeat", "0"]) == 2
     assert "--repeat 0: give a number of runs from 1 to 20" in capsys.readouterr().err
+
+
+def test_a_bad_json_path_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(bench, "load_sections", lambda: make_registry(calls))
+    for path, why in ((tmp_path / "no" / "x.json", f"directory {tmp_path / 'no'} does not exist"),
+                      (tmp_path, "is a directory")):
+        assert main(["bench", "--section", "good", "--json", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"testbed: --json {path}: {why}")
+    assert calls == []                                   # nothing was measured
+
+
+def test_a_json_path_that_fails_at_the_end_keeps_the_results(tmp_path, monkeypatch, capsys):
+    reg = Registry()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    @reg.register("good", "removes the --json directory while it measures")
+    def good(ctx):
+        gone.rmdir()
+        res = SectionResult()
+        res.add("a", 10.0, "µs")
+        return res
+
+    monkeypatch.setattr(bench, "load_sections", lambda: reg)
+    monkeypatch.chdir(tmp_path)
+    out = gone / "x.json"
+    assert main(["bench", "--section", "good", "--json", str(out)]) == 2
+    cap = capsys.readouterr()
+    assert "good.a" in cap.out                           # the table is printed anyway
+    err = cap.err.strip().splitlines()[-1]
+    (fallback,) = tmp_path.glob("testbed-bench-*.json")
+    assert err == f"testbed: --json {out}: cannot write it (No such file or directory); the results are in {fallback}"
+    assert json.loads(fallback.read_text())["sections"]["good"]["figures"][0]["value"] == 10.0
