@@ -124,6 +124,23 @@ def test_command_exit_codes_and_json(tmp_path, monkeypatch, capsys):
     assert "refused" in capsys.readouterr().out
 
 
+def test_section_names_get_a_suggestion_and_the_list_is_aligned(monkeypatch, capsys):
+    reg = make_registry([])
+
+    @reg.register("a_very_long_section_name", "long")
+    def long_(ctx):
+        return SectionResult()
+
+    monkeypatch.setattr(bench, "load_sections", lambda: reg)
+    assert main(["bench", "--section", "refusd"]) == 2
+    assert capsys.readouterr().err.strip() == ("testbed: unknown bench section(s) refusd; did you mean refused? "
+                                               "sections: good, refused, buggy, a_very_long_section_name")
+    assert main(["bench", "--section", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    helps = [l.rindex(reg.get(n).help) for l, n in zip(lines, reg.names())]
+    assert len(lines) == 4 and len(set(helps)) == 1 and helps[0] == len("a_very_long_section_name") + 2
+
+
 def test_real_registry_has_rx_and_nas():
     reg = bench.load_sections()
     assert reg.names()[:2] == ["rx", "nas"]

@@ -38,12 +38,16 @@ def run(args) -> int:
     registry = load_sections()
     names = args.section or None
     if names == ["list"]:
+        width = max(map(len, registry.names()), default=0)
         for n in registry.names():
-            print(f"{n:8} {registry.get(n).help}")
+            print(f"{n:{width}}  {registry.get(n).help}")
         return 0
     unknown = [n for n in names or [] if n not in registry.names()]
     if unknown:
-        raise UserError(f"unknown bench section(s) {', '.join(unknown)}; sections: {', '.join(registry.names())}")
+        from testbed.scenario import did_you_mean
+        hints = "".join(did_you_mean(n, registry.names()) for n in unknown)
+        raise UserError(f"unknown bench section(s) {', '.join(unknown)}{hints or ';'} "
+                        f"sections: {', '.join(registry.names())}")
     if not 1 <= args.repeat <= 20:
         raise UserError(f"--repeat {args.repeat}: give a number of runs from 1 to 20 (3 for a median with its spread)")
     if args.json and args.json != "-":
