@@ -192,6 +192,21 @@ def test_a_run_that_marked_a_figure_invalid_keeps_it_unmet_and_says_which():
         bench.summarize_runs([])
 
 
+def test_repeated_runs_keep_each_figures_notes():
+    def runs(*notes):
+        docs = _doc_with([11.0] * len(notes))
+        for d, n in zip(docs, notes):
+            if n:
+                d["sections"]["s"]["figures"][0]["notes"] = n
+        return bench.summarize_runs(docs)
+    doc = runs("3 retransmissions", "3 retransmissions")
+    assert doc["sections"]["s"]["figures"][0]["notes"] == "3 retransmissions"
+    assert "note: s.a: 3 retransmissions" in format_table(doc)
+    assert runs("1 retransmission", None, "4 retransmissions")["sections"]["s"]["figures"][0]["notes"] == \
+        "run 1: 1 retransmission; run 3: 4 retransmissions"
+    assert "notes" not in runs(None, None)["sections"]["s"]["figures"][0]
+
+
 def test_command_repeat_writes_the_summary_and_every_run(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(bench, "load_sections", lambda: make_registry(calls))

@@ -245,7 +245,9 @@ def summarize_runs(docs: list[dict[str, Any]]) -> dict[str, Any]:
     that measured it, ``target`` checked on those medians, and ``runs`` (how many measured it),
     ``values``/``ratios`` (each run's, in run order; null where a run did not measure it) and
     ``spread`` (``{"value": [min, max], "ratio": [min, max]}``). A figure that any run marked
-    invalid (``met`` false whatever its value) stays ``met = false`` with that run's notes. A
+    invalid (``met`` false whatever its value) stays ``met = false`` with that run's notes; any
+    other figure keeps its notes: once if every run that measured it said the same, else each
+    run's as ``"run K: ..."`` joined by ``"; "`` (the median is no one run's). A
     section that failed in any run carries ``error`` ("run K: ..."). The runs' own documents
     follow under ``runs``. Raises ValueError for an empty list."""
     if not docs:
@@ -276,6 +278,8 @@ def summarize_runs(docs: list[dict[str, Any]]) -> dict[str, Any]:
                    if f is not None and f["met"] is False and Figure.from_dict(f).invalid]
             if bad:
                 fig.invalid, fig.notes = True, "; ".join(bad)
+            else:
+                fig.notes = _runs_notes(figs)
             j = fig.to_json()
             # the ratio of medians is not the median of ratios; the runs' own ratios set both
             j["ratio"] = _clean(_median(ratios))
@@ -289,6 +293,15 @@ def summarize_runs(docs: list[dict[str, Any]]) -> dict[str, Any]:
         out["sections"][sname] = entry
     out["runs"] = docs
     return out
+
+
+def _runs_notes(figs: list[dict[str, Any] | None]) -> str | None:
+    """The notes of one figure over repeated runs (None where a run did not measure it): the
+    common note if the runs that measured it agree, else ``"run K: ..."`` for each that has one."""
+    said = [(k, f.get("notes")) for k, f in enumerate(figs) if f is not None]
+    if len({n for _k, n in said}) == 1:
+        return said[0][1]
+    return "; ".join(f"run {k + 1}: {n}" for k, n in said if n) or None
 
 
 # -- the table -------------------------------------------------------------------------------------
