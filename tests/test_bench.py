@@ -33,6 +33,15 @@ def test_missing_numbers_give_null_ratio_and_unknown_met():
     assert Figure("x", float("nan"), "µs").to_json()["value"] is None
 
 
+def test_figures_are_rounded_when_recorded():
+    d = Figure("x", 0.1 + 0.2, "s", 0.9, "ratio <= 0.3333").to_json()
+    assert (d["value"], d["baseline"], d["ratio"]) == (0.3, 0.9, 0.3333) and d["met"] is True
+    assert json.dumps(d["value"]) == "0.3"
+    assert Figure("x", 19987.34, "pps", 3).to_json()["value"] == 19987.3 and Figure("x", 7, "n").value == 7
+    f = bench.summarize_runs(_doc_with([70.7, 70.72]))["sections"]["s"]["figures"][0]
+    assert json.dumps([f["value"], f["ratio"]]) == "[70.71, 7.071]"      # medians too
+
+
 def test_invalid_figure_is_not_met_whatever_its_value_and_says_why():
     f = Figure("x", 1.0, "µs", 10.0, "ratio <= 1.4", notes="kernel dropped 12 frames", invalid=True)
     d = f.to_json()
