@@ -33,6 +33,15 @@ def test_missing_numbers_give_null_ratio_and_unknown_met():
     assert Figure("x", float("nan"), "µs").to_json()["value"] is None
 
 
+def test_figures_are_rounded_when_recorded():
+    d = Figure("x", 0.1 + 0.2, "s", 0.9, "ratio <= 0.3333").to_json()
+    assert (d["value"], d["baseline"], d["ratio"]) == (0.3, 0.9, 0.3333) and d["met"] is True
+    assert json.dumps(d["value"]) == "0.3"
+    assert Figure("x", 19987.34, "pps", 3).to_json()["value"] == 19987.3 and Figure("x", 7, "n").value == 7
+    f = bench.summarize_runs(_doc_with([70.7, 70.72]))["sections"]["s"]["figures"][0]
+    assert json.dumps([f["value"], f["ratio"]]) == "[70.71, 7.071]"      # medians too
+
+
 def test_invalid_figure_is_not_met_whatever_its_value_and_says_why():
     f = Figure("x", 1.0, "µs", 10.0, "ratio <= 1.4", notes="kernel dropped 12 frames", invalid=True)
     d = f.to_json()
@@ -124,6 +133,23 @@ def test_command_exit_codes_and_json(tmp_path, monkeypatch, capsys):
     assert "refused" in capsys.readouterr().out
 
 
+def test_section_names_get_a_suggestion_and_the_list_is_aligned(monkeypatch, capsys):
+    reg = make_registry([])
+
+    @reg.register("a_very_long_section_name", "long")
+    def long_(ctx):
+        return SectionResult()
+
+    monkeypatch.setattr(bench, "load_sections", lambda: reg)
+    assert main(["bench", "--section", "refusd"]) == 2
+    assert capsys.readouterr().err.strip() == ("testbed: unknown bench section(s) refusd; did you mean refused? "
+                                               "sections: good, refused, buggy, a_very_long_section_name")
+    assert main(["bench", "--section", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    helps = [l.rindex(reg.get(n).help) for l, n in zip(lines, reg.names())]
+    assert len(lines) == 4 and len(set(helps)) == 1 and helps[0] == len("a_very_long_section_name") + 2
+
+
 def test_real_registry_has_rx_and_nas():
     reg = bench.load_sections()
     assert reg.names()[:2] == ["rx", "nas"]
@@ -175,6 +201,21 @@ def test_a_run_that_marked_a_figure_invalid_keeps_it_unmet_and_says_which():
         bench.summarize_runs([])
 
 
+def test_repeated_runs_keep_each_figures_notes():
+    def runs(*notes):
+        docs = _doc_with([11.0] * len(notes))
+        for d, n in zip(docs, notes):
+            if n:
+                d["sections"]["s"]["figures"][0]["notes"] = n
+        return bench.summarize_runs(docs)
+    doc = runs("3 retransmissions", "3 retransmissions")
+    assert doc["sections"]["s"]["figures"][0]["notes"] == "3 retransmissions"
+    assert "note: s.a: 3 retransmissions" in format_table(doc)
+    assert runs("1 retransmission", None, "4 retransmissions")["sections"]["s"]["figures"][0]["notes"] == \
+        "run 1: 1 retransmission; run 3: 4 retransmissions"
+    assert "notes" not in runs(None, None)["sections"]["s"]["figures"][0]
+
+
 def test_command_repeat_writes_the_summary_and_every_run(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(bench, "load_sections", lambda: make_registry(calls))
@@ -186,3 +227,38 @@ def test_command_repeat_writes_the_summary_and_every_run(tmp_path, monkeypatch, 
     assert "[run 3/3] section good" in capsys.readouterr().err
     assert main(["bench", "--repeat", "0"]) == 2
     assert "--repeat 0: give a number of runs from 1 to 20" in capsys.readouterr().err
+
+
+def test_a_bad_json_path_is_refused_before_measuring(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(bench, "load_sections", lambda: make_registry(calls))
+    for path, why in ((tmp_path / "no" / "x.json", f"directory {tmp_path / 'no'} does not exist"),
+                      (tmp_path, "is a directory")):
+        assert main(["bench", "--section", "good", "--json", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"testbed: --json {path}: {why}")
+    assert calls == []                                   # nothing was measured
+
+
+def test_a_json_path_that_fails_at_the_end_keeps_the_results(tmp_path, monkeypatch, capsys):
+    reg = Registry()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    @reg.register("good", "removes the --json directory while it measures")
+    def good(ctx):
+        gone.rmdir()
+        res = SectionResult()
+        res.add("a", 10.0, "µs")
+        return res
+
+    monkeypatch.setattr(bench, "load_sections", lambda: reg)
+    monkeypatch.chdir(tmp_path)
+    out = gone / "x.json"
+    assert main(["bench", "--section", "good", "--json", str(out)]) == 2
+    cap = capsys.readouterr()
+    assert "good.a" in cap.out                           # the table is printed anyway
+    err = cap.err.strip().splitlines()[-1]
+    (fallback,) = tmp_path.glob("testbed-bench-*.json")
+    assert err == f"testbed: --json {out}: cannot write it (No such file or directory); the results are in {fallback}"
+    assert json.loads(fallback.read_text())["sections"]["good"]["figures"][0]["value"] == 10.0

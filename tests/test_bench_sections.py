@@ -35,3 +35,18 @@ def test_reserve_to_high_measures_first_pfmemalloc_to_free_above_high():
     assert t is None and "rx_pfmemalloc stayed 0" in note
     t, note = recovery._reserve_to_high(rows[:3])
     assert t is None and "never rose above high" in note
+
+
+def test_writeback_cpu_per_page_figures_are_in_us_per_page(monkeypatch):
+    """The section's figures from canned measurements (no namespaces): CPU per page is µs/page."""
+    from testbed.bench import writeback
+    from testbed.bench.framework import BenchContext
+    ag = {"mib_per_s": 20.0, "pages": 1000, "seconds": 0.2, "cpu_pct": 90.0, "retrans": 0,
+          "workload_done_early": False, "cpu_user_s": 0.05, "cpu_sys_s": 0.03}
+    ref = {"mib_per_s": 40.0, "calls": 2000, "client": {"retransmits": 0}, "cpu_user_s": 0.02, "cpu_sys_s": 0.04}
+    monkeypatch.setattr(writeback.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(writeback, "measure_mtu", lambda *a, **k: {"agent": ag, "ref": ref})
+    figs = {f.name: f for f in writeback.writeback_section(BenchContext(quick=True)).figures}
+    a, r = figs["mtu1500.agent_cpu_us_per_page"], figs["mtu1500.refclient_cpu_us_per_page"]
+    assert (a.value, a.unit, r.value, r.unit) == (80.0, "µs/page", 30.0, "µs/page") and a.baseline == 30.0
+    assert figs["tcp.mtu1500.agent_mib_per_s"].unit == "MiB/s"

@@ -56,3 +56,20 @@ def test_python_dash_m_reports_user_errors_as_one_line(tmp_path):
 
 def test_no_command_prints_help():
     assert cli.main([]) == 2
+
+
+def test_docs_name_every_stat_view_and_bench_section():
+    """README's command table lists `testbed stat`'s views as its parser has them, and docs/bench.md's
+    `--section` default names every section (the first two and the last four: it elides the middle)."""
+    import pathlib
+    import re
+
+    from testbed.bench import load_sections
+    root = pathlib.Path(__file__).resolve().parent.parent
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    views = next(a for a in sub.choices["stat"]._actions if a.dest == "view").choices
+    row = next(l for l in (root / "README.md").read_text().splitlines() if l.startswith("| `testbed stat"))
+    assert re.search(r"`testbed stat \[([^\]]*)\]", row).group(1).split("\\|") == list(views)
+    names = load_sections().names()
+    default = re.search(r"default: all \(([^)]*)\)", (root / "docs" / "bench.md").read_text()).group(1)
+    assert re.findall(r"`(\w+)`", default) == names[:2] + names[-4:]

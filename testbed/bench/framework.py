@@ -8,6 +8,9 @@ Invariants owned here:
   "met"}`` plus an optional ``"notes"``; ``ratio = value / baseline`` whenever both are numbers and
   the baseline is not zero, else null. A figure with ``invalid=True`` (the kernel dropped frames,
   the receiver overflowed...) has ``met = false`` and says why in ``notes``, whatever its value.
+- Numbers are rounded when a figure is made: value and baseline to ``VALUE_DIGITS`` significant
+  digits, the ratio to ``RATIO_DIGITS`` (``met`` is checked on the rounded numbers, so a reader of
+  the JSON reaches the same verdict), so the JSON shows ``70.71``, never ``70.71000000000001``.
 - ``target`` is a string a reader and a program can both check: ``"<on> <op> <bound>"`` with
   ``<on>`` in ``value | ratio`` and ``<op>`` in ``<= | >= | ==`` (e.g. ``"ratio <= 1.4"``).
 
@@ -31,6 +34,8 @@ from typing import Any, Callable
 
 SCHEMA_VERSION = 1
 FIGURE_KEYS = ("name", "value", "unit", "baseline", "ratio", "target", "met")
+VALUE_DIGITS = 6   # significant digits kept of a figure's value and baseline (sections may round more)
+RATIO_DIGITS = 4   # ... and of its ratio
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "==": lambda a, b: a == b,
 }
@@ -88,11 +93,12 @@ class Figure:
     def __post_init__(self) -> None:
         if isinstance(self.target, str):
             self.target = Target.parse(self.target)
+        self.value, self.baseline = round_sig(self.value, VALUE_DIGITS), round_sig(self.baseline, VALUE_DIGITS)
 
     @property
     def ratio(self) -> float | None:
         if _is_number(self.value) and _is_number(self.baseline) and self.baseline != 0:
-            return float(self.value) / float(self.baseline)
+            return round_sig(float(self.value) / float(self.baseline), RATIO_DIGITS)
         return None
 
     @property
@@ -121,6 +127,13 @@ class Figure:
         if "met" in d and d["met"] is False and fig.met is not False:
             fig.invalid = True  # the producer judged it; keep its verdict
         return fig
+
+
+def round_sig(x: Any, digits: int) -> Any:
+    """A finite non-zero float rounded to ``digits`` significant digits; anything else unchanged."""
+    if isinstance(x, float) and math.isfinite(x) and x != 0:
+        return round(x, digits - 1 - math.floor(math.log10(abs(x))))
+    return x
 
 
 def _clean(x: Any) -> Any:
@@ -245,7 +258,9 @@ def summarize_runs(docs: list[dict[str, Any]]) -> dict[str, Any]:
     that measured it, ``target`` checked on those medians, and ``runs`` (how many measured it),
     ``values``/``ratios`` (each run's, in run order; null where a run did not measure it) and
     ``spread`` (``{"value": [min, max], "ratio": [min, max]}``). A figure that any run marked
-    invalid (``met`` false whatever its value) stays ``met = false`` with that run's notes. A
+    invalid (``met`` false whatever its value) stays ``met = false`` with that run's notes; any
+    other figure keeps its notes: once if every run that measured it said the same, else each
+    run's as ``"run K: ..."`` joined by ``"; "`` (the median is no one run's). A
     section that failed in any run carries ``error`` ("run K: ..."). The runs' own documents
     follow under ``runs``. Raises ValueError for an empty list."""
     if not docs:
@@ -276,9 +291,11 @@ def summarize_runs(docs: list[dict[str, Any]]) -> dict[str, Any]:
                    if f is not None and f["met"] is False and Figure.from_dict(f).invalid]
             if bad:
                 fig.invalid, fig.notes = True, "; ".join(bad)
+            else:
+                fig.notes = _runs_notes(figs)
             j = fig.to_json()
             # the ratio of medians is not the median of ratios; the runs' own ratios set both
-            j["ratio"] = _clean(_median(ratios))
+            j["ratio"] = _clean(round_sig(_median(ratios), RATIO_DIGITS))
             if fig.target is not None and not bad:
                 j["met"] = fig.target.check(j["value"], j["ratio"])
             j.update(runs=len(have), values=[f and f["value"] for f in figs],
@@ -289,6 +306,15 @@ def summarize_runs(docs: list[dict[str, Any]]) -> dict[str, Any]:
         out["sections"][sname] = entry
     out["runs"] = docs
     return out
+
+
+def _runs_notes(figs: list[dict[str, Any] | None]) -> str | None:
+    """The notes of one figure over repeated runs (None where a run did not measure it): the
+    common note if the runs that measured it agree, else ``"run K: ..."`` for each that has one."""
+    said = [(k, f.get("notes")) for k, f in enumerate(figs) if f is not None]
+    if len({n for _k, n in said}) == 1:
+        return said[0][1]
+    return "; ".join(f"run {k + 1}: {n}" for k, n in said if n) or None
 
 
 # -- the table -------------------------------------------------------------------------------------

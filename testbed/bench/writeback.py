@@ -94,9 +94,9 @@ def writeback_section(ctx: BenchContext) -> SectionResult:
             # page, independent of how the two cores were shared (no target: an explanation).
             a_us = (ag["cpu_user_s"] * 1e6 / ag["pages"], ag["cpu_sys_s"] * 1e6 / ag["pages"])
             r_us = (ref["cpu_user_s"] * 1e6 / ref["calls"], ref["cpu_sys_s"] * 1e6 / ref["calls"])
-            res.add(f"{pre}.refclient_cpu_us_per_page", round(sum(r_us), 1), "µs",
+            res.add(f"{pre}.refclient_cpu_us_per_page", round(sum(r_us), 1), "µs/page",
                     notes=f"user {r_us[0]:.1f} µs + system {r_us[1]:.1f} µs per WRITE (getrusage)")
-            res.add(f"{pre}.agent_cpu_us_per_page", round(sum(a_us), 1), "µs", round(sum(r_us), 1),
+            res.add(f"{pre}.agent_cpu_us_per_page", round(sum(a_us), 1), "µs/page", round(sum(r_us), 1),
                     notes=f"user {a_us[0]:.1f} µs + system {a_us[1]:.1f} µs per acked page "
                           f"(/proc/PID/stat, 10 ms ticks)")
     return res

@@ -3,13 +3,17 @@ With ``--repeat N`` the sections run N times in a row and the table and JSON giv
 median with its range (testbed.bench.framework.summarize_runs).
 
 Exit 0 whenever every section measured, even if targets were missed (figures are measurements);
-exit 1 if a section could not measure (its entry in the JSON carries "error"); 2 for a bad option.
+exit 1 if a section could not measure (its entry in the JSON carries "error"); 2 for a bad option,
+including a ``--json`` path that cannot be written (checked before measuring; if writing still
+fails at the end, the table is printed, the document goes to a fallback file and the exit is 2).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 
 
 def register(sub) -> None:
@@ -34,14 +38,22 @@ def run(args) -> int:
     registry = load_sections()
     names = args.section or None
     if names == ["list"]:
+        width = max(map(len, registry.names()), default=0)
         for n in registry.names():
-            print(f"{n:8} {registry.get(n).help}")
+            print(f"{n:{width}}  {registry.get(n).help}")
         return 0
     unknown = [n for n in names or [] if n not in registry.names()]
     if unknown:
-        raise UserError(f"unknown bench section(s) {', '.join(unknown)}; sections: {', '.join(registry.names())}")
+        from testbed.scenario import did_you_mean
+        hints = "".join(did_you_mean(n, registry.names()) for n in unknown)
+        raise UserError(f"unknown bench section(s) {', '.join(unknown)}{hints or ';'} "
+                        f"sections: {', '.join(registry.names())}")
     if not 1 <= args.repeat <= 20:
         raise UserError(f"--repeat {args.repeat}: give a number of runs from 1 to 20 (3 for a median with its spread)")
+    if args.json and args.json != "-":
+        problem = json_path_problem(args.json)
+        if problem:
+            raise UserError(f"--json {args.json}: {problem}; nothing was measured")
     docs = []
     with sigterm_as_interrupt():
         for k in range(args.repeat):
@@ -55,7 +67,45 @@ def run(args) -> int:
     else:
         print(format_table(doc))
         if args.json:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            try:
+                with open(args.json, "w") as f:
+                    f.write(text + "\n")
+            except OSError as e:
+                fallback = write_fallback(text)
+                kept = f"the results are in {fallback}" if fallback else "the results are only in the table above"
+                print(f"testbed: --json {args.json}: cannot write it ({e.strerror or e}); {kept}", file=sys.stderr)
+                return 2
             print(f"\nwrote {args.json}")
     return 1 if has_errors(doc) else 0
+
+
+def json_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot take the JSON document (a directory, a missing or read-only parent
+    directory, a read-only file), or None. Checked before the bench runs, so no results are lost."""
+    if os.path.isdir(path):
+        return "is a directory; give a file name, e.g. --json bench.json"
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        return f"directory {parent} does not exist; create it or give another path"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "the file is not writable; give another path"
+    if not os.path.exists(path) and not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent} is not writable; give another path"
+    return None
+
+
+def write_fallback(text: str) -> str | None:
+    """Write the document to a new ``testbed-bench-*.json`` in the current directory, else in the
+    temporary directory; returns its path, or None if neither could be written."""
+    for d in (os.getcwd(), tempfile.gettempdir()):
+        try:
+            fd, path = tempfile.mkstemp(prefix="testbed-bench-", suffix=".json", dir=d)
+        except OSError:
+            continue
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text + "\n")
+            return path
+        except OSError:
+            os.unlink(path)
+    return None
