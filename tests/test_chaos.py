@@ -100,11 +100,12 @@ def test_two_campaigns_in_the_same_second_get_their_own_default_directories(tmp_
     import time
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261130T120000")
-    assert main(["chaos", "--runs", "0"]) == 0
-    assert main(["chaos", "--runs", "0"]) == 0
+    # one in-memory run each (--runs 0 --real 0 is refused: nothing to run)
+    assert main(["chaos", "--runs", "1"]) == 0
+    assert main(["chaos", "--runs", "1"]) == 0
     assert sorted(os.listdir(tmp_path / "reports")) == ["chaos-20261130T120000", "chaos-20261130T120000-2"]
     for d in ("chaos-20261130T120000", "chaos-20261130T120000-2"):
-        assert json.loads((tmp_path / "reports" / d / "campaign.json").read_text())["runs"] == 0
+        assert json.loads((tmp_path / "reports" / d / "campaign.json").read_text())["runs"] == 1
 
 
 @pytest.mark.parametrize("argv,line", [
