@@ -27,7 +27,7 @@ def run(args) -> int:
         cap = start_capture(args.name, args.host, iface=args.iface, path=args.file, count=args.count)
         try:
             print(f"capturing {cap.iface} in host {args.host} to {cap.path} "
-                  f"({'until ' + str(args.count) + ' packets' if args.count else str(args.duration) + ' s' if args.duration else 'until Ctrl-C'})",
+                  f"({'until ' + str(args.count) + ' packets, or Ctrl-C' if args.count else str(args.duration) + ' s' if args.duration else 'until Ctrl-C'})",
                   file=sys.stderr, flush=True)
             if args.count is not None:
                 cap.wait()
