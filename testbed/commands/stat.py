@@ -45,6 +45,10 @@ def report_snapshots(d: str, scenario: str | None) -> list[tuple[str, dict]]:
             pass
         found.append((name, os.path.join(d, "final_snapshot.json")))
     if not found:
+        guest = linux_client_snapshot(d)
+        if guest:
+            raise UserError(f"--report {d}: a Linux-client report has no agent snapshot; the guest's /proc "
+                            f"figures are in {guest} (and its timeline in {os.path.join(d, 'timeline.json')})")
         raise UserError(f"--report {d}: no final_snapshot.json in it (nor in scenarios/*/); is it a testbed report directory?")
     if scenario:
         sel = [x for x in found if x[0] == scenario]
@@ -56,6 +60,16 @@ def report_snapshots(d: str, scenario: str | None) -> list[tuple[str, dict]]:
         with open(p) as f:
             out.append((n, json.load(f)))
     return out
+
+
+def linux_client_snapshot(d: str) -> str | None:
+    """The guest's final /proc snapshot of a `--client linux` report (testbed/linux_vm/run.py writes
+    it as guest/final_snapshot.json, guest-<prefix>/ in a demo), None if ``d`` has none."""
+    for n in sorted(os.listdir(d)):
+        p = os.path.join(d, n, "final_snapshot.json")
+        if (n == "guest" or n.startswith("guest-")) and os.path.exists(p):
+            return p
+    return None
 
 
 def live_snapshots(name: str) -> tuple[dict, dict, float]:
