@@ -30,3 +30,13 @@ def test_stat_of_an_empty_directory_still_asks_if_it_is_a_report(tmp_path, capsy
     assert cli.main(["stat", "--report", str(tmp_path)]) == 2
     assert "is it a testbed report directory?" in capsys.readouterr().err
 
+
+def test_stat_aoe_of_a_report_without_aoe_says_so(tmp_path, capsys):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "report.json").write_text(json.dumps({"scenarios": [{"name": "memalloc"}]}))
+    (d / "final_snapshot.json").write_text(json.dumps({"swap_devices": [{"kind": "nfs"}]}))
+    assert cli.main(["stat", "aoe", "--report", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert out == ("memalloc: no AoE device in this snapshot (its swap/file storage is not AoE); "
+                   "`testbed stat` shows its other views\n")

@@ -108,6 +108,10 @@ def run(args) -> int:
     else:
         raise UserError("say where the snapshot comes from: --report DIR (a testbed run/demo report) or --live --name RUN")
     for n, snap, prev, dt in items:
+        if args.view == "aoe" and not views.aoe_devices(snap):
+            print(f"{n}: no AoE device in this snapshot (its swap/file storage is not AoE); "
+                  f"`testbed stat` shows its other views")
+            continue
         # "all" shows the aoe view only for a snapshot with an AoE swap area
         for v in [v for v in which if v != "aoe" or args.view == "aoe" or views.aoe_devices(snap)]:
             if len(items) > 1 or len(which) > 1:
