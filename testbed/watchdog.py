@@ -160,6 +160,33 @@ def nfs_view(snap: dict) -> dict:
     return {**nfs, **(nfs.get("counters") or {})}
 
 
+def retransmissions(snap: dict) -> dict | None:
+    """The swap/file device's own resend count, named as its driver names it, or None when the
+    snapshot has none (a Linux client without /proc/net/rpc/nfs): ``{"counter", "count"}`` with
+    counter ``aoe_retransmit`` (the aoe driver's rexmit of a timed-out frame, drivers/block/aoe.py
+    ``counters["retransmit"]``), ``requests_requeued`` (nbd / iscsi: a request sent again, whole,
+    on a new connection -- client_agent/drivers/tcp_block.py) or ``rpc_retrans`` (sunrpc's
+    xprt retransmissions, /proc/net/rpc/nfs ``rpc`` line)."""
+    sw = snap.get("swap") or {}
+    if "aoenet" in sw:                      # aoeblk's snapshot; its counters are a Counter (absent = 0)
+        return {"counter": "aoe_retransmit", "count": (sw.get("counters") or {}).get("retransmit", 0)}
+    if sw.get("requests_requeued") is not None:
+        return {"counter": "requests_requeued", "count": sw["requests_requeued"]}
+    n = nfs_view(snap).get("rpc_retrans")
+    return None if n is None else {"counter": "rpc_retrans", "count": n}
+
+
+def retrans_text(d: dict) -> str:
+    """``<counter> <count>`` of a report entry's or timeline sample's ``retransmissions``
+    (``rpc_retrans`` as the fallback of an older entry), ``retransmissions n/a`` if it has none."""
+    r = d.get("retransmissions")
+    if r:
+        return f"{r['counter']} {r['count']}"
+    if d.get("rpc_retrans") is not None:
+        return f"rpc_retrans {d['rpc_retrans']}"
+    return "retransmissions n/a"
+
+
 # The durability loop's counters (client_agent/fs/nfs/nfs3proc.py durability_counters), kept per
 # consumer: snapshot["swap"] or snapshot["filemap"].
 WRITEBACK_KEYS = ("writes", "commits", "resends", "verifier_changes", "shortwrite",
