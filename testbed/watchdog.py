@@ -70,6 +70,19 @@ def progress(snap: dict) -> int:
             + int((snap.get("outside") or {}).get("nas_write_calls", 0)))
 
 
+def progress_label(snap: dict) -> str:
+    """What progress() summed, named: ``pswpout`` / ``pswpout + nr_written`` for an agent; for a
+    real kernel, whose figure adds the NAS's WRITE calls, ``writeback progress (pswpout N + NAS
+    WRITE calls M)`` -- the terms apart, so that no sum is called pswpout."""
+    base = "pswpout + nr_written" if filemap(snap) is not None else "pswpout"
+    nas = (snap.get("outside") or {}).get("nas_write_calls")
+    if nas is None:
+        return base
+    vm = snap.get("alloc", {}).get("vmstat", {})
+    terms = [f"{k} {int(vm.get(k, 0))}" for k in base.split(" + ")] + [f"NAS WRITE calls {int(nas)}"]
+    return f"writeback progress ({' + '.join(terms)})"
+
+
 SILENT_PERIODS = 3
 
 
@@ -340,8 +353,7 @@ class Watchdog:
                        if on] or ["reclaim needed"]
                 return self._decide("deadlock", t, [
                     f"reclaim needed ({', '.join(why)}{' -- a silent guest' if snap.get('evidence') and snap['alloc']['kswapd'].get('wanted') else ''}) and "
-                    f"{'pswpout + nr_written' if filemap(snap) is not None else 'pswpout'} stuck at "
-                    f"{p} for {t - start:.1f} s >= stall_threshold_s {self.stall_threshold_s}"
+                    f"{progress_label(snap)} stuck at {p} for {t - start:.1f} s >= stall_threshold_s {self.stall_threshold_s}"
                     + (f" (counted from the end of a reconnect backoff at t={start:.1f}s)"
                        if self._backoff_until is not None and start == self._backoff_until else "")])
         else:

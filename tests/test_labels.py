@@ -61,3 +61,28 @@ def test_sim_block_run_reports_requeues_not_an_invented_rpc_retrans():
     assert r["retransmissions"] == {"counter": "requests_requeued",
                                     "count": r["block"]["agent"]["requests_requeued"]}
     assert "rpc_retrans" not in r["tcp"]["rpc"] and r["tcp"]["rpc"]["connect_count"] == 1
+
+
+def test_summary_line_of_a_linux_client_run():
+    e = _entry(name="memalloc", client="linux", pages_verified=None, pages_lost=None, reserve_low_pages=572,
+               rpc_retrans=2, retransmissions={"counter": "rpc_retrans", "count": 2},
+               counters={"PFMemallocDrop": 0, "rx_nobuf": None})
+    line = summary_line(e, "r.json")
+    assert "None" not in line
+    assert "verified n/a, lost n/a, free low 572 pages (sampled), rpc_retrans 2," in line
+    assert "rx_nobuf n/a (linux client)" in line and "reserve low" not in line
+    assert "reserve low 188," in summary_line(_entry(), "r.json")      # the agent's own low-water mark
+
+
+def test_guest_stop_text_never_says_none():
+    from testbed.linux_vm.run import guest_stop_text
+    assert guest_stop_text({"exit": -9, "killed": True}) == "guest: killed by pid (ended by SIGKILL)"
+    assert guest_stop_text({"exit": None, "killed": True}) == "guest: killed by pid (exit status not collected)"
+    assert guest_stop_text({"exit": 0, "killed": False}) == "guest: QEMU exited by itself (QEMU exit status 0)"
+
+
+def test_progress_label_of_an_agent_is_unchanged():
+    from testbed.watchdog import progress_label
+    assert progress_label({"alloc": {"vmstat": {"pswpout": 3}}}) == "pswpout"
+    assert progress_label({"alloc": {"vmstat": {"pswpout": 3, "nr_written": 4}},
+                           "filemap": {"active": True}}) == "pswpout + nr_written"

@@ -153,10 +153,16 @@ def summary_line(entry: dict, path: str) -> str:
     """`testbed run`'s last line: the outcome and the run's figures from its report entry; the
     resend count under its protocol's own name (testbed.watchdog.retrans_text)."""
     from testbed.watchdog import retrans_text
+
+    def v(x):
+        return "n/a" if x is None else x
     where = f" [simulated, seed {entry['seed']}]" if entry.get("simulated") else ""
+    # a real kernel has no reserve low-water mark in /proc: its figure is the lowest free count sampled
+    low = (f"free low {v(entry['reserve_low_pages'])} pages (sampled)" if entry.get("client") == "linux"
+           else f"reserve low {v(entry['reserve_low_pages'])}")
     return (f"{entry['name']}: outcome {entry['outcome']}{' (beyond Linux)' if entry.get('beyond_linux') else ''} "
-            f"(expect {entry['expect']}){where} -- pages written {entry['pages_written']}, "
-            f"verified {entry['pages_verified']}, lost {entry['pages_lost']}, reserve low {entry['reserve_low_pages']}, "
-            f"{retrans_text(entry)}, PFMemallocDrop {entry['counters']['PFMemallocDrop']}, "
-            f"rx_nobuf {entry['counters']['rx_nobuf']}{' (' + entry['client'] + ' client)' if entry.get('client') else ''}; "
+            f"(expect {entry['expect']}){where} -- pages written {v(entry['pages_written'])}, "
+            f"verified {v(entry['pages_verified'])}, lost {v(entry['pages_lost'])}, {low}, "
+            f"{retrans_text(entry)}, PFMemallocDrop {v(entry['counters']['PFMemallocDrop'])}, "
+            f"rx_nobuf {v(entry['counters']['rx_nobuf'])}{' (' + entry['client'] + ' client)' if entry.get('client') else ''}; "
             f"report {path}")
