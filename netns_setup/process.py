@@ -36,6 +36,7 @@ from .state import RunState, log_path
 PR_SET_PDEATHSIG = 1
 # How long `stop` waits after SIGTERM before SIGKILL: services flush logs and reply "shutdown".
 DEFAULT_STOP_GRACE_S = 3.0
+KILL_REAP_S = 2.0            # how long stop() waits to reap a process after SIGKILL
 DEFAULT_READY_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 15
 
@@ -134,7 +135,9 @@ class HostProcess:
                     os.kill(self.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                self.wait(grace_s)
+                # SIGKILL cannot be caught: the exit is a matter of milliseconds, so reap it even
+                # with grace_s 0 (else the caller gets None for the exit code of a killed process)
+                self.wait(max(grace_s, KILL_REAP_S))
         if self.state is not None:
             self.state.drop_process(self.pid)
         return self.returncode

@@ -209,6 +209,7 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
     sent, replied = set(nfs.get("xids_sent", [])), set(nfs.get("xids_replied", []))
     memalloc_sock = bool((nfs.get("socket") or {}).get("memalloc") or nfs.get("memalloc"))
     answered: set[int] = set()
+    mount_xids = set(nfs.get("mount_xids") or ())
     # Exact fates, when the agent recorded them: (ip_id, xid) -> drop reason or "queued:<socket>".
     exact = {(f[0], f[1]): f[2] for f in final_snap.get("nfs_frame_fates") or ()}
     # Over TCP the MNT call goes on its own short-lived connection to mountd (nfs3proc.py _oneshot),
@@ -233,6 +234,11 @@ def explain(replies: list[dict], final_snap: dict, timeline: list[dict], *, t0_w
             reason = exact[(r["ip_id"], r["xid"])]
             row.update(fate="dropped", reason=reason, layer=LAYER.get(reason, "stack"), confidence="exact",
                        evidence="the agent's per-frame fate record (nfs_frame_fates)")
+        elif r["xid"] in replied and r["xid"] in mount_xids and r["xid"] not in answered:
+            # over UDP the MNT call goes on the NFS socket: its xid is in the NFS xid sets
+            answered.add(r["xid"])
+            row.update(fate="delivered", reason="MNT reply", layer="MOUNT client", confidence="exact",
+                       evidence="the MNT call's xid (mount_xids), replied on the NFS transport's socket")
         elif r["xid"] in replied:
             if r["xid"] in answered:
                 row.update(fate="duplicate", reason="reply to a retransmission, xid already answered", layer="transport",
@@ -284,12 +290,15 @@ def summary_line(ex: dict) -> str:
 
 def text_table(name: str, ex: dict, max_rows: int = 200) -> str:
     """The summary, then every reply that was not simply delivered (first ``max_rows``)."""
-    out = [f"== {name}: {summary_line(ex)}",
-           f"{'t (s)':>8}  {'xid':>10}  {'ip id':>5}  {'frags':>5}  {'fate':<9}  {'reason':<16}  {'layer':<16}  {'confidence':<10}  evidence"]
     shown = [r for r in ex["rows"] if r["fate"] != "delivered"]
+    # the reason and layer columns as wide as their longest entry: a reason is never cut
+    rw = max([16] + [len(r["reason"]) for r in shown[:max_rows]])
+    lw = max([16] + [len(r["layer"]) for r in shown[:max_rows]])
+    out = [f"== {name}: {summary_line(ex)}",
+           f"{'t (s)':>8}  {'xid':>10}  {'ip id':>5}  {'frags':>5}  {'fate':<9}  {'reason':<{rw}}  {'layer':<{lw}}  {'confidence':<10}  evidence"]
     for r in shown[:max_rows]:
-        out.append(f"{r['t_s']:8.3f}  {r['xid']:#010x}  {r['ip_id']:5d}  {r['frags']:5d}  {r['fate']:<9}  {r['reason'][:16]:<16}  "
-                   f"{r['layer']:<16}  {r['confidence']:<10}  {r.get('evidence', r['reason'] if len(r['reason']) > 16 else '')}")
+        out.append(f"{r['t_s']:8.3f}  {r['xid']:#010x}  {r['ip_id']:5d}  {r['frags']:5d}  {r['fate']:<9}  {r['reason']:<{rw}}  "
+                   f"{r['layer']:<{lw}}  {r['confidence']:<10}  {r.get('evidence', '')}")
     if len(shown) > max_rows:
         out.append(f"... {len(shown) - max_rows} more in explanations.json")
     if not shown:

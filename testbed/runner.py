@@ -29,7 +29,8 @@ from client_agent.phy.afpacket import softnet_drops
 from netns_setup.nsutil import add_permanent_neighbours
 from testbed import report as rep
 from testbed import scenario as scn
-from testbed.watchdog import Watchdog, hung_task_report, nfs_view, task_crashes, writeback_view
+from testbed.watchdog import (Watchdog, hung_task_report, nfs_view, retrans_text, retransmissions, task_crashes,
+                              writeback_view)
 
 SAMPLE_S = 0.2
 NOISE_PORT_BASE = 9001
@@ -216,6 +217,7 @@ def compact(t: float, s: dict) -> dict:
         "PFMemallocDrop": c.get("PFMemallocDrop", 0), "rx_pfmemalloc": c.get("rx_pfmemalloc", 0),
         "drop_reasons": st.get("drop_reasons", {}),
         "rpc_calls": nfs.get("rpc_calls"), "rpc_retrans": nfs.get("rpc_retrans"),
+        "retransmissions": retransmissions(s),
         "rpc_replies": nfs.get("rpc_replies"), "not_responding": nfs.get("not_responding"),
         "workload_allocated": wl.get("allocated"), "workload_done": wl.get("done"),
         "swap_acked": sw.get("acked"), "tp_drops": s.get("device", {}).get("tp_drops", 0),
@@ -250,7 +252,7 @@ class Progress:
     def show(self, t: float, c: dict, force: bool = False) -> None:
         line = (f"{self.prefix}t={t:5.1f}s free {c['free']} (min {c['min']} low {c['low']} high {c['high']} floor {c['atomic_floor']}) "
                 f"{'nr_written ' + str(c['nr_written']) if 'nr_written' in c else 'pswpout ' + str(c['pswpout'])} {'rx_nobuf ' + str(c['rx_nobuf']) + ' ' if c.get('rx_nobuf') is not None else ''}PFMemallocDrop {c['PFMemallocDrop']} "
-                f"retrans {c['rpc_retrans']} workload {c['workload_allocated']}")
+                f"{retrans_text(c)} workload {c['workload_allocated']}")
         if self.tty:
             self.stream.write("\r\x1b[K" + line)
             self.stream.flush()
@@ -583,7 +585,7 @@ def run_scenario(sc: scn.Scenario, checks: list, out: str, *, log=None, pcap_dir
             "pages_written": written, "pages_verified": verified,
             "pages_lost": None if verified is None else written - verified,
             "reserve_low_pages": wd.reserve_low_pages,
-            "rpc_retrans": nfs_view(final).get("rpc_retrans"),
+            "rpc_retrans": nfs_view(final).get("rpc_retrans"), "retransmissions": retransmissions(final),
             "preflight": [ch.to_json() for ch in checks], "counters": counters, "watchdog": text,
             "decided_at_s": wd.decided_at, "evidence": wd.evidence, "missing_reply_xids": missing_xids, "verification": ver,
             "parameters": sc.to_dict(), "run_name": name, ("fileon" if file_consumer else "swapon"): sw,

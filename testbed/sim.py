@@ -609,7 +609,10 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                       alloc.nr_pages)
     final_snap = _final_snapshot(agent, swap, fm, swaps) if p["final_snapshot"] else None
     snap_alloc = alloc.snapshot()
-    tsnap = transport.snapshot() if transport is not None and not block else {"counters": {"rpc_retrans": 0}}
+    # a block device (nbd/iscsi) is no RPC client: no RPC counters, rpc_retrans None; its own
+    # resend count is ``retransmissions`` (requests_requeued), an AoE device's aoe_retransmit
+    tsnap = transport.snapshot() if transport is not None and not block else {"counters": {}}
+    rpc_retrans = tsnap["counters"].get("rpc_retrans")
     c = stack.counters
     result = {
         "name": p["name"], "seed": seed, "outcome": outcome,
@@ -632,7 +635,10 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
         "reserve_low_point": reserve_low,
         "reserve_in_use_max": max(0, alloc.wmark_min - reserve_low),
         "zoneinfo": alloc.zoneinfo(), "atomic_floor": atomic_floor,
-        "rpc": tsnap["counters"], "rpc_retrans": tsnap["counters"]["rpc_retrans"],
+        "rpc": tsnap["counters"], "rpc_retrans": rpc_retrans,
+        "retransmissions": ({"counter": "requests_requeued", "count": transport.counters["requests_requeued"]}
+                            if block else None if rpc_retrans is None
+                            else {"counter": "rpc_retrans", "count": rpc_retrans}),
         "swap": swap_snapshot(swap),
         "workload": dict(swap.workload),
         "nr_slots": setup["nr_slots"],
@@ -671,6 +677,7 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
                           "verify_failures": nfs_failures, "nr_slots": setup.get("nfs_slots")}
                          if nfs_swap is not None else None),
             "aoe_retransmit": d.counters.get("retransmit", 0),
+            "retransmissions": {"counter": "aoe_retransmit", "count": d.counters.get("retransmit", 0)},
         })
     if fm is not None:
         result.update({
@@ -723,9 +730,10 @@ def run_sim(params: dict, seed: int | None = None) -> dict:
             "agent": {"Tcp": {k: v for k, v in stack.snmp["Tcp"].items() if v},
                       "TcpExt": {k: v for k, v in ext.items() if v}},
             # (no RPC transport: an AoE run with no NFS swap area beside it)
-            "rpc": {k: transport.counters.get(k, 0) if transport is not None else 0 for k in
+            # (a block device has only connect_count/connect_fails of these: the others are not made up)
+            "rpc": {k: transport.counters[k] for k in
                     ("connect_count", "connect_fails", "rpc_reconnects", "record_errors",
-                     "rpc_retrans", "rpc_major_timeouts")},
+                     "rpc_retrans", "rpc_major_timeouts") if transport is not None and k in transport.counters},
             "nas_server": {k: v for k, v in (nas_tcp or nas_blk).snapshot().items()
                            if k not in ("connections", "target")},
             "nas": {"Tcp": {k: v for k, v in nas.snmp["Tcp"].items() if v}},

@@ -76,6 +76,7 @@ def entry_from(sc, checks, result: dict) -> dict:
         "time_to_recover_s": result["time_to_recover_s"],
         "pages_written": written, "pages_verified": verified, "pages_lost": written - verified,
         "reserve_low_pages": result["reserve_low_point"], "rpc_retrans": result["rpc_retrans"],
+        "retransmissions": result.get("retransmissions"),
         "preflight": [ch.to_json() for ch in checks], "counters": counters,
         "watchdog": watchdog_text(outcome, reasons, result),
         "decided_at_s": result["duration_s"] if outcome != "unfinished" else None,

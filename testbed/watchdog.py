@@ -70,6 +70,19 @@ def progress(snap: dict) -> int:
             + int((snap.get("outside") or {}).get("nas_write_calls", 0)))
 
 
+def progress_label(snap: dict) -> str:
+    """What progress() summed, named: ``pswpout`` / ``pswpout + nr_written`` for an agent; for a
+    real kernel, whose figure adds the NAS's WRITE calls, ``writeback progress (pswpout N + NAS
+    WRITE calls M)`` -- the terms apart, so that no sum is called pswpout."""
+    base = "pswpout + nr_written" if filemap(snap) is not None else "pswpout"
+    nas = (snap.get("outside") or {}).get("nas_write_calls")
+    if nas is None:
+        return base
+    vm = snap.get("alloc", {}).get("vmstat", {})
+    terms = [f"{k} {int(vm.get(k, 0))}" for k in base.split(" + ")] + [f"NAS WRITE calls {int(nas)}"]
+    return f"writeback progress ({' + '.join(terms)})"
+
+
 SILENT_PERIODS = 3
 
 
@@ -158,6 +171,33 @@ def nfs_view(snap: dict) -> dict:
     on a swapless client with a file (fileon), the file's transport (``file_nfs``)."""
     nfs = snap.get("nfs") or snap.get("file_nfs") or {}
     return {**nfs, **(nfs.get("counters") or {})}
+
+
+def retransmissions(snap: dict) -> dict | None:
+    """The swap/file device's own resend count, named as its driver names it, or None when the
+    snapshot has none (a Linux client without /proc/net/rpc/nfs): ``{"counter", "count"}`` with
+    counter ``aoe_retransmit`` (the aoe driver's rexmit of a timed-out frame, drivers/block/aoe.py
+    ``counters["retransmit"]``), ``requests_requeued`` (nbd / iscsi: a request sent again, whole,
+    on a new connection -- client_agent/drivers/tcp_block.py) or ``rpc_retrans`` (sunrpc's
+    xprt retransmissions, /proc/net/rpc/nfs ``rpc`` line)."""
+    sw = snap.get("swap") or {}
+    if "aoenet" in sw:                      # aoeblk's snapshot; its counters are a Counter (absent = 0)
+        return {"counter": "aoe_retransmit", "count": (sw.get("counters") or {}).get("retransmit", 0)}
+    if sw.get("requests_requeued") is not None:
+        return {"counter": "requests_requeued", "count": sw["requests_requeued"]}
+    n = nfs_view(snap).get("rpc_retrans")
+    return None if n is None else {"counter": "rpc_retrans", "count": n}
+
+
+def retrans_text(d: dict) -> str:
+    """``<counter> <count>`` of a report entry's or timeline sample's ``retransmissions``
+    (``rpc_retrans`` as the fallback of an older entry), ``retransmissions n/a`` if it has none."""
+    r = d.get("retransmissions")
+    if r:
+        return f"{r['counter']} {r['count']}"
+    if d.get("rpc_retrans") is not None:
+        return f"rpc_retrans {d['rpc_retrans']}"
+    return "retransmissions n/a"
 
 
 # The durability loop's counters (client_agent/fs/nfs/nfs3proc.py durability_counters), kept per
@@ -313,8 +353,7 @@ class Watchdog:
                        if on] or ["reclaim needed"]
                 return self._decide("deadlock", t, [
                     f"reclaim needed ({', '.join(why)}{' -- a silent guest' if snap.get('evidence') and snap['alloc']['kswapd'].get('wanted') else ''}) and "
-                    f"{'pswpout + nr_written' if filemap(snap) is not None else 'pswpout'} stuck at "
-                    f"{p} for {t - start:.1f} s >= stall_threshold_s {self.stall_threshold_s}"
+                    f"{progress_label(snap)} stuck at {p} for {t - start:.1f} s >= stall_threshold_s {self.stall_threshold_s}"
                     + (f" (counted from the end of a reconnect backoff at t={start:.1f}s)"
                        if self._backoff_until is not None and start == self._backoff_until else "")])
         else:

@@ -263,3 +263,32 @@ def test_a_dropped_reply_then_its_tcp_retransmission_delivered(tmp_path):
     ex = explain.explain(explain.nfs_replies(p, NAS, CLI), snap, [], t0_wall=T0)
     assert [(r["fate"], r["reason"], r["confidence"]) for r in ex["rows"]] == [
         ("dropped", "NOMEM", "exact"), ("delivered", "-", "exact")]
+
+
+def test_the_mnt_reply_over_udp_is_the_mount_clients(tmp_path):
+    """Over UDP the MNT call goes on the NFS socket, so its xid is in the NFS xid sets: the
+    snapshot's mount_xids label its reply as the MOUNT client's, as over TCP."""
+    pkts = []
+    for i, (t, xid) in enumerate(((0.1, 0x600), (0.2, 31))):
+        p = _reply(xid, ip_id=300 + i)
+        p.time = T0 + t
+        pkts.append(p)
+    path = str(tmp_path / "u.pcap")
+    wrpcap(path, pkts)
+    snap = {"nfs": {"server": "198.18.0.1:2049", "mount_port": 2049, "xids_sent": [0x600, 31],
+                    "xids_replied": [0x600, 31], "mount_xids": [0x600], "socket": {"memalloc": True}}}
+    ex = explain.explain(explain.nfs_replies(path, NAS, CLI), snap, [], t0_wall=T0)
+    rows = {r["xid"]: r for r in ex["rows"]}
+    assert (rows[0x600]["fate"], rows[0x600]["reason"], rows[0x600]["layer"]) == ("delivered", "MNT reply", "MOUNT client")
+    assert rows[31]["layer"] == "transport"
+    assert explain.summary_line(ex) == "2 NFS replies on the client's wire: 2 delivered (1 MOUNT)"
+
+
+def test_text_table_never_cuts_a_reason():
+    why = "TCP retransmission of a reply already received"
+    ex = {"replies_on_wire": 1, "fates": {"retrans": 1}, "drops_by_reason": {},
+          "rows": [{"t_s": 0.5, "xid": 7, "ip_id": 1, "frags": 1, "fate": "retrans", "reason": why,
+                    "layer": "TCP", "confidence": "exact", "evidence": "the same stream bytes again"}]}
+    head, row = explain.text_table("x", ex).splitlines()[1:3]
+    assert f"  {why}  " in row and row.index(why) == head.index("reason")
+    assert row.index("TCP  ") - row.index(why) == head.index("layer") - head.index("reason")

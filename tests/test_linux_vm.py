@@ -283,6 +283,8 @@ def test_watchdog_rules_on_a_real_kernel():
     assert wd.feed(2.0, _snap(600, 10, nas=5)) is None
     assert wd.feed(3.1, _snap(600, 10, nas=5)) == "deadlock"
     assert "pswpout" in wd.reasons[0] and any(e.startswith("NAS: 5 WRITE") for e in wd.evidence)
+    # the stuck figure is pswpout + the NAS's WRITE calls: named as the sum it is, terms apart
+    assert "writeback progress (pswpout 10 + NAS WRITE calls 5) stuck at 15 for" in wd.reasons[0]
     assert any("page_allocation_failure" in e for e in wd.evidence)
     # a silent guest (stale sample) with free above low counts as reclaim needed
     wd = Watchdog(stall_threshold_s=2.0)

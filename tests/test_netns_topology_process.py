@@ -83,6 +83,10 @@ def test_stop_escalates_to_sigkill(run):
     t0 = time.monotonic()
     assert p.stop(grace_s=0.3) == -signal.SIGKILL
     assert 0.3 <= time.monotonic() - t0 < 3
+    # grace 0 (LinuxVmClient.stop kills a hung QEMU so): the killed process is reaped all the same,
+    # its exit code is the signal, not None
+    p = start_process(run, "noise", [PY, "-c", src], role="stubborn0", ready=True)
+    assert p.stop(grace_s=0.0) == -signal.SIGKILL
 
 
 def test_children_die_with_the_runner_and_clean_verifies_identity(run):

@@ -21,6 +21,12 @@ Recorded differences (each explained; the figures themselves never changed):
   few; no-reserve / reserve-no-filter: skmem.w lower (56064 -> 39680), a few more pages written
   before the same deadlock (e.g. nbd-no-reserve/1 70 -> 77 acked); undersized: skmem.w
   74752 -> 72448. Outcomes, verification and leak checks unchanged.
+- nbd-* and iscsi-* (all 40 runs), no made-up RPC figures for a block device, which has no RPC
+  client: ``rpc_retrans`` 0 -> null, ``rpc`` {"rpc_retrans": 0} -> {}, and ``tcp.rpc`` keeps only
+  the counters the device has (connect_count, connect_fails): rpc_reconnects, record_errors,
+  rpc_retrans and rpc_major_timeouts, all a hard-coded 0, are gone. Every run gained
+  ``retransmissions`` {counter, count}: the storage's own resend count (requests_requeued for
+  nbd/iscsi, aoe_retransmit for AoE, rpc_retrans for NFS). No other field changed.
 
 Each case goes through the command line, ``testbed run NAME --sim --seed S``, and reads the
 report directory's sim_result.json (what testbed.sim.run_sim returned). CI runs seed 1 of every

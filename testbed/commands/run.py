@@ -138,13 +138,8 @@ def run(args) -> int:
         if bug:
             print(bug, file=sys.stderr)
             return 1
-        ok = entry["outcome"] == sc.expect
-        print(f"{sc.name}: outcome {entry['outcome']}{' (beyond Linux)' if entry.get('beyond_linux') else ''} "
-              f"(expect {sc.expect}) [simulated, seed {entry['seed']}] -- pages written {entry['pages_written']}, "
-              f"verified {entry['pages_verified']}, lost {entry['pages_lost']}, reserve low {entry['reserve_low_pages']}, "
-              f"rpc_retrans {entry['rpc_retrans']}, PFMemallocDrop {entry['counters']['PFMemallocDrop']}, "
-              f"rx_nobuf {entry['counters']['rx_nobuf']}; report {path}")
-        return 0 if ok else 1
+        print(summary_line(entry, path))
+        return 0 if entry["outcome"] == sc.expect else 1
     from testbed.runner import RunError, run_scenario
     with known_errors(), sigterm_as_interrupt():
         try:
@@ -165,9 +160,24 @@ def run(args) -> int:
     if bug:
         print(bug, file=sys.stderr)
         return 1
-    ok = entry["outcome"] == sc.expect
-    print(f"{sc.name}: outcome {entry['outcome']}{' (beyond Linux)' if entry.get('beyond_linux') else ''} (expect {sc.expect}) -- pages written {entry['pages_written']}, "
-          f"verified {entry['pages_verified']}, lost {entry['pages_lost']}, reserve low {entry['reserve_low_pages']}, "
-          f"rpc_retrans {entry['rpc_retrans']}, PFMemallocDrop {entry['counters']['PFMemallocDrop']}, "
-          f"rx_nobuf {entry['counters']['rx_nobuf']}{' (' + entry['client'] + ' client)' if entry.get('client') else ''}; report {path}")
-    return 0 if ok else 1
+    print(summary_line(entry, path))
+    return 0 if entry["outcome"] == sc.expect else 1
+
+
+def summary_line(entry: dict, path: str) -> str:
+    """`testbed run`'s last line: the outcome and the run's figures from its report entry; the
+    resend count under its protocol's own name (testbed.watchdog.retrans_text)."""
+    from testbed.watchdog import retrans_text
+
+    def v(x):
+        return "n/a" if x is None else x
+    where = f" [simulated, seed {entry['seed']}]" if entry.get("simulated") else ""
+    # a real kernel has no reserve low-water mark in /proc: its figure is the lowest free count sampled
+    low = (f"free low {v(entry['reserve_low_pages'])} pages (sampled)" if entry.get("client") == "linux"
+           else f"reserve low {v(entry['reserve_low_pages'])}")
+    return (f"{entry['name']}: outcome {entry['outcome']}{' (beyond Linux)' if entry.get('beyond_linux') else ''} "
+            f"(expect {entry['expect']}){where} -- pages written {v(entry['pages_written'])}, "
+            f"verified {v(entry['pages_verified'])}, lost {v(entry['pages_lost'])}, {low}, "
+            f"{retrans_text(entry)}, PFMemallocDrop {v(entry['counters']['PFMemallocDrop'])}, "
+            f"rx_nobuf {v(entry['counters']['rx_nobuf'])}{' (' + entry['client'] + ' client)' if entry.get('client') else ''}; "
+            f"report {path}")

@@ -45,6 +45,10 @@ def report_snapshots(d: str, scenario: str | None) -> list[tuple[str, dict]]:
             pass
         found.append((name, os.path.join(d, "final_snapshot.json")))
     if not found:
+        guest = linux_client_snapshot(d)
+        if guest:
+            raise UserError(f"--report {d}: a Linux-client report has no agent snapshot; the guest's /proc "
+                            f"figures are in {guest} (and its timeline in {os.path.join(d, 'timeline.json')})")
         raise UserError(f"--report {d}: no final_snapshot.json in it (nor in scenarios/*/); is it a testbed report directory?")
     if scenario:
         sel = [x for x in found if x[0] == scenario]
@@ -56,6 +60,16 @@ def report_snapshots(d: str, scenario: str | None) -> list[tuple[str, dict]]:
         with open(p) as f:
             out.append((n, json.load(f)))
     return out
+
+
+def linux_client_snapshot(d: str) -> str | None:
+    """The guest's final /proc snapshot of a `--client linux` report (testbed/linux_vm/run.py writes
+    it as guest/final_snapshot.json, guest-<prefix>/ in a demo), None if ``d`` has none."""
+    for n in sorted(os.listdir(d)):
+        p = os.path.join(d, n, "final_snapshot.json")
+        if (n == "guest" or n.startswith("guest-")) and os.path.exists(p):
+            return p
+    return None
 
 
 def live_snapshots(name: str) -> tuple[dict, dict, float]:
@@ -94,6 +108,10 @@ def run(args) -> int:
     else:
         raise UserError("say where the snapshot comes from: --report DIR (a testbed run/demo report) or --live --name RUN")
     for n, snap, prev, dt in items:
+        if args.view == "aoe" and not views.aoe_devices(snap):
+            print(f"{n}: no AoE device in this snapshot (its swap/file storage is not AoE); "
+                  f"`testbed stat` shows its other views")
+            continue
         # "all" shows the aoe view only for a snapshot with an AoE swap area
         for v in [v for v in which if v != "aoe" or args.view == "aoe" or views.aoe_devices(snap)]:
             if len(items) > 1 or len(which) > 1:

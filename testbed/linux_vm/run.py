@@ -97,6 +97,23 @@ def compact(t: float, snap: dict) -> dict:
     }
 
 
+def guest_stop_text(stopped: dict) -> str:
+    """How the guest ended, from LinuxVmClient.stop()'s {"exit", "killed"}: killed by pid or exited
+    by itself, with QEMU's exit status (a negative one is the signal that ended it)."""
+    import signal
+    code = stopped.get("exit")
+    if code is None:
+        status = "exit status not collected"
+    elif code < 0:
+        try:
+            status = f"ended by {signal.Signals(-code).name}"
+        except ValueError:
+            status = f"ended by signal {-code}"
+    else:
+        status = f"QEMU exit status {code}"
+    return f"guest: {'killed by pid' if stopped.get('killed') else 'QEMU exited by itself'} ({status})"
+
+
 def report_text(wd: Watchdog, snap: dict, client, sysrq_lines: list[str], killed: dict | None) -> str:
     """The hung-task style report for a real kernel: what the watchdog used, the console's own
     reports, memory against the watermarks, the counters that tell where packets were dropped."""
@@ -135,7 +152,7 @@ def report_text(wd: Watchdog, snap: dict, client, sysrq_lines: list[str], killed
         out.append(f"SysRq-w (blocked tasks, {len(sysrq_lines)} console lines):")
         out += [f"  {ln}" for ln in sysrq_lines[:200]]
     if killed is not None:
-        out.append(f"guest: {'killed by pid' if killed.get('killed') else 'exited'} (QEMU exit {killed.get('exit')})")
+        out.append(guest_stop_text(killed))
     return "\n".join(out)
 
 

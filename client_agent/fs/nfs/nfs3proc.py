@@ -206,6 +206,7 @@ class NfsTransport:
         # TCP asks the server's portmapper (GETPORT) for every port it was not given
         self.port = port if port is not None or proto == "tcp" else 2049
         self.mount_port = mount_port or (self.port if proto == "udp" else None)
+        self.mount_xids: list[int] = []     # every MNT call's xid (testbed.explain labels its reply)
         self.slots = slots
         self.timeo_s = timeo_s
         self.retrans = retrans
@@ -304,15 +305,17 @@ class NfsTransport:
         to mountd, the NFS connection, then FSINFO (wtmax/rtmax bound wsize/rsize)."""
         path = export if export.startswith("/") else "/" + export
         args = mnt.encode_dirpath(path)
+
+        def build(xid: int) -> bytes:
+            self.mount_xids.append(xid)
+            return rpc.encode_call(xid, mnt.MOUNT_PROGRAM, mnt.MOUNT_V3, mnt.MOUNTPROC3_MNT, args, self.cred)
         if self.proto == "udp":
-            data = yield from self.call(lambda xid: rpc.encode_call(
-                xid, mnt.MOUNT_PROGRAM, mnt.MOUNT_V3, mnt.MOUNTPROC3_MNT, args, self.cred), "MNT")
+            data = yield from self.call(build, "MNT")
         else:
             if self.mount_port is None:
                 self.mount_port = yield from self.getport(mnt.MOUNT_PROGRAM, mnt.MOUNT_V3)
-            data = yield from self._oneshot(self.mount_port, lambda xid: rpc.encode_call(
-                xid, mnt.MOUNT_PROGRAM, mnt.MOUNT_V3, mnt.MOUNTPROC3_MNT, args, self.cred),
-                "MNT", 102, "is mountd running and registered on that port?")
+            data = yield from self._oneshot(self.mount_port, build,
+                                            "MNT", 102, "is mountd running and registered on that port?")
         fh = self._mnt_result(path, data)
         if self.proto == "tcp":
             if self.xprt is None:
@@ -506,7 +509,7 @@ class NfsTransport:
             return {"server": f"{self.server_ip}:{self.port}", "proto": self.proto,
                     "counters": {}, "proc": {}, "slots": self.slots, "slots_in_use": 0,
                     "backlog": 0, "not_responding": False, "memalloc": self._memalloc,
-                    "socket": None, "xids_sent": [], "xids_replied": []}
+                    "socket": None, "xids_sent": [], "xids_replied": [], "mount_xids": list(self.mount_xids)}
         return {
             "server": f"{self.server_ip}:{self.port}",
             "proto": self.proto, "mount_port": self.mount_port, "fsinfo": self.fsinfo,
@@ -521,6 +524,7 @@ class NfsTransport:
             "socket": self.xprt.socket_snapshot(),
             "xids_sent": list(self.xprt.xids_sent),
             "xids_replied": list(self.xprt.xids_replied),
+            "mount_xids": list(self.mount_xids),
         }
 
 
