@@ -115,7 +115,8 @@ def test_tcp_views_nstat_and_ss_t_from_the_agents_snapshot():
     s = sc.stack.snapshot()["sockets"]
     tcp = next(x for x in s if x.get("state") == "ESTAB")
     w = tcp["skmem"]["w"]
-    assert w >= 3 * 4096 and skmem == (f"skmem:(r0,rb{tcp['skmem']['rb']},t0,tb{tcp['skmem']['tb']},f0,"
+    # 3000 bytes are one write-queue buffer (size_goal): one page + the skb overhead, truesize 4672
+    assert w == 4096 + 576 and skmem == (f"skmem:(r0,rb{tcp['skmem']['rb']},t0,tb{tcp['skmem']['tb']},f0,"
                                        f"w{w},o0,bl0,d0) sock_memalloc")
     info = lines[est + 2].split()
     assert info[0] == "reno" and "ts" in info and "sack" in info and "wscale:7,7" in info
