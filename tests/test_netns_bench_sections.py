@@ -26,9 +26,9 @@ from testbed.cli import main
 
 EXPECTED = {
     "rx_tcp": ["tcp.stream_kB_per_s", "tcp.agent_in_segs", "tcp.bare_us_per_frame", "tcp.agent_us_per_segment"],
-    "writeback": ["mtu1500.refclient_mib_per_s", "mtu1500.agent_mib_per_s",
-                  "mtu9000.refclient_mib_per_s", "mtu9000.agent_mib_per_s",
-                  "tcp.mtu1500.refclient_mib_per_s", "tcp.mtu1500.agent_mib_per_s"],
+    "writeback": [f"{pre}.{fig}" for pre in ("mtu1500", "mtu9000", "tcp.mtu1500")
+                  for fig in ("refclient_mib_per_s", "agent_mib_per_s", "refclient_cpu_us_per_page",
+                              "agent_cpu_us_per_page")],
     "recovery": ["quiet.writeback_mib_per_s", "flood.writeback_mib_per_s", "flood.reserve_to_high_s"],
     "memory": ["start.rss_mib", "after_flood.rss_mib", "after_flood.rss_over_pool_mib", "after_flood.rss_minus_pool_mib",
                "scapy_imported"],

@@ -59,7 +59,7 @@ def client_overrides(args) -> dict:
         if args.nic not in GUEST_NICS:
             raise UserError(f"--nic {args.nic}: not a guest NIC model; pick one of {', '.join(GUEST_NICS)}")
     if (args.kernel or args.modules or args.nic) and o.get("client") != "both":
-        if o.get("client") != "linux":
+        if o.get("client") != "linux" and not getattr(args, "sim", False):   # --sim refuses it next
             given = next(f for f, v in (("--kernel", args.kernel), ("--modules", args.modules), ("--nic", args.nic)) if v)
             print(f"testbed run: {given} is the Linux VM client's: running with --client linux", file=sys.stderr)
         o["client"] = "linux"
