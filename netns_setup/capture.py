@@ -20,6 +20,10 @@ from .state import RunState
 READY_LINE = b"listening on"
 # tcpdump prints "N packets captured" on exit; the figure the CLI reports.
 _CAPTURED_RE = re.compile(rb"(\d+) packets? captured")
+_DROPPED_RE = re.compile(rb"(\d+) packets? dropped by kernel")
+# tcpdump -B: the capture socket's buffer in KiB (its default, 2 MiB, dropped frames of a busy
+# run on a loaded 2-core machine -- a pcap with a hole reads as "ACKed unseen segment")
+CAPTURE_BUFFER_KIB = 32768
 
 
 class CaptureError(Exception):
@@ -43,12 +47,26 @@ class Capture:
         return self.packets_captured()
 
     def packets_captured(self) -> int | None:
-        try:
-            with open(self.proc.log_path, "rb") as f:
-                m = _CAPTURED_RE.findall(f.read())
-        except OSError:
-            return None
-        return int(m[-1]) if m else None
+        return log_figure(self.proc.log_path, _CAPTURED_RE)
+
+    def packets_dropped(self) -> int | None:
+        """tcpdump's "N packets dropped by kernel" once it has stopped (None before)."""
+        return log_figure(self.proc.log_path, _DROPPED_RE)
+
+
+def log_figure(log_path: str, pattern: "re.Pattern[bytes]") -> int | None:
+    """The last figure ``pattern`` finds in a tcpdump log (its exit summary), or None."""
+    try:
+        with open(log_path, "rb") as f:
+            m = pattern.findall(f.read())
+    except OSError:
+        return None
+    return int(m[-1]) if m else None
+
+
+def dropped_in_log(log_path: str) -> int | None:
+    """Frames a stopped tcpdump says the kernel dropped, from its log."""
+    return log_figure(log_path, _DROPPED_RE)
 
     def __enter__(self) -> "Capture":
         return self
@@ -80,7 +98,8 @@ def start_capture(run: RunState | str, host: str, *, iface: str | None = None, p
     # existing file and keeps its mode).
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
     os.chmod(path, 0o600)
-    argv = [tcpdump, "-i", iface, "-w", path, "-U", "--immediate-mode", "-n", "-Z", "root", "-s", str(snaplen)]
+    argv = [tcpdump, "-i", iface, "-w", path, "-U", "--immediate-mode", "-n", "-Z", "root", "-s", str(snaplen),
+            "-B", str(CAPTURE_BUFFER_KIB)]
     if count is not None:
         argv += ["-c", str(count)]
     argv += bpf_filter or []

@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from netns_setup.capture import dropped_in_log
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWAP_SCENARIOS = ("no-reserve", "reserve-no-filter", "memalloc", "memalloc-undersized")
 FILE_SCENARIOS = ("file-mmap-linux", "file-mmap-extended")    # the second table
@@ -78,6 +80,9 @@ def test_demo_report(tmp_path):
     if shutil.which("tshark"):
         for n in SCENARIOS:
             cp = str(out / "pcap" / f"{n}-client.pcap")
+            # a frame tcpdump dropped would read as a TCP anomaly below: the capture is whole first
+            (log,) = [f for f in os.listdir(out / "logs" / n) if f.startswith("client.tcpdump-")]
+            assert dropped_in_log(str(out / "logs" / n / log)) == 0, (n, log)
             assert _tshark(cp, "_ws.malformed").strip() == "", n
             assert _tshark(cp, "tcp.analysis.ack_lost_segment").strip() == "", n
         cp = str(out / "pcap" / "memalloc-client.pcap")
