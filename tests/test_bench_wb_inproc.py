@@ -32,3 +32,15 @@ def test_the_section_reports_per_mtu_figures_against_the_rpc_floor(monkeypatch):
         a = figs[f"mtu{m}.agent_cpu_us_per_page"]
         assert math.isfinite(a.value) and a.value > 0 and a.baseline == floor.value and a.unit == "µs/page"
         assert a.target is None and "frames a WRITE" in a.notes
+
+
+def test_a_stalled_writeback_is_an_error_not_a_figure(monkeypatch):
+    import pytest
+    import testbed.bench.wb_inproc as wb
+    from testbed.bench.framework import BenchError
+    monkeypatch.setattr(wb, "RUN_LIMIT_S", 5.0)
+    monkeypatch.setattr(wb.Responder, "handle", lambda self, frame, now: None)    # a NAS that never answers
+    with pytest.raises(BenchError, match=r"wb_inproc mtu 9000: 0 of 50 pages acknowledged within 5.0 s .*stalled"):
+        measure(9000, 50)
+    import gc
+    assert gc.get_freeze_count() == 0                    # the bench process's collector is as it was
