@@ -31,11 +31,10 @@ from .host import STABLE_HOWS, Host, swap_snapshot
 from .loop import Loop, MonotonicClock
 from .net.core.dev import NAPI_BUDGET
 from .phy.caps import device_caps
-from .phy.ring import NICS
+from .phy.ring import DEFAULT_NIC, NICS
 
 TESTBED_NET = ipaddress.ip_network("198.18.0.0/15")
-# The NIC and its offloads when the command line names none (benchmarks/README.md, "nic").
-DEFAULT_NIC = "ring-v2"
+# The NIC (phy/ring.py DEFAULT_NIC) and its offloads when the command line names none.
 # tso/ufo are not defaults: a GSO buffer is one allocation of several pages, so a transmit in
 # kswapd's PF_MEMALLOC context dips that much further into the reserve than a one-page frame
 # (the no-reserve scenario's "never below the floor" holds for one-page buffers only); a scenario

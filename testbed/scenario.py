@@ -341,8 +341,7 @@ def from_dict(table: dict, src: str = "<dict>", overrides: dict | None = None) -
                             f"device: write consumer = \"swap\"")
     if sc.client == "agent" and "gro" in [o.strip() for o in sc.offloads.split(",")]:
         import os as _os
-        from client_agent.agent import DEFAULT_NIC
-        from client_agent.phy.ring import GRO_NICS
+        from client_agent.phy.ring import DEFAULT_NIC, GRO_NICS
         nic = sc.nic or _os.environ.get("CLIENT_AGENT_NIC") or DEFAULT_NIC
         if nic not in GRO_NICS:
             raise ScenarioError(f"{src}: offloads: gro needs a TPACKET_V3 ring (a merged frame is up to 64 KiB) and "

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
 from client_agent.mm.page_alloc import PageAllocator
 from client_agent.net import Stack
 from client_agent.net.ipv4.tcp import TIME_WAIT
@@ -264,3 +266,11 @@ class Duo:
             assert sum(st.rx_fate.values()) == st.counters["rx_packets"], st.rx_fate
             assert al.nr_free == al.nr_pages, al.owner_pages()
             assert st.tcp.memory_allocated == 0
+
+
+@pytest.fixture
+def sc():
+    """A Script (default pool) for one test, finished (every page back) after it."""
+    s = Script()
+    yield s
+    s.finish()

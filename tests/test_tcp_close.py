@@ -14,16 +14,9 @@ import socket
 import pytest
 
 from client_agent.net.ipv4 import tcp as T
-from tcp_kit import DOT, F, P, R, S, Script
+from tcp_kit import DOT, F, P, R, S, sc
 
 TRUESIZE = 4672          # one received frame: a page + the sk_buff overhead (ss -m: r4672)
-
-
-@pytest.fixture
-def sc():
-    s = Script()
-    yield s
-    s.finish()
 
 
 def _ext(sc):

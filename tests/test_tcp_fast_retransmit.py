@@ -1,20 +1,12 @@
 """Fast retransmit on the third duplicate ACK and NewReno recovery (RFC 5681, RFC 6582), and
 the SACK variant (RFC 2018 + RFC 6675 IsLost), segment by segment."""
 
-import pytest
 
 from client_agent.net.ipv4 import tcp as T
 from client_agent.wire import tcp as wtcp
-from tcp_kit import DOT, P, Script
+from tcp_kit import DOT, P, sc
 
 MSS = 1448
-
-
-@pytest.fixture
-def sc():
-    s = Script()
-    yield s
-    s.finish()
 
 
 def _flight(sc, sack, n=10):

@@ -1,17 +1,9 @@
 """Handshake with options (RFC 9293 3.5, RFC 7323, RFC 2018), segment by segment."""
 
-import pytest
 
 from client_agent.net.ipv4.tcp import ESTABLISHED, SYN_RECV
 from client_agent.wire import tcp as wtcp
-from tcp_kit import DOT, IP_A, S, Script
-
-
-@pytest.fixture
-def sc():
-    s = Script()
-    yield s
-    s.finish()
+from tcp_kit import DOT, IP_A, S, Script, sc
 
 
 def test_active_open_offers_and_applies_options(sc):

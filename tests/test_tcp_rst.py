@@ -2,17 +2,9 @@
 
 import errno
 
-import pytest
 
 from client_agent.net.ipv4 import tcp as T
-from tcp_kit import DOT, F, IP_A, P, R, S, Script
-
-
-@pytest.fixture
-def sc():
-    s = Script()
-    yield s
-    s.finish()
+from tcp_kit import DOT, F, IP_A, P, R, S, sc
 
 
 def _est(sc):

@@ -6,14 +6,7 @@ import errno
 import pytest
 
 from client_agent.net.ipv4 import tcp as T
-from tcp_kit import DOT, P, Script
-
-
-@pytest.fixture
-def sc():
-    s = Script()
-    yield s
-    s.finish()
+from tcp_kit import DOT, P, sc
 
 
 def test_model_timeout_matches_linux():

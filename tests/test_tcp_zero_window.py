@@ -4,14 +4,7 @@ tcp_probe_timer), and the receiver's side (TCPZeroWindowDrop, window updates aft
 import pytest
 
 from client_agent.net.ipv4 import tcp as T
-from tcp_kit import DOT, Script
-
-
-@pytest.fixture
-def sc():
-    s = Script()
-    yield s
-    s.finish()
+from tcp_kit import DOT, sc
 
 
 def test_probes_back_off_and_the_window_reopens(sc):

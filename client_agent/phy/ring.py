@@ -590,4 +590,6 @@ def open_device(ifname: str, nic: str, offloads: DeviceCapabilities | None = Non
 
 
 NICS = ("socket", "ring-v3", "ring-v2", "ring-v3-send")
+# client-agent's NIC when neither --nic nor $CLIENT_AGENT_NIC names one (benchmarks/README.md, "nic")
+DEFAULT_NIC = "ring-v2"
 GRO_NICS = ("ring-v3", "ring-v3-send")     # a merged frame needs a V3 block (up to 64 KiB)
